@@ -1,0 +1,58 @@
+"""Backend selection shared by every fused op.
+
+``"auto"`` picks Triton for CUDA tensors and Numba for CPU tensors, falling back to the torch
+reference when that compiler does not import. ``"triton"`` on CPU tensors is allowed only under
+``TRITON_INTERPRET=1`` (the Triton interpreter, used by the tests); ``"numba"`` needs CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "numba", "triton")
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Return the concrete backend (``"torch"``, ``"numba"`` or ``"triton"``) for ``device``.
+
+    Raises ``ValueError`` naming ``backend`` for an unknown name or one that cannot run on
+    ``device``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda" and _importable("triton"):
+            return "triton"
+        if device.type == "cpu" and _importable("numba"):
+            return "numba"
+        return "torch"
+    if backend == "numba":
+        if device.type != "cpu":
+            raise ValueError(f"backend: 'numba' runs on CPU tensors, got tensors on {device}")
+        if not _importable("numba"):
+            raise ValueError("backend: 'numba' was requested but numba is not installed")
+    if backend == "triton":
+        if not _importable("triton"):
+            raise ValueError("backend: 'triton' was requested but triton is not installed")
+        if device.type == "cpu" and not triton_interpret():
+            raise ValueError(
+                "backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
+                f"interpreter), got tensors on {device}"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend: 'triton' needs CUDA tensors, got tensors on {device}")
+    return backend
