@@ -1,0 +1,228 @@
+"""Generalized advantage estimation (GAE) as one op with torch, Numba and Triton backends.
+
+The public function :func:`gae` validates its arguments (metadata only: shapes, dtypes,
+devices, so no kernel launch and no host-device sync) and calls the ``torch.library`` custom op
+``fastppo::gae``. The op picks the backend, casts, runs the kernel and forms the returns; its
+fake implementation lets ``torch.compile(fullgraph=True)`` trace a function calling ``gae``
+without a graph break.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._backend import BACKENDS, resolve_backend
+from ._validate import expect_floating, expect_in_range, expect_shape, expect_tensor
+
+__all__ = ["gae"]
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    next_value: torch.Tensor,
+    *,
+    gamma: float,
+    lam: float,
+    next_values: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    backend: str = "auto",
+    check_finite: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Advantages and returns of a time-major rollout by a backward scan over time.
+
+    Args:
+        rewards, values, terminated, truncated: (T, N) tensors, time-major (T steps of N envs).
+            ``rewards`` and ``values`` are floating point; the flags may be bool or any numeric
+            dtype (nonzero means true).
+        next_value: (N,) value of the observation after the last step.
+        gamma, lam: discount and GAE lambda, each in [0, 1].
+        next_values: optional (T, N) value of the observation that followed each step; when
+            given it replaces ``values[t+1]`` / ``next_value`` (same-step autoreset trainers
+            put V(final observation) at done steps).
+        valid: optional (T, N) flags; where false the step is a fake reset step (next-step
+            autoreset) whose advantage is 0.
+        backend: ``"auto"`` (Triton for CUDA tensors, Numba for CPU tensors, torch when neither
+            imports), or ``"torch"``, ``"numba"``, ``"triton"`` to force one. Triton on CPU
+            tensors needs ``TRITON_INTERPRET=1``.
+        check_finite: also raise ``ValueError`` if rewards, values, next_value or next_values
+            hold NaN or inf (costs a pass over the data and a host sync).
+
+    Returns:
+        ``(advantages, returns)``, both (T, N), contiguous, with the dtype and device of
+        ``values``. float32 and float64 compute in their own precision, float16 and bfloat16 in
+        float32. The outputs are data, not differentiable: the op reads detached inputs even
+        when ``values`` requires grad.
+
+    The equations, with ``done = terminated | truncated``::
+
+        nv[t]    = next_values[t] if given, else values[t+1] (t < T-1), else next_value
+        delta[t] = rewards[t] + gamma * (1 - terminated[t]) * nv[t] - values[t]
+        A[t]     = delta[t] + gamma * lam * (1 - done[t]) * A[t+1]        A[T] = 0
+        A[t]     = 0 where valid[t] is false (the recursion continues from that 0)
+        returns  = A + values
+
+    Termination zeroes the bootstrap; truncation only cuts the recursion, so a truncated step
+    still bootstraps from ``nv[t]``.
+
+    Example: one env, five steps of EnvPool next-step autoreset, ``gamma = lam = 0.5``.
+    Step 1 terminates, so step 2 is the reset step (``valid`` false). Step 3 is truncated by a
+    time limit: ``values[4]`` is V(final observation) and step 4 is again a reset step.
+
+    >>> import torch
+    >>> from fastppo.kernels import gae
+    >>> col = lambda *x: torch.tensor(x).unsqueeze(1)  # a (5, 1) column: T=5 steps, N=1 env
+    >>> rewards    = col(1.0, 1.0, 0.0, 2.0, 0.0)
+    >>> values     = col(1.0, 2.0, 3.0, 4.0, 8.0)
+    >>> terminated = col(False, True, False, False, False)
+    >>> truncated  = col(False, False, False, True, False)
+    >>> valid      = col(True, True, False, True, False)
+    >>> adv, ret = gae(rewards, values, terminated, truncated, torch.tensor([6.0]),
+    ...                gamma=0.5, lam=0.5, valid=valid)
+
+    Backwards from t = 4 (``gamma * lam = 0.25``):
+
+    - t=4: reset step, A = 0 (its delta, 0 + 0.5*6 - 8, is discarded).
+    - t=3: truncated, bootstraps from values[4]: delta = 2 + 0.5*8 - 4 = 2; done, so A = 2.
+    - t=2: reset step, A = 0.
+    - t=1: terminated, no bootstrap: delta = 1 + 0 - 2 = -1; done, so A = -1.
+    - t=0: delta = 1 + 0.5*2 - 1 = 1; A = 1 + 0.25 * (-1) = 0.75.
+
+    >>> adv.squeeze(1).tolist()
+    [0.75, -1.0, 0.0, 2.0, 0.0]
+    >>> ret.squeeze(1).tolist()
+    [1.75, 1.0, 3.0, 6.0, 8.0]
+    """
+    _check_args(rewards, values, terminated, truncated, next_value, next_values, valid)
+    gamma = expect_in_range("gamma", gamma, 0.0, 1.0)
+    lam = expect_in_range("lam", lam, 0.0, 1.0)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return _gae_op(
+        rewards.detach(),
+        values.detach(),
+        terminated.detach(),
+        truncated.detach(),
+        next_value.detach(),
+        None if next_values is None else next_values.detach(),
+        None if valid is None else valid.detach(),
+        gamma,
+        lam,
+        backend,
+        bool(check_finite),
+    )
+
+
+def _check_args(rewards, values, terminated, truncated, next_value, next_values, valid) -> None:
+    """Metadata-only checks; each error names the argument, the expectation and what came."""
+    expect_tensor("values", values)
+    if values.dim() != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(
+            "values: expected a (T, N) time-major tensor with T >= 1 and N >= 1, "
+            f"got shape {tuple(values.shape)}"
+        )
+    expect_floating("values", values)
+    shape, device = values.shape, values.device
+    n_envs = shape[1]
+    for name, x in (
+        ("rewards", rewards),
+        ("terminated", terminated),
+        ("truncated", truncated),
+        ("next_value", next_value),
+        ("next_values", next_values),
+        ("valid", valid),
+    ):
+        if x is None and name in ("next_values", "valid"):
+            continue
+        expect_tensor(name, x)
+        if name == "next_value":
+            expect_shape(name, x, (n_envs,), "one value per env, N = values.shape[1]")
+        else:
+            expect_shape(name, x, shape, "the shape of values, (T, N)")
+        if x.device != device:
+            raise ValueError(
+                f"{name}: expected a tensor on {device} (the device of values), got {x.device}"
+            )
+        if name in ("rewards", "next_value", "next_values"):
+            expect_floating(name, x)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _as_bool(x: torch.Tensor) -> torch.Tensor:
+    return (x if x.dtype == torch.bool else x != 0).contiguous()
+
+
+def _check_finite(**tensors) -> None:
+    for name, x in tensors.items():
+        if x is not None and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or inf")
+
+
+@torch.library.custom_op("fastppo::gae", mutates_args=())
+def _gae_op(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    next_value: torch.Tensor,
+    next_values: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    gamma: float,
+    lam: float,
+    backend: str,
+    check_finite: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The custom op behind :func:`gae`; arguments are already validated."""
+    name = resolve_backend(backend, values.device)
+    if check_finite:
+        _check_finite(
+            rewards=rewards, values=values, next_value=next_value, next_values=next_values
+        )
+    out_dtype = values.dtype
+    if name == "triton":
+        from .gae_triton import gae_triton
+
+        # The Triton kernels load any float dtype and accumulate in float32 (float64 inputs
+        # in float64), so only the layout is normalized here.
+        return gae_triton(
+            rewards.contiguous(),
+            values.contiguous(),
+            _as_bool(terminated),
+            _as_bool(truncated),
+            next_value.contiguous(),
+            None if next_values is None else next_values.contiguous(),
+            None if valid is None else _as_bool(valid),
+            gamma,
+            lam,
+        )
+
+    cdt = _compute_dtype(out_dtype)
+    args = (
+        rewards.to(cdt).contiguous(),
+        values.to(cdt).contiguous(),
+        _as_bool(terminated),
+        _as_bool(truncated),
+        next_value.to(cdt).contiguous(),
+        None if next_values is None else next_values.to(cdt).contiguous(),
+        None if valid is None else _as_bool(valid),
+        gamma,
+        lam,
+    )
+    if name == "numba":
+        from .gae_numba import gae_numba as kernel
+    else:
+        from .gae_torch import gae_torch as kernel
+    advantages = kernel(*args)
+    returns = advantages + args[1]
+    return advantages.to(out_dtype), returns.to(out_dtype)
+
+
+@_gae_op.register_fake
+def _(rewards, values, terminated, truncated, next_value, next_values, valid, gamma, lam,
+      backend, check_finite):
+    return values.new_empty(values.shape), values.new_empty(values.shape)
