@@ -172,10 +172,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def load_latest_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     """Load the newest readable checkpoint of ``run_dir``; ``None`` if it has no checkpoint.
 
-    An unreadable newest file (truncated, corrupted, not a pickle) is skipped with a warning and the previous
-    one is tried. An unsafe file is never skipped: :class:`UnsafeCheckpointError` is raised, since
-    silently resuming from an older checkpoint would hide tampering. If checkpoints exist but
-    none can be read, :class:`CheckpointError` is raised.
+    An unreadable newest file (truncated, corrupted, not a pickle) is skipped with a warning and
+    the previous one is tried. An unsafe file is never skipped: :class:`UnsafeCheckpointError` is
+    raised, since silently resuming from an older checkpoint would hide tampering. If checkpoints
+    exist but none can be read, :class:`CheckpointError` is raised.
     """
     found = _checkpoints(run_dir)
     if not found:
