@@ -1,0 +1,70 @@
+"""Learning curves of one or more runs from their metrics.jsonl files.
+
+One figure, two panels: episodic return against environment steps, and against wall-clock
+seconds. Each run is one colour (labelled with its run dir name): its raw episode returns as faint
+points and a smoothed line on top. Drawn with matplotlib's object API (``Figure``, rendered by the
+Agg backend), so no screen or pyplot state is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fastppo.logger import read_metrics
+
+RETURN = "charts/episodic_return"
+
+
+def _episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(global_step, wall_time, return)`` of every finished episode of a run, in order."""
+    rows = [
+        (r["global_step"], r["wall_time"], r[RETURN])
+        for r in read_metrics(run_dir)
+        if r.get(RETURN) is not None
+    ]
+    if not rows:
+        raise ValueError(f"run dir {run_dir} has no finished episodes in its metrics.jsonl")
+    return tuple(np.asarray(column, dtype=np.float64) for column in zip(*rows))
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average: ``out[i] = mean(values[max(0, i - window + 1) : i + 1])``."""
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(0, idx - window)
+    return (sums[idx] - sums[start]) / (idx - start)
+
+
+def plot_runs(run_dirs: list[str | os.PathLike], out_path: str | os.PathLike) -> None:
+    """Draw the runs' episodic return vs steps and vs wall-clock into one image at ``out_path``.
+
+    The smoothing window is a tenth of a run's episodes (at least 1, at most 100). The format
+    follows ``out_path``'s suffix (png, pdf, svg, ...). Raises ``FileNotFoundError`` for a run dir
+    without metrics.jsonl and ``ValueError`` for one without finished episodes (both name it).
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("plot_runs needs at least one run dir, got none")
+    runs = [(d, _episodes(d)) for d in run_dirs]
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    for i, (run_dir, (steps, times, returns)) in enumerate(runs):
+        color = f"C{i % 10}"
+        smoothed = smooth(returns, window=max(1, min(100, len(returns) // 10)))
+        for ax, x in ((by_step, steps), (by_time, times)):
+            ax.scatter(x, returns, s=4, color=color, alpha=0.25, linewidths=0)
+            ax.plot(x, smoothed, color=color, linewidth=1.8, label=run_dir.name)
+
+    by_step.set(xlabel="environment steps", ylabel="episodic return", title="Return vs steps")
+    by_time.set(xlabel="wall-clock time (s)", title="Return vs wall-clock")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
+    by_step.legend(loc="best", fontsize="small")
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
