@@ -21,6 +21,7 @@ several processes saving into the same run at once.
 
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import pickletools
@@ -86,8 +87,9 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     """
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
+    step = int(step)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
 
@@ -108,8 +110,9 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
         raise
     _fsync_dir(directory)
 
-    older = [path for s, path in _checkpoints(run_dir) if s < step]
-    stale = [path for s, path in _checkpoints(run_dir) if s > step]
+    found = _checkpoints(run_dir)
+    older = [path for s, path in found if s < step]
+    stale = [path for s, path in found if s > step]
     for path in older[: max(0, len(older) - (keep - 1))] + stale:
         path.unlink(missing_ok=True)
     for path in directory.glob(_TMP_PREFIX + "*"):

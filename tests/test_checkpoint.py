@@ -84,6 +84,11 @@ def test_latest_is_largest_step_and_rotation_keeps_last_three(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ckpt_000000000600.pt"]
 
 
+def test_numpy_integer_step(tmp_path):
+    path = save_checkpoint(tmp_path, {"a": 1}, step=np.int64(7))
+    assert path.name == "ckpt_000000000007.pt"
+
+
 def test_save_after_resuming_from_an_older_checkpoint_drops_the_abandoned_newer_ones(tmp_path):
     for step in [100, 200, 300]:
         save_checkpoint(tmp_path, {"step": step}, step=step)
@@ -96,8 +101,9 @@ def test_save_after_resuming_from_an_older_checkpoint_drops_the_abandoned_newer_
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(TypeError, match="state must be a dict"):
         save_checkpoint(tmp_path, bad, step=1)
-    with pytest.raises(ValueError, match="step must be a non-negative int"):
-        save_checkpoint(tmp_path, {}, step=-1)
+    for step in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="step must be a non-negative int"):
+            save_checkpoint(tmp_path, {}, step=step)
     with pytest.raises(ValueError, match="keep must be an int >= 1"):
         save_checkpoint(tmp_path, {}, step=1, keep=0)
 
