@@ -217,8 +217,7 @@ def _gae_op(
         from .gae_numba import gae_numba as kernel
     else:
         from .gae_torch import gae_torch as kernel
-    advantages = kernel(*args)
-    returns = advantages + args[1]
+    advantages, returns = kernel(*args)
     return advantages.to(out_dtype), returns.to(out_dtype)
 
 

@@ -21,8 +21,8 @@ def gae_torch(
     valid: torch.Tensor | None,
     gamma: float,
     lam: float,
-) -> torch.Tensor:
-    """Return the advantages (T, N) in the dtype of ``values``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(advantages, returns)``, (T, N), in the dtype of ``values``."""
     if next_values is None:
         # nv[t] = values[t+1] for t < T-1, next_value for the last step.
         next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
@@ -39,4 +39,4 @@ def gae_torch(
         if valid is not None:
             carry = torch.where(valid[t], carry, torch.zeros_like(carry))
         advantages[t] = carry
-    return advantages
+    return advantages, advantages + values

@@ -119,6 +119,16 @@ def test_matches_reference_long_horizon(backend, n_steps, n_envs):
     assert_matches_reference(inputs, backend)
 
 
+@pytest.mark.parametrize("n_envs", [64, 67])
+def test_numba_thread_blocks(monkeypatch, n_envs):
+    # Force the prange path (normally only for rollouts of 2^20+ elements) on a small shape.
+    gae_numba = importlib.import_module("fastppo.kernels.gae_numba")
+    monkeypatch.setattr(gae_numba, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(gae_numba, "_MIN_BLOCK", 8)
+    for dtype in (torch.float32, torch.float64):
+        assert_matches_reference(random_rollout(50, n_envs, dtype, seed=n_envs), "numba")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_next_values", [False, True])
 @pytest.mark.parametrize("with_valid", [False, True])
