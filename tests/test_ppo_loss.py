@@ -1,0 +1,320 @@
+"""fastppo.kernels.ppo_loss / ppo_loss_gaussian against a float64 oracle built from torch
+composite ops (torch.distributions, clamp, max, weighted means) differentiated by autograd.
+
+Every backend, both policy types: loss, every statistic and every gradient, over odd shapes,
+float32 and float64, ratios spread inside and beyond the clip range, each option on and off.
+The Triton backend runs in the CPU interpreter (TRITON_INTERPRET=1, set in conftest.py), so it
+gets the small shapes only.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Normal
+
+from fastppo.kernels import ppo_loss, ppo_loss_gaussian
+
+STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
+# (clip_vloss, normalize_advantages, weighted): every flag on and off at least once.
+OPTIONS = [(True, True, False), (False, False, False), (True, True, True), (False, True, True)]
+CAT_SHAPES = [(2, 2), (33, 257), (1000, 7)]
+GAUSS_SHAPES = [(2, 1), (999, 3)]
+SMALL = {(2, 2), (33, 257), (2, 1)}  # shapes the Triton interpreter gets
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+def _head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
+          clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
+    """CleanRL's loss from composite ops; weighted means as in DESIGN.md."""
+    w = torch.ones_like(values) if weights is None else weights
+    mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
+    adv = advantages
+    if normalize_advantages:
+        centered = adv - mean(adv)
+        adv = centered / (torch.sqrt((w * centered**2).sum() / (w.sum() - 1)) + 1e-8)
+    logratio = logp - old_logprobs
+    ratio = logratio.exp()
+    pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
+    v_unclipped = (values - returns) ** 2
+    if clip_vloss:
+        v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
+        v_loss = 0.5 * mean(torch.max(v_unclipped, (v_clipped - returns) ** 2))
+    else:
+        v_loss = 0.5 * mean(v_unclipped)
+    ent = mean(entropy)
+    loss = pg_loss - ent_coef * ent + vf_coef * v_loss
+    stats = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
+                 approx_kl=mean((ratio - 1) - logratio), old_approx_kl=mean(-logratio),
+                 clipfrac=mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype)))
+    return loss, {k: s.detach() for k, s in stats.items()}
+
+
+def oracle_categorical(logits, actions, *rest, **kw):
+    """Return (loss, stats, [d_logits, d_values]) in float64."""
+    logits = logits.detach().double().requires_grad_()
+    rest = [None if t is None else t.detach().double() for t in rest]
+    rest[2].requires_grad_()  # values
+    dist = Categorical(logits=logits)
+    loss, stats = _head(dist.log_prob(actions), dist.entropy(), *rest, **kw)
+    return loss.detach(), stats, torch.autograd.grad(loss, [logits, rest[2]])
+
+
+def oracle_gaussian(mean, log_std, actions, *rest, **kw):
+    """Return (loss, stats, [d_mean, d_log_std, d_values]) in float64."""
+    mean = mean.detach().double().requires_grad_()
+    log_std = log_std.detach().double().requires_grad_()
+    rest = [None if t is None else t.detach().double() for t in rest]
+    rest[2].requires_grad_()
+    dist = Normal(mean, log_std.expand_as(mean).exp())
+    actions = actions.double()
+    loss, stats = _head(dist.log_prob(actions).sum(1), dist.entropy().sum(1), *rest, **kw)
+    return loss.detach(), stats, torch.autograd.grad(loss, [mean, log_std, rest[2]])
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _rows(gen, batch, logp, dtype, weighted):
+    """old_logprobs, advantages, values, old_values, returns, weights for B rows: the log-ratio
+    spreads over about [-1, 1] so ratios fall inside and well beyond a 0.2 clip range."""
+    r = lambda: torch.randn(batch, generator=gen, dtype=torch.float64)  # noqa: E731
+    old_logprobs = logp.detach().double() + 0.5 * r()
+    values = r()
+    old_values = values + 0.3 * r()
+    weights = None
+    if weighted:
+        weights = torch.rand(batch, generator=gen, dtype=torch.float64)
+        weights[::3] = 0.0  # masked rows
+        weights[0] = 1.0
+    rows = [old_logprobs, 1.5 * r() + 0.3, values, old_values, values + r(), weights]
+    return [None if t is None else t.to(dtype) for t in rows]
+
+
+def categorical_inputs(batch, num_actions, dtype, weighted, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(batch, num_actions, generator=gen, dtype=torch.float64)).to(dtype)
+    actions = torch.randint(0, num_actions, (batch,), generator=gen)
+    logp = Categorical(logits=logits.double()).log_prob(actions)
+    return [logits, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+    log_std = (0.5 * torch.randn(dim, generator=gen, dtype=torch.float64)).to(dtype)
+    actions = (mean.double() + torch.randn(batch, dim, generator=gen, dtype=torch.float64)).to(dtype)
+    logp = Normal(mean.double(), log_std.double().exp()).log_prob(actions.double()).sum(1)
+    return [mean, log_std, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+def _check(loss, stats, grads, expected, dtype):
+    exp_loss, exp_stats, exp_grads = expected
+    tol = _tol(dtype)
+    assert loss.dim() == 0 and loss.dtype == dtype
+    torch.testing.assert_close(loss.double(), exp_loss, **tol)
+    assert set(stats) == set(STATS)
+    for name in STATS:
+        assert stats[name].dim() == 0 and not stats[name].requires_grad, name
+        torch.testing.assert_close(stats[name].double(), exp_stats[name], **tol, msg=name)
+    for got, want in zip(grads, exp_grads):
+        # gradients are compared on the scale of the largest entry (sums over rows cancel)
+        scale = want.abs().max().clamp_min(1e-3)
+        torch.testing.assert_close(got.double() / scale, want / scale, **tol)
+
+
+def _backends(shape):
+    return ["torch", "numba"] + (["triton"] if shape in SMALL else [])
+
+
+# ----------------------------------------------------------------------------- oracle tests
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,backend", [(s, b) for s in CAT_SHAPES for b in _backends(s)])
+def test_categorical_matches_oracle(shape, backend, dtype, options):
+    clip_vloss, normalize, weighted = options
+    logits, actions, *rest = categorical_inputs(*shape, dtype, weighted)
+    kw = dict(COEFS, clip_vloss=clip_vloss, normalize_advantages=normalize)
+    expected = oracle_categorical(logits, actions, *rest, **kw)
+    logits.requires_grad_()
+    rest[2].requires_grad_()
+    old_logprobs, advantages, values, old_values, returns, weights = rest
+    loss, stats = ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, returns,
+                           weights=weights, backend=backend, **kw)
+    grads = torch.autograd.grad(loss, [logits, values])
+    assert 0 < expected[1]["clipfrac"] < 1  # ratios inside and beyond the clip range
+    _check(loss, stats, grads, expected, dtype)
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,backend", [(s, b) for s in GAUSS_SHAPES for b in _backends(s)])
+@pytest.mark.parametrize("per_row_log_std", [False, True])
+def test_gaussian_matches_oracle(shape, backend, dtype, options, per_row_log_std):
+    clip_vloss, normalize, weighted = options
+    mean, log_std, actions, *rest = gaussian_inputs(*shape, dtype, weighted)
+    if per_row_log_std:  # a full (B, D) log-std, e.g. from a state-dependent head
+        log_std = log_std + 0.1 * torch.randn(shape, dtype=dtype)
+    kw = dict(COEFS, clip_vloss=clip_vloss, normalize_advantages=normalize)
+    expected = oracle_gaussian(mean, log_std, actions, *rest, **kw)
+    mean.requires_grad_()
+    log_std.requires_grad_()
+    rest[2].requires_grad_()
+    old_logprobs, advantages, values, old_values, returns, weights = rest
+    # the (D,) parameter enters as an expand view, as in CleanRL's agent
+    loss, stats = ppo_loss_gaussian(mean, log_std.expand(shape), actions, old_logprobs,
+                                    advantages, values, old_values, returns, weights=weights,
+                                    backend=backend, **kw)
+    grads = torch.autograd.grad(loss, [mean, log_std, values])
+    assert grads[1].shape == log_std.shape
+    _check(loss, stats, grads, expected, dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_value_clip_ties_split_gradient_like_torch(backend):
+    """Exact binary fractions: row 0 sits on the clamp bound (v - old_v == clip), row 1 ties the
+    max of the two value losses with the clipped branch outside the range, row 2 is a plain
+    clip. Gradients must follow torch's rules (bound included, a tie splits 0.5/0.5)."""
+    dtype = torch.float64
+    values = torch.tensor([0.25, 1.0, 1.0], dtype=dtype)
+    old_values = torch.zeros(3, dtype=dtype)
+    returns = torch.tensor([0.5, 0.625, 2.0], dtype=dtype)
+    logits = torch.zeros(3, 2, dtype=dtype)
+    actions = torch.zeros(3, dtype=torch.long)
+    old_logprobs = torch.full((3,), -math.log(2), dtype=dtype)
+    advantages = torch.tensor([1.0, -1.0, 0.5], dtype=dtype)
+    kw = dict(clip_coef=0.25, vf_coef=1.0, ent_coef=0.0, normalize_advantages=False)
+    args = (logits, actions, old_logprobs, advantages, values, old_values, returns)
+    expected = oracle_categorical(*args, None, clip_vloss=True, **kw)
+    values.requires_grad_()
+    loss, _ = ppo_loss(*args, backend=backend, clip_vloss=True, **kw)
+    (d_values,) = torch.autograd.grad(loss, [values])
+    torch.testing.assert_close(d_values, expected[2][1], rtol=0, atol=1e-15)
+    assert d_values[1] != 0  # the tie sends half the gradient through the unclipped branch
+
+
+# ----------------------------------------------------------------------------- numerics
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_huge_logits_and_wide_action_space_are_finite(backend):
+    logits, actions, *rest = categorical_inputs(3, 4096, torch.float32, weighted=False)
+    logits = (logits * 5e3).clamp(-1e4, 1e4)
+    logits[:, 0] = 1e4
+    logits.requires_grad_()
+    expected = oracle_categorical(logits, actions, *rest, **COEFS)
+    loss, stats = ppo_loss(logits, actions, *rest[:5], backend=backend, **COEFS)
+    (d_logits,) = torch.autograd.grad(loss, [logits])
+    assert torch.isfinite(loss) and torch.isfinite(d_logits).all()
+    assert all(torch.isfinite(s) for s in stats.values())
+    torch.testing.assert_close(loss.double(), expected[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_overflowing_ratio_matches_reference(backend, dtype):
+    """A log-ratio of 1000 overflows exp: inf/nan must land where torch puts them."""
+    logits, actions, *rest = categorical_inputs(5, 3, dtype, weighted=False)
+    rest[0][1] = -1000.0  # old_logprobs: ratio = exp(~1000) = inf
+    rest[1][1] = 2.0
+    logits.requires_grad_()
+    kw = dict(COEFS, normalize_advantages=False)
+    expected = oracle_categorical(logits, actions, *rest, **kw)
+    loss, stats = ppo_loss(logits, actions, *rest[:5], backend=backend, **kw)
+    (d_logits,) = torch.autograd.grad(loss, [logits])
+    assert torch.isinf(stats["approx_kl"])
+    torch.testing.assert_close(loss.double(), expected[0], equal_nan=True)
+    for name in STATS:
+        torch.testing.assert_close(stats[name].double(), expected[1][name], equal_nan=True,
+                                   rtol=1e-4, atol=1e-5)
+    assert torch.equal(torch.isnan(d_logits), torch.isnan(expected[2][0]))
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_gradcheck_categorical(backend, options):
+    clip_vloss, normalize, weighted = options
+    logits, actions, *rest = categorical_inputs(6, 5, torch.float64, weighted, seed=1)
+    old_logprobs, advantages, values, old_values, returns, weights = rest
+
+    def f(logits, values):
+        return ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, returns,
+                        weights=weights, clip_vloss=clip_vloss, normalize_advantages=normalize,
+                        backend=backend, **COEFS)[0]
+
+    assert torch.autograd.gradcheck(f, (logits.requires_grad_(), values.requires_grad_()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_gradcheck_gaussian(backend, options):
+    clip_vloss, normalize, weighted = options
+    mean, log_std, actions, *rest = gaussian_inputs(6, 3, torch.float64, weighted, seed=1)
+    old_logprobs, advantages, values, old_values, returns, weights = rest
+
+    def f(mean, log_std, values):
+        return ppo_loss_gaussian(mean, log_std.expand_as(mean), actions, old_logprobs,
+                                 advantages, values, old_values, returns, weights=weights,
+                                 clip_vloss=clip_vloss, normalize_advantages=normalize,
+                                 backend=backend, **COEFS)[0]
+
+    inputs = (mean.requires_grad_(), log_std.requires_grad_(), values.requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _good():
+    logits, actions, *rest = categorical_inputs(4, 3, torch.float32, weighted=False)
+    return dict(logits=logits, actions=actions, old_logprobs=rest[0], advantages=rest[1],
+                values=rest[2], old_values=rest[3], returns=rest[4])
+
+
+def _call(backend="auto", **changes):
+    args = _good()
+    kw = dict(COEFS, backend=backend)
+    for k, v in changes.items():
+        (args if k in args else kw)[k] = v
+    return ppo_loss(*args.values(), **kw)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("change,error,name", [
+    (dict(values=torch.zeros(5)), ValueError, "values"),
+    (dict(actions=torch.tensor([0, 1, 3, 0])), IndexError, "actions"),
+    (dict(actions=torch.tensor([0, -1, 2, 0])), IndexError, "actions"),
+    (dict(actions=torch.zeros(4)), TypeError, "actions"),
+    (dict(logits=torch.zeros(4, 3, dtype=torch.long)), TypeError, "logits"),
+    (dict(logits=torch.zeros(0, 3), actions=torch.zeros(0, dtype=torch.long),
+          **{k: torch.zeros(0) for k in ("old_logprobs", "advantages", "values", "old_values",
+                                          "returns")}), ValueError, "logits"),
+    (dict(clip_coef=0.0), ValueError, "clip_coef"),
+    (dict(clip_coef=-0.1), ValueError, "clip_coef"),
+    (dict(weights=torch.tensor([1.0, -0.5, 1.0, 1.0])), ValueError, "weights"),
+    (dict(weights=torch.zeros(4)), ValueError, "weights"),
+    (dict(weights=torch.ones(3)), ValueError, "weights"),
+    (dict(returns=torch.zeros(4, device="meta")), ValueError, "returns"),
+    (dict(advantages=[0.0] * 4), TypeError, "advantages"),
+])
+def test_bad_input_names_the_argument(backend, change, error, name):
+    with pytest.raises(error, match=name):
+        _call(backend=backend, **change)
+
+
+def test_bad_gaussian_input_names_the_argument():
+    mean, log_std, actions, *rest = gaussian_inputs(4, 2, torch.float32, weighted=False)
+    with pytest.raises(ValueError, match="log_std"):
+        ppo_loss_gaussian(mean, torch.zeros(3), actions, *rest[:5], **COEFS)
+    with pytest.raises(ValueError, match="actions"):
+        ppo_loss_gaussian(mean, log_std, actions[:, :1], *rest[:5], **COEFS)
+    with pytest.raises(TypeError, match="actions"):
+        ppo_loss_gaussian(mean, log_std, actions.long(), *rest[:5], **COEFS)
+    with pytest.raises(ValueError, match="weights"):
+        ppo_loss_gaussian(mean, log_std, actions, *rest[:5], weights=torch.zeros(4), **COEFS)
