@@ -12,7 +12,7 @@ import torch
 
 from fastppo.kernels import gae
 
-BACKENDS = ["torch", "numba"]
+BACKENDS = ["torch", "numba", "triton"]  # triton runs in the interpreter (tests/conftest.py)
 
 
 def reference_gae(rewards, values, terminated, truncated, next_value, gamma, lam,
@@ -127,6 +127,20 @@ def test_numba_thread_blocks(monkeypatch, n_envs):
     monkeypatch.setattr(gae_numba, "_MIN_BLOCK", 8)
     for dtype in (torch.float32, torch.float64):
         assert_matches_reference(random_rollout(50, n_envs, dtype, seed=n_envs), "numba")
+
+
+@pytest.mark.parametrize("kernel", ["envs", "scan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_steps,n_envs", [(1, 1), (7, 13), (300, 3), (40, 130)],
+                         ids=lambda x: str(x))
+def test_triton_both_kernels(monkeypatch, kernel, dtype, n_steps, n_envs):
+    # The env-block kernel normally runs from SCAN_MAX_ENVS envs up, the time scan below.
+    gae_triton = importlib.import_module("fastppo.kernels.gae_triton")
+    monkeypatch.setattr(gae_triton, "SCAN_MAX_ENVS", 1 if kernel == "envs" else 10**9)
+    for with_next_values in (False, True):
+        inputs = random_rollout(n_steps, n_envs, dtype, seed=n_steps + n_envs,
+                                with_next_values=with_next_values)
+        assert_matches_reference(inputs, "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
