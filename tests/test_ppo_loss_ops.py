@@ -1,0 +1,147 @@
+"""ppo_loss as torch.library custom ops: opcheck, torch.compile(fullgraph=True), and the drop-in
+promise (a CleanRL-style minibatch update gives the same parameters with ppo_loss)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from fastppo.kernels import ppo_loss, ppo_loss_gaussian
+from fastppo.kernels.ppo_loss import _categorical_fwd, _gaussian_fwd
+
+from test_ppo_loss import categorical_inputs, gaussian_inputs
+
+SCALARS = (0.2, 0.5, 0.01, True, True)
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_opcheck_categorical(backend, weighted):
+    logits, actions, *rest = categorical_inputs(7, 5, torch.float64, weighted)
+    logits.requires_grad_()
+    rest[2].requires_grad_()
+    torch.library.opcheck(_categorical_fwd, (logits, actions, *rest, *SCALARS, backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_opcheck_gaussian(backend):
+    mean, log_std, actions, *rest = gaussian_inputs(7, 3, torch.float64, weighted=True)
+    mean.requires_grad_()
+    log_std = log_std.expand(7, 3).detach().requires_grad_()
+    rest[2].requires_grad_()
+    torch.library.opcheck(_gaussian_fwd, (mean, log_std, actions, *rest, *SCALARS, backend))
+
+
+# ----------------------------------------------------------------------------- a small agent
+
+class Agent(nn.Module):
+    """CleanRL's agent shape: shared trunk, actor logits (or Gaussian mean + log-std parameter)
+    and a critic."""
+
+    def __init__(self, obs_dim, out_dim, continuous=False):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, 32), nn.Tanh())
+        self.actor = nn.Linear(32, out_dim)
+        self.critic = nn.Linear(32, 1)
+        self.log_std = nn.Parameter(-0.5 * torch.ones(out_dim)) if continuous else None
+
+    def forward(self, obs):
+        h = self.trunk(obs)
+        return self.actor(h), self.critic(h)[:, 0]
+
+
+def _batch(agent, batch, continuous, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(batch, 4, generator=gen)
+    with torch.no_grad():
+        out, values = agent(obs)
+        if continuous:
+            dist = Normal(out, agent.log_std.exp())
+            actions = dist.sample()
+            logp = dist.log_prob(actions).sum(1)
+        else:
+            dist = Categorical(logits=out)
+            actions = dist.sample()
+            logp = dist.log_prob(actions)
+    noise = lambda s: s * torch.randn(batch, generator=gen)  # noqa: E731
+    return (obs, actions, logp + noise(0.3), noise(1.0) + 0.2, values + noise(0.2),
+            values + noise(1.0))
+
+
+def _fused_step(agent, obs, actions, old_logprobs, advantages, old_values, returns,
+                backend="auto"):
+    out, values = agent(obs)
+    kw = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01, backend=backend)
+    if agent.log_std is None:
+        return ppo_loss(out, actions, old_logprobs, advantages, values, old_values, returns, **kw)
+    log_std = agent.log_std.expand_as(out)
+    return ppo_loss_gaussian(out, log_std, actions, old_logprobs, advantages, values, old_values,
+                             returns, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("continuous", [False, True])
+def test_compiled_training_step_matches_eager(continuous):
+    torch.manual_seed(0)
+    agent = Agent(4, 3, continuous)
+    batch = _batch(agent, 64, continuous)
+    compiled = torch.compile(_fused_step, fullgraph=True)
+    for step in (_fused_step, compiled):
+        agent.zero_grad()
+        loss, stats = step(agent, *batch)
+        loss.backward()
+        if step is _fused_step:
+            want = (loss.detach(), {k: s.clone() for k, s in stats.items()},
+                    [p.grad.clone() for p in agent.parameters()])
+    torch.testing.assert_close(loss.detach(), want[0])
+    for name, s in stats.items():
+        torch.testing.assert_close(s, want[1][name])
+    for p, g in zip(agent.parameters(), want[2]):
+        torch.testing.assert_close(p.grad, g)
+
+
+# ----------------------------------------------------------------------------- drop-in
+
+def _cleanrl_loss(agent, obs, actions, old_logprobs, advantages, old_values, returns):
+    """The lines of CleanRL's ppo.py / ppo_continuous_action.py minibatch update."""
+    clip_coef, vf_coef, ent_coef = 0.2, 0.5, 0.01
+    out, newvalue = agent(obs)
+    if agent.log_std is None:
+        dist = Categorical(logits=out)
+        newlogprob, entropy = dist.log_prob(actions), dist.entropy()
+    else:
+        dist = Normal(out, agent.log_std.expand_as(out).exp())
+        newlogprob, entropy = dist.log_prob(actions).sum(1), dist.entropy().sum(1)
+    logratio = newlogprob - old_logprobs
+    ratio = logratio.exp()
+    mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+    v_loss_unclipped = (newvalue - returns) ** 2
+    v_clipped = old_values + torch.clamp(newvalue - old_values, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    return pg_loss - ent_coef * entropy.mean() + v_loss * vf_coef
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_drop_in_adam_step_gives_same_parameters(continuous, backend):
+    torch.manual_seed(0)
+    reference = Agent(4, 6 if not continuous else 2, continuous)
+    fused = Agent(4, 6 if not continuous else 2, continuous)
+    fused.load_state_dict(reference.state_dict())
+    initial = [p.detach().clone() for p in reference.parameters()]
+    batch = _batch(reference, 256, continuous)
+    fused_loss = lambda *a: _fused_step(*a, backend=backend)[0]  # noqa: E731
+    for agent, loss_fn in ((reference, _cleanrl_loss), (fused, fused_loss)):
+        opt = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5)
+        opt.zero_grad()
+        loss_fn(agent, *batch).backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+        opt.step()
+    for (name, p), q, p0 in zip(reference.named_parameters(), fused.parameters(), initial):
+        assert not torch.equal(p, p0), name  # the step moved every parameter
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7, msg=name)
