@@ -1,0 +1,102 @@
+"""Policy/value networks (CleanRL's architectures and orthogonal initialization).
+
+* ``nature_cnn``: Atari. obs/255 -> conv 32x8x8/4 -> conv 64x4x4/2 -> conv 64x3x3/1 -> 512 ReLU,
+  shared by a categorical actor head (init std 0.01) and a value head (init std 1).
+* ``mlp``: separate actor and critic MLPs, two tanh hidden layers (64-64 by default); a
+  categorical head for Discrete actions, or a Gaussian mean with a state-independent ``log_std``
+  parameter (initialized to 0) for Box actions.
+
+``Agent.forward(obs)`` returns ``(dist, value)`` where ``dist`` is the tuple ``ppo_loss`` takes:
+``(logits,)`` or ``(mean, log_std)`` with ``log_std`` broadcast to the mean's shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights with gain ``std`` and constant bias (CleanRL's ``layer_init``)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+class Agent(nn.Module):
+    """Actor-critic. ``continuous`` selects the Gaussian head."""
+
+    def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
+                 continuous: bool, hidden_size: int = 64):
+        super().__init__()
+        self.continuous = continuous
+        if network == "nature_cnn":
+            if continuous:
+                raise ValueError("network: 'nature_cnn' supports Discrete actions only")
+            self.body = nn.Sequential(
+                layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)), nn.ReLU(),
+                layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+                layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+                nn.Flatten(),
+                layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
+            )
+            self.actor = layer_init(nn.Linear(512, action_dim), std=0.01)
+            self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+            self.scale = 1.0 / 255.0
+        elif network == "mlp":
+            (in_dim,) = obs_shape
+            self.body = None
+            self.actor = mlp(in_dim, hidden_size, action_dim, out_std=0.01)
+            self.critic = mlp(in_dim, hidden_size, 1, out_std=1.0)
+            self.scale = 1.0
+        else:
+            raise ValueError(f"network: expected 'mlp' or 'nature_cnn', got {network!r}")
+        if continuous:
+            self.log_std = nn.Parameter(torch.zeros(1, action_dim))
+
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() * self.scale if self.scale != 1.0 else obs.float()
+        return self.body(x) if self.body is not None else x
+
+    def forward(self, obs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        h = self._features(obs)
+        value = self.critic(h).squeeze(-1)
+        out = self.actor(h)
+        if self.continuous:
+            return (out, self.log_std.expand_as(out)), value
+        return (out,), value
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self._features(obs)).squeeze(-1)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False):
+        """Sample (or take the mode of) the policy: returns action, its log-prob, V(obs)."""
+        dist, value = self(obs)
+        if self.continuous:
+            mean, log_std = dist
+            normal = torch.distributions.Normal(mean, log_std.exp())
+            action = mean if deterministic else normal.sample()
+            return action, normal.log_prob(action).sum(-1), value
+        categorical = torch.distributions.Categorical(logits=dist[0])
+        action = dist[0].argmax(-1) if deterministic else categorical.sample()
+        return action, categorical.log_prob(action), value
+
+
+def make_agent(config, observation_space, action_space) -> Agent:
+    """The preset's network for these gymnasium spaces."""
+    from gymnasium import spaces
+
+    continuous = isinstance(action_space, spaces.Box)
+    action_dim = action_space.shape[0] if continuous else int(action_space.n)
+    return Agent(config.network, tuple(observation_space.shape), action_dim, continuous,
+                 config.hidden_size)
