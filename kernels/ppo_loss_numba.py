@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
+# of the thread pool costs more than the work, and on a shared machine a parallel split waits
+# for descheduled threads (see gae_numba).
+PARALLEL_MIN_ELEMENTS = 1 << 18
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
+_NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -57,7 +63,7 @@ def _max_shares(x, y):
     return (0.0 if x < y else 1.0), (0.0 if x > y else 1.0)
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy")
 def _advantage_stats(actions, num_actions, adv, w, has_w, normalize):
     """Return (adv_mean, adv_scale, weight_sum, bad_actions, negative_weights)."""
     n = adv.shape[0]
@@ -65,7 +71,7 @@ def _advantage_stats(actions, num_actions, adv, w, has_w, normalize):
     wadv = 0.0
     bad = 0
     neg = 0
-    for i in prange(n):
+    for i in range(n):
         wi = w[i] if has_w else 1.0
         wsum += wi
         wadv += wi * adv[i]
@@ -77,7 +83,7 @@ def _advantage_stats(actions, num_actions, adv, w, has_w, normalize):
         return 0.0, 1.0, wsum, bad, neg
     mean = wadv / wsum
     sq = 0.0
-    for i in prange(n):
+    for i in range(n):
         wi = w[i] if has_w else 1.0
         sq += wi * (adv[i] - mean) * (adv[i] - mean)
     return mean, math.sqrt(sq / (wsum - 1.0)) + 1e-8, wsum, bad, neg
@@ -249,40 +255,58 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _prepare(actions, num_actions, advantages, weights, normalize, dtype):
-    """Weight/advantage statistics and the value checks; returns (w, has_w, mean, scale, wsum)."""
+def _run(kernel, elements, *args):
+    """Call a prange kernel, on the calling thread alone when the problem is small."""
+    threads = numba.get_num_threads()
+    if elements >= PARALLEL_MIN_ELEMENTS or threads == 1:
+        return kernel(*args)
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights):
+    """The (B,) inputs as arrays in the compute dtype, weights as (array, has_weights)."""
     has_w = weights is not None
-    w = _np(weights) if has_w else _ONE[dtype]
-    mean, scale, wsum, bad, neg = _advantage_stats(actions, num_actions, _np(advantages), w,
-                                                   has_w, normalize)
+    return (_np(old_logprobs), _np(advantages), _np(values.to(dtype)), _np(old_values),
+            _np(returns), _np(weights) if has_w else _ONE[dtype], has_w)
+
+
+def _prepare(actions, num_actions, rows):
+    """Advantage/weight statistics and the value checks: returns (adv_mean, adv_scale, wsum)."""
+    adv, w, has_w = rows[1], rows[5], rows[6]
+    mean, scale, wsum, bad, neg = _advantage_stats(actions, num_actions, adv, w, has_w,
+                                                   rows[7])
     if bad:
         raise IndexError(f"actions: expected values in [0, {num_actions}), got {bad} outside")
     if neg:
         raise ValueError(f"weights: expected nonnegative values, got {neg} negative")
     if wsum <= 0:
         raise ValueError("weights: expected at least one positive weight, got all zeros")
-    return w, has_w, mean, scale, wsum
+    return mean, scale, wsum
 
 
-def _float_logits(logits, dtype):
-    return logits if logits.dtype == dtype else logits.to(dtype)
+def _outputs(dtype, batch, row_shape):
+    loss = torch.empty((), dtype=dtype)
+    stats = torch.empty(9, dtype=dtype)
+    row_stats = torch.empty((batch, *row_shape), dtype=dtype)
+    return loss, stats, row_stats
 
 
 def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
                         weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     acts = _np(actions.long())
-    w, has_w, mean, scale, wsum = _prepare(acts, logits.shape[1], advantages, weights,
-                                           normalize_advantages, dtype)
-    loss = torch.empty((), dtype=dtype)
-    stats = torch.empty(9, dtype=dtype)
-    row_stats = torch.empty(logits.shape[0], 2, dtype=dtype)
+    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
+    adv_stats = _prepare(acts, logits.shape[1], rows + (normalize_advantages,))
+    loss, stats, row_stats = _outputs(dtype, logits.shape[0], (2,))
     stats_np = stats.numpy()
-    _categorical_forward(_np(_float_logits(logits, dtype)), acts, _np(old_logprobs),
-                         _np(advantages), _np(values.to(dtype)), _np(old_values), _np(returns),
-                         w, has_w, mean, scale, wsum, clip_coef, vf_coef, ent_coef, clip_vloss,
-                         loss.view(1).numpy(), stats_np, row_stats.numpy())
-    stats_np[6:] = (mean, scale, wsum)
+    _run(_categorical_forward, logits.numel(), _np(logits.to(dtype)), acts, *rows, *adv_stats,
+         clip_coef, vf_coef, ent_coef, clip_vloss, loss.view(1).numpy(), stats_np,
+         row_stats.numpy())
+    stats_np[6:] = adv_stats
     return loss, stats, row_stats
 
 
@@ -290,16 +314,12 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
                          old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
                          ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
-    mean, scale, wsum = stats[6:].tolist()
-    has_w = weights is not None
-    w = _np(weights) if has_w else _ONE[dtype]
+    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
     d_z = torch.empty(logits.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
-    _categorical_backward(float(grad_loss), _np(_float_logits(logits, dtype)), _np(actions.long()),
-                          _np(old_logprobs), _np(advantages), _np(values.to(dtype)),
-                          _np(old_values), _np(returns), w, has_w, mean, scale, wsum,
-                          row_stats.numpy(), clip_coef, vf_coef, ent_coef, clip_vloss,
-                          d_z.numpy(), d_v.numpy())
+    _run(_categorical_backward, logits.numel(), float(grad_loss), _np(logits.to(dtype)),
+         _np(actions.long()), *rows, *stats[6:].tolist(), row_stats.numpy(), clip_coef,
+         vf_coef, ent_coef, clip_vloss, d_z.numpy(), d_v.numpy())
     return d_z.to(logits.dtype), d_v.to(values.dtype)
 
 
@@ -307,17 +327,14 @@ def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, o
                      returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
                      normalize_advantages):
     dtype = old_logprobs.dtype
-    w, has_w, a_mean, scale, wsum = _prepare(np.zeros(1, dtype=np.int64), 0, advantages, weights,
-                                             normalize_advantages, dtype)
-    loss = torch.empty((), dtype=dtype)
-    stats = torch.empty(9, dtype=dtype)
-    row_stats = torch.empty(mean.shape[0], dtype=dtype)
+    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
+    adv_stats = _prepare(_NO_ACTIONS, 0, rows + (normalize_advantages,))
+    loss, stats, row_stats = _outputs(dtype, mean.shape[0], ())
     stats_np = stats.numpy()
-    _gaussian_forward(_np(mean.to(dtype)), _np(log_std.to(dtype)), _np(actions),
-                      _np(old_logprobs), _np(advantages), _np(values.to(dtype)), _np(old_values),
-                      _np(returns), w, has_w, a_mean, scale, wsum, clip_coef, vf_coef, ent_coef,
-                      clip_vloss, loss.view(1).numpy(), stats_np, row_stats.numpy())
-    stats_np[6:] = (a_mean, scale, wsum)
+    _run(_gaussian_forward, mean.numel(), _np(mean.to(dtype)), _np(log_std.to(dtype)),
+         _np(actions), *rows, *adv_stats, clip_coef, vf_coef, ent_coef, clip_vloss,
+         loss.view(1).numpy(), stats_np, row_stats.numpy())
+    stats_np[6:] = adv_stats
     return loss, stats, row_stats
 
 
@@ -325,15 +342,11 @@ def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantage
                       old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
                       ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
-    a_mean, scale, wsum = stats[6:].tolist()
-    has_w = weights is not None
-    w = _np(weights) if has_w else _ONE[dtype]
+    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
     d_mu = torch.empty(mean.shape, dtype=dtype)
     d_ls = torch.empty(mean.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
-    _gaussian_backward(float(grad_loss), _np(mean.to(dtype)), _np(log_std.to(dtype)),
-                       _np(actions), _np(old_logprobs), _np(advantages), _np(values.to(dtype)),
-                       _np(old_values), _np(returns), w, has_w, a_mean, scale, wsum,
-                       row_stats.numpy(), clip_coef, vf_coef, ent_coef, clip_vloss,
-                       d_mu.numpy(), d_ls.numpy(), d_v.numpy())
+    _run(_gaussian_backward, mean.numel(), float(grad_loss), _np(mean.to(dtype)),
+         _np(log_std.to(dtype)), _np(actions), *rows, *stats[6:].tolist(), row_stats.numpy(),
+         clip_coef, vf_coef, ent_coef, clip_vloss, d_mu.numpy(), d_ls.numpy(), d_v.numpy())
     return d_mu.to(mean.dtype), d_ls.to(log_std.dtype), d_v.to(values.dtype)

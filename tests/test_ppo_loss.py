@@ -178,6 +178,25 @@ def test_gaussian_matches_oracle(shape, backend, dtype, options, per_row_log_std
     _check(loss, stats, grads, expected, dtype)
 
 
+@pytest.mark.parametrize("policy", ["categorical", "gaussian"])
+def test_numba_thread_pool_path_matches_oracle(policy):
+    """Large enough for the Numba kernels to split rows across threads."""
+    kw = dict(COEFS, clip_vloss=True, normalize_advantages=True)
+    if policy == "categorical":
+        logits, actions, *rest = categorical_inputs(2048, 130, torch.float64, weighted=True)
+        expected = oracle_categorical(logits, actions, *rest, **kw)
+        inputs = [logits.requires_grad_(), rest[2].requires_grad_()]
+        loss, stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5], backend="numba", **kw)
+    else:
+        mean, log_std, actions, *rest = gaussian_inputs(16384, 16, torch.float64, weighted=True)
+        expected = oracle_gaussian(mean, log_std, actions, *rest, **kw)
+        inputs = [mean.requires_grad_(), log_std.requires_grad_(), rest[2].requires_grad_()]
+        loss, stats = ppo_loss_gaussian(mean, log_std.expand_as(mean), actions, *rest[:5],
+                                        weights=rest[5], backend="numba", **kw)
+    assert inputs[0].numel() >= 1 << 18
+    _check(loss, stats, torch.autograd.grad(loss, inputs), expected, torch.float64)
+
+
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 def test_value_clip_ties_split_gradient_like_torch(backend):
     """Exact binary fractions: row 0 sits on the clamp bound (v - old_v == clip), row 1 ties the
