@@ -1,22 +1,23 @@
 """GAE, Numba CPU backend.
 
 Layout: (T, N) time-major, C-contiguous, so one time step of all envs is a contiguous row.
-The envs are cut into blocks; ``prange`` hands the blocks to threads, and each block runs the
-backward scan over time with its envs as the innermost loop. The carry ``A[t+1]`` lives in a
-zero-initialized buffer of N values allocated once per call, so the loops allocate nothing.
 
-The inner loop works on row views (``x[t, lo:hi]``) indexed from 0 and is free of branches
-(selects only). Both matter: with ``x[t, lo + i]`` Numba's negative-index wraparound hides the
-addresses from LLVM ("cannot identify array bounds") and the loop stays scalar, about 6x
-slower; as written LLVM vectorizes it (16 float32 lanes on AVX-512). One env over a long
-horizon (1 x 2048) is a single block.
+Many envs (``_scan_block``): the backward scan over time runs with the envs as the innermost
+loop, on row views (``x[t, lo:hi]``) indexed from 0, free of branches (selects only), with the
+carry ``A[t+1]`` in a zeroed buffer of N values allocated once per call (the loops allocate
+nothing). The row views matter: with ``x[t, lo + i]`` Numba's negative-index wraparound hides
+the addresses from LLVM ("cannot identify array bounds") and the loop stays scalar, about 6x
+slower; as written LLVM vectorizes it (16 float32 lanes on AVX-512).
 
-Threads: below ``PARALLEL_MIN_ELEMENTS`` (T * N) the serial scan runs directly on all envs.
-Vectorized, one core already streams a 4096 x 128 rollout faster than ``numpy.copyto`` copies
-the same bytes (about 0.2 ms), so a fork/join of the thread pool buys little there, and on an
-oversubscribed machine (here: 2 cores, several processes, torch's and Numba's OpenMP pools
-spin-waiting on each other) a static ``prange`` split was measured 20-60x slower, waiting for
-a descheduled thread. Larger rollouts split the envs into one block per thread.
+Few envs (``_scan_envs``, fewer than ``_MIN_VECTOR_ENVS``: 8 x 128, 1 x 2048): too few to fill
+a vector, so each env runs its own scan with a scalar carry and no per-step row views.
+
+Threads: rollouts of ``PARALLEL_MIN_ELEMENTS`` (T * N) or more split the envs into one block
+per thread with ``prange``; smaller ones run on one core. Vectorized, one core streams a
+4096 x 128 rollout in about 0.16 ms, so a fork/join buys little there, and it can cost a lot:
+torch ships its own libgomp, Numba's OpenMP layer loads the system one, and right after a
+torch op the two pools spin-wait against each other; on this oversubscribed 2-core machine a
+static ``prange`` split of 4096 x 128 was measured 20-60x slower than one core.
 The equations are in the docstring of ``fastppo.kernels.gae``.
 """
 
@@ -29,6 +30,8 @@ import torch
 # Fewest T * N elements that go to the thread pool; fewest envs in one thread's block.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 _MIN_BLOCK = 256
+# Fewer envs than this (16 float32 lanes on AVX-512) take the scalar env-by-env scan.
+_MIN_VECTOR_ENVS = 16
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,6 +68,31 @@ def _scan_block(rewards, values, terminated, truncated, next_value, next_values,
             a_next[i] = a
             adv[i] = a
             ret[i] = a + v[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_envs(rewards, values, terminated, truncated, next_value, next_values, valid,
+               has_next_values, has_valid, gamma, lam, advantages, returns):
+    """Backward scan env by env with a scalar carry, for fewer envs than a SIMD vector holds
+    (8 x 128, 1 x 2048): no per-step row views, so a step costs a few nanoseconds."""
+    n_steps, n_envs = values.shape
+    zero = advantages.dtype.type(0)
+    decay = gamma * lam
+    for n in range(n_envs):
+        a_next = zero  # A[T] = 0
+        nv = next_value[n]
+        for t in range(n_steps - 1, -1, -1):
+            if has_next_values:
+                nv = next_values[t, n]
+            v = values[t, n]
+            a = rewards[t, n] - v + (zero if terminated[t, n] else gamma * nv)
+            a += zero if (terminated[t, n] or truncated[t, n]) else decay * a_next
+            if has_valid and not valid[t, n]:
+                a = zero
+            advantages[t, n] = a
+            returns[t, n] = a + v
+            a_next = a
+            nv = v  # nv[t-1] = values[t]
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -115,12 +143,15 @@ def gae_numba(
         scalar(lam),
     )
     n_envs = values.shape[1]
-    carry = np.zeros(n_envs, dtype=v.dtype)
     advantages = torch.empty_like(values)
     returns = torch.empty_like(values)
-    block = _block_size(n_envs)
-    if block >= n_envs or values.numel() < PARALLEL_MIN_ELEMENTS:
-        _scan_block(*args, 0, n_envs, carry, advantages.numpy(), returns.numpy())
+    if n_envs < _MIN_VECTOR_ENVS:
+        _scan_envs(*args, advantages.numpy(), returns.numpy())
+        return advantages, returns
+    outs = (np.zeros(n_envs, dtype=v.dtype), advantages.numpy(), returns.numpy())
+    block = n_envs if values.numel() < PARALLEL_MIN_ELEMENTS else _block_size(n_envs)
+    if block >= n_envs:
+        _scan_block(*args, 0, n_envs, *outs)
     else:
-        _scan_parallel(*args, block, carry, advantages.numpy(), returns.numpy())
+        _scan_parallel(*args, block, *outs)
     return advantages, returns
