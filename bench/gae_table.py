@@ -17,9 +17,12 @@ ORDER = ["torch-loop", "gae[torch]", "gae[numba]", "gae[triton]", "numpy-copy"]
 
 
 def table(results: dict) -> str:
-    rows = {}
+    rows, checks = {}, None
     for b in results["benchmarks"]:
         info = b["extra_info"]
+        if info["impl"] == "argument checks":
+            checks = b["stats"]["median"]
+            continue
         key = (info["n_envs"], info["n_steps"])
         rows.setdefault(key, {})[info["impl"]] = (b["stats"]["median"], info["bytes"])
     lines = [
@@ -40,6 +43,11 @@ def table(results: dict) -> str:
                 f"| {n_envs} envs x {n_steps} steps | {impl} | {_fmt(seconds)} "
                 f"| {bw / 1e9:.2f} | {speedup} | {frac} |"
             )
+    numba = rows.get((4096, 128), {}).get("gae[numba]")
+    if checks is not None and numba:
+        lines.append("")
+        lines.append(f"Always-on argument checks at 4096 envs x 128 steps: {_fmt(checks)}, "
+                     f"{checks / numba[0]:.1%} of gae[numba].")
     machine = results.get("machine_info", {})
     cpu = machine.get("cpu", {}).get("brand_raw") or platform.processor()
     lines.append("")
