@@ -1,0 +1,69 @@
+"""Networks: shapes, CleanRL's initialization, and what act() returns."""
+
+import math
+
+import pytest
+import torch
+from gymnasium import spaces
+
+from fastppo.agent import Agent, make_agent
+from fastppo.config import make_config
+
+
+def test_nature_cnn_shapes_and_heads():
+    torch.manual_seed(0)
+    agent = Agent("nature_cnn", (4, 84, 84), 6, continuous=False)
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    (logits,), value = agent(obs)
+    assert logits.shape == (3, 6) and value.shape == (3,)
+    action, logp, v = agent.act(obs)
+    assert action.shape == (3,) and action.dtype == torch.int64
+    expected = torch.log_softmax(logits, -1).gather(1, action[:, None]).squeeze(1)
+    torch.testing.assert_close(logp, expected)
+    torch.testing.assert_close(v, value)
+
+
+def test_orthogonal_init_with_cleanrl_gains():
+    torch.manual_seed(0)
+    agent = Agent("mlp", (8,), 3, continuous=False, hidden_size=64)
+    first, out = agent.actor[0], agent.actor[4]
+    # Orthogonal, scaled by the gain: W^T W = gain^2 I for a tall W, W W^T for a wide one.
+    torch.testing.assert_close(first.weight.T @ first.weight, 2.0 * torch.eye(8), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(out.weight @ out.weight.T, 0.01**2 * torch.eye(3), atol=1e-7,
+                               rtol=0)
+    critic_out = agent.critic[4]
+    torch.testing.assert_close(critic_out.weight @ critic_out.weight.T, torch.eye(1))
+    assert all(float(m.bias.abs().max()) == 0 for m in (first, out, critic_out))
+
+
+def test_gaussian_head_state_independent_log_std():
+    torch.manual_seed(0)
+    agent = Agent("mlp", (17,), 6, continuous=True)
+    assert agent.log_std.shape == (1, 6) and float(agent.log_std.abs().max()) == 0
+    obs = torch.randn(5, 17)
+    (mean, log_std), value = agent(obs)
+    assert mean.shape == (5, 6) and log_std.shape == (5, 6) and value.shape == (5,)
+    action, logp, _ = agent.act(obs)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    torch.testing.assert_close(logp, expected)
+    det, det_logp, _ = agent.act(obs, deterministic=True)
+    torch.testing.assert_close(det, mean)
+    torch.testing.assert_close(det_logp, (-log_std - 0.5 * math.log(2 * math.pi)).sum(-1))
+
+
+def test_deterministic_categorical_is_argmax():
+    agent = Agent("mlp", (4,), 2, continuous=False)
+    obs = torch.randn(16, 4)
+    (logits,), _ = agent(obs)
+    assert torch.equal(agent.act(obs, deterministic=True)[0], logits.argmax(-1))
+
+
+def test_make_agent_follows_spaces():
+    box = spaces.Box(-1, 1, (3,))
+    agent = make_agent(make_config("HalfCheetah-v4"), spaces.Box(-1, 1, (17,)), box)
+    assert agent.continuous and agent.log_std.shape == (1, 3)
+    with pytest.raises(ValueError, match="network"):
+        Agent("resnet", (4,), 2, continuous=False)
+    with pytest.raises(ValueError, match="nature_cnn"):
+        Agent("nature_cnn", (4, 84, 84), 2, continuous=True)
