@@ -63,7 +63,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _cast(dtype, *tensors):
-    return [None if t is None else t.to(dtype) for t in tensors]
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -289,7 +289,8 @@ def _check_common(batch, device, old_logprobs, advantages, values, old_values, r
 
 
 def _unpack(loss, stats):
-    return loss, dict(zip(STAT_NAMES, stats.detach()[:6].unbind()))
+    # zip stops after the six public statistics; the rest of ``stats`` is for the backward
+    return loss, dict(zip(STAT_NAMES, stats.detach().unbind()))
 
 
 def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, returns, *,

@@ -122,90 +122,97 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
 
 
 # ----------------------------------------------------------------------------- categorical
+# ``rows = (old_logprobs, advantages, values, old_values, returns, weights)``;
+# ``coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)``; ``flags = (has_weights,
+# clip_vloss)``. A ``*_rows`` kernel handles rows [lo, hi) on the calling thread; its
+# ``*_parallel`` driver hands one block of rows to each thread.
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_forward(z, actions, old, adv, v, ov, ret, w, has_w, adv_mean, adv_scale, wsum,
-                         clip, vf_coef, ent_coef, clip_vloss, loss_out, stats, row_stats):
-    n, a_dim = z.shape
-    pg_s = 0.0
-    v_s = 0.0
-    ent_s = 0.0
-    kl_s = 0.0
-    okl_s = 0.0
-    cf_s = 0.0
-    for i in prange(n):
+@njit(cache=True, error_model="numpy", nogil=True)
+def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, sums, row_stats):
+    """Rows [lo, hi): write logsumexp/entropy, add the weighted loss terms into sums (6,)."""
+    old, adv, v, ov, ret, w = rows
+    adv_mean, adv_scale, clip = coefs[0], coefs[1], coefs[2]
+    a_dim = z.shape[1]
+    for i in range(lo, hi):
         m = z[i, 0]
         for j in range(1, a_dim):
-            if z[i, j] > m:
-                m = z[i, j]
+            m = max(m, z[i, j])
         s = 0.0
         t = 0.0
         for j in range(a_dim):
-            e = math.exp(z[i, j] - m)
+            d = z[i, j] - m
+            e = math.exp(d)
             s += e
-            if e > 0.0:
-                t += e * (z[i, j] - m)
-        lse = m + math.log(s)
-        ent = math.log(s) - t / s
+            t += e * d if e > 0.0 else 0.0  # p log p -> 0 for a -inf logit
+        log_s = math.log(s)
+        lse = m + log_s
+        ent = log_s - t / s
         row_stats[i, 0] = lse
         row_stats[i, 1] = ent
         a = (adv[i] - adv_mean) / adv_scale
         pg, vl, kl, okl, cf = _head_row(z[i, actions[i]] - lse, old[i], a, v[i], ov[i], ret[i],
-                                        clip, clip_vloss)
-        wi = w[i] if has_w else 1.0
-        pg_s += wi * pg
-        v_s += wi * vl
-        ent_s += wi * ent
-        kl_s += wi * kl
-        okl_s += wi * okl
-        cf_s += wi * cf
-    stats[0] = pg_s / wsum
-    stats[1] = v_s / wsum
-    stats[2] = ent_s / wsum
-    stats[3] = kl_s / wsum
-    stats[4] = okl_s / wsum
-    stats[5] = cf_s / wsum
-    loss_out[0] = stats[0] - ent_coef * stats[2] + vf_coef * stats[1]
+                                        clip, flags[1])
+        wi = w[i] if flags[0] else 1.0
+        sums[0] += wi * pg
+        sums[1] += wi * vl
+        sums[2] += wi * ent
+        sums[3] += wi * kl
+        sums[4] += wi * okl
+        sums[5] += wi * cf
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_backward(g, z, actions, old, adv, v, ov, ret, w, has_w, adv_mean, adv_scale,
-                          wsum, row_stats, clip, vf_coef, ent_coef, clip_vloss, d_z, d_v):
-    n, a_dim = z.shape
-    for i in prange(n):
-        c = g * (w[i] if has_w else 1.0) / wsum
+@njit(cache=True, error_model="numpy", nogil=True)
+def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, row_stats, d_z, d_v):
+    """Rows [lo, hi): write d_logits and d_values; g = incoming gradient / weight sum."""
+    old, adv, v, ov, ret, w = rows
+    adv_mean, adv_scale, clip, vf_coef, ent_coef = coefs
+    a_dim = z.shape[1]
+    for i in range(lo, hi):
+        c = g * (w[i] if flags[0] else 1.0)
         lse = row_stats[i, 0]
         ent = row_stats[i, 1]
         act = actions[i]
         a = (adv[i] - adv_mean) / adv_scale
         d_logp, dv = _head_grad_row(c, z[i, act] - lse, old[i], a, v[i], ov[i], ret[i], clip,
-                                    clip_vloss)
+                                    flags[1])
         d_v[i] = vf_coef * dv
         d_ent = -ent_coef * c
         for j in range(a_dim):
             log_p = z[i, j] - lse
             p = math.exp(log_p)
             dz = -d_logp * p
-            if p > 0.0:
-                dz -= d_ent * p * (log_p + ent)
-            if j == act:
-                dz += d_logp
-            d_z[i, j] = dz
+            dz -= d_ent * p * (log_p + ent) if p > 0.0 else 0.0
+            d_z[i, j] = dz + d_logp if j == act else dz
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _categorical_forward_parallel(blocks, z, actions, rows, coefs, flags, sums, row_stats):
+    n = z.shape[0]
+    size = -(-n // blocks)
+    for b in prange(blocks):
+        _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, actions, rows, coefs,
+                                  flags, sums[b], row_stats)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, row_stats, d_z,
+                                   d_v):
+    n = z.shape[0]
+    size = -(-n // blocks)
+    for b in prange(blocks):
+        _categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, actions, rows, coefs,
+                                   flags, row_stats, d_z, d_v)
 
 
 # ----------------------------------------------------------------------------- Gaussian
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_forward(mu, ls, x, old, adv, v, ov, ret, w, has_w, adv_mean, adv_scale, wsum, clip,
-                      vf_coef, ent_coef, clip_vloss, loss_out, stats, row_stats):
-    n, d_dim = mu.shape
-    pg_s = 0.0
-    v_s = 0.0
-    ent_s = 0.0
-    kl_s = 0.0
-    okl_s = 0.0
-    cf_s = 0.0
-    for i in prange(n):
+@njit(cache=True, error_model="numpy", nogil=True)
+def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, sums, row_stats):
+    """Rows [lo, hi): write the log-prob, add the weighted loss terms into sums (6,)."""
+    old, adv, v, ov, ret, w = rows
+    adv_mean, adv_scale, clip = coefs[0], coefs[1], coefs[2]
+    d_dim = mu.shape[1]
+    for i in range(lo, hi):
         logp = 0.0
         ent = 0.0
         for d in range(d_dim):
@@ -214,32 +221,28 @@ def _gaussian_forward(mu, ls, x, old, adv, v, ov, ret, w, has_w, adv_mean, adv_s
             ent += 0.5 + HALF_LOG_2PI + ls[i, d]
         row_stats[i] = logp
         a = (adv[i] - adv_mean) / adv_scale
-        pg, vl, kl, okl, cf = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip, clip_vloss)
-        wi = w[i] if has_w else 1.0
-        pg_s += wi * pg
-        v_s += wi * vl
-        ent_s += wi * ent
-        kl_s += wi * kl
-        okl_s += wi * okl
-        cf_s += wi * cf
-    stats[0] = pg_s / wsum
-    stats[1] = v_s / wsum
-    stats[2] = ent_s / wsum
-    stats[3] = kl_s / wsum
-    stats[4] = okl_s / wsum
-    stats[5] = cf_s / wsum
-    loss_out[0] = stats[0] - ent_coef * stats[2] + vf_coef * stats[1]
+        pg, vl, kl, okl, cf = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip, flags[1])
+        wi = w[i] if flags[0] else 1.0
+        sums[0] += wi * pg
+        sums[1] += wi * vl
+        sums[2] += wi * ent
+        sums[3] += wi * kl
+        sums[4] += wi * okl
+        sums[5] += wi * cf
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_backward(g, mu, ls, x, old, adv, v, ov, ret, w, has_w, adv_mean, adv_scale, wsum,
-                       row_stats, clip, vf_coef, ent_coef, clip_vloss, d_mu, d_ls, d_v):
-    n, d_dim = mu.shape
-    for i in prange(n):
-        c = g * (w[i] if has_w else 1.0) / wsum
+@njit(cache=True, error_model="numpy", nogil=True)
+def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, row_stats, d_mu, d_ls,
+                            d_v):
+    """Rows [lo, hi): write d_mean, d_log_std, d_values; g = incoming gradient / weight sum."""
+    old, adv, v, ov, ret, w = rows
+    adv_mean, adv_scale, clip, vf_coef, ent_coef = coefs
+    d_dim = mu.shape[1]
+    for i in range(lo, hi):
+        c = g * (w[i] if flags[0] else 1.0)
         a = (adv[i] - adv_mean) / adv_scale
         d_logp, dv = _head_grad_row(c, row_stats[i], old[i], a, v[i], ov[i], ret[i], clip,
-                                    clip_vloss)
+                                    flags[1])
         d_v[i] = vf_coef * dv
         d_ent = -ent_coef * c
         for d in range(d_dim):
@@ -249,36 +252,61 @@ def _gaussian_backward(g, mu, ls, x, old, adv, v, ov, ret, w, has_w, adv_mean, a
             d_ls[i, d] = d_logp * (zd * zd - 1.0) + d_ent
 
 
+@njit(cache=True, error_model="numpy", parallel=True)
+def _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, sums, row_stats):
+    n = mu.shape[0]
+    size = -(-n // blocks)
+    for b in prange(blocks):
+        _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, rows, coefs, flags,
+                               sums[b], row_stats)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, row_stats, d_mu, d_ls,
+                                d_v):
+    n = mu.shape[0]
+    size = -(-n // blocks)
+    for b in prange(blocks):
+        _gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, rows, coefs,
+                                flags, row_stats, d_mu, d_ls, d_v)
+
+
 # ----------------------------------------------------------------------------- host side
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+def _np(t: torch.Tensor, dtype=None) -> np.ndarray:
+    """A numpy view of t (a contiguous copy in ``dtype`` only when needed).
+
+    The checks read attributes only: at CleanRL's minibatch sizes the per-call overhead is
+    what the fused op has to beat, and a no-op ``.to()``/``.contiguous()`` is a dispatcher trip.
+    """
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
 
 
-def _run(kernel, elements, *args):
-    """Call a prange kernel, on the calling thread alone when the problem is small."""
-    threads = numba.get_num_threads()
-    if elements >= PARALLEL_MIN_ELEMENTS or threads == 1:
-        return kernel(*args)
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
+def _as(t, dtype):
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _blocks(elements):
+    """Thread blocks for a problem of this size: 1 means run on the calling thread."""
+    return 1 if elements < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
 
 
 def _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights):
-    """The (B,) inputs as arrays in the compute dtype, weights as (array, has_weights)."""
-    has_w = weights is not None
-    return (_np(old_logprobs), _np(advantages), _np(values.to(dtype)), _np(old_values),
-            _np(returns), _np(weights) if has_w else _ONE[dtype], has_w)
+    """The (B,) inputs as one tuple of arrays in the compute dtype (weights: a dummy if None)."""
+    return (_np(old_logprobs), _np(advantages), _np(values, dtype), _np(old_values),
+            _np(returns), _np(weights) if weights is not None else _ONE[dtype])
 
 
-def _prepare(actions, num_actions, rows):
+def _prepare(actions, num_actions, rows, has_w, normalize):
     """Advantage/weight statistics and the value checks: returns (adv_mean, adv_scale, wsum)."""
-    adv, w, has_w = rows[1], rows[5], rows[6]
-    mean, scale, wsum, bad, neg = _advantage_stats(actions, num_actions, adv, w, has_w,
-                                                   rows[7])
+    mean, scale, wsum, bad, neg = _advantage_stats(actions, num_actions, rows[1], rows[5], has_w,
+                                                   normalize)
     if bad:
         raise IndexError(f"actions: expected values in [0, {num_actions}), got {bad} outside")
     if neg:
@@ -288,26 +316,37 @@ def _prepare(actions, num_actions, rows):
     return mean, scale, wsum
 
 
-def _outputs(dtype, batch, row_shape):
-    loss = torch.empty((), dtype=dtype)
+def _finish(sums, adv_stats, vf_coef, ent_coef, dtype):
+    """loss () and stats (9,) from the per-block weighted sums (blocks, 6)."""
+    means = sums.sum(axis=0) / adv_stats[2]
     stats = torch.empty(9, dtype=dtype)
-    row_stats = torch.empty((batch, *row_shape), dtype=dtype)
-    return loss, stats, row_stats
+    stats_np = stats.numpy()
+    stats_np[:6] = means
+    stats_np[6:] = adv_stats
+    loss = torch.empty((), dtype=dtype)
+    loss.numpy()[()] = means[0] - ent_coef * means[2] + vf_coef * means[1]
+    return loss, stats
 
 
 def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
                         weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
-    acts = _np(actions.long())
+    acts = _np(actions, torch.int64)
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    adv_stats = _prepare(acts, logits.shape[1], rows + (normalize_advantages,))
-    loss, stats, row_stats = _outputs(dtype, logits.shape[0], (2,))
-    stats_np = stats.numpy()
-    _run(_categorical_forward, logits.numel(), _np(logits.to(dtype)), acts, *rows, *adv_stats,
-         clip_coef, vf_coef, ent_coef, clip_vloss, loss.view(1).numpy(), stats_np,
-         row_stats.numpy())
-    stats_np[6:] = adv_stats
-    return loss, stats, row_stats
+    flags = (weights is not None, clip_vloss)
+    adv_stats = _prepare(acts, logits.shape[1], rows, flags[0], normalize_advantages)
+    coefs = (adv_stats[0], adv_stats[1], clip_coef, vf_coef, ent_coef)
+    z = _np(logits, dtype)
+    row_stats = torch.empty(logits.shape[0], 2, dtype=dtype)
+    blocks = _blocks(logits.numel())
+    sums = np.zeros((blocks, 6))
+    if blocks == 1:
+        _categorical_forward_rows(0, z.shape[0], z, acts, rows, coefs, flags, sums[0],
+                                  row_stats.numpy())
+    else:
+        _categorical_forward_parallel(blocks, z, acts, rows, coefs, flags, sums,
+                                      row_stats.numpy())
+    return (*_finish(sums, adv_stats, vf_coef, ent_coef, dtype), row_stats)
 
 
 def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
@@ -315,12 +354,22 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
                          ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
+    adv_mean, adv_scale, wsum = stats[6:].tolist()
+    coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)
+    flags = (weights is not None, clip_vloss)
+    g = float(grad_loss) / wsum
+    z = _np(logits, dtype)
+    acts = _np(actions, torch.int64)
     d_z = torch.empty(logits.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
-    _run(_categorical_backward, logits.numel(), float(grad_loss), _np(logits.to(dtype)),
-         _np(actions.long()), *rows, *stats[6:].tolist(), row_stats.numpy(), clip_coef,
-         vf_coef, ent_coef, clip_vloss, d_z.numpy(), d_v.numpy())
-    return d_z.to(logits.dtype), d_v.to(values.dtype)
+    blocks = _blocks(logits.numel())
+    if blocks == 1:
+        _categorical_backward_rows(0, z.shape[0], g, z, acts, rows, coefs, flags,
+                                   row_stats.numpy(), d_z.numpy(), d_v.numpy())
+    else:
+        _categorical_backward_parallel(blocks, g, z, acts, rows, coefs, flags, row_stats.numpy(),
+                                       d_z.numpy(), d_v.numpy())
+    return _as(d_z, logits.dtype), _as(d_v, values.dtype)
 
 
 def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
@@ -328,14 +377,20 @@ def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, o
                      normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    adv_stats = _prepare(_NO_ACTIONS, 0, rows + (normalize_advantages,))
-    loss, stats, row_stats = _outputs(dtype, mean.shape[0], ())
-    stats_np = stats.numpy()
-    _run(_gaussian_forward, mean.numel(), _np(mean.to(dtype)), _np(log_std.to(dtype)),
-         _np(actions), *rows, *adv_stats, clip_coef, vf_coef, ent_coef, clip_vloss,
-         loss.view(1).numpy(), stats_np, row_stats.numpy())
-    stats_np[6:] = adv_stats
-    return loss, stats, row_stats
+    flags = (weights is not None, clip_vloss)
+    adv_stats = _prepare(_NO_ACTIONS, 0, rows, flags[0], normalize_advantages)
+    coefs = (adv_stats[0], adv_stats[1], clip_coef, vf_coef, ent_coef)
+    mu, ls, x = _np(mean, dtype), _np(log_std, dtype), _np(actions)
+    row_stats = torch.empty(mean.shape[0], dtype=dtype)
+    blocks = _blocks(mean.numel())
+    sums = np.zeros((blocks, 6))
+    if blocks == 1:
+        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, rows, coefs, flags, sums[0],
+                               row_stats.numpy())
+    else:
+        _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, sums,
+                                   row_stats.numpy())
+    return (*_finish(sums, adv_stats, vf_coef, ent_coef, dtype), row_stats)
 
 
 def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
@@ -343,10 +398,19 @@ def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantage
                       ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
+    adv_mean, adv_scale, wsum = stats[6:].tolist()
+    coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)
+    flags = (weights is not None, clip_vloss)
+    g = float(grad_loss) / wsum
+    mu, ls, x = _np(mean, dtype), _np(log_std, dtype), _np(actions)
     d_mu = torch.empty(mean.shape, dtype=dtype)
     d_ls = torch.empty(mean.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
-    _run(_gaussian_backward, mean.numel(), float(grad_loss), _np(mean.to(dtype)),
-         _np(log_std.to(dtype)), _np(actions), *rows, *stats[6:].tolist(), row_stats.numpy(),
-         clip_coef, vf_coef, ent_coef, clip_vloss, d_mu.numpy(), d_ls.numpy(), d_v.numpy())
-    return d_mu.to(mean.dtype), d_ls.to(log_std.dtype), d_v.to(values.dtype)
+    blocks = _blocks(mean.numel())
+    if blocks == 1:
+        _gaussian_backward_rows(0, mu.shape[0], g, mu, ls, x, rows, coefs, flags,
+                                row_stats.numpy(), d_mu.numpy(), d_ls.numpy(), d_v.numpy())
+    else:
+        _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, row_stats.numpy(),
+                                    d_mu.numpy(), d_ls.numpy(), d_v.numpy())
+    return _as(d_mu, mean.dtype), _as(d_ls, log_std.dtype), _as(d_v, values.dtype)
