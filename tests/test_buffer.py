@@ -54,7 +54,7 @@ def test_trainer_masks_reset_steps_with_zero_weight():
     inner = trainer.loss_fn
 
     def recording_loss_fn(*args, weights):
-        seen.append((args[-4].clone(), weights.clone()))  # old values identify rows
+        seen.append((args[-2].clone(), weights.clone()))  # old values identify rows
         return inner(*args, weights=weights)
 
     trainer.loss_fn = recording_loss_fn
