@@ -66,8 +66,8 @@ def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
                          f"{config.env_id} has {action_space}")
     shape = observation_space.shape
     if config.network == "nature_cnn" and (len(shape) != 3 or shape[1:] != (84, 84)):
-        raise ValueError(f"network: 'nature_cnn' needs (frames, 84, 84) observations, "
-                         f"{config.env_id} gives {shape}")
+        raise ValueError(f"preset: {config.preset!r} uses network 'nature_cnn', which needs "
+                         f"(frames, 84, 84) observations; {config.env_id} gives {shape}")
     if config.network == "mlp" and len(shape) != 1:
         raise ValueError(f"preset: {config.preset!r} uses an MLP over flat observations, "
                          f"{config.env_id} gives observations of shape {shape}")
