@@ -21,6 +21,7 @@ import difflib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import PPOConfig
 
@@ -73,19 +74,13 @@ def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
                          f"{config.env_id} gives observations of shape {shape}")
 
 
-def _tensor(array: np.ndarray):
+def _tensor(array: np.ndarray) -> torch.Tensor:
     """A checkpointable copy (checkpoints hold tensors, loaded with weights_only=True)."""
-    import torch
-
     return torch.from_numpy(np.array(array))
 
 
-def _array(value, dtype) -> np.ndarray:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        value = value.numpy()
-    return np.array(value, dtype=dtype)
+def _array(value: torch.Tensor, dtype) -> np.ndarray:
+    return np.array(value.numpy() if isinstance(value, torch.Tensor) else value, dtype=dtype)
 
 
 class RunningMeanStd:
