@@ -97,6 +97,28 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert latest_checkpoint_path(tmp_path / "run").name == "ckpt_000000000256.pt"
 
 
+def test_target_kl_stops_the_epochs_early(tmp_path, monkeypatch):
+    import fastppo.train as train_module
+
+    make = train_module._make_loss_fn
+    calls = []
+
+    def counting(config, continuous):
+        inner = make(config, continuous)
+
+        def loss_fn(*args, weights):
+            calls.append(1)
+            return inner(*args, weights=weights)
+
+        return loss_fn
+
+    monkeypatch.setattr(train_module, "_make_loss_fn", counting)
+    config = _config("CartPole-v1", target_kl=1e-12)
+    train(config, tmp_path / "run", progress=False)
+    # Any policy change exceeds the target: one epoch of each update, not update_epochs.
+    assert len(calls) == config.num_updates * config.num_minibatches
+
+
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "fastppo", "train", "CartPole-v1", "--run-dir", str(run),
