@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "checkpoints (default: runs/<env>__<preset>__<seed>__<time>)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR",
                        help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("--fresh-envs", action="store_true",
+                       help="with --resume: reset the environments instead of replaying the "
+                            "run's env actions (fast for long runs; cuts running episodes, so "
+                            "the run is no longer identical to an uninterrupted one)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="show a progress bar (default: only when stdout is a terminal)")
     _add_config_options(train)
@@ -121,6 +125,8 @@ def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
     overrides = {k: v for k, v in vars(args).items()
                  if k in fields and k not in ("env_id", "preset")}
+    if args.fresh_envs and args.resume is None:
+        raise ValueError("--fresh-envs: only meaningful with --resume DIR")
     if args.resume is not None:
         run_dir = args.resume
         config_path = run_dir / "config.json"
@@ -180,7 +186,8 @@ def _train(args) -> int:
     print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
           file=sys.stderr)
     try:
-        summary = train(config, run_dir, resume=resume, progress=args.progress)
+        summary = train(config, run_dir, resume=resume, fresh_envs=args.fresh_envs,
+                        progress=args.progress)
     except NonFiniteError as err:
         print(f"fastppo: {err}", file=sys.stderr)
         return 1

@@ -251,6 +251,11 @@ class VecEnv:
         return Step(self.norm.observation(obs, self.update_stats), reward, terminated, truncated,
                     episodes)
 
+    def restart_episodes(self) -> None:
+        """Forget the running episodes (before a fresh ``reset`` on resume)."""
+        self.tracker = EpisodeTracker(self.num_envs)
+        self.norm.discounted_return[:] = 0.0
+
     def replay(self, actions: np.ndarray) -> None:
         """Step the raw envs through a recorded sequence of env actions (shape (S, N, ...)),
         without touching statistics: this brings freshly made envs to the state of a checkpoint.

@@ -108,17 +108,25 @@ class Trainer:
             "env_actions": [torch.from_numpy(a) for a in self.env_actions],
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a checkpoint: replays the logged env actions, then restores state."""
+    def load_state_dict(self, state: dict, fresh_envs: bool = False) -> None:
+        """Continue from a checkpoint: replay the logged env actions so the envs are where the
+        run left them, then restore everything else. ``fresh_envs`` resets the envs instead
+        (fast, but running episodes are cut and the run is no longer bit-identical)."""
         self.agent.load_state_dict(state["agent"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.env_actions = [a.numpy() for a in state["env_actions"]]
-        if self.env_actions:
-            self.envs.replay(np.concatenate(self.env_actions))
+        if fresh_envs:
+            self.envs.load_state_dict(state["env"])
+            self.envs.restart_episodes()
+            self.buffer.set_next_obs(self.envs.reset())
+            self.env_actions = []  # the log restarts at this reset (same seed)
         else:
-            self.envs.reset()
-        self.envs.load_state_dict(state["env"])
-        self.buffer.load_state_dict(state["buffer"])
+            self.env_actions = [a.numpy() for a in state["env_actions"]]
+            if self.env_actions:
+                self.envs.replay(np.concatenate(self.env_actions))
+            else:
+                self.envs.reset()
+            self.envs.load_state_dict(state["env"])
+            self.buffer.load_state_dict(state["buffer"])
         self.global_step, self.update = int(state["global_step"]), int(state["update"])
         self.recent_returns.extend(state["recent_returns"])
         restore_rng_state(state["rng"])
@@ -270,12 +278,15 @@ def write_config(config: PPOConfig, run_dir: Path) -> None:
 
 
 def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
-          stop_after_updates: int | None = None, progress: bool | None = None) -> dict:
+          fresh_envs: bool = False, stop_after_updates: int | None = None,
+          progress: bool | None = None) -> dict:
     """Run (or, with ``resume``, continue) PPO training in ``run_dir``.
 
+    ``fresh_envs`` (with ``resume``) resets the environments instead of replaying the logged
+    actions: a fast resume for long runs, not bit-identical to an uninterrupted run.
     ``stop_after_updates`` stops (with a checkpoint) once that many updates are done in total,
     as SIGINT would; used by tests to interrupt a run at a known point.
-    Returns a summary: global_step, updates, recent_mean_return, stopped_by.
+    Returns a summary: global_step, updates, recent_mean_return, stopped_by, and the trainer.
     """
     from .logger import RunLogger
 
@@ -285,7 +296,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     trainer = Trainer(config, run_dir)
     state = load_latest_checkpoint(run_dir) if resume else None
     if state is not None:
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, fresh_envs=fresh_envs)
     else:
         trainer.start()
     logger = RunLogger(run_dir, config.num_updates * config.batch_size,

@@ -69,6 +69,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id):
         _without_timing(read_metrics(tmp_path / "full"))
 
 
+def test_resume_with_fresh_envs_continues_counters(tmp_path):
+    train(_config("HalfCheetah-v4"), tmp_path / "run", stop_after_updates=2, progress=False)
+    saved = load_latest_checkpoint(tmp_path / "run")
+    resumed = train(_config("HalfCheetah-v4"), tmp_path / "run", resume=True, fresh_envs=True,
+                    progress=False)
+    assert resumed["updates"] == 4 and resumed["global_step"] == 4 * 64
+    trainer = resumed["trainer"]
+    # Normalization statistics carried over (and kept updating), the action log restarted.
+    assert trainer.envs.norm.obs_rms.count > float(saved["env"]["norm"]["obs_rms"]["count"])
+    assert len(trainer.env_actions) == 2
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import fastppo.train as train_module
 
