@@ -160,9 +160,14 @@ def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
 
     spec = envpool.make_spec(config.env_id)
     check_spaces(config, spec.observation_space, spec.action_space)
+    from fastppo.kernels._backend import resolve_backend
+
     from .train import resolve_device
 
-    resolve_device(config.device)
+    try:
+        resolve_backend(config.kernels, resolve_device(config.device))
+    except ValueError as err:
+        raise ValueError(f"--kernels: {err}") from None
     run_dir = args.run_dir
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")

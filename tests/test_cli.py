@@ -57,6 +57,18 @@ def test_impossible_settings_fail_before_work(tmp_path, capsys, argv, needles):
     assert not run.exists()
 
 
+def test_triton_kernels_need_cuda(tmp_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so --kernels triton is possible")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    run = tmp_path / "run"
+    _fails(["train", "CartPole-v1", "--kernels", "triton", "--device", "cpu", "--run-dir",
+            str(run)], capsys, "--kernels", "triton")
+    assert not run.exists()
+
+
 def test_unusable_run_dirs(tmp_path, capsys):
     used = tmp_path / "used"
     used.mkdir()
