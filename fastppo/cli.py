@@ -120,7 +120,7 @@ def _check_new_run_dir(run_dir: Path) -> None:
 def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
     """The run's config, directory and whether it resumes; ValueError for anything unusable."""
     from .checkpoint import latest_checkpoint_path
-    from .envs import check_env_id, check_spaces
+    from .envs import check_env_id, check_spaces, env_spaces
 
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
     overrides = {k: v for k, v in vars(args).items()
@@ -156,10 +156,7 @@ def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
         raise ValueError("ENV_ID: expected an EnvPool task id (or --resume DIR)")
     check_env_id(args.env_id)
     config = make_config(args.env_id, args.preset, **overrides)
-    import envpool
-
-    spec = envpool.make_spec(config.env_id)
-    check_spaces(config, spec.observation_space, spec.action_space)
+    check_spaces(config, *env_spaces(config.env_id))
     from fastppo.kernels._backend import resolve_backend
 
     from .train import resolve_device

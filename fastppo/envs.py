@@ -17,7 +17,9 @@ steps as ``valid = False`` so the tracker and the reward scaler skip them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,8 +48,26 @@ def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     options = {}
     if config.preset == "atari":
         options.update(episodic_life=config.episodic_life, reward_clip=config.reward_clip)
-    return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
-                        **options)
+    with _quiet_spaces():
+        return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
+                            **options)
+
+
+def env_spaces(env_id: str):
+    """(observation_space, action_space) of ``env_id`` without making any environment."""
+    import envpool
+
+    with _quiet_spaces():
+        spec = envpool.make_spec(env_id)
+        return spec.observation_space, spec.action_space
+
+
+@contextlib.contextmanager
+def _quiet_spaces():
+    """Silence gymnasium's warning about EnvPool's float64 space bounds cast to float32."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+        yield
 
 
 def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
