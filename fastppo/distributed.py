@@ -255,13 +255,29 @@ def broadcast_module(module: torch.nn.Module, ctx: DistContext, src: int = 0) ->
 # ----------------------------------------------------------------------------- statistics
 
 def allreduce_sum(tensor: Tensor, ctx: DistContext) -> Tensor:
-    """Elementwise sum of ``tensor`` over all ranks, as a new tensor (the input is untouched)."""
+    """Elementwise sum of ``tensor`` over all ranks, as a new tensor (the input is untouched).
+
+    The reduction runs on ``ctx.device`` (NCCL needs CUDA tensors) and the result comes back on
+    ``tensor``'s device, so CPU-side statistics work with either backend.
+    """
     if not ctx.distributed:
         return tensor
-    out = tensor.detach().clone()
+    out = tensor.detach().to(ctx.device, copy=True)
     with _collective(ctx, "all-reduce"):
         dist.all_reduce(out)
-    return out
+    return out.to(tensor.device)
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank if ``flag`` is True on any rank (one tiny collective; host sync).
+
+    Use it for decisions each rank first takes alone, e.g. stopping after a SIGINT/SIGTERM that
+    reached the ranks at slightly different times: every rank checks at the same update boundary
+    and all stop together, instead of one rank leaving while the others wait in a collective.
+    """
+    if not ctx.distributed:
+        return bool(flag)
+    return bool(allreduce_sum(torch.tensor([float(bool(flag))], device=ctx.device), ctx) > 0)
 
 
 def global_weighted_mean(value: Tensor, weight: Tensor, ctx: DistContext) -> Tensor:
@@ -352,16 +368,19 @@ def global_moments(x: Tensor, ctx: DistContext, weight: Tensor | None = None) ->
     Each rank computes its two-pass local moments; one all-gather shares them and every rank
     merges them in rank order, so all ranks hold bitwise identical results. Use it for running
     observation/return normalization (feed ``mean``, ``var``, ``count`` to the normalizer's
-    update-from-moments) and for advantage normalization.
+    update-from-moments) and for advantage normalization. Every rank must call it, also with
+    zero rows (its part then has count 0); the result is on ``x``'s device.
     """
     local = local_moments(x, weight)
     if not ctx.distributed:
         return local
     shape = local.mean.shape
     packed = torch.cat([local.count.reshape(1), local.mean.reshape(-1), local.m2.reshape(-1)])
+    packed = packed.to(ctx.device)
     gathered = [torch.empty_like(packed) for _ in range(ctx.world_size)]
     with _collective(ctx, "statistics all-gather"):
         dist.all_gather(gathered, packed)
+    gathered = [g.to(x.device) for g in gathered]
     size = local.mean.numel()
     parts = [Moments(g[0], g[1:1 + size].reshape(shape), g[1 + size:].reshape(shape))
              for g in gathered]

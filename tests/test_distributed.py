@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastppo.distributed import DistContext, allreduce_gradients, \
+from fastppo.distributed import DistContext, allreduce_gradients, any_rank, \
     global_moments, init_distributed, kl_early_stop, local_moments, merge_moments, \
     normalize_advantages, rank_seed
 
@@ -57,12 +57,24 @@ def test_two_rank_step_equals_single_process_step_on_union(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["world_size"] == 2
+    assert [r["votes"] for r in ranks] == [[True, False]] * 2  # any_rank: same answer everywhere
     assert [r["gloo_threads_after_shutdown"] for r in ranks] in ([0, 0], [-1, -1])
 
     # Parameters are bitwise equal on both ranks (also the broadcast initial ones).
     for key in ranks[0]["params"]:
         assert torch.equal(ranks[0]["initial"][key], ranks[1]["initial"][key]), key
         assert torch.equal(ranks[0]["params"][key], ranks[1]["params"][key]), key
+
+    # Observation statistics merged across ranks = statistics of the concatenated observations
+    # (second entry: rank 1 contributes zero rows).
+    step0 = gs.make_problem()[0]
+    for moments, obs in zip(ranks[0]["moments"], (torch.cat([b["obs"] for b in step0]),
+                                                  step0[0]["obs"])):
+        assert moments["count"].item() == len(obs)
+        torch.testing.assert_close(moments["mean"], obs.mean(0), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(moments["m2"] / (len(obs) - 1), obs.var(0), rtol=1e-12, atol=0)
+    for key in ("count", "mean", "m2"):
+        assert torch.equal(ranks[0]["moments"][0][key], ranks[1]["moments"][0][key])
 
     # Single process over b1 ∪ b2, ppo_loss normalizing the advantages itself.
     policy = gs.make_policy()
@@ -125,6 +137,7 @@ def test_single_process_helpers_are_identities():
     assert kl_early_stop(torch.tensor(0.03), torch.tensor(1.0), 0.02, ctx)
     assert not kl_early_stop(torch.tensor(0.01), torch.tensor(1.0), 0.02, ctx)
     assert not kl_early_stop(torch.tensor(9.0), torch.tensor(1.0), None, ctx)
+    assert any_rank(True, ctx) and not any_rank(False, ctx)
 
 
 def test_rank_seeds_are_distinct_and_rank0_keeps_the_seed():

@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from fastppo.distributed import allreduce_gradients, broadcast_module, global_weighted_mean, \
-    init_distributed, normalize_advantages, rank_seed, shutdown
+from fastppo.distributed import allreduce_gradients, any_rank, broadcast_module, global_moments, \
+    global_weighted_mean, init_distributed, normalize_advantages, rank_seed, shutdown
 from fastppo.kernels import ppo_loss
 
 OBS, ACTIONS = 5, 3
@@ -100,9 +100,14 @@ def main(out_dir: str) -> None:
         records.append(dict(loss=global_weighted_mean(loss.detach(), weight, ctx),
                             approx_kl=global_weighted_mean(approx_kl, weight, ctx),
                             grad_norm=grad_norm))
+    votes = [any_rank(ctx.rank == 1, ctx), any_rank(False, ctx)]
+    obs = make_problem()[0][ctx.rank]["obs"]
+    moments = [global_moments(obs, ctx), global_moments(obs[:0] if ctx.rank else obs, ctx)]
+    moments = [dict(count=m.count, mean=m.mean, m2=m.m2) for m in moments]
     shutdown(ctx)  # its gloo threads must be gone, or they may abort the process at exit
     torch.save(dict(initial=initial, params=policy.state_dict(), records=records,
-                    world_size=ctx.world_size, gloo_threads_after_shutdown=gloo_threads()),
+                    world_size=ctx.world_size, votes=votes,
+                    moments=moments, gloo_threads_after_shutdown=gloo_threads()),
                f"{out_dir}/rank{ctx.rank}.pt")
 
 
