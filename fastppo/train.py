@@ -226,10 +226,17 @@ class Trainer:
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor):
-    """1 - Var(y_true - y_pred) / Var(y_true) over the masked rows (NaN when Var(y_true) = 0)."""
-    y_pred, y_true = y_pred[mask], y_true[mask]
-    var_y = y_true.var(unbiased=False)
-    ev = 1.0 - (y_true - y_pred).var(unbiased=False) / var_y
+    """1 - Var(y_true - y_pred) / Var(y_true) over the rows where ``mask`` is true (population
+    variances, as CleanRL's np.var; NaN when Var(y_true) = 0). Weighted, so no host sync."""
+    w = mask.to(y_true.dtype)
+    n = w.sum()
+
+    def var(x):
+        mean = (w * x).sum() / n
+        return (w * (x - mean) ** 2).sum() / n
+
+    var_y = var(y_true)
+    ev = 1.0 - var(y_true - y_pred) / var_y
     return torch.where(var_y == 0, torch.full_like(ev, float("nan")), ev)
 
 

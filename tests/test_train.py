@@ -163,3 +163,18 @@ def test_cartpole_learns_to_475(tmp_path):
                if "charts/episodic_return" in r]
     assert len(returns) >= 10
     assert sum(returns[-10:]) / 10 >= 475, returns[-10:]
+
+
+def test_explained_variance_over_valid_rows():
+    import numpy as np
+
+    from fastppo.train import explained_variance
+
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.normal(size=50), rng.normal(size=50)
+    mask = rng.random(50) > 0.3
+    expected = 1 - np.var(y_true[mask] - y_pred[mask]) / np.var(y_true[mask])
+    got = explained_variance(torch.tensor(y_pred), torch.tensor(y_true), torch.tensor(mask))
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    flat = explained_variance(torch.zeros(4), torch.ones(4), torch.ones(4, dtype=torch.bool))
+    assert torch.isnan(flat)
