@@ -1,20 +1,24 @@
-"""PPO loss, Numba backend (CPU): ``@njit(parallel=True, cache=True)``, ``prange`` over rows.
+"""PPO loss, Numba backend (CPU): ``@njit(cache=True)`` row kernels, ``prange`` over row blocks.
 
 Same interface and math as ``ppo_loss_torch`` (read its docstring for the backward
 derivation). Categorical and Gaussian share this file because they share the per-row "head"
 (``_head_row`` / ``_head_grad_row``: ratio, clipped surrogate, value loss and their gradients);
 only the log-prob/entropy loops differ.
 
-Forward: one reduction pass over the rows for the weight sum and, when normalizing, the
-advantage mean, a second for the unbiased weighted variance, then one ``prange`` pass that
-computes each row's logsumexp and entropy (max, then one loop of exp sums), the loss terms and
-the six statistics as ``prange`` reductions. The per-row logsumexp and entropy (categorical) or
-log-prob (Gaussian) are saved for the backward, which is one ``prange`` pass writing the
-gradients. The value checks (actions in range, weights) are counted inside the first pass and
-raised here, so they cost no extra pass.
+Forward: ``_advantage_stats``, one serial pass over the (B,) rows for the weight sum and the
+advantage mean and a second for the unbiased weighted variance, which also counts the bad
+actions and negative weights (raised here, so the value checks cost no extra pass); then one
+pass over the rows (``*_forward_rows``) computing each row's logsumexp and entropy (a max loop
+and one loop of exp sums), the loss terms, and weighted sums of the six statistics, in float64.
+The per-row logsumexp and entropy (categorical) or log-prob (Gaussian) are saved; the backward
+(``*_backward_rows``) is one pass writing the gradients, recomputing softmax from the logits.
 
-Every kernel specializes on the compute dtype only: rows arrive contiguous, ``weights=None``
-becomes a one-element array plus a flag, and half-precision logits are upcast to float32.
+Threads: below ``PARALLEL_MIN_ELEMENTS`` the row kernels run on the calling thread; above, a
+``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
+row of partial sums. The kernels specialize on the compute dtype only: rows arrive contiguous,
+``weights=None`` becomes a one-element array and a flag, half-precision logits are upcast.
+Float32 inputs are computed in float32 element-wise (exp, log-prob) with float64 scalar
+accumulators.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actio
 
 # ----------------------------------------------------------------------------- shared pieces
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _tmax(x, y):
     """torch.max(x, y): NaN if either is NaN."""
     if x != x or y != y:
@@ -45,7 +49,7 @@ def _tmax(x, y):
     return x if x >= y else y
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _tclamp(x, lo, hi):
     """torch.clamp(x, lo, hi): NaN stays NaN."""
     if x < lo:
@@ -55,7 +59,7 @@ def _tclamp(x, lo, hi):
     return x
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _max_shares(x, y):
     """Gradient shares torch.max(x, y) sends to (x, y): half each on a tie, 1 each on NaN."""
     if x == y:
@@ -89,7 +93,7 @@ def _advantage_stats(actions, num_actions, adv, w, has_w, normalize):
     return mean, math.sqrt(sq / (wsum - 1.0)) + 1e-8, wsum, bad, neg
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _head_row(logp, old, adv, v, ov, ret, clip, clip_vloss):
     """Per-row loss terms: (pg, v_loss, approx_kl, old_approx_kl, clipped)."""
     logratio = logp - old
@@ -103,7 +107,7 @@ def _head_row(logp, old, adv, v, ov, ret, clip, clip_vloss):
     return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
     """Per-row (d loss/d logp, d loss/d values / vf_coef) for row weight c = G w_i / sum(w)."""
     ratio = math.exp(logp - old)
