@@ -97,6 +97,9 @@ def test_train_writes_resolved_config_and_resume_rules(tmp_path, capsys):
     # Extending the run is allowed and continues from the checkpoint.
     assert main(["train", "--resume", str(run), "--total-timesteps", "96", "--no-progress"]) == 0
     assert "96 steps" in capsys.readouterr().out
+    figure = tmp_path / "curve.png"
+    assert main(["plot", str(run), str(run), "-o", str(figure)]) == 0
+    assert figure.stat().st_size > 0
 
 
 def test_python_dash_m_entry_point():
