@@ -35,11 +35,12 @@ def peak_bytes(step, device):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.events() if e.name == "[memory]"),
+    # every op's own allocations and frees (and the unattributed "[memory]" frees), in order
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
                     key=lambda e: e.time_range.start)
     live = peak = 0
     for event in events:
-        live += event.cpu_memory_usage
+        live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak
 
@@ -74,7 +75,12 @@ def main():
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and Numba threads (default: leave as configured)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
 
     print(f"Machine: {machine()}, device {args.device}\n")
     print("| case | eager | torch.compile | fused | fused vs eager | fused vs compile "

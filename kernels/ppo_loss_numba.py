@@ -67,30 +67,55 @@ def _max_shares(x, y):
     return (0.0 if x < y else 1.0), (0.0 if x > y else 1.0)
 
 
+# error codes the drivers return (raised as exceptions by the host functions)
+_BAD_ACTION, _NEGATIVE_WEIGHT, _ZERO_WEIGHTS = 1, 2, 3
+
+
 @njit(cache=True, error_model="numpy")
-def _advantage_stats(actions, num_actions, adv, w, has_w, normalize):
-    """Return (adv_mean, adv_scale, weight_sum, bad_actions, negative_weights)."""
-    n = adv.shape[0]
+def _advantage_stats(actions, num_actions, rows, flags, stats):
+    """Write adv_mean, adv_scale, weight_sum into stats[6:9]; return 0 or an error code.
+
+    Two passes over the rows: weight sum, weighted mean, value checks; then the unbiased
+    weighted variance. ``num_actions = 0`` skips the action check (Gaussian policy)."""
+    adv, w = rows[1], rows[5]
+    has_w, normalize = flags[0], flags[2]
     wsum = 0.0
     wadv = 0.0
-    bad = 0
-    neg = 0
-    for i in range(n):
+    for i in range(adv.shape[0]):
         wi = w[i] if has_w else 1.0
+        if wi < 0:
+            return _NEGATIVE_WEIGHT
+        if num_actions > 0 and (actions[i] < 0 or actions[i] >= num_actions):
+            return _BAD_ACTION
         wsum += wi
         wadv += wi * adv[i]
-        if wi < 0:
-            neg += 1
-        if num_actions > 0 and (actions[i] < 0 or actions[i] >= num_actions):
-            bad += 1
-    if not normalize or wsum <= 0:
-        return 0.0, 1.0, wsum, bad, neg
+    if wsum <= 0:
+        return _ZERO_WEIGHTS
     mean = wadv / wsum
-    sq = 0.0
-    for i in range(n):
-        wi = w[i] if has_w else 1.0
-        sq += wi * (adv[i] - mean) * (adv[i] - mean)
-    return mean, math.sqrt(sq / (wsum - 1.0)) + 1e-8, wsum, bad, neg
+    scale = 1.0
+    if normalize:
+        sq = 0.0
+        for i in range(adv.shape[0]):
+            wi = w[i] if has_w else 1.0
+            sq += wi * (adv[i] - mean) * (adv[i] - mean)
+        scale = math.sqrt(sq / (wsum - 1.0)) + 1e-8
+    else:
+        mean = 0.0
+    stats[6] = mean
+    stats[7] = scale
+    stats[8] = wsum
+    return 0
+
+
+@njit(cache=True, error_model="numpy")
+def _finish(sums, coefs, loss, stats):
+    """loss and stats[0:6] from the per-block weighted sums (blocks, 6)."""
+    for k in range(6):
+        total = 0.0
+        for b in range(sums.shape[0]):
+            total += sums[b, k]
+        stats[k] = total / stats[8]
+    loss[0] = stats[0] - coefs[2] * stats[2] + coefs[1] * stats[1]
 
 
 @njit(cache=True, error_model="numpy")
@@ -127,15 +152,16 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
 
 # ----------------------------------------------------------------------------- categorical
 # ``rows = (old_logprobs, advantages, values, old_values, returns, weights)``;
-# ``coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)``; ``flags = (has_weights,
-# clip_vloss)``. A ``*_rows`` kernel handles rows [lo, hi) on the calling thread; its
-# ``*_parallel`` driver hands one block of rows to each thread.
+# ``coefs = (clip_coef, vf_coef, ent_coef)``; ``flags = (has_weights, clip_vloss,
+# normalize_advantages)``; ``stats`` (9,) as in ppo_loss_torch. A ``*_rows`` kernel handles
+# rows [lo, hi); the ``*_serial`` / ``*_parallel`` drivers run the whole forward (statistics,
+# rows, means) on the calling thread or with one block of rows per thread.
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, sums, row_stats):
+def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sums, row_stats):
     """Rows [lo, hi): write logsumexp/entropy, add the weighted loss terms into sums (6,)."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip = coefs[0], coefs[1], coefs[2]
+    adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
     a_dim = z.shape[1]
     for i in range(lo, hi):
         m = z[i, 0]
@@ -166,17 +192,19 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, sums, row_
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, row_stats, d_z, d_v):
-    """Rows [lo, hi): write d_logits and d_values; g = incoming gradient / weight sum."""
+def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats, row_stats, d_z,
+                               d_v):
+    """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip, vf_coef, ent_coef = coefs
+    clip, vf_coef, ent_coef = coefs
+    g = g / stats[8]
     a_dim = z.shape[1]
     for i in range(lo, hi):
         c = g * (w[i] if flags[0] else 1.0)
         lse = row_stats[i, 0]
         ent = row_stats[i, 1]
         act = actions[i]
-        a = (adv[i] - adv_mean) / adv_scale
+        a = (adv[i] - stats[6]) / stats[7]
         d_logp, dv = _head_grad_row(c, z[i, act] - lse, old[i], a, v[i], ov[i], ret[i], clip,
                                     flags[1])
         d_v[i] = vf_coef * dv
@@ -189,40 +217,63 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, row_st
             d_z[i, j] = dz + d_logp if j == act else dz
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_forward_parallel(blocks, z, actions, rows, coefs, flags, sums, row_stats):
-    n = z.shape[0]
-    size = -(-n // blocks)
-    for b in prange(blocks):
-        _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, actions, rows, coefs,
-                                  flags, sums[b], row_stats)
+@njit(cache=True, error_model="numpy", nogil=True)
+def _categorical_forward_serial(z, actions, rows, coefs, flags, loss, stats, row_stats):
+    err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
+    if err == 0:
+        sums = np.zeros((1, 6))
+        _categorical_forward_rows(0, z.shape[0], z, actions, rows, coefs, flags, stats, sums[0],
+                                  row_stats)
+        _finish(sums, coefs, loss, stats)
+    return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, row_stats, d_z,
-                                   d_v):
+def _categorical_forward_parallel(blocks, z, actions, rows, coefs, flags, loss, stats,
+                                  row_stats):
+    err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
+    if err == 0:
+        n = z.shape[0]
+        size = -(-n // blocks)
+        sums = np.zeros((blocks, 6))
+        for b in prange(blocks):
+            _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, actions, rows, coefs,
+                                      flags, stats, sums[b], row_stats)
+        _finish(sums, coefs, loss, stats)
+    return err
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, stats, row_stats,
+                                   d_z, d_v):
     n = z.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
         _categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, actions, rows, coefs,
-                                   flags, row_stats, d_z, d_v)
+                                   flags, stats, row_stats, d_z, d_v)
 
 
 # ----------------------------------------------------------------------------- Gaussian
+# ``ls`` is (B, D), or (1, D) for a log-std shared by all rows (then 1/sigma is computed once
+# per column instead of once per element).
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, sums, row_stats):
+def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, row_stats):
     """Rows [lo, hi): write the log-prob, add the weighted loss terms into sums (6,)."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip = coefs[0], coefs[1], coefs[2]
+    adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
     d_dim = mu.shape[1]
+    shared = ls.shape[0] == 1
+    inv_std_shared = np.exp(-ls[0])
     for i in range(lo, hi):
+        r = 0 if shared else i
         logp = 0.0
         ent = 0.0
         for d in range(d_dim):
-            diff = x[i, d] - mu[i, d]
-            logp += -diff * diff / (2.0 * math.exp(2.0 * ls[i, d])) - ls[i, d] - HALF_LOG_2PI
-            ent += 0.5 + HALF_LOG_2PI + ls[i, d]
+            inv_std = inv_std_shared[d] if shared else math.exp(-ls[i, d])
+            zd = (x[i, d] - mu[i, d]) * inv_std
+            logp += -0.5 * zd * zd - ls[r, d] - HALF_LOG_2PI
+            ent += 0.5 + HALF_LOG_2PI + ls[r, d]
         row_stats[i] = logp
         a = (adv[i] - adv_mean) / adv_scale
         pg, vl, kl, okl, cf = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip, flags[1])
@@ -236,43 +287,62 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, sums, row_stat
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, row_stats, d_mu, d_ls,
-                            d_v):
-    """Rows [lo, hi): write d_mean, d_log_std, d_values; g = incoming gradient / weight sum."""
+def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, stats, row_stats, d_mu,
+                            d_ls, d_v):
+    """Rows [lo, hi): write d_mean, d_log_std, d_values for an incoming gradient g."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip, vf_coef, ent_coef = coefs
+    clip, vf_coef, ent_coef = coefs
+    g = g / stats[8]
     d_dim = mu.shape[1]
+    shared = ls.shape[0] == 1
+    inv_std_shared = np.exp(-ls[0])
     for i in range(lo, hi):
         c = g * (w[i] if flags[0] else 1.0)
-        a = (adv[i] - adv_mean) / adv_scale
+        a = (adv[i] - stats[6]) / stats[7]
         d_logp, dv = _head_grad_row(c, row_stats[i], old[i], a, v[i], ov[i], ret[i], clip,
                                     flags[1])
         d_v[i] = vf_coef * dv
         d_ent = -ent_coef * c
         for d in range(d_dim):
-            inv_std = math.exp(-ls[i, d])
+            inv_std = inv_std_shared[d] if shared else math.exp(-ls[i, d])
             zd = (x[i, d] - mu[i, d]) * inv_std
             d_mu[i, d] = d_logp * zd * inv_std
             d_ls[i, d] = d_logp * (zd * zd - 1.0) + d_ent
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, sums, row_stats):
-    n = mu.shape[0]
-    size = -(-n // blocks)
-    for b in prange(blocks):
-        _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, rows, coefs, flags,
-                               sums[b], row_stats)
+@njit(cache=True, error_model="numpy", nogil=True)
+def _gaussian_forward_serial(mu, ls, x, rows, coefs, flags, loss, stats, row_stats):
+    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    if err == 0:
+        sums = np.zeros((1, 6))
+        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, rows, coefs, flags, stats, sums[0],
+                               row_stats)
+        _finish(sums, coefs, loss, stats)
+    return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, row_stats, d_mu, d_ls,
-                                d_v):
+def _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, loss, stats, row_stats):
+    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    if err == 0:
+        n = mu.shape[0]
+        size = -(-n // blocks)
+        sums = np.zeros((blocks, 6))
+        for b in prange(blocks):
+            _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, rows, coefs,
+                                   flags, stats, sums[b], row_stats)
+        _finish(sums, coefs, loss, stats)
+    return err
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, stats, row_stats, d_mu,
+                                d_ls, d_v):
     n = mu.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
         _gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, rows, coefs,
-                                flags, row_stats, d_mu, d_ls, d_v)
+                                flags, stats, row_stats, d_mu, d_ls, d_v)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -296,6 +366,11 @@ def _as(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _log_std_rows(log_std):
+    """(1, D) for a log-std broadcast over rows (stride 0: an expanded parameter), else (B, D)."""
+    return log_std[:1] if log_std.stride(0) == 0 else log_std
+
+
 def _blocks(elements):
     """Thread blocks for a problem of this size: 1 means run on the calling thread."""
     return 1 if elements < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
@@ -307,50 +382,37 @@ def _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
             _np(returns), _np(weights) if weights is not None else _ONE[dtype])
 
 
-def _prepare(actions, num_actions, rows, has_w, normalize):
-    """Advantage/weight statistics and the value checks: returns (adv_mean, adv_scale, wsum)."""
-    mean, scale, wsum, bad, neg = _advantage_stats(actions, num_actions, rows[1], rows[5], has_w,
-                                                   normalize)
-    if bad:
-        raise IndexError(f"actions: expected values in [0, {num_actions}), got {bad} outside")
-    if neg:
-        raise ValueError(f"weights: expected nonnegative values, got {neg} negative")
-    if wsum <= 0:
-        raise ValueError("weights: expected at least one positive weight, got all zeros")
-    return mean, scale, wsum
+def _raise(err, num_actions):
+    if err == _BAD_ACTION:
+        raise IndexError(f"actions: expected values in [0, {num_actions}), got one outside")
+    if err == _NEGATIVE_WEIGHT:
+        raise ValueError("weights: expected nonnegative values, got a negative weight")
+    raise ValueError("weights: expected at least one positive weight, got all zeros")
 
 
-def _finish(sums, adv_stats, vf_coef, ent_coef, dtype):
-    """loss () and stats (9,) from the per-block weighted sums (blocks, 6)."""
-    means = sums.sum(axis=0) / adv_stats[2]
-    stats = torch.empty(9, dtype=dtype)
-    stats_np = stats.numpy()
-    stats_np[:6] = means
-    stats_np[6:] = adv_stats
+def _outputs(dtype, *row_stats_shape):
+    """loss (), stats (9,), row_stats, and numpy views of them for the kernels."""
     loss = torch.empty((), dtype=dtype)
-    loss.numpy()[()] = means[0] - ent_coef * means[2] + vf_coef * means[1]
-    return loss, stats
+    stats = torch.empty(9, dtype=dtype)
+    row_stats = torch.empty(row_stats_shape, dtype=dtype)
+    return (loss, stats, row_stats), (loss.view(1).numpy(), stats.numpy(), row_stats.numpy())
 
 
 def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
                         weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
-    acts = _np(actions, torch.int64)
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    flags = (weights is not None, clip_vloss)
-    adv_stats = _prepare(acts, logits.shape[1], rows, flags[0], normalize_advantages)
-    coefs = (adv_stats[0], adv_stats[1], clip_coef, vf_coef, ent_coef)
-    z = _np(logits, dtype)
-    row_stats = torch.empty(logits.shape[0], 2, dtype=dtype)
+    args = (_np(logits, dtype), _np(actions, torch.int64), rows, (clip_coef, vf_coef, ent_coef),
+            (weights is not None, clip_vloss, normalize_advantages))
+    result, outs = _outputs(dtype, logits.shape[0], 2)
     blocks = _blocks(logits.numel())
-    sums = np.zeros((blocks, 6))
     if blocks == 1:
-        _categorical_forward_rows(0, z.shape[0], z, acts, rows, coefs, flags, sums[0],
-                                  row_stats.numpy())
+        err = _categorical_forward_serial(*args, *outs)
     else:
-        _categorical_forward_parallel(blocks, z, acts, rows, coefs, flags, sums,
-                                      row_stats.numpy())
-    return (*_finish(sums, adv_stats, vf_coef, ent_coef, dtype), row_stats)
+        err = _categorical_forward_parallel(blocks, *args, *outs)
+    if err:
+        _raise(err, logits.shape[1])
+    return result
 
 
 def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
@@ -358,21 +420,17 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
                          ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    adv_mean, adv_scale, wsum = stats[6:].tolist()
-    coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)
-    flags = (weights is not None, clip_vloss)
-    g = float(grad_loss) / wsum
-    z = _np(logits, dtype)
-    acts = _np(actions, torch.int64)
     d_z = torch.empty(logits.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
+    args = (float(grad_loss), _np(logits, dtype), _np(actions, torch.int64), rows,
+            (clip_coef, vf_coef, ent_coef), (weights is not None, clip_vloss,
+                                             normalize_advantages),
+            stats.numpy(), row_stats.numpy(), d_z.numpy(), d_v.numpy())
     blocks = _blocks(logits.numel())
     if blocks == 1:
-        _categorical_backward_rows(0, z.shape[0], g, z, acts, rows, coefs, flags,
-                                   row_stats.numpy(), d_z.numpy(), d_v.numpy())
+        _categorical_backward_rows(0, logits.shape[0], *args)
     else:
-        _categorical_backward_parallel(blocks, g, z, acts, rows, coefs, flags, row_stats.numpy(),
-                                       d_z.numpy(), d_v.numpy())
+        _categorical_backward_parallel(blocks, *args)
     return _as(d_z, logits.dtype), _as(d_v, values.dtype)
 
 
@@ -381,20 +439,18 @@ def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, o
                      normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    flags = (weights is not None, clip_vloss)
-    adv_stats = _prepare(_NO_ACTIONS, 0, rows, flags[0], normalize_advantages)
-    coefs = (adv_stats[0], adv_stats[1], clip_coef, vf_coef, ent_coef)
-    mu, ls, x = _np(mean, dtype), _np(log_std, dtype), _np(actions)
-    row_stats = torch.empty(mean.shape[0], dtype=dtype)
+    args = (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), rows,
+            (clip_coef, vf_coef, ent_coef), (weights is not None, clip_vloss,
+                                             normalize_advantages))
+    result, outs = _outputs(dtype, mean.shape[0])
     blocks = _blocks(mean.numel())
-    sums = np.zeros((blocks, 6))
     if blocks == 1:
-        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, rows, coefs, flags, sums[0],
-                               row_stats.numpy())
+        err = _gaussian_forward_serial(*args, *outs)
     else:
-        _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, sums,
-                                   row_stats.numpy())
-    return (*_finish(sums, adv_stats, vf_coef, ent_coef, dtype), row_stats)
+        err = _gaussian_forward_parallel(blocks, *args, *outs)
+    if err:
+        _raise(err, 0)
+    return result
 
 
 def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
@@ -402,19 +458,16 @@ def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantage
                       ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    adv_mean, adv_scale, wsum = stats[6:].tolist()
-    coefs = (adv_mean, adv_scale, clip_coef, vf_coef, ent_coef)
-    flags = (weights is not None, clip_vloss)
-    g = float(grad_loss) / wsum
-    mu, ls, x = _np(mean, dtype), _np(log_std, dtype), _np(actions)
     d_mu = torch.empty(mean.shape, dtype=dtype)
     d_ls = torch.empty(mean.shape, dtype=dtype)
     d_v = torch.empty(values.shape, dtype=dtype)
+    args = (float(grad_loss), _np(mean, dtype), _np(_log_std_rows(log_std), dtype),
+            _np(actions), rows, (clip_coef, vf_coef, ent_coef),
+            (weights is not None, clip_vloss, normalize_advantages), stats.numpy(),
+            row_stats.numpy(), d_mu.numpy(), d_ls.numpy(), d_v.numpy())
     blocks = _blocks(mean.numel())
     if blocks == 1:
-        _gaussian_backward_rows(0, mu.shape[0], g, mu, ls, x, rows, coefs, flags,
-                                row_stats.numpy(), d_mu.numpy(), d_ls.numpy(), d_v.numpy())
+        _gaussian_backward_rows(0, mean.shape[0], *args)
     else:
-        _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, row_stats.numpy(),
-                                    d_mu.numpy(), d_ls.numpy(), d_v.numpy())
+        _gaussian_backward_parallel(blocks, *args)
     return _as(d_mu, mean.dtype), _as(d_ls, log_std.dtype), _as(d_v, values.dtype)
