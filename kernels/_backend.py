@@ -7,7 +7,6 @@ reference when that compiler does not import. ``"triton"`` on CPU tensors is all
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -16,9 +15,13 @@ import torch
 BACKENDS = ("auto", "torch", "numba", "triton")
 
 
-@functools.cache
+# Looked up once (find_spec does not import the package); plain constants keep resolve_backend
+# traceable by torch.compile.
+_INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("numba", "triton")}
+
+
 def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    return _INSTALLED[module]
 
 
 def triton_interpret() -> bool:
