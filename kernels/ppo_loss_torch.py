@@ -18,7 +18,8 @@ compute dtype, float64 for float64 policy outputs and float32 otherwise)::
 
 ``stats = [pg_loss, v_loss, entropy, approx_kl, old_approx_kl, clipfrac,
 adv_mean, adv_scale, weight_sum]``: the six public statistics, then what the backward needs to
-rebuild the normalized advantage ``(adv - adv_mean) / adv_scale`` and the weights ``w / weight_sum``.
+rebuild the normalized advantage ``(adv - adv_mean) / adv_scale`` and the row weights
+``w / weight_sum``.
 
 Backward math. With ``c_i = w_i / sum(w)`` and ``G`` the incoming gradient of ``loss``:
 
@@ -51,9 +52,8 @@ def _check_values(actions, num_actions, weights):
         if actions.device.type == "cpu":
             lo, hi = torch.aminmax(actions)
             if lo < 0 or hi >= num_actions:
-                raise IndexError(
-                    f"actions: expected values in [0, {num_actions}), got min {int(lo)} max {int(hi)}"
-                )
+                raise IndexError(f"actions: expected values in [0, {num_actions}), "
+                                 f"got min {int(lo)} max {int(hi)}")
         else:
             torch._assert_async(
                 ((actions >= 0) & (actions < num_actions)).all(), "actions: out of [0, A)"
@@ -97,7 +97,8 @@ def _wmean(x, weights, wsum):
 def _head_forward(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
                   clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
     """Everything after log-prob and entropy: return (loss, stats (9,))."""
-    adv, adv_mean, adv_scale, wsum = _normalized_advantages(advantages, weights, normalize_advantages)
+    adv, adv_mean, adv_scale, wsum = _normalized_advantages(advantages, weights,
+                                                            normalize_advantages)
     logratio = logp - old_logprobs
     ratio = torch.exp(logratio)
     pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))

@@ -106,7 +106,8 @@ def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
     gen = torch.Generator().manual_seed(seed)
     mean = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
     log_std = (0.5 * torch.randn(dim, generator=gen, dtype=torch.float64)).to(dtype)
-    actions = (mean.double() + torch.randn(batch, dim, generator=gen, dtype=torch.float64)).to(dtype)
+    noise = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    actions = (mean.double() + noise).to(dtype)
     logp = Normal(mean.double(), log_std.double().exp()).log_prob(actions.double()).sum(1)
     return [mean, log_std, actions, *_rows(gen, batch, logp, dtype, weighted)]
 
