@@ -131,7 +131,8 @@ def test_target_kl_stops_the_epochs_early(tmp_path, monkeypatch):
     assert len(calls) == config.num_updates * config.num_minibatches
 
 
-def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_after_the_current_update(tmp_path, signum):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "fastppo", "train", "CartPole-v1", "--run-dir", str(run),
             "--num-envs", "4", "--num-steps", "32", "--total-timesteps", "200000",
@@ -142,10 +143,10 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
             run / "metrics.jsonl").exists() else True:
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, errs = proc.communicate(timeout=60)
     assert proc.returncode == 0, errs
-    assert "stopped by SIGTERM" in out
+    assert f"stopped by {signal.Signals(signum).name}" in out
     state = load_latest_checkpoint(run)
     assert state is not None and 1 <= state["update"] < 1562
     assert state["global_step"] == state["update"] * 128
