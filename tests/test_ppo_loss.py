@@ -239,6 +239,33 @@ def test_half_precision_logits_on_triton(dtype):
     torch.testing.assert_close(d_values.double(), expected[2][1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_int32_actions_strided_logits_float64_values(backend):
+    """Inputs as trainers hand them over: int32 actions, logits sliced out of a wider head
+    output (non-contiguous), float64 value targets; gradients come back in each input's dtype."""
+    logits, actions, *rest = categorical_inputs(33, 7, torch.float32, weighted=True)
+    head = torch.cat([logits, torch.randn(33, 1)], dim=1).requires_grad_()
+    values = rest[2].double().requires_grad_()
+    rest = [rest[0], rest[1], values, *(t.double() for t in rest[3:5]), rest[5]]
+    expected = oracle_categorical(logits, actions, *rest, **COEFS)
+    loss, stats = ppo_loss(head[:, :7], actions.int(), *rest[:5], weights=rest[5],
+                           backend=backend, **COEFS)
+    d_head, d_values = torch.autograd.grad(loss, [head, values])
+    assert d_head.dtype == torch.float32 and d_values.dtype == torch.float64
+    assert torch.all(d_head[:, 7] == 0)
+    _check(loss, stats, [d_head[:, :7], d_values], expected, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_gaussian_accepts_the_log_std_parameter_itself(backend):
+    mean, log_std, actions, *rest = gaussian_inputs(5, 3, torch.float64, weighted=False)
+    log_std.requires_grad_()
+    expected = oracle_gaussian(mean, log_std, actions, *rest, **COEFS)
+    loss, _ = ppo_loss_gaussian(mean, log_std, actions, *rest[:5], backend=backend, **COEFS)
+    (d_log_std,) = torch.autograd.grad(loss, [log_std])
+    torch.testing.assert_close(d_log_std, expected[2][1], rtol=1e-9, atol=1e-11)
+
+
 # ----------------------------------------------------------------------------- numerics
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
