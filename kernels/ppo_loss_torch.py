@@ -80,7 +80,7 @@ def _max_weights(x, y):
 def _normalized_advantages(advantages, weights, normalize):
     """Return (adv, adv_mean, adv_scale, weight_sum) with adv = (adv - mean) / scale."""
     zero = advantages.new_zeros(())
-    wsum = weights.sum() if weights is not None else advantages.new_tensor(advantages.shape[0])
+    wsum = weights.sum() if weights is not None else advantages.new_full((), advantages.shape[0])
     if not normalize:
         return advantages, zero, zero + 1, wsum
     mean = _wmean(advantages, weights, wsum)
