@@ -5,17 +5,20 @@ derivation). Categorical and Gaussian share this file because they share the per
 (``_head_row`` / ``_head_grad_row``: ratio, clipped surrogate, value loss and their gradients);
 only the log-prob/entropy loops differ.
 
-Forward: ``_advantage_stats``, one serial pass over the (B,) rows for the weight sum and the
-advantage mean and a second for the unbiased weighted variance, which also counts the bad
-actions and negative weights (raised here, so the value checks cost no extra pass); then one
-pass over the rows (``*_forward_rows``) computing each row's logsumexp and entropy (a max loop
-and one loop of exp sums), the loss terms, and weighted sums of the six statistics, in float64.
-The per-row logsumexp and entropy (categorical) or log-prob (Gaussian) are saved; the backward
-(``*_backward_rows``) is one pass writing the gradients, recomputing softmax from the logits.
+Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
+makes one pass over the (B,) rows for the weight sum, the advantage mean and the value checks
+(bad action, negative weight, all-zero weights: returned as an error code and raised here, so
+they cost no extra pass) and a second for the unbiased weighted variance; ``*_forward_rows``
+then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
+loop and one loop of exp sums), the loss terms and weighted sums of the six statistics (float64
+accumulators), and ``_finish`` turns the sums into means and the loss. The per-row logsumexp
+and entropy (categorical) or log-prob (Gaussian) are saved; the backward (``*_backward_rows``)
+is one pass writing the gradients, recomputing the softmax from the logits.
 
-Threads: below ``PARALLEL_MIN_ELEMENTS`` the row kernels run on the calling thread; above, a
+Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; above, a
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
-row of partial sums. The kernels specialize on the compute dtype only: rows arrive contiguous,
+row of partial sums. Speed at large B is bound by one scalar ``math.exp`` per element in each
+direction (this Numba build has no SVML, so the loop does not vectorize). The kernels specialize on the compute dtype only: rows arrive contiguous,
 ``weights=None`` becomes a one-element array and a flag, half-precision logits are upcast.
 Float32 inputs are computed in float32 element-wise (exp, log-prob) with float64 scalar
 accumulators.
