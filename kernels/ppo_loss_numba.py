@@ -10,17 +10,19 @@ makes one pass over the (B,) rows for the weight sum, the advantage mean and the
 (bad action, negative weight, all-zero weights: returned as an error code and raised here, so
 they cost no extra pass) and a second for the unbiased weighted variance; ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
-loop and one loop of exp sums), the loss terms and weighted sums of the six statistics (float64
+loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
+loss terms and weighted sums of the six statistics (float64
 accumulators), and ``_finish`` turns the sums into means and the loss. The per-row logsumexp
 and entropy (categorical) or log-prob (Gaussian) are saved; the backward (``*_backward_rows``)
 is one pass writing the gradients, recomputing the softmax from the logits.
 
 Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; above, a
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
-row of partial sums. Speed at large B is bound by one scalar ``math.exp`` per element in each
-direction (this Numba build has no SVML, so the loop does not vectorize). The kernels specialize on the compute dtype only: rows arrive contiguous,
-``weights=None`` becomes a one-element array and a flag, half-precision logits are upcast.
-Float32 inputs are computed in float32 element-wise (exp, log-prob) with float64 scalar
+row of partial sums. The exp over A is ``_exp``: for float32 a branch-free polynomial that LLVM
+vectorizes (this Numba build has no SVML, so ``math.exp`` would be one libm call per element),
+for float64 ``math.exp``. The kernels specialize on the compute dtype only: rows arrive
+contiguous, ``weights=None`` becomes a one-element array and a flag, half-precision logits are
+upcast. Float32 inputs are computed in float32 element-wise (exp, log-prob) with float64
 accumulators.
 """
 
@@ -31,15 +33,73 @@ import math
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
 PARALLEL_MIN_ELEMENTS = 1 << 18
+_ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
+
+
+# ----------------------------------------------------------------------------- exp over A
+# ``math.exp`` is a libm call per element (this Numba build has no SVML), which keeps LLVM from
+# vectorizing the loops over A. ``_exp`` of a float32 is instead plain arithmetic that LLVM
+# turns into SIMD code: exp(x) = 2^n exp(r) with n = round(x / ln 2) and r = x - n ln 2 in
+# [-ln(2)/2, ln(2)/2] (Cody-Waite: ln 2 split into a 9-bit head, so n * head is exact, and a
+# tail), exp(r) = 1 + r + r^2 (1/2! + r/3! + ... + r^5/7!) (Taylor, truncation error < 1e-8,
+# so float32 rounding dominates: within 1.2e-7 relative), and 2^n built from exponent bits as
+# 2^(n//2) 2^(n - n//2) (each factor a normal float for every n in [-126, 128]).
+# Below log(2^-126) the result is 0 (no subnormal results, which would be slow and are below
+# float32 resolution next to the sum of a softmax), above log(FLT_MAX) inf, NaN stays NaN.
+# float64 keeps ``math.exp``: it is the testing precision.
+
+_F = np.float32
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.4426950408889634), _F(0.693359375), _F(-2.1219444e-4)
+_EXP_LO, _EXP_HI = _F(-87.33654), _F(88.72283)  # log(2^-126), log(FLT_MAX)
+_ROUND = _F(1.5 * 2**23)  # (y + _ROUND) - _ROUND rounds y to the nearest integer (|y| < 2^22)
+_C2, _C3, _C4, _C5, _C6, _C7 = (_F(1 / math.factorial(k)) for k in range(2, 8))
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bit pattern is the int32 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def exp32(x):
+    """exp of a float32, branch-free (see the section comment)."""
+    xc = min(max(x, _EXP_LO), _EXP_HI)
+    n = (xc * _LOG2E + _ROUND) - _ROUND
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    q = ((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2
+    k = np.int32(n)
+    half = k >> 1
+    y = ((_F(1.0) + r + r * r * q) * _float32_from_bits((half + 127) << 23)
+         * _float32_from_bits((k - half + 127) << 23))
+    y = _F(0.0) if x < _EXP_LO else y
+    y = _F(np.inf) if x > _EXP_HI else y
+    return x if x != x else y
+
+
+def _exp(x):
+    """exp(x) in the precision of x: ``exp32`` for float32, ``math.exp`` otherwise."""
+    return math.exp(x)
+
+
+@overload(_exp)
+def _exp_overload(x):
+    if x == types.float32:
+        return lambda x: exp32(x)
+    return lambda x: math.exp(x)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -162,36 +222,53 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write logsumexp/entropy, add the weighted loss terms into sums (6,)."""
+    """Rows [lo, hi): write logsumexp/entropy, add the weighted loss terms into sums (6,).
+
+    Rows go ``_ROW_TILE`` at a time through a transposed tile ``zt`` (A, tile), so that the
+    max, exp and sums over A run across rows: contiguous, one row per SIMD lane, and each row
+    still summed in order j = 0 .. A-1 (no reassociation)."""
     old, adv, v, ov, ret, w = rows
     adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
     a_dim = z.shape[1]
-    for i in range(lo, hi):
-        m = z[i, 0]
-        for j in range(1, a_dim):
-            m = max(m, z[i, j])
-        s = 0.0
-        t = 0.0
+    zt = np.empty((a_dim, _ROW_TILE), z.dtype)
+    m = np.empty(_ROW_TILE, z.dtype)
+    s = np.empty(_ROW_TILE)  # sum_j exp(z - m) and sum_j exp(z - m) (z - m), float64
+    t = np.empty(_ROW_TILE)
+    for r0 in range(lo, hi, _ROW_TILE):
+        n = min(_ROW_TILE, hi - r0)
         for j in range(a_dim):
-            d = z[i, j] - m
-            e = math.exp(d)
-            s += e
-            t += e * d if e > 0.0 else 0.0  # p log p -> 0 for a -inf logit
-        log_s = math.log(s)
-        lse = m + log_s
-        ent = log_s - t / s
-        row_stats[i, 0] = lse
-        row_stats[i, 1] = ent
-        a = (adv[i] - adv_mean) / adv_scale
-        pg, vl, kl, okl, cf = _head_row(z[i, actions[i]] - lse, old[i], a, v[i], ov[i], ret[i],
-                                        clip, flags[1])
-        wi = w[i] if flags[0] else 1.0
-        sums[0] += wi * pg
-        sums[1] += wi * vl
-        sums[2] += wi * ent
-        sums[3] += wi * kl
-        sums[4] += wi * okl
-        sums[5] += wi * cf
+            for r in range(n):
+                zt[j, r] = z[r0 + r, j]
+        for r in range(n):
+            m[r] = zt[0, r]
+            s[r] = 0.0
+            t[r] = 0.0
+        for j in range(1, a_dim):
+            for r in range(n):
+                m[r] = zt[j, r] if zt[j, r] > m[r] else m[r]
+        for j in range(a_dim):
+            for r in range(n):
+                d = zt[j, r] - m[r]
+                e = _exp(d)
+                s[r] += e
+                t[r] += e * d if e > 0.0 else 0.0  # p log p -> 0 for a -inf logit
+        for r in range(n):
+            i = r0 + r
+            log_s = math.log(s[r])
+            lse = m[r] + log_s
+            ent = log_s - t[r] / s[r]
+            row_stats[i, 0] = lse
+            row_stats[i, 1] = ent
+            a = (adv[i] - adv_mean) / adv_scale
+            pg, vl, kl, okl, cf = _head_row(z[i, actions[i]] - lse, old[i], a, v[i], ov[i], ret[i],
+                                            clip, flags[1])
+            wi = w[i] if flags[0] else 1.0
+            sums[0] += wi * pg
+            sums[1] += wi * vl
+            sums[2] += wi * ent
+            sums[3] += wi * kl
+            sums[4] += wi * okl
+            sums[5] += wi * cf
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -214,7 +291,7 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats,
         d_ent = -ent_coef * c
         for j in range(a_dim):
             log_p = z[i, j] - lse
-            p = math.exp(log_p)
+            p = _exp(log_p)
             dz = -d_logp * p
             dz -= d_ent * p * (log_p + ent) if p > 0.0 else 0.0
             d_z[i, j] = dz + d_logp if j == act else dz
