@@ -5,11 +5,15 @@
     fastppo train --resume runs/CartPole-v1__classic__1__20250101-120000
     fastppo eval RUN_DIR --episodes 10 --deterministic
     fastppo plot RUN_DIR [RUN_DIR ...] -o curve.png
+    torchrun --standalone --nproc_per_node 2 -m fastppo train CartPole-v1   # 2 learners
 
 Every ``PPOConfig`` field is an option of ``train`` (``--num-envs``, ``--learning-rate``, ...);
 options left out take the preset's value. Settings that cannot work (unknown env id, a batch that
 does not split into minibatches, a preset that does not fit the env, an unusable run directory)
 fail before any environment is made or any step is taken.
+
+Under ``torchrun`` every process is one data-parallel rank (``fastppo.distributed``); all ranks
+resolve the same config, rank 0 alone names and checks a new run directory and tells the others.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .config import PRESET_SETTINGS, PRESETS, PPOConfig, make_config
 
 # Settings a resumed run may change; everything else must stay as the run was started.
 RESUME_OVERRIDES = {"total_timesteps", "kernels", "device", "checkpoint_every", "torch_threads",
-                    "tensorboard"}
+                    "tensorboard", "dist_timeout"}
 
 
 def _option_type(field: dataclasses.Field):
@@ -117,8 +121,12 @@ def _check_new_run_dir(run_dir: Path) -> None:
                          "writable)")
 
 
-def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
-    """The run's config, directory and whether it resumes; ValueError for anything unusable."""
+def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path | None, bool]:
+    """The run's config, directory and whether it resumes; ValueError for anything unusable.
+
+    A new run's directory is checked and named later by :func:`_new_run_dir` (on rank 0 only);
+    here it is ``args.run_dir`` (None for the default name).
+    """
     from .checkpoint import latest_checkpoint_path
     from .envs import check_env_id, check_spaces, env_spaces
 
@@ -165,13 +173,33 @@ def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path, bool]:
         resolve_backend(config.kernels, resolve_device(config.device))
     except ValueError as err:
         raise ValueError(f"--kernels: {err}") from None
-    run_dir = args.run_dir
+    return config, args.run_dir, False
+
+
+def _new_run_dir(config: PPOConfig, run_dir: Path | None) -> Path:
+    """``run_dir``, or the default ``runs/<env>__<preset>__<seed>__<time>``, checked unused."""
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{config.env_id.replace('/', '-')}__{config.preset}__" \
                                  f"{config.seed}__{stamp}"
     _check_new_run_dir(run_dir)
-    return config, run_dir, False
+    return run_dir
+
+
+def _agreed_run_dir(config: PPOConfig, run_dir: Path | None, ctx) -> Path:
+    """Rank 0 names and checks the new run directory; every rank gets its answer (or error)."""
+    from .distributed import broadcast_object
+
+    answer = None
+    if ctx.is_main:
+        try:
+            answer = ("ok", str(_new_run_dir(config, run_dir)))
+        except ValueError as err:
+            answer = ("error", str(err))
+    status, text = broadcast_object(answer, ctx)
+    if status == "error":
+        raise ValueError(text)
+    return Path(text)
 
 
 class UsageError(Exception):
@@ -179,20 +207,44 @@ class UsageError(Exception):
 
 
 def _train(args) -> int:
+    from .distributed import init_distributed, shutdown
     from .train import NonFiniteError, train
 
     try:
         config, run_dir, resume = _resolve_train(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
-          file=sys.stderr)
+    try:
+        ctx = init_distributed(config.device, config.dist_timeout)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not resume:
+        try:
+            run_dir = _agreed_run_dir(config, run_dir, ctx)
+        except ValueError as err:
+            shutdown(ctx)
+            raise UsageError(str(err)) from None
+    if not ctx.is_main:
+        args.progress = False
+    else:
+        print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
+              file=sys.stderr)
+        if ctx.distributed:
+            batch = config.batch_size
+            print(f"fastppo: {ctx.world_size} ranks x {config.num_envs} envs = "
+                  f"{ctx.world_size * config.num_envs} environments; per-rank batch {batch}, "
+                  f"global batch {ctx.world_size * batch}; {config.updates_for(ctx.world_size)} "
+                  f"updates for {config.total_timesteps} global steps", file=sys.stderr)
     try:
         summary = train(config, run_dir, resume=resume, fresh_envs=args.fresh_envs,
-                        progress=args.progress)
+                        progress=args.progress, ctx=ctx)
     except NonFiniteError as err:
         print(f"fastppo: {err}", file=sys.stderr)
+        shutdown(ctx)
         return 1
+    shutdown(ctx)
+    if not ctx.is_main:
+        return 0
     recent = summary["recent_mean_return"]
     recent_text = "n/a" if recent is None else f"{recent:.2f}"
     how = f" (stopped by {summary['stopped_by']}; continue with --resume {run_dir})" \
@@ -228,6 +280,15 @@ def _plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # launched by torchrun
+        # record: torchrun's failure summary then shows the failing rank's traceback.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"train": _train, "eval": _eval, "plot": _plot}[args.command]

@@ -36,9 +36,10 @@ class PPOConfig:
     env_id: str = _opt("CartPole-v1", "EnvPool task id, e.g. CartPole-v1, HalfCheetah-v4, Pong-v5")
     preset: str = _opt("classic", "settings bundle: classic, mujoco or atari", cli=False)
     seed: int = _opt(1, "seed of python, numpy, torch and the environments")
-    total_timesteps: int = _opt(200_000, "environment steps to train for (all envs together)")
+    total_timesteps: int = _opt(200_000, "environment steps to train for (all envs of all ranks "
+                                         "together: the budget is global)")
     # rollout
-    num_envs: int = _opt(8, "parallel environments stepped by EnvPool")
+    num_envs: int = _opt(8, "parallel environments stepped by EnvPool, per rank under torchrun")
     num_steps: int = _opt(128, "steps per environment in each rollout (T)")
     # optimisation
     learning_rate: float = _opt(2.5e-4, "Adam learning rate (eps 1e-5)")
@@ -73,6 +74,8 @@ class PPOConfig:
                                  "small MLPs, whose ops are too short to split across threads")
     checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")
     tensorboard: bool = _opt(True, "write TensorBoard event files")
+    dist_timeout: float = _opt(300.0, "torchrun runs: seconds a rank waits for the others (the "
+                                      "rendezvous and every collective) before the job fails")
 
     @property
     def batch_size(self) -> int:
@@ -85,8 +88,13 @@ class PPOConfig:
 
     @property
     def num_updates(self) -> int:
-        """Rollout/update cycles; total_timesteps rounded down to whole rollouts (at least 1)."""
-        return max(1, self.total_timesteps // self.batch_size)
+        """Rollout/update cycles of a single process; see :meth:`updates_for`."""
+        return self.updates_for(1)
+
+    def updates_for(self, world_size: int) -> int:
+        """Rollout/update cycles of ``world_size`` data-parallel ranks: total_timesteps rounded
+        down to whole global rollouts of world_size * batch_size steps (at least 1)."""
+        return max(1, self.total_timesteps // (world_size * self.batch_size))
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when the run cannot work; checks no environment."""
@@ -108,7 +116,8 @@ class PPOConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1], got {getattr(self, name)}")
-        for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+        for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
+                     "dist_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
         for name in ("ent_coef", "vf_coef", "torch_threads", "checkpoint_every"):

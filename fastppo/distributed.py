@@ -397,3 +397,16 @@ def normalize_advantages(advantages: Tensor, weight: Tensor | None, ctx: DistCon
     """
     m = global_moments(advantages, ctx, weight)
     return (advantages - m.mean) / (m.unbiased_var.sqrt() + eps)
+
+
+def broadcast_object(obj, ctx: DistContext, src: int = 0):
+    """Rank ``src``'s picklable ``obj`` on every rank (e.g. the run directory rank 0 named).
+
+    Only for small, trusted values from the job's own ranks (it pickles).
+    """
+    if not ctx.distributed:
+        return obj
+    box = [obj if ctx.rank == src else None]
+    with _collective(ctx, "object broadcast"):
+        dist.broadcast_object_list(box, src, device=ctx.device)
+    return box[0]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import PPOConfig
+from .distributed import DistContext, global_moments
 
 
 def check_env_id(env_id: str) -> None:
@@ -104,20 +105,31 @@ def _array(value: torch.Tensor, dtype) -> np.ndarray:
 
 
 class RunningMeanStd:
-    """Mean and variance of a stream of batches (Chan et al. parallel update), float64."""
+    """Mean and variance of a stream of batches (Chan et al. parallel update), float64.
 
-    def __init__(self, shape: tuple[int, ...] = ()):
+    Under torchrun (``ctx`` distributed) each batch is the union of every rank's rows: the
+    moments are merged across ranks, so all ranks keep identical statistics.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), ctx: DistContext | None = None):
         self.mean = np.zeros(shape, np.float64)
         self.var = np.ones(shape, np.float64)
         self.count = 1e-4
+        self.ctx = ctx or DistContext()
 
     def update(self, batch: np.ndarray) -> None:
-        """Fold the rows of ``batch`` (axis 0) into the statistics. A data-parallel trainer
-        all-reduces (count, mean, M2) here."""
-        n = batch.shape[0]
+        """Fold the rows of ``batch`` (axis 0) into the statistics. Distributed: a collective
+        that every rank joins, also with 0 rows."""
+        if self.ctx.distributed:
+            m = global_moments(torch.from_numpy(np.ascontiguousarray(batch, np.float64)),
+                               self.ctx)
+            n = float(m.count)
+            b_mean, b_var = m.mean.numpy(), m.var.numpy()
+        else:
+            n = batch.shape[0]
+            b_mean, b_var = (batch.mean(axis=0), batch.var(axis=0)) if n else (None, None)
         if n == 0:
             return
-        b_mean, b_var = batch.mean(axis=0), batch.var(axis=0)
         delta = b_mean - self.mean
         total = self.count + n
         m2 = self.var * self.count + b_var * n + delta**2 * self.count * n / total
@@ -146,11 +158,12 @@ class RunningNorm:
     eps = 1e-8
 
     def __init__(self, num_envs: int, obs_shape: tuple[int, ...], *, gamma: float,
-                 norm_obs: bool, norm_reward: bool, clip_obs: float, clip_reward: float):
+                 norm_obs: bool, norm_reward: bool, clip_obs: float, clip_reward: float,
+                 ctx: DistContext | None = None):
         self.norm_obs, self.norm_reward = norm_obs, norm_reward
         self.gamma, self.clip_obs, self.clip_reward = gamma, clip_obs, clip_reward
-        self.obs_rms = RunningMeanStd(obs_shape)
-        self.ret_rms = RunningMeanStd(())
+        self.obs_rms = RunningMeanStd(obs_shape, ctx)
+        self.ret_rms = RunningMeanStd((), ctx)
         self.discounted_return = np.zeros(num_envs, np.float64)
 
     def observation(self, obs: np.ndarray, update: bool) -> np.ndarray:
@@ -225,10 +238,12 @@ class Step:
 class VecEnv:
     """``num_envs`` EnvPool environments plus normalization, action clipping and episode stats.
 
-    ``update_stats=False`` freezes the normalization statistics (evaluation).
+    ``update_stats=False`` freezes the normalization statistics (evaluation). With a distributed
+    ``ctx`` the statistics are updated from all ranks' data (every rank steps in lockstep).
     """
 
-    def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True):
+    def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True,
+                 ctx: DistContext | None = None):
         from gymnasium import spaces
 
         self.env = make_envpool(config, num_envs, seed)
@@ -241,7 +256,8 @@ class VecEnv:
         self.update_stats = update_stats
         self.norm = RunningNorm(num_envs, self.observation_space.shape, gamma=config.gamma,
                                 norm_obs=config.norm_obs, norm_reward=config.norm_reward,
-                                clip_obs=config.clip_obs, clip_reward=config.clip_reward)
+                                clip_obs=config.clip_obs, clip_reward=config.clip_reward,
+                                ctx=ctx)
         self.tracker = EpisodeTracker(num_envs)
         self.valid = np.ones(num_envs, bool)  # False for the step after a done (a reset step)
 
