@@ -279,6 +279,7 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats,
     clip, vf_coef, ent_coef = coefs
     g = g / stats[8]
     a_dim = z.shape[1]
+    zero = z.dtype.type(0.0)
     for i in range(lo, hi):
         c = g * (w[i] if flags[0] else 1.0)
         lse = row_stats[i, 0]
@@ -288,13 +289,15 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats,
         d_logp, dv = _head_grad_row(c, z[i, act] - lse, old[i], a, v[i], ov[i], ret[i], clip,
                                     flags[1])
         d_v[i] = vf_coef * dv
-        d_ent = -ent_coef * c
+        # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act], in the dtype of z so
+        # that the loop over A vectorizes at full float32 width
+        k_logp = z.dtype.type(-d_logp)
+        k_ent = z.dtype.type(ent_coef * c)  # -d_ent
         for j in range(a_dim):
             log_p = z[i, j] - lse
             p = _exp(log_p)
-            dz = -d_logp * p
-            dz -= d_ent * p * (log_p + ent) if p > 0.0 else 0.0
-            d_z[i, j] = dz + d_logp if j == act else dz
+            d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
+        d_z[i, act] += d_logp
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
