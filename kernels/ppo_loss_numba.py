@@ -222,7 +222,7 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write logsumexp/entropy, add the weighted loss terms into sums (6,).
+    """Rows [lo, hi): write logsumexp/entropy and the weighted sums of the loss terms (6,).
 
     Rows go ``_ROW_TILE`` at a time through a transposed tile ``zt`` (A, tile), so that the
     max, exp and sums over A run across rows: contiguous, one row per SIMD lane, and each row
@@ -234,6 +234,7 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
     m = np.empty(_ROW_TILE, z.dtype)
     s = np.empty(_ROW_TILE)  # sum_j exp(z - m) and sum_j exp(z - m) (z - m), float64
     t = np.empty(_ROW_TILE)
+    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0  # locals: no false sharing
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
         for j in range(a_dim):
@@ -263,12 +264,14 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
             pg, vl, kl, okl, cf = _head_row(z[i, actions[i]] - lse, old[i], a, v[i], ov[i], ret[i],
                                             clip, flags[1])
             wi = w[i] if flags[0] else 1.0
-            sums[0] += wi * pg
-            sums[1] += wi * vl
-            sums[2] += wi * ent
-            sums[3] += wi * kl
-            sums[4] += wi * okl
-            sums[5] += wi * cf
+            sum_pg += wi * pg
+            sum_vl += wi * vl
+            sum_ent += wi * ent
+            sum_kl += wi * kl
+            sum_okl += wi * okl
+            sum_cf += wi * cf
+    sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
+    sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -342,12 +345,13 @@ def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, st
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write the log-prob, add the weighted loss terms into sums (6,)."""
+    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (6,)."""
     old, adv, v, ov, ret, w = rows
     adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
     inv_std_shared = np.exp(-ls[0])
+    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0  # locals: no false sharing
     for i in range(lo, hi):
         r = 0 if shared else i
         logp = 0.0
@@ -361,12 +365,14 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, r
         a = (adv[i] - adv_mean) / adv_scale
         pg, vl, kl, okl, cf = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip, flags[1])
         wi = w[i] if flags[0] else 1.0
-        sums[0] += wi * pg
-        sums[1] += wi * vl
-        sums[2] += wi * ent
-        sums[3] += wi * kl
-        sums[4] += wi * okl
-        sums[5] += wi * cf
+        sum_pg += wi * pg
+        sum_vl += wi * vl
+        sum_ent += wi * ent
+        sum_kl += wi * kl
+        sum_okl += wi * okl
+        sum_cf += wi * cf
+    sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
+    sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
