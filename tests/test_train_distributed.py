@@ -12,7 +12,7 @@ from fastppo.checkpoint import load_latest_checkpoint
 from fastppo.logger import read_metrics
 
 
-def _torchrun_train(*args: str, timeout: float = 240, **env_extra):
+def _torchrun_train(*args: str, timeout: float = 240, check: bool = True, **env_extra):
     """``torchrun --standalone --nproc_per_node 2 -m fastppo train *args`` (a free port)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -20,7 +20,8 @@ def _torchrun_train(*args: str, timeout: float = 240, **env_extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fastppo", "train", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -59,6 +60,16 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
     # Statistics merged across ranks went into rank 0's checkpoint: obs of both ranks.
     obs_count = load_latest_checkpoint(run_dir)["env"]["norm"]["obs_rms"]["count"]
     assert obs_count > 5 * steps_per_update
+
+
+def test_run_dir_refused_by_rank_0_ends_every_rank(tmp_path):
+    """Rank 0 alone checks the run dir; its refusal reaches the other rank (no hang)."""
+    (tmp_path / "old.txt").write_text("x")
+    proc = _torchrun_train("CartPole-v1", "--run-dir", str(tmp_path), "--dist-timeout", "30",
+                           timeout=120, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("already holds files") >= 2  # both ranks exit with the message
+    assert not (tmp_path / "config.json").exists()
 
 
 @pytest.mark.slow
