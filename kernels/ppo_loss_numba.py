@@ -11,10 +11,10 @@ makes one pass over the (B,) rows for the weight sum, the advantage mean and the
 they cost no extra pass) and a second for the unbiased weighted variance; ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
 loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
-loss terms and weighted sums of the six statistics (float64
-accumulators), and ``_finish`` turns the sums into means and the loss. The per-row logsumexp
-and entropy (categorical) or log-prob (Gaussian) are saved; the backward (``*_backward_rows``)
-is one pass writing the gradients, recomputing the softmax from the logits.
+loss terms and weighted sums of the six statistics (float64 accumulators), and ``_finish``
+turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
+log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
+gradients, recomputing the softmax from the logits.
 
 Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; above, a
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
