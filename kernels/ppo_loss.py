@@ -256,6 +256,17 @@ class _GaussianLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mean, log_std, actions, old_logprobs, advantages, values, old_values,
                 returns, weights, *scalars):
+        ctx.prepared = None
+        if scalars[-1] == "numba":
+            # the Numba backend hands back its converted inputs: the backward reuses them
+            data = _cast(_compute_dtype(mean), actions, old_logprobs, advantages, old_values,
+                         returns, weights)
+            (loss, stats, _), ctx.prepared = _impl("numba").forward_gaussian_prepared(
+                mean, log_std, data[0], *data[1:3], values, *data[3:], *scalars[:-1])
+            ctx.dtypes = mean.dtype, log_std.dtype, values.dtype
+            ctx.save_for_backward(mean, log_std, values)  # autograd's in-place modification check
+            ctx.mark_non_differentiable(stats)
+            return loss, stats
         loss, stats, row_stats = _gaussian_forward(
             mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
             weights, *scalars)
@@ -267,6 +278,11 @@ class _GaussianLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
+        if ctx.prepared is not None:
+            ctx.saved_tensors  # noqa: B018 - raises if mean, log_std or values changed in place
+            d_mean, d_log_std, d_values = _impl("numba").backward_gaussian_prepared(
+                grad_loss, ctx.prepared, *ctx.dtypes)
+            return (d_mean, d_log_std, None, None, None, d_values) + (None,) * 9
         d_mean, d_log_std, d_values = _gaussian_backward(grad_loss, *ctx.saved_tensors,
                                                          *ctx.scalars)
         return (d_mean, d_log_std, None, None, None, d_values) + (None,) * 9

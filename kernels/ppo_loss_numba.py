@@ -523,15 +523,23 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
     return _as(d_z, logits.dtype), _as(d_v, values.dtype)
 
 
-def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                     returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                     normalize_advantages):
+def _gaussian_args(mean, log_std, actions, old_logprobs, advantages, values, old_values,
+                   returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
+                   normalize_advantages):
+    """The kernel arguments shared by the Gaussian forward and backward (numpy views)."""
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    args = (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), rows,
+    return (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), rows,
             (clip_coef, vf_coef, ent_coef), (weights is not None, clip_vloss,
                                              normalize_advantages))
-    result, outs = _outputs(dtype, mean.shape[0])
+
+
+def forward_gaussian_prepared(*inputs):
+    """``forward_gaussian``, also returning the kernel arguments for ``backward_gaussian_prepared``
+    (the eager path keeps them on its autograd context: the backward converts nothing again)."""
+    args = _gaussian_args(*inputs)
+    mean = inputs[0]
+    result, outs = _outputs(inputs[3].dtype, mean.shape[0])  # old_logprobs: compute dtype
     blocks = _blocks(mean.numel())
     if blocks == 1:
         err = _gaussian_forward_serial(*args, *outs)
@@ -539,24 +547,34 @@ def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, o
         err = _gaussian_forward_parallel(blocks, *args, *outs)
     if err:
         _raise(err, 0)
-    return result
+    return result, (args, outs[1], outs[2])
+
+
+def forward_gaussian(*inputs):
+    return forward_gaussian_prepared(*inputs)[0]
+
+
+def backward_gaussian_prepared(grad_loss, prepared, mean_dtype, log_std_dtype, values_dtype):
+    """d_mean, d_log_std, d_values from the arguments ``forward_gaussian_prepared`` returned."""
+    args, stats, row_stats = prepared
+    mu = args[0]
+    d_mu, d_ls = np.empty(mu.shape, mu.dtype), np.empty(mu.shape, mu.dtype)
+    d_v = np.empty(mu.shape[0], mu.dtype)
+    call = (float(grad_loss), *args, stats, row_stats, d_mu, d_ls, d_v)
+    blocks = _blocks(mu.size)
+    if blocks == 1:
+        _gaussian_backward_rows(0, mu.shape[0], *call)
+    else:
+        _gaussian_backward_parallel(blocks, *call)
+    d_mu, d_ls, d_v = torch.from_numpy(d_mu), torch.from_numpy(d_ls), torch.from_numpy(d_v)
+    return _as(d_mu, mean_dtype), _as(d_ls, log_std_dtype), _as(d_v, values_dtype)
 
 
 def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
                       old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
                       ent_coef, clip_vloss, normalize_advantages):
-    dtype = old_logprobs.dtype
-    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    d_mu = torch.empty(mean.shape, dtype=dtype)
-    d_ls = torch.empty(mean.shape, dtype=dtype)
-    d_v = torch.empty(values.shape, dtype=dtype)
-    args = (float(grad_loss), _np(mean, dtype), _np(_log_std_rows(log_std), dtype),
-            _np(actions), rows, (clip_coef, vf_coef, ent_coef),
-            (weights is not None, clip_vloss, normalize_advantages), stats.numpy(),
-            row_stats.numpy(), d_mu.numpy(), d_ls.numpy(), d_v.numpy())
-    blocks = _blocks(mean.numel())
-    if blocks == 1:
-        _gaussian_backward_rows(0, mean.shape[0], *args)
-    else:
-        _gaussian_backward_parallel(blocks, *args)
-    return _as(d_mu, mean.dtype), _as(d_ls, log_std.dtype), _as(d_v, values.dtype)
+    args = _gaussian_args(mean, log_std, actions, old_logprobs, advantages, values, old_values,
+                          returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
+                          normalize_advantages)
+    return backward_gaussian_prepared(grad_loss, (args, stats.numpy(), row_stats.numpy()),
+                                      mean.dtype, log_std.dtype, values.dtype)
