@@ -132,8 +132,10 @@ def _categorical_fwd(
 def _(logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
       clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages, backend):
     dtype = _compute_dtype(logits)
+    # Numba also saves each row's head gradients (see ppo_loss_numba.CATEGORICAL_ROW_STATS)
+    columns = 4 if backend == "numba" else 2
     return (logits.new_empty((), dtype=dtype), logits.new_empty((_NUM_STATS,), dtype=dtype),
-            logits.new_empty((logits.shape[0], 2), dtype=dtype))
+            logits.new_empty((logits.shape[0], columns), dtype=dtype))
 
 
 @torch.library.custom_op("fastppo::ppo_loss_categorical_backward", mutates_args=())

@@ -42,6 +42,9 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
 PARALLEL_MIN_ELEMENTS = 1 << 18
+# the categorical row_stats columns: logsumexp, entropy, and the gradients of the row's loss
+# terms before the row weight (d pg/d logp, d v_loss/d values), so the backward only scales them
+CATEGORICAL_ROW_STATS = 4
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
@@ -182,8 +185,24 @@ def _finish(sums, coefs, loss, stats):
 
 
 @njit(cache=True, error_model="numpy")
+def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
+    """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w)."""
+    kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
+    inside = 1.0 if (ratio >= 1.0 - clip and ratio <= 1.0 + clip) else 0.0
+    h_logp = (-adv) * (kx + ky * inside) * ratio
+    if clip_vloss:
+        dv = v - ov
+        vc = ov + _tclamp(dv, -clip, clip) - ret
+        kx, ky = _max_shares((v - ret) * (v - ret), vc * vc)
+        inside_v = 1.0 if (dv >= -clip and dv <= clip) else 0.0
+        return h_logp, kx * (v - ret) + ky * vc * inside_v
+    return h_logp, v - ret
+
+
+@njit(cache=True, error_model="numpy")
 def _head_row(logp, old, adv, v, ov, ret, clip, clip_vloss):
-    """Per-row loss terms: (pg, v_loss, approx_kl, old_approx_kl, clipped)."""
+    """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) and, sharing the
+    ratio, their gradients ``_head_grad_terms`` (the categorical forward saves them)."""
     logratio = logp - old
     ratio = math.exp(logratio)
     pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
@@ -192,25 +211,15 @@ def _head_row(logp, old, adv, v, ov, ret, clip, clip_vloss):
         vc = ov + _tclamp(v - ov, -clip, clip) - ret
         vl = _tmax(vl, vc * vc)
     clipped = 1.0 if abs(ratio - 1.0) > clip else 0.0
-    return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped
+    h_logp, h_v = _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss)
+    return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped, h_logp, h_v
 
 
 @njit(cache=True, error_model="numpy")
 def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
     """Per-row (d loss/d logp, d loss/d values / vf_coef) for row weight c = G w_i / sum(w)."""
-    ratio = math.exp(logp - old)
-    kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
-    inside = 1.0 if (ratio >= 1.0 - clip and ratio <= 1.0 + clip) else 0.0
-    d_logp = c * (-adv) * (kx + ky * inside) * ratio
-    if clip_vloss:
-        dv = v - ov
-        vc = ov + _tclamp(dv, -clip, clip) - ret
-        kx, ky = _max_shares((v - ret) * (v - ret), vc * vc)
-        inside_v = 1.0 if (dv >= -clip and dv <= clip) else 0.0
-        d_v = kx * (v - ret) + ky * vc * inside_v
-    else:
-        d_v = v - ret
-    return d_logp, c * d_v
+    h_logp, h_v = _head_grad_terms(math.exp(logp - old), adv, v, ov, ret, clip, clip_vloss)
+    return c * h_logp, c * h_v
 
 
 # ----------------------------------------------------------------------------- categorical
@@ -258,11 +267,13 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
             log_s = math.log(s[r])
             lse = m[r] + log_s
             ent = log_s - t[r] / s[r]
+            a = (adv[i] - adv_mean) / adv_scale
+            pg, vl, kl, okl, cf, h_logp, h_v = _head_row(z[i, actions[i]] - lse, old[i], a, v[i],
+                                                         ov[i], ret[i], clip, flags[1])
             row_stats[i, 0] = lse
             row_stats[i, 1] = ent
-            a = (adv[i] - adv_mean) / adv_scale
-            pg, vl, kl, okl, cf = _head_row(z[i, actions[i]] - lse, old[i], a, v[i], ov[i], ret[i],
-                                            clip, flags[1])
+            row_stats[i, 2] = h_logp
+            row_stats[i, 3] = h_v
             wi = w[i] if flags[0] else 1.0
             sum_pg += wi * pg
             sum_vl += wi * vl
@@ -277,9 +288,10 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats, row_stats, d_z,
                                d_v):
-    """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss."""
-    old, adv, v, ov, ret, w = rows
-    clip, vf_coef, ent_coef = coefs
+    """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss
+    (the per-row head gradients come saved in row_stats[:, 2:4])."""
+    w = rows[5]
+    vf_coef, ent_coef = coefs[1], coefs[2]
     g = g / stats[8]
     a_dim = z.shape[1]
     zero = z.dtype.type(0.0)
@@ -288,10 +300,8 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats,
         lse = row_stats[i, 0]
         ent = row_stats[i, 1]
         act = actions[i]
-        a = (adv[i] - stats[6]) / stats[7]
-        d_logp, dv = _head_grad_row(c, z[i, act] - lse, old[i], a, v[i], ov[i], ret[i], clip,
-                                    flags[1])
-        d_v[i] = vf_coef * dv
+        d_logp = c * row_stats[i, 2]
+        d_v[i] = vf_coef * (c * row_stats[i, 3])
         # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act], in the dtype of z so
         # that the loop over A vectorizes at full float32 width
         k_logp = z.dtype.type(-d_logp)
@@ -363,7 +373,8 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, r
             ent += 0.5 + HALF_LOG_2PI + ls[r, d]
         row_stats[i] = logp
         a = (adv[i] - adv_mean) / adv_scale
-        pg, vl, kl, okl, cf = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip, flags[1])
+        pg, vl, kl, okl, cf, _, _ = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip,
+                                              flags[1])
         wi = w[i] if flags[0] else 1.0
         sum_pg += wi * pg
         sum_vl += wi * vl
@@ -493,7 +504,7 @@ def forward_categorical(logits, actions, old_logprobs, advantages, values, old_v
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
     args = (_np(logits, dtype), _np(actions, torch.int64), rows, (clip_coef, vf_coef, ent_coef),
             (weights is not None, clip_vloss, normalize_advantages))
-    result, outs = _outputs(dtype, logits.shape[0], 2)
+    result, outs = _outputs(dtype, logits.shape[0], CATEGORICAL_ROW_STATS)
     blocks = _blocks(logits.numel())
     if blocks == 1:
         err = _categorical_forward_serial(*args, *outs)
