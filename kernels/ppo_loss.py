@@ -239,6 +239,17 @@ class _CategoricalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, actions, old_logprobs, advantages, values, old_values, returns,
                 weights, *scalars):
+        ctx.prepared = None
+        if scalars[-1] == "numba":
+            # the Numba backend hands back its converted inputs: the backward reuses them
+            data = _cast(_compute_dtype(logits), old_logprobs, advantages, old_values, returns,
+                         weights)
+            (loss, stats, _), ctx.prepared = _impl("numba").forward_categorical_prepared(
+                logits, actions, *data[:2], values, *data[2:], *scalars[:-1])
+            ctx.dtypes = logits.dtype, values.dtype
+            ctx.save_for_backward(logits, values)  # autograd's in-place modification check
+            ctx.mark_non_differentiable(stats)
+            return loss, stats
         loss, stats, row_stats = _categorical_forward(
             logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
             *scalars)
@@ -250,6 +261,11 @@ class _CategoricalLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
+        if ctx.prepared is not None:
+            ctx.saved_tensors  # noqa: B018 - raises if logits or values changed in place
+            d_logits, d_values = _impl("numba").backward_categorical_prepared(
+                grad_loss, ctx.prepared, *ctx.dtypes)
+            return (d_logits, None, None, None, d_values) + (None,) * 9
         d_logits, d_values = _categorical_backward(grad_loss, *ctx.saved_tensors, *ctx.scalars)
         return (d_logits, None, None, None, d_values) + (None,) * 9
 

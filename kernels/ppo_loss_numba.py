@@ -498,13 +498,21 @@ def _outputs(dtype, *row_stats_shape):
     return (loss, stats, row_stats), (loss.view(1).numpy(), stats.numpy(), row_stats.numpy())
 
 
-def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
-                        weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
+def _categorical_args(logits, actions, old_logprobs, advantages, values, old_values, returns,
+                      weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
+    """The kernel arguments shared by the categorical forward and backward (numpy views)."""
     dtype = old_logprobs.dtype
     rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    args = (_np(logits, dtype), _np(actions, torch.int64), rows, (clip_coef, vf_coef, ent_coef),
+    return (_np(logits, dtype), _np(actions, torch.int64), rows, (clip_coef, vf_coef, ent_coef),
             (weights is not None, clip_vloss, normalize_advantages))
-    result, outs = _outputs(dtype, logits.shape[0], CATEGORICAL_ROW_STATS)
+
+
+def forward_categorical_prepared(*inputs):
+    """``forward_categorical``, also returning the kernel arguments for
+    ``backward_categorical_prepared`` (the eager path keeps them on its autograd context)."""
+    args = _categorical_args(*inputs)
+    logits = inputs[0]
+    result, outs = _outputs(inputs[2].dtype, logits.shape[0], CATEGORICAL_ROW_STATS)
     blocks = _blocks(logits.numel())
     if blocks == 1:
         err = _categorical_forward_serial(*args, *outs)
@@ -512,26 +520,35 @@ def forward_categorical(logits, actions, old_logprobs, advantages, values, old_v
         err = _categorical_forward_parallel(blocks, *args, *outs)
     if err:
         _raise(err, logits.shape[1])
-    return result
+    return result, (args, outs[1], outs[2])
+
+
+def forward_categorical(*inputs):
+    return forward_categorical_prepared(*inputs)[0]
+
+
+def backward_categorical_prepared(grad_loss, prepared, logits_dtype, values_dtype):
+    """d_logits, d_values from the arguments ``forward_categorical_prepared`` returned."""
+    args, stats, row_stats = prepared
+    z = args[0]
+    d_z, d_v = np.empty(z.shape, z.dtype), np.empty(z.shape[0], z.dtype)
+    call = (float(grad_loss), *args, stats, row_stats, d_z, d_v)
+    blocks = _blocks(z.size)
+    if blocks == 1:
+        _categorical_backward_rows(0, z.shape[0], *call)
+    else:
+        _categorical_backward_parallel(blocks, *call)
+    return _as(torch.from_numpy(d_z), logits_dtype), _as(torch.from_numpy(d_v), values_dtype)
 
 
 def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
                          old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
                          ent_coef, clip_vloss, normalize_advantages):
-    dtype = old_logprobs.dtype
-    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    d_z = torch.empty(logits.shape, dtype=dtype)
-    d_v = torch.empty(values.shape, dtype=dtype)
-    args = (float(grad_loss), _np(logits, dtype), _np(actions, torch.int64), rows,
-            (clip_coef, vf_coef, ent_coef), (weights is not None, clip_vloss,
-                                             normalize_advantages),
-            stats.numpy(), row_stats.numpy(), d_z.numpy(), d_v.numpy())
-    blocks = _blocks(logits.numel())
-    if blocks == 1:
-        _categorical_backward_rows(0, logits.shape[0], *args)
-    else:
-        _categorical_backward_parallel(blocks, *args)
-    return _as(d_z, logits.dtype), _as(d_v, values.dtype)
+    args = _categorical_args(logits, actions, old_logprobs, advantages, values, old_values,
+                             returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
+                             normalize_advantages)
+    return backward_categorical_prepared(grad_loss, (args, stats.numpy(), row_stats.numpy()),
+                                         logits.dtype, values.dtype)
 
 
 def _gaussian_args(mean, log_std, actions, old_logprobs, advantages, values, old_values,
