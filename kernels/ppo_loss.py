@@ -26,7 +26,8 @@ implementations and ``register_autograd``, so the loss works under
 layers cost about as much as the fused kernels). The forward returns ``(loss, stats,
 row_stats)``: ``stats`` packs the statistics (unpacked here into detached 0-dim tensors, no host
 sync) and ``row_stats`` the per-row values the backward needs (logsumexp and entropy, or the
-Gaussian log-prob), so no (B, A) intermediate is kept. Backends (``ppo_loss_torch``,
+Gaussian log-prob; the Numba categorical kernel adds the row's head gradients), so no (B, A)
+intermediate is kept. Backends (``ppo_loss_torch``,
 ``ppo_loss_numba``, ``ppo_loss_triton``) share one interface, documented in ``ppo_loss_torch``,
 and are imported on first use.
 

@@ -14,7 +14,13 @@ loop and one loop of exp sums, run across a transposed tile of rows so they vect
 loss terms and weighted sums of the six statistics (float64 accumulators), and ``_finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
-gradients, recomputing the softmax from the logits.
+gradients, recomputing the softmax from the logits. The categorical forward also saves each
+row's head gradients (d pg/d logp, d v_loss/d values, before the row weight), so its backward
+only scales them: no second ratio exp and no clip branches per row.
+
+Host side: the custom ops convert their tensors to numpy views in each direction; the eager
+path (``ppo_loss``'s autograd.Function) calls ``forward_*_prepared``, keeps the converted
+arguments on its context and hands them to ``backward_*_prepared``, which converts nothing again.
 
 Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; above, a
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
@@ -47,6 +53,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 CATEGORICAL_ROW_STATS = 4
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
+_TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
 
 
@@ -531,14 +538,15 @@ def backward_categorical_prepared(grad_loss, prepared, logits_dtype, values_dtyp
     """d_logits, d_values from the arguments ``forward_categorical_prepared`` returned."""
     args, stats, row_stats = prepared
     z = args[0]
-    d_z, d_v = np.empty(z.shape, z.dtype), np.empty(z.shape[0], z.dtype)
-    call = (float(grad_loss), *args, stats, row_stats, d_z, d_v)
+    dtype = _TORCH_DTYPE[z.dtype.type]  # torch allocations: the profiler sees the memory
+    d_z, d_v = torch.empty(z.shape, dtype=dtype), torch.empty(z.shape[0], dtype=dtype)
+    call = (float(grad_loss), *args, stats, row_stats, d_z.numpy(), d_v.numpy())
     blocks = _blocks(z.size)
     if blocks == 1:
         _categorical_backward_rows(0, z.shape[0], *call)
     else:
         _categorical_backward_parallel(blocks, *call)
-    return _as(torch.from_numpy(d_z), logits_dtype), _as(torch.from_numpy(d_v), values_dtype)
+    return _as(d_z, logits_dtype), _as(d_v, values_dtype)
 
 
 def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
@@ -586,15 +594,15 @@ def backward_gaussian_prepared(grad_loss, prepared, mean_dtype, log_std_dtype, v
     """d_mean, d_log_std, d_values from the arguments ``forward_gaussian_prepared`` returned."""
     args, stats, row_stats = prepared
     mu = args[0]
-    d_mu, d_ls = np.empty(mu.shape, mu.dtype), np.empty(mu.shape, mu.dtype)
-    d_v = np.empty(mu.shape[0], mu.dtype)
-    call = (float(grad_loss), *args, stats, row_stats, d_mu, d_ls, d_v)
+    dtype = _TORCH_DTYPE[mu.dtype.type]  # torch allocations: the profiler sees the memory
+    d_mu, d_ls = torch.empty(mu.shape, dtype=dtype), torch.empty(mu.shape, dtype=dtype)
+    d_v = torch.empty(mu.shape[0], dtype=dtype)
+    call = (float(grad_loss), *args, stats, row_stats, d_mu.numpy(), d_ls.numpy(), d_v.numpy())
     blocks = _blocks(mu.size)
     if blocks == 1:
         _gaussian_backward_rows(0, mu.shape[0], *call)
     else:
         _gaussian_backward_parallel(blocks, *call)
-    d_mu, d_ls, d_v = torch.from_numpy(d_mu), torch.from_numpy(d_ls), torch.from_numpy(d_v)
     return _as(d_mu, mean_dtype), _as(d_ls, log_std_dtype), _as(d_v, values_dtype)
 
 
