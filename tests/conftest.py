@@ -7,3 +7,10 @@ before any kernel is defined, so it is set here, before anything imports fastppo
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Compiled-graph tests use a fresh Inductor cache per test session, so a cache written by an
+# older version of an op's fake implementation can never be replayed.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastppo-inductor-")
