@@ -39,6 +39,16 @@ _TILE = 4096  # elements per program tile (BLOCK_B * BLOCK_A)
 
 
 @triton.jit
+def _row_weights(w_ptr, idx, mask, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
+    """Row weights w[idx] (1 without weights), 0 on masked-out rows."""
+    if HAS_W:
+        w = tl.load(w_ptr + idx, mask=mask, other=0.0).to(COMPUTE)
+    else:
+        w = tl.where(mask, 1.0, 0.0).to(COMPUTE)
+    return w
+
+
+@triton.jit
 def _tmax(x, y):
     """torch.max(x, y), NaN-propagating."""
     return tl.where((x != x) | (y != y), x + y, tl.where(x >= y, x, y))
@@ -74,10 +84,7 @@ def _prepare_kernel(
         idx = start + offs
         m = idx < B
         a = tl.load(adv_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-        if HAS_W:
-            w = tl.load(w_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-        else:
-            w = tl.where(m, 1.0, 0.0).to(COMPUTE)
+        w = _row_weights(w_ptr, idx, m, HAS_W, COMPUTE)
         acc_w += w
         acc_wa += w * a
     wsum = tl.sum(acc_w, 0)
@@ -89,10 +96,7 @@ def _prepare_kernel(
             idx = start + offs
             m = idx < B
             a = tl.load(adv_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-            if HAS_W:
-                w = tl.load(w_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-            else:
-                w = tl.where(m, 1.0, 0.0).to(COMPUTE)
+            w = _row_weights(w_ptr, idx, m, HAS_W, COMPUTE)
             acc_sq += w * (a - mean) * (a - mean)
         scale = tl.sqrt(tl.sum(acc_sq, 0) / (wsum - 1.0)) + 1e-8
     else:
@@ -147,10 +151,7 @@ def _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr, sta
     v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
     ov = tl.load(ov_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
     ret = tl.load(ret_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    if HAS_W:
-        w = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    else:
-        w = tl.where(rmask, 1.0, 0.0).to(COMPUTE)
+    w = _row_weights(w_ptr, rows, rmask, HAS_W, COMPUTE)
     return old, adv, v, ov, ret, w / tl.load(stats_ptr + 8)
 
 
