@@ -11,7 +11,8 @@ makes one pass over the (B,) rows for the weight sum, the advantage mean and the
 they cost no extra pass) and a second for the unbiased weighted variance; ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
 loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
-loss terms and weighted sums of the six statistics (float64 accumulators), and ``_finish``
+loss terms and weighted sums of the six statistics (float64 accumulators; for the categorical
+policy also across the tile's rows, with a vectorizable float32 log and exp), and ``_finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
 gradients, recomputing the softmax from the logits. The categorical forward also saves each
@@ -52,6 +53,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 # terms before the row weight (d pg/d logp, d v_loss/d values), so the backward only scales them
 CATEGORICAL_ROW_STATS = 4
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
+_SUM_CHUNK = 16  # columns summed in the dtype of z before adding into the float64 row sums
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
@@ -84,6 +86,23 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def _sum_add(typingctx, total, x):
+    """total + x as an ``fadd reassoc``: a running sum LLVM may split into one partial sum per
+    SIMD lane (the only reassociation allowed; every other operation keeps IEEE order)."""
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1], flags=("reassoc",))
+    return types.float64(types.float64, types.float64), codegen
+
+
+@intrinsic
+def _bits_from_float32(typingctx, x):
+    """The IEEE bit pattern of the float32 ``x``, as an int32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
 @njit(cache=True, error_model="numpy")
 def exp32(x):
     """exp of a float32, branch-free (see the section comment)."""
@@ -110,6 +129,50 @@ def _exp_overload(x):
     if x == types.float32:
         return lambda x: exp32(x)
     return lambda x: math.exp(x)
+
+
+# ----------------------------------------------------------------------------- log over rows
+# The same reason for the log of each row's softmax sum: ``log32`` is branch-free arithmetic.
+# x = 2^e m with m in [sqrt(1/2), sqrt(2)) (exponent and mantissa bits; subnormals are first
+# scaled by 2^24), log(m) = 2 atanh(f) = 2 (f + f^3/3 + ... + f^9/9) with f = (m - 1) / (m + 1),
+# |f| < 0.172 (truncation error < 3e-9 relative), and log(x) = e ln 2 + log(m) (ln 2 split as in
+# exp32). Within 6e-8 absolute for x in (1/2, 2), 1.1e-7 relative elsewhere; log(0) = -inf,
+# log(inf) = inf, negative and NaN inputs give NaN.
+
+_SQRT2, _TWO24, _FLT_MIN = _F(math.sqrt(2.0)), _F(2.0**24), _F(2.0**-126)
+_L3, _L5, _L7, _L9 = _F(1 / 3), _F(1 / 5), _F(1 / 7), _F(1 / 9)
+
+
+@njit(cache=True, error_model="numpy")
+def log32(x):
+    """log of a float32, branch-free (see the section comment)."""
+    tiny = x < _FLT_MIN
+    bits = _bits_from_float32(x * _TWO24 if tiny else x)
+    e = ((bits >> 23) & 0xFF) - (127 + 24 if tiny else 127)
+    m = _float32_from_bits((bits & 0x7FFFFF) | 0x3F800000)  # [1, 2)
+    big = m > _SQRT2
+    m = m * _F(0.5) if big else m
+    e = e + 1 if big else e
+    f = (m - _F(1.0)) / (m + _F(1.0))
+    f2 = f * f
+    log_m = _F(2.0) * f + _F(2.0) * f * f2 * (_L3 + f2 * (_L5 + f2 * (_L7 + f2 * _L9)))
+    n = _F(e)
+    y = n * _LN2_HI + (log_m + n * _LN2_LO)
+    y = _F(-np.inf) if x == _F(0.0) else y
+    y = _F(np.inf) if x == _F(np.inf) else y
+    return _F(np.nan) if (x < _F(0.0) or x != x) else y
+
+
+def _log(x):
+    """log(x) in the precision of x: ``log32`` for float32, ``math.log`` otherwise."""
+    return math.log(x)
+
+
+@overload(_log)
+def _log_overload(x):
+    if x == types.float32:
+        return lambda x: log32(x)
+    return lambda x: math.log(x)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -191,7 +254,7 @@ def _finish(sums, coefs, loss, stats):
     loss[0] = stats[0] - coefs[2] * stats[2] + coefs[1] * stats[1]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
     """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w)."""
     kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
@@ -206,12 +269,12 @@ def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
     return h_logp, v - ret
 
 
-@njit(cache=True, error_model="numpy")
-def _head_row(logp, old, adv, v, ov, ret, clip, clip_vloss):
+@njit(cache=True, error_model="numpy", inline="always")
+def _head_row(logratio, ratio, adv, v, ov, ret, clip, clip_vloss):
     """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) and, sharing the
-    ratio, their gradients ``_head_grad_terms`` (the categorical forward saves them)."""
-    logratio = logp - old
-    ratio = math.exp(logratio)
+    ratio = exp(logratio), their gradients ``_head_grad_terms`` (the categorical forward saves
+    them). Inlined, and selects only (``clip_vloss`` is the same for every row): LLVM
+    vectorizes a loop of these across rows."""
     pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
     vl = (v - ret) * (v - ret)
     if clip_vloss:
@@ -238,56 +301,85 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write logsumexp/entropy and the weighted sums of the loss terms (6,).
+    """Rows [lo, hi): write row_stats and the weighted sums of the loss terms (6,).
 
     Rows go ``_ROW_TILE`` at a time through a transposed tile ``zt`` (A, tile), so that the
-    max, exp and sums over A run across rows: contiguous, one row per SIMD lane, and each row
-    still summed in order j = 0 .. A-1 (no reassociation)."""
+    max, exp and sums over A run across rows: contiguous, one row per SIMD lane. Each row is
+    summed in order j = 0 .. A-1 in chunks of ``_SUM_CHUNK`` columns, each chunk in the dtype of
+    z (full float32 SIMD width; at most 16 terms, so within 16 ulp) and added into float64
+    row sums. The per-row part (log of the sum, ratio, head) then runs across the tile's rows
+    too (``log32``/``exp32``, selects), its weighted terms added with ``_sum_add`` into float64
+    sums, the one place where the order of additions is left to LLVM."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
+    adv_mean, adv_scale, clip, clip_vloss = stats[6], stats[7], coefs[0], flags[1]
     a_dim = z.shape[1]
+    cdt = z.dtype.type
     zt = np.empty((a_dim, _ROW_TILE), z.dtype)
     m = np.empty(_ROW_TILE, z.dtype)
+    z_act = np.empty(_ROW_TILE, z.dtype)
     s = np.empty(_ROW_TILE)  # sum_j exp(z - m) and sum_j exp(z - m) (z - m), float64
     t = np.empty(_ROW_TILE)
+    s_c = np.empty(_ROW_TILE, z.dtype)  # the same over one chunk of columns, in the dtype of z
+    t_c = np.empty(_ROW_TILE, z.dtype)
+    zero = cdt(0.0)
+    wt = np.ones(_ROW_TILE)  # the tile's row weights
+    out = np.empty((CATEGORICAL_ROW_STATS, _ROW_TILE))
     sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0  # locals: no false sharing
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
+        # views from row r0: indices from 0 are provably nonnegative (no wraparound selects),
+        # which lets LLVM vectorize the loops below
+        zb, act_t = z[r0:r0 + n], actions[r0:r0 + n]
+        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
+        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
         for j in range(a_dim):
             for r in range(n):
-                zt[j, r] = z[r0 + r, j]
+                zt[j, r] = zb[r, j]
         for r in range(n):
             m[r] = zt[0, r]
+            z_act[r] = zb[r, act_t[r]]
             s[r] = 0.0
             t[r] = 0.0
+        if flags[0]:
+            wt[:n] = w[r0:r0 + n]
         for j in range(1, a_dim):
             for r in range(n):
                 m[r] = zt[j, r] if zt[j, r] > m[r] else m[r]
-        for j in range(a_dim):
+        for j0 in range(0, a_dim, _SUM_CHUNK):
             for r in range(n):
-                d = zt[j, r] - m[r]
-                e = _exp(d)
-                s[r] += e
-                t[r] += e * d if e > 0.0 else 0.0  # p log p -> 0 for a -inf logit
+                s_c[r] = zero
+                t_c[r] = zero
+            for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
+                for r in range(n):
+                    d = zt[j, r] - m[r]
+                    e = _exp(d)
+                    s_c[r] += e
+                    t_c[r] += e * d if e > zero else zero  # p log p -> 0 for a -inf logit
+            for r in range(n):
+                s[r] += s_c[r]
+                t[r] += t_c[r]
         for r in range(n):
-            i = r0 + r
-            log_s = math.log(s[r])
+            log_s = _log(cdt(s[r]))
             lse = m[r] + log_s
+            logratio = (z_act[r] - lse) - old_t[r]
+            a = (adv_t[r] - adv_mean) / adv_scale
+            pg, vl, kl, okl, cf, h_logp, h_v = _head_row(logratio, _exp(logratio), a, v_t[r],
+                                                         ov_t[r], ret_t[r], clip, clip_vloss)
             ent = log_s - t[r] / s[r]
-            a = (adv[i] - adv_mean) / adv_scale
-            pg, vl, kl, okl, cf, h_logp, h_v = _head_row(z[i, actions[i]] - lse, old[i], a, v[i],
-                                                         ov[i], ret[i], clip, flags[1])
-            row_stats[i, 0] = lse
-            row_stats[i, 1] = ent
-            row_stats[i, 2] = h_logp
-            row_stats[i, 3] = h_v
-            wi = w[i] if flags[0] else 1.0
-            sum_pg += wi * pg
-            sum_vl += wi * vl
-            sum_ent += wi * ent
-            sum_kl += wi * kl
-            sum_okl += wi * okl
-            sum_cf += wi * cf
+            out[0, r] = lse
+            out[1, r] = ent
+            out[2, r] = h_logp
+            out[3, r] = h_v
+            wi = wt[r]
+            sum_pg = _sum_add(sum_pg, wi * pg)
+            sum_vl = _sum_add(sum_vl, wi * vl)
+            sum_ent = _sum_add(sum_ent, wi * ent)
+            sum_kl = _sum_add(sum_kl, wi * kl)
+            sum_okl = _sum_add(sum_okl, wi * okl)
+            sum_cf = _sum_add(sum_cf, wi * cf)
+        for r in range(n):
+            for k in range(CATEGORICAL_ROW_STATS):
+                rs_t[r, k] = out[k, r]
     sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
     sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
 
@@ -380,8 +472,9 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, r
             ent += 0.5 + HALF_LOG_2PI + ls[r, d]
         row_stats[i] = logp
         a = (adv[i] - adv_mean) / adv_scale
-        pg, vl, kl, okl, cf, _, _ = _head_row(logp, old[i], a, v[i], ov[i], ret[i], clip,
-                                              flags[1])
+        logratio = logp - old[i]
+        pg, vl, kl, okl, cf, _, _ = _head_row(logratio, math.exp(logratio), a, v[i], ov[i],
+                                              ret[i], clip, flags[1])
         wi = w[i] if flags[0] else 1.0
         sum_pg += wi * pg
         sum_vl += wi * vl

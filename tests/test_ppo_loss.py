@@ -179,23 +179,25 @@ def test_gaussian_matches_oracle(shape, backend, dtype, options, per_row_log_std
     _check(loss, stats, grads, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("policy", ["categorical", "gaussian"])
-def test_numba_thread_pool_path_matches_oracle(policy):
-    """Large enough for the Numba kernels to split rows across threads."""
+def test_numba_thread_pool_path_matches_oracle(policy, dtype):
+    """Large enough for the Numba kernels to split rows across threads (2049 rows: each
+    thread's block ends in a partial tile of rows)."""
     kw = dict(COEFS, clip_vloss=True, normalize_advantages=True)
     if policy == "categorical":
-        logits, actions, *rest = categorical_inputs(2048, 130, torch.float64, weighted=True)
+        logits, actions, *rest = categorical_inputs(2049, 130, dtype, weighted=True)
         expected = oracle_categorical(logits, actions, *rest, **kw)
         inputs = [logits.requires_grad_(), rest[2].requires_grad_()]
         loss, stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5], backend="numba", **kw)
     else:
-        mean, log_std, actions, *rest = gaussian_inputs(16384, 16, torch.float64, weighted=True)
+        mean, log_std, actions, *rest = gaussian_inputs(16385, 16, dtype, weighted=True)
         expected = oracle_gaussian(mean, log_std, actions, *rest, **kw)
         inputs = [mean.requires_grad_(), log_std.requires_grad_(), rest[2].requires_grad_()]
         loss, stats = ppo_loss_gaussian(mean, log_std.expand_as(mean), actions, *rest[:5],
                                         weights=rest[5], backend="numba", **kw)
     assert inputs[0].numel() >= 1 << 18
-    _check(loss, stats, torch.autograd.grad(loss, inputs), expected, torch.float64)
+    _check(loss, stats, torch.autograd.grad(loss, inputs), expected, dtype)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
