@@ -2,7 +2,7 @@
 
 Same interface and math as ``ppo_loss_torch`` (read its docstring for the backward
 derivation). Categorical and Gaussian share this file because they share the per-row "head"
-(``_head_row`` / ``_head_grad_row``: ratio, clipped surrogate, value loss and their gradients);
+(``_head_row`` / ``_head_grad_terms``: ratio, clipped surrogate, value loss and their gradients);
 only the log-prob/entropy loops differ.
 
 Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
@@ -285,13 +285,6 @@ def _head_row(logratio, ratio, adv, v, ov, ret, clip, clip_vloss):
     return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped, h_logp, h_v
 
 
-@njit(cache=True, error_model="numpy")
-def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, clip_vloss):
-    """Per-row (d loss/d logp, d loss/d values / vf_coef) for row weight c = G w_i / sum(w)."""
-    h_logp, h_v = _head_grad_terms(math.exp(logp - old), adv, v, ov, ret, clip, clip_vloss)
-    return c * h_logp, c * h_v
-
-
 # ----------------------------------------------------------------------------- categorical
 # ``rows = (old_logprobs, advantages, values, old_values, returns, weights)``;
 # ``coefs = (clip_coef, vf_coef, ent_coef)``; ``flags = (has_weights, clip_vloss,
@@ -454,34 +447,67 @@ def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, st
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (6,)."""
+    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (6,).
+
+    As in the categorical forward, ``_ROW_TILE`` rows at a time with one row per SIMD lane:
+    the loop over D adds each element into its row's float64 log-prob (in order d = 0 .. D-1;
+    for a shared log-std only zd^2, the rest being the same for every row), then the per-row
+    head runs across the tile's rows."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip = stats[6], stats[7], coefs[0]
+    adv_mean, adv_scale, clip, clip_vloss = stats[6], stats[7], coefs[0], flags[1]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
+    cdt = mu.dtype.type
     inv_std_shared = np.exp(-ls[0])
-    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0  # locals: no false sharing
-    for i in range(lo, hi):
-        r = 0 if shared else i
-        logp = 0.0
-        ent = 0.0
-        for d in range(d_dim):
-            inv_std = inv_std_shared[d] if shared else math.exp(-ls[i, d])
-            zd = (x[i, d] - mu[i, d]) * inv_std
-            logp += -0.5 * zd * zd - ls[r, d] - HALF_LOG_2PI
-            ent += 0.5 + HALF_LOG_2PI + ls[r, d]
-        row_stats[i] = logp
-        a = (adv[i] - adv_mean) / adv_scale
-        logratio = logp - old[i]
-        pg, vl, kl, okl, cf, _, _ = _head_row(logratio, math.exp(logratio), a, v[i], ov[i],
-                                              ret[i], clip, flags[1])
-        wi = w[i] if flags[0] else 1.0
-        sum_pg += wi * pg
-        sum_vl += wi * vl
-        sum_ent += wi * ent
-        sum_kl += wi * kl
-        sum_okl += wi * okl
-        sum_cf += wi * cf
+    ls_sum_shared = 0.0
+    for d in range(d_dim):
+        ls_sum_shared += ls[0, d]
+    ent_shared = d_dim * (0.5 + HALF_LOG_2PI) + ls_sum_shared  # every row's entropy
+    logp = np.empty(_ROW_TILE)
+    ent = np.empty(_ROW_TILE)
+    wt = np.ones(_ROW_TILE)  # the tile's row weights
+    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0
+    for r0 in range(lo, hi, _ROW_TILE):
+        n = min(_ROW_TILE, hi - r0)
+        # views from row r0 (see the categorical forward)
+        mu_b, x_b, ls_b = mu[r0:r0 + n], x[r0:r0 + n], ls[0:1] if shared else ls[r0:r0 + n]
+        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
+        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
+        if flags[0]:
+            wt[:n] = w[r0:r0 + n]
+        if shared:  # log-prob = -sum_d zd^2 / 2 - sum_d log_std_d - D log(2 pi) / 2
+            for r in range(n):
+                logp[r] = 0.0
+            for d in range(d_dim):
+                for r in range(n):
+                    zd = (x_b[r, d] - mu_b[r, d]) * inv_std_shared[d]
+                    logp[r] += zd * zd
+            for r in range(n):
+                logp[r] = -0.5 * logp[r] - ls_sum_shared - d_dim * HALF_LOG_2PI
+                ent[r] = ent_shared
+        else:
+            for r in range(n):
+                logp[r] = 0.0
+                ent[r] = 0.0
+            for d in range(d_dim):
+                for r in range(n):
+                    zd = (x_b[r, d] - mu_b[r, d]) * _exp(-ls_b[r, d])
+                    logp[r] += -0.5 * zd * zd - ls_b[r, d] - HALF_LOG_2PI
+                    ent[r] += 0.5 + HALF_LOG_2PI + ls_b[r, d]
+        for r in range(n):
+            lp = cdt(logp[r])
+            logratio = lp - old_t[r]
+            a = (adv_t[r] - adv_mean) / adv_scale
+            pg, vl, kl, okl, cf, _, _ = _head_row(logratio, _exp(logratio), a, v_t[r], ov_t[r],
+                                                  ret_t[r], clip, clip_vloss)
+            rs_t[r] = lp
+            wi = wt[r]
+            sum_pg = _sum_add(sum_pg, wi * pg)
+            sum_vl = _sum_add(sum_vl, wi * vl)
+            sum_ent = _sum_add(sum_ent, wi * ent[r])
+            sum_kl = _sum_add(sum_kl, wi * kl)
+            sum_okl = _sum_add(sum_okl, wi * okl)
+            sum_cf = _sum_add(sum_cf, wi * cf)
     sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
     sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
 
@@ -489,25 +515,44 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, r
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, stats, row_stats, d_mu,
                             d_ls, d_v):
-    """Rows [lo, hi): write d_mean, d_log_std, d_values for an incoming gradient g."""
+    """Rows [lo, hi): write d_mean, d_log_std, d_values for an incoming gradient g.
+
+    The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
+    saved log-prob), then the elements are written row by row."""
     old, adv, v, ov, ret, w = rows
     clip, vf_coef, ent_coef = coefs
+    clip_vloss = flags[1]
     g = g / stats[8]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
     inv_std_shared = np.exp(-ls[0])
-    for i in range(lo, hi):
-        c = g * (w[i] if flags[0] else 1.0)
-        a = (adv[i] - stats[6]) / stats[7]
-        d_logp, dv = _head_grad_row(c, row_stats[i], old[i], a, v[i], ov[i], ret[i], clip,
-                                    flags[1])
-        d_v[i] = vf_coef * dv
-        d_ent = -ent_coef * c
-        for d in range(d_dim):
-            inv_std = inv_std_shared[d] if shared else math.exp(-ls[i, d])
-            zd = (x[i, d] - mu[i, d]) * inv_std
-            d_mu[i, d] = d_logp * zd * inv_std
-            d_ls[i, d] = d_logp * (zd * zd - 1.0) + d_ent
+    d_logp = np.empty(_ROW_TILE)
+    wt = np.ones(_ROW_TILE)  # the tile's row weights
+    for r0 in range(lo, hi, _ROW_TILE):
+        n = min(_ROW_TILE, hi - r0)
+        mu_b, x_b, ls_b = mu[r0:r0 + n], x[r0:r0 + n], ls[0:1] if shared else ls[r0:r0 + n]
+        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
+        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
+        d_mu_b, d_ls_b, d_v_t = d_mu[r0:r0 + n], d_ls[r0:r0 + n], d_v[r0:r0 + n]
+        if flags[0]:
+            wt[:n] = w[r0:r0 + n]
+        for r in range(n):
+            c = g * wt[r]
+            logratio = rs_t[r] - old_t[r]
+            a = (adv_t[r] - stats[6]) / stats[7]
+            h_logp, h_v = _head_grad_terms(_exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
+                                           clip_vloss)
+            d_logp[r] = c * h_logp
+            d_v_t[r] = vf_coef * (c * h_v)
+        d_ent = -ent_coef * g
+        for r in range(n):
+            dl = d_logp[r]
+            de = d_ent * wt[r]
+            for d in range(d_dim):
+                inv_std = inv_std_shared[d] if shared else _exp(-ls_b[r, d])
+                zd = (x_b[r, d] - mu_b[r, d]) * inv_std
+                d_mu_b[r, d] = dl * zd * inv_std
+                d_ls_b[r, d] = dl * (zd * zd - 1.0) + de
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
