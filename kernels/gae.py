@@ -102,7 +102,10 @@ def gae(
     lam = expect_in_range("lam", lam, 0.0, 1.0)
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    return torch.ops.fastppo.gae.default(
+    # Eager calls go straight to the op's implementation (the dispatcher round trip costs about
+    # 10 us, 5% of a 4096 x 128 rollout); torch.compile sees the custom op.
+    op = torch.ops.fastppo.gae.default if torch.compiler.is_compiling() else _gae_impl
+    return op(
         rewards.detach(),
         values.detach(),
         terminated.detach(),
