@@ -121,16 +121,22 @@ def exp32(x):
     return x if x != x else y
 
 
-def _exp(x):
-    """exp(x) in the precision of x: ``exp32`` for float32, ``math.exp`` otherwise."""
-    return math.exp(x)
+def _in_precision_of_argument(float32_impl, libm_impl):
+    """A function Numba compiles to ``float32_impl`` for a float32 argument and to the libm
+    function ``libm_impl`` otherwise (float64: the testing precision)."""
+    def in_precision(x):
+        return libm_impl(x)
+
+    @overload(in_precision)
+    def _(x):
+        if x == types.float32:
+            return lambda x: float32_impl(x)
+        return lambda x: libm_impl(x)
+
+    return in_precision
 
 
-@overload(_exp)
-def _exp_overload(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    return lambda x: math.exp(x)
+_exp = _in_precision_of_argument(exp32, math.exp)
 
 
 # ----------------------------------------------------------------------------- log over rows
@@ -165,16 +171,7 @@ def log32(x):
     return _F(np.nan) if (x < _F(0.0) or x != x) else y
 
 
-def _log(x):
-    """log(x) in the precision of x: ``log32`` for float32, ``math.log`` otherwise."""
-    return math.log(x)
-
-
-@overload(_log)
-def _log_overload(x):
-    if x == types.float32:
-        return lambda x: log32(x)
-    return lambda x: math.log(x)
+_log = _in_precision_of_argument(log32, math.log)
 
 
 # ----------------------------------------------------------------------------- shared pieces
