@@ -8,6 +8,7 @@ works under ``torch.compile(fullgraph=True)``. This package imports nothing from
 """
 
 from .gae import gae
+from .policy_numba import MLPPolicyKernel, policy_noise
 from .ppo_loss import ppo_loss, ppo_loss_gaussian
 
-__all__ = ["gae", "ppo_loss", "ppo_loss_gaussian"]
+__all__ = ["MLPPolicyKernel", "gae", "policy_noise", "ppo_loss", "ppo_loss_gaussian"]

@@ -1,0 +1,667 @@
+"""Fused policy inference for MLP actor-critics on the CPU (Numba): ``act`` in one call.
+
+    kernel = MLPPolicyKernel([(w0, b0), (w1, b1), (w2, b2)], [(v0, c0), (v1, c1), (v2, c2)],
+                             activation="tanh", log_std=agent.log_std, seed=0)
+    action, logprob, value = kernel.act(obs)          # obs: numpy (N, obs_dim) float32
+
+At RL's per-env-step shapes (1-64 rows of a small observation) torch's ``Agent.act`` costs its
+per-op dispatch (about 15 ops, 130-300 us); the arithmetic is about 11k multiply-adds a row.
+One jitted call here does all of it: optional observation normalization, the actor MLP, the
+critic MLP, sampling, the log-prob and the value.
+
+Math (per row; weights as ``nn.Linear`` holds them, ``y = W x + b``):
+
+    x       = clip((obs - mean) / sqrt(var + eps), -clip_obs, clip_obs)   (if mean/var given;
+              float64, then float32: what gymnasium's NormalizeObservation + clipping does)
+    h       = act(W_l h + b_l) for each hidden layer (tanh or relu), the last layer linear:
+              actor -> logits (categorical) or the Gaussian mean; critic -> value (1 wide)
+    Gaussian:    a = float32(mu + exp(log_std) z),  z ~ N(0, 1)   (deterministic: a = mu)
+                 logp = sum_d -zz_d^2 / 2 - log_std_d - log(2 pi) / 2,  zz = (a - mu) / sigma
+                 (zz is recomputed from the float32 action, so ``logp`` is the log-prob of the
+                 action as stored, what the loss recomputes from it)
+    Categorical: a = smallest k with cumsum(softmax(logits))[k] > u,  u ~ U(0, 1)
+                 (the last index with a positive probability if rounding leaves none;
+                 deterministic: the first argmax),  logp = log_softmax(logits)[a]
+The MLPs run in float32 (float32 accumulators, summed in SIMD lanes); the heads (softmax,
+log-softmax, the Gaussian log-prob, Box-Muller) in float64.
+
+Noise: a counter-based stream, a pure function of (seed, counter, row, column), so a resumed
+run (``state_dict`` / ``load_state_dict``) samples bit-identically. Every element is one or two
+splitmix64 finalizer hashes (``_mix64``, a bijection of 64-bit integers with full avalanche):
+
+    key      = mix(mix(seed + G) ^ (counter * M2 + G))            once per call
+    row key  = mix(key + row * G)
+    bits     = mix(row key + (2 column + stream) * G)             stream 0 or 1
+    uniform  = ((bits >> 12) + 1/2) / 2^52                        strictly inside (0, 1)
+    normal   = sqrt(-2 log u0) cos(2 pi u1)                       Box-Muller, u_s from stream s
+
+The categorical head draws uniform(row, column 0, stream 0). Each sampling call uses counter
+``c`` and then sets it to ``c + 1``; a deterministic call uses none. ``policy_noise`` returns
+the same numbers from the same jitted functions, for references and tests.
+
+Host side: ``MLPPolicyKernel.__init__`` validates the layers once and keeps zero-copy NumPy views
+of the torch parameters (so an optimizer updating them in place is seen by the next call) plus
+one int64 *parameter table* holding their addresses and shapes. The kernel rebuilds array
+views from the table (``numba.carray``), so any depth and widths are one compiled
+specialization, and a call unboxes 9 arrays instead of one per parameter (a tuple of 12 weight
+arrays alone costs about 1.7 us to pass). The table points into the views the object holds,
+which keep the memory alive; rebinding a parameter's storage (``p.data = ...``) is not seen:
+make a new kernel then. The per-call checks read metadata only.
+
+Speed: the MLPs are matrix-vector products over contiguous weight rows: ``_dense`` is one dot
+product per output for one row, ``_dense_tile`` the same for TILE = 4 rows at once (each weight
+element loaded once for the four rows); rows go in tiles of four, the last N % 4 one at a time.
+``fastmath`` (reassociation and contraction) is on those two loops only, so LLVM sums them in
+SIMD lanes; everything else keeps IEEE order. Hidden tanh is ``tanh32``, branch-free float32
+arithmetic that vectorizes (within 2.2 ulp). The kernel runs on the calling thread (no
+``prange``: at these sizes a fork/join costs more than the work). Measured on the 2-core dev
+machine, 1 Numba thread, HalfCheetah MLP (17-64-64-6 / 17-64-64-1, tanh, Gaussian), a call
+from Python including its checks: about 5 us for 1 row, 14 us for 8, 85 us for 64 (torch
+``Agent.act``: 85-150 us at each of those sizes).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from .ppo_loss_numba import exp32
+
+__all__ = ["MLPPolicyKernel", "policy_noise"]
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+TWO_PI = 2.0 * math.pi
+ACTIVATIONS = {"tanh": 0, "relu": 1}
+_TANH, _RELU = 0, 1
+_KINDS = {"uniform": 0, "normal": 1}
+TILE = 4  # rows that share one pass over the weights (``_dense_tile``)
+
+# parameter table layout (int64): a header, then one record per layer, actor layers first
+_HEADER = 5  # n_actor_layers, n_critic_layers, activation, gaussian, address of log_std (or 0)
+_RECORD = 4  # address of the weight (out, in), address of the bias (out,), out, in
+
+# ----------------------------------------------------------------------------- noise
+
+_G = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio (splitmix64's increment)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finalizer multipliers
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S12 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(12)
+_TWO_M52 = 2.0 ** -52
+
+
+@njit(cache=True, error_model="numpy")
+def _mix64(z):
+    """splitmix64's finalizer: a bijective 64-bit hash (uint64 in, uint64 out)."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, error_model="numpy")
+def _call_key(seed, counter):
+    """The key of one call's noise (seed, counter: int64, read as uint64)."""
+    return _mix64(_mix64(np.uint64(seed) + _G) ^ (np.uint64(counter) * _M2 + _G))
+
+
+@njit(cache=True, error_model="numpy")
+def _row_key(key, row):
+    return _mix64(key + np.uint64(row) * _G)
+
+
+@njit(cache=True, error_model="numpy")
+def unit_interval(bits):
+    """The uint64 ``bits`` as a float64 strictly inside (0, 1): (bits >> 12 + 1/2) / 2^52, an
+    odd multiple of 2^-53 (top 52 bits; the half keeps it off 0 and 1, and 2^52 - 1/2 is
+    exact in float64, so the largest value is 1 - 2^-53, not rounded up to 1)."""
+    return (np.float64(bits >> _S12) + 0.5) * _TWO_M52
+
+
+@njit(cache=True, error_model="numpy")
+def _uniform(row_key, col, stream):
+    """A float64 in (0, 1) from the (row, column, stream) hash."""
+    return unit_interval(_mix64(row_key + np.uint64(2 * col + stream) * _G))
+
+
+@njit(cache=True, error_model="numpy")
+def _normal(row_key, col):
+    """A standard normal (Box-Muller from the column's two uniforms)."""
+    u0 = _uniform(row_key, col, 0)
+    u1 = _uniform(row_key, col, 1)
+    return math.sqrt(-2.0 * math.log(u0)) * math.cos(TWO_PI * u1)
+
+
+@njit(cache=True, error_model="numpy")
+def _noise_fill(seed, counter, kind, out):
+    """out (rows, cols) float64 <- the uniforms (kind 0) or normals (kind 1) of this call."""
+    key = _call_key(seed, counter)
+    for r in range(out.shape[0]):
+        rk = _row_key(key, r)
+        for c in range(out.shape[1]):
+            out[r, c] = _uniform(rk, c, 0) if kind == 0 else _normal(rk, c)
+
+
+# ----------------------------------------------------------------------------- the MLPs
+
+@intrinsic
+def _f32_pointer(typingctx, address):
+    """The float32 pointer at the int64 ``address``."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+
+    return sig, codegen
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _dense(w, b, x, y):
+    """y[j] = b[j] + sum_i w[j, i] x[i] for one row x: one contiguous dot product per output
+    (w (out, in) C-contiguous); reassociation lets LLVM keep one partial sum per SIMD lane."""
+    n_in = w.shape[1]
+    for j in range(w.shape[0]):
+        wj = w[j]
+        acc = np.float32(0.0)
+        for i in range(n_in):
+            acc += wj[i] * x[i]
+        y[j] = acc + b[j]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _dense_tile(w, b, x, y):
+    """``_dense`` for the TILE (= 4) rows of x (4, >= in) into y (4, >= out): each weight
+    element is loaded once for the four rows (1.3-1.9x faster than four ``_dense`` calls)."""
+    n_in = w.shape[1]
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    for j in range(w.shape[0]):
+        wj = w[j]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for i in range(n_in):
+            wji = wj[i]
+            a0 += wji * x0[i]
+            a1 += wji * x1[i]
+            a2 += wji * x2[i]
+            a3 += wji * x3[i]
+        bj = b[j]
+        y[0, j] = a0 + bj
+        y[1, j] = a1 + bj
+        y[2, j] = a2 + bj
+        y[3, j] = a3 + bj
+
+
+# tanh of a float32, branch-free so the activation loop vectorizes (libm's tanhf is one call
+# per element: 3 us of a HalfCheetah row's 5). |x| < 0.4: the Taylor series to x^13 (the
+# first omitted term, 929569 x^15 / 638512875, is below 4e-9 relative there); otherwise
+# (1 - e) / (1 + e) with e = exp(-2|x|) from ``exp32`` (e <= 0.45, so the cancellation in
+# 1 - e at most doubles exp32's 1.2e-7 relative error), the sign restored. Measured within
+# 2.2 float32 ulp of tanh (np.tanh's float32: 1.4); tanh(+-inf) = +-1, NaN stays NaN.
+_F = np.float32
+_T3, _T5, _T7 = _F(-1 / 3), _F(2 / 15), _F(-17 / 315)
+_T9, _T11, _T13 = _F(62 / 2835), _F(-1382 / 155925), _F(21844 / 6081075)
+_TANH_SERIES_MAX = _F(0.4)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def tanh32(x):
+    """tanh of a float32 (see the section comment)."""
+    t = abs(x)
+    t2 = t * t
+    series = x + x * t2 * (_T3 + t2 * (_T5 + t2 * (_T7 + t2 * (_T9 + t2 * (_T11 + t2 * _T13)))))
+    e = exp32(_F(-2.0) * t)
+    r = (_F(1.0) - e) / (_F(1.0) + e)
+    r = -r if x < _F(0.0) else r
+    return series if t < _TANH_SERIES_MAX else r
+
+
+@njit(cache=True, error_model="numpy")
+def _activate(y, n, activation):
+    """y[:n] <- tanh(y) or relu(y) (relu keeps NaN, as torch does)."""
+    if activation == _TANH:
+        for j in range(n):
+            y[j] = tanh32(y[j])
+    else:
+        for j in range(n):
+            v = y[j]
+            y[j] = np.float32(0.0) if v < 0 else v
+
+
+@njit(cache=True, error_model="numpy")
+def _layer(table, layer):
+    """(weight (out, in), bias (out,)) views of the table's layer ``layer``."""
+    rec = _HEADER + _RECORD * layer
+    n_out, n_in = table[rec + 2], table[rec + 3]
+    return (carray(_f32_pointer(table[rec]), (n_out, n_in)),
+            carray(_f32_pointer(table[rec + 1]), (n_out,)))
+
+
+@njit(cache=True, error_model="numpy")
+def _mlp(table, first, n_layers, activation, x, h0, h1):
+    """Layers first .. first + n_layers - 1 of the table on the row x (h0, h1: ping-pong
+    buffers as wide as the widest layer); returns the buffer holding the output."""
+    src = x
+    for l in range(n_layers):
+        w, b = _layer(table, first + l)
+        dst = h0 if l % 2 == 0 else h1
+        _dense(w, b, src, dst)
+        if l < n_layers - 1:
+            _activate(dst, w.shape[0], activation)
+        src = dst
+    return src
+
+
+@njit(cache=True, error_model="numpy")
+def _mlp_tile(table, first, n_layers, activation, x, h0, h1):
+    """``_mlp`` for the TILE rows of x (TILE, width); h0, h1 (TILE, width)."""
+    src = x
+    for l in range(n_layers):
+        w, b = _layer(table, first + l)
+        dst = h0 if l % 2 == 0 else h1
+        _dense_tile(w, b, src, dst)
+        if l < n_layers - 1:
+            for t in range(TILE):
+                _activate(dst[t], w.shape[0], activation)
+        src = dst
+    return src
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+@njit(cache=True, error_model="numpy")
+def _head(y, r, rk, z, gaussian, deterministic, sigma, log_std, e, act_f, act_i):
+    """Sample (or take the mode of) row r's head outputs y; return the action's log-prob.
+
+    rk: the row's noise key; z: the row's given noise (normals (D,) or a uniform (1,)), or
+    empty to draw from the stream. sigma = exp(log_std) (float64, Gaussian); e: float64 scratch
+    (categorical: the softmax numerators)."""
+    given = z.shape[0] > 0
+    n_head = e.shape[0]
+    lp = 0.0
+    if gaussian:
+        for d in range(n_head):
+            mu = y[d]
+            if deterministic:
+                a = mu
+            else:
+                noise = np.float64(z[d]) if given else _normal(rk, d)
+                a = np.float32(np.float64(mu) + sigma[d] * noise)
+            act_f[r, d] = a
+            zz = (np.float64(a) - np.float64(mu)) / sigma[d]  # of the action as stored
+            lp += -0.5 * zz * zz - np.float64(log_std[d]) - HALF_LOG_2PI
+        return lp
+    best = 0  # the first argmax (torch.argmax's)
+    m = y[0]
+    for k in range(1, n_head):
+        if y[k] > m:
+            best = k
+            m = y[k]
+    m64 = np.float64(m)
+    total = 0.0
+    for k in range(n_head):
+        e[k] = math.exp(np.float64(y[k]) - m64)
+        total += e[k]
+    choice = best
+    if not deterministic:
+        # the smallest k with cumsum(softmax)[k] > u, as cumsum(e)[k] > u * total
+        target = (np.float64(z[0]) if given else _uniform(rk, 0, 0)) * total
+        running = 0.0
+        choice = -1
+        last = best
+        for k in range(n_head):
+            running += e[k]
+            if e[k] > 0.0:
+                last = k
+            if running > target:
+                choice = k
+                break
+        if choice < 0:  # rounding left the top of the total uncovered: the last possible k
+            choice = last
+    act_i[r] = choice
+    return np.float64(y[choice]) - m64 - math.log(total)
+
+
+@njit(cache=True, error_model="numpy")
+def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, noise,
+         deterministic, seed, counter, clip_obs, eps):
+    """One ``act`` call over the rows of obs (N, obs_dim) float32.
+
+    table: the int64 parameter table (see the module docstring). obs_mean, obs_var: float64
+    (obs_dim,), or empty for no normalization. obs_out: float32 (N, obs_dim), or empty.
+    act_f: float32 (N, D) actions of a Gaussian policy (empty for a categorical one);
+    act_i: int64 (N,) actions of a categorical policy (empty for a Gaussian one);
+    logp, value: float32 (N,) outputs. noise: float32 (N, D or 1) given noise, or (0, 0) to
+    draw from the stream. deterministic: take the mode, draw no noise.
+    seed, counter: the noise stream's position (int64). clip_obs, eps: the normalization's.
+
+    Rows go in tiles of TILE through ``_mlp_tile``; the last N % TILE one at a time.
+    """
+    n_actor, n_critic, activation = table[0], table[1], table[2]
+    gaussian = table[3] != 0
+    n_rows, obs_dim = obs.shape
+    normalize = obs_mean.shape[0] > 0
+    write_obs = obs_out.shape[0] > 0
+    width = obs_dim
+    for l in range(n_actor + n_critic):
+        width = max(width, table[_HEADER + _RECORD * l + 2])
+    n_head = table[_HEADER + _RECORD * (n_actor - 1) + 2]
+    buf = np.zeros((3, TILE, width), np.float32)  # input rows, two ping-pong hidden buffers
+    x, h0, h1 = buf[0], buf[1], buf[2]
+    e = np.empty(n_head, np.float64)
+    sigma = np.empty(n_head if gaussian else 0, np.float64)
+    log_std = carray(_f32_pointer(table[4]), (sigma.shape[0],))
+    for d in range(sigma.shape[0]):
+        sigma[d] = math.exp(np.float64(log_std[d]))
+    scale = np.empty(obs_dim if normalize else 0, np.float64)
+    for k in range(scale.shape[0]):
+        scale[k] = math.sqrt(obs_var[k] + eps)
+    key = _call_key(seed, counter)
+    given = noise.shape[0] > 0
+    no_noise = noise.reshape(-1)[:0]
+
+    for r0 in range(0, n_rows, TILE):
+        rows = min(TILE, n_rows - r0)
+        for t in range(rows):  # the input rows
+            r = r0 + t
+            xt = x[t]
+            if normalize:
+                for k in range(obs_dim):
+                    v = (np.float64(obs[r, k]) - obs_mean[k]) / scale[k]
+                    v = -clip_obs if v < -clip_obs else v
+                    xt[k] = clip_obs if v > clip_obs else v
+            else:
+                for k in range(obs_dim):
+                    xt[k] = obs[r, k]
+            if write_obs:
+                for k in range(obs_dim):
+                    obs_out[r, k] = xt[k]
+        if rows == TILE:
+            y = _mlp_tile(table, 0, n_actor, activation, x, h0, h1)
+            for t in range(TILE):
+                r = r0 + t
+                logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
+                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
+            v_out = _mlp_tile(table, n_actor, n_critic, activation, x, h0, h1)
+            for t in range(TILE):
+                value[r0 + t] = v_out[t, 0]
+        else:
+            for t in range(rows):
+                r = r0 + t
+                y1 = _mlp(table, 0, n_actor, activation, x[t], h0[t], h1[t])
+                logp[r] = _head(y1, r, _row_key(key, r), noise[r] if given else no_noise,
+                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
+                v1 = _mlp(table, n_actor, n_critic, activation, x[t], h0[t], h1[t])
+                value[r] = v1[0]
+
+
+# ----------------------------------------------------------------------------- host side
+
+_NO_F64 = np.empty(0, np.float64)  # "no normalization"
+_F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
+
+
+def _int64(value: int) -> int:
+    """value mod 2^64 as a signed int64 (the kernel reads it back as uint64)."""
+    v = int(value) & 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _param_view(name: str, t, ndim: int) -> np.ndarray:
+    """A zero-copy NumPy view of the float32, CPU, contiguous ``ndim``-d tensor t."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got device {t.device}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name}: expected dtype torch.float32, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d tensor, got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor (the kernel reads it in place), "
+                         f"got strides {t.stride()}")
+    return t.detach().numpy()
+
+
+def _layers(name: str, layers, in_dim: int | None):
+    """[(weight view, bias view)] of one MLP, checked to chain; in_dim None: the first sets it."""
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) == 0:
+        raise TypeError(f"{name}: expected a non-empty sequence of (weight, bias) pairs, "
+                        f"got {type(layers).__name__}")
+    views = []
+    for l, layer in enumerate(layers):
+        if isinstance(layer, torch.nn.Linear):
+            layer = (layer.weight, layer.bias)
+        if not isinstance(layer, (tuple, list)) or len(layer) != 2:
+            raise TypeError(f"{name}[{l}]: expected a (weight, bias) pair, "
+                            f"got {type(layer).__name__}")
+        w = _param_view(f"{name}[{l}].weight", layer[0], 2)
+        b = _param_view(f"{name}[{l}].bias", layer[1], 1)
+        n_out, n_in = w.shape
+        if n_out == 0 or n_in == 0:
+            raise ValueError(f"{name}[{l}].weight: expected a non-empty (out, in) matrix, "
+                             f"got shape {w.shape}")
+        if b.shape != (n_out,):
+            raise ValueError(f"{name}[{l}].bias: expected shape ({n_out},) (the weight's out), "
+                             f"got {b.shape}")
+        if in_dim is not None and n_in != in_dim:
+            what = "the observation width" if l == 0 else f"{name}[{l - 1}]'s out"
+            raise ValueError(f"{name}[{l}].weight: expected {in_dim} inputs ({what}), "
+                             f"got shape {w.shape}")
+        views.append((w, b))
+        in_dim = n_out
+    return views
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _number(name: str, v) -> float:
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
+    return float(v)
+
+
+def _check_out(name: str, a, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    if type(a) is not np.ndarray:
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype is not dtype and a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable C-contiguous array, got strides "
+                         f"{a.strides}" + ("" if a.flags.writeable else " (read-only)"))
+    return a
+
+
+def _check_stat(name: str, a, obs_dim: int) -> np.ndarray:
+    if type(a) is not np.ndarray:
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.shape != (obs_dim,):
+        raise ValueError(f"{name}: expected shape ({obs_dim},), got {a.shape}")
+    if a.dtype != np.float64:
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a float64 array, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
+class MLPPolicyKernel:
+    """``act`` of an MLP actor-critic in one Numba call, reading the torch parameters in place.
+
+    actor, critic: sequences of (weight, bias) torch tensors as ``nn.Linear`` holds them
+    (weight (out, in), bias (out,); an ``nn.Linear`` itself is accepted too), float32, CPU,
+    contiguous. Hidden layers apply ``activation`` ("tanh" or "relu"), the last layer is linear:
+    the actor's outputs the logits (categorical, ``log_std`` None) or the Gaussian mean
+    (``log_std``: a float32 tensor of shape (D,) or (1, D), the state-independent log-std). The
+    critic's last layer has 1 output. ``seed`` starts the noise stream (module docstring).
+    """
+
+    def __init__(self, actor, critic, *, activation="tanh", log_std=None, seed=0):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        actor_views = _layers("actor", actor, None)
+        obs_dim = actor_views[0][0].shape[1]
+        critic_views = _layers("critic", critic, obs_dim)
+        if critic_views[-1][0].shape[0] != 1:
+            raise ValueError(f"critic[{len(critic_views) - 1}].weight: expected 1 output (the "
+                             f"value), got shape {critic_views[-1][0].shape}")
+        head = actor_views[-1][0].shape[0]
+        self.gaussian = log_std is not None
+        log_std_view = None
+        if self.gaussian:
+            if isinstance(log_std, torch.Tensor) and tuple(log_std.shape) not in ((head,),
+                                                                                (1, head)):
+                raise ValueError(f"log_std: expected shape ({head},) or (1, {head}) (the "
+                                 f"actor's out), got {tuple(log_std.shape)}")
+            log_std_view = _param_view("log_std", log_std.reshape(head), 1) \
+                if isinstance(log_std, torch.Tensor) else _param_view("log_std", log_std, 1)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+
+        self.obs_dim, self.action_dim, self.activation = obs_dim, head, activation
+        # the views keep the parameters' memory alive as long as the table points into it
+        self._views = (actor_views, critic_views, log_std_view)
+        table = [len(actor_views), len(critic_views), ACTIVATIONS[activation],
+                 int(self.gaussian), 0 if log_std_view is None else _address(log_std_view)]
+        for w, b in actor_views + critic_views:
+            table += [_address(w), _address(b), w.shape[0], w.shape[1]]
+        self._table = np.array(table, np.int64)
+        self._seed = int(seed)
+        self._seed64 = _int64(seed)
+        self.counter = 0
+        self._no_obs = np.empty((0, obs_dim), np.float32)
+        self._no_act_f = np.empty((0, head), np.float32)
+        self._no_act_i = np.empty(0, np.int64)
+        self._no_noise = np.empty((0, 1), np.float32)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def act(self, obs, *, deterministic=False, obs_mean=None, obs_var=None, clip_obs=10.0,
+            eps=1e-8, out=None, obs_out=None, noise=None):
+        """Sample (or take the mode of) the policy at ``obs``; return (action, logprob, value).
+
+        obs: numpy (N, obs_dim) float32 (float64 is converted). action: (N, D) float32
+        (Gaussian) or (N,) int64 (categorical); logprob, value: (N,) float32. ``out``: an
+        optional tuple of preallocated arrays of exactly those shapes and dtypes (e.g. views
+        of a rollout buffer's row t), written in place and returned. ``obs_mean``, ``obs_var``
+        (float64 (obs_dim,)): the MLPs then see clip((obs - mean) / sqrt(var + eps),
+        -clip_obs, clip_obs). ``obs_out``: optional float32 (N, obs_dim) array that receives
+        the observation the MLPs saw. ``noise``: optional float32 noise to sample with instead
+        of the stream (standard normals (N, D) for a Gaussian policy, action = mean +
+        exp(log_std) * noise; uniforms (N,) in (0, 1) for a categorical one, inverse CDF), e.g.
+        drawn by a trainer from its own generator; the counter then stays. Otherwise each
+        sampling call advances ``counter`` by one.
+        """
+        if type(obs) is not np.ndarray:
+            raise TypeError(f"obs: expected a numpy.ndarray, got {type(obs).__name__}")
+        if obs.dtype is not _F32 and obs.dtype != _F32:
+            if obs.dtype != np.float64:
+                raise TypeError(f"obs: expected dtype float32 (or float64), got {obs.dtype}")
+            obs = obs.astype(np.float32)
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs: expected shape (N, {self.obs_dim}), got {obs.shape}")
+        flags = obs.flags
+        if not (flags.c_contiguous and flags.writeable):  # one compiled specialization only
+            obs = np.array(obs, order="C")
+        n = obs.shape[0]
+
+        if obs_mean is None and obs_var is None:
+            mean = var = _NO_F64
+        elif obs_mean is None or obs_var is None:
+            missing = "obs_mean" if obs_mean is None else "obs_var"
+            raise ValueError(f"{missing}: expected an array when "
+                             f"{'obs_var' if obs_mean is None else 'obs_mean'} is given, "
+                             "got None")
+        else:
+            mean = _check_stat("obs_mean", obs_mean, self.obs_dim)
+            var = _check_stat("obs_var", obs_var, self.obs_dim)
+        if obs_out is None:
+            obs_out = self._no_obs
+        else:
+            _check_out("obs_out", obs_out, (n, self.obs_dim), _F32)
+
+        if out is None:
+            logp, value = np.empty(n, np.float32), np.empty(n, np.float32)
+            if self.gaussian:
+                action = act_f = np.empty((n, self.action_dim), _F32)
+                act_i = self._no_act_i
+            else:
+                action = act_i = np.empty(n, np.int64)
+                act_f = self._no_act_f
+        else:
+            if not isinstance(out, (tuple, list)) or len(out) != 3:
+                raise TypeError("out: expected a tuple (action, logprob, value) of arrays, "
+                                f"got {type(out).__name__}"
+                                + (f" of length {len(out)}" if isinstance(out, (tuple, list))
+                                   else ""))
+            action, logp, value = out
+            if self.gaussian:
+                act_f = _check_out("out[0]", action, (n, self.action_dim), _F32)
+                act_i = self._no_act_i
+            else:
+                act_i = _check_out("out[0]", action, (n,), _I64)
+                act_f = self._no_act_f
+            _check_out("out[1]", logp, (n,), _F32)
+            _check_out("out[2]", value, (n,), _F32)
+
+        if type(clip_obs) is not float:
+            clip_obs = _number("clip_obs", clip_obs)
+        if type(eps) is not float:
+            eps = _number("eps", eps)
+        if mean is not _NO_F64 and not (clip_obs > 0.0 and eps >= 0.0):
+            if not clip_obs > 0.0:
+                raise ValueError(f"clip_obs: expected a value > 0, got {clip_obs}")
+            raise ValueError(f"eps: expected a value >= 0, got {eps}")
+        deterministic = bool(deterministic)
+        if noise is None:
+            given = self._no_noise
+        else:
+            shape = (n, self.action_dim) if self.gaussian else (n,)
+            given = _check_out("noise", noise, shape, _F32).reshape(n, -1)
+        _act(obs, self._table, mean, var, obs_out, act_f, act_i, logp, value, given,
+             deterministic, self._seed64, self.counter, clip_obs, eps)
+        if not (deterministic or noise is not None):
+            self.counter += 1
+        return action, logp, value
+
+    # ---- the noise stream's position (checkpoints)
+    def state_dict(self) -> dict:
+        return {"seed": self._seed, "counter": self.counter}
+
+    def load_state_dict(self, state) -> None:
+        if not isinstance(state, dict) or "seed" not in state or "counter" not in state:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a dict with keys 'seed' and 'counter', got {got}")
+        seed, counter = state["seed"], state["counter"]
+        for name, v in (("seed", seed), ("counter", counter)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise TypeError(f"state['{name}']: expected an int, got {type(v).__name__}")
+        if not 0 <= counter < 1 << 63:
+            raise ValueError(f"state['counter']: expected a value in [0, 2^63), got {counter}")
+        self._seed, self._seed64, self.counter = int(seed), _int64(seed), int(counter)
+
+
+def policy_noise(seed: int, counter: int, rows: int, cols: int, kind: str) -> np.ndarray:
+    """The float64 (rows, cols) noise an ``MLPPolicyKernel(seed=seed)`` call at ``counter``
+    draws: kind "normal": the Gaussian head's z[row, d]; kind "uniform": uniform(row, column,
+    stream 0), of which the categorical head uses column 0. Same jitted functions as the kernel.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind: expected 'uniform' or 'normal', got {kind!r}")
+    for name, v in (("seed", seed), ("counter", counter), ("rows", rows), ("cols", cols)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    for name, v in (("rows", rows), ("cols", cols)):
+        if v < 0:
+            raise ValueError(f"{name}: expected a size >= 0, got {v}")
+    out = np.empty((int(rows), int(cols)), np.float64)
+    _noise_fill(_int64(seed), _int64(counter), _KINDS[kind], out)
+    return out
