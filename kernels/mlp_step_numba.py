@@ -1,0 +1,771 @@
+"""One Numba call per PPO minibatch: MLP actor-critic forward, fused loss and backward (CPU).
+
+    step = MLPLossStep.from_modules(agent.actor, agent.critic, log_std=agent.log_std)
+    stats = step(obs, idx, actions, old_logprobs, advantages, old_values, returns, weights,
+                 clip_coef=0.2, vf_coef=0.5, ent_coef=0.0)   # every p.grad now = d loss / d p
+    torch.nn.utils.clip_grad_norm_(params, 0.5); optimizer.step()
+
+At RL's minibatch shapes (64 rows, 17-64-64-6 MLPs) eager torch spends almost all of a
+forward + loss + backward in autograd and dispatch; the arithmetic is a few MFLOP. Here the
+whole step is one jitted call: gather the minibatch rows, both MLPs forward (activations
+saved), the PPO loss and its gradient through the per-row kernels of ``ppo_loss_numba`` (the
+loss math lives there only), and the backward through both MLPs, written straight into the
+torch parameters' ``.grad`` tensors. Torch keeps owning parameters, grads and optimizer state.
+
+Networks: ``actor`` and ``critic`` are lists of nn.Linear-layout ``(weight (out, in), bias
+(out,))`` pairs, one activation (tanh or relu) after every layer but the last; the critic ends
+in one output (``value = critic(obs).squeeze(-1)``), the actor in the Gaussian mean (with a
+state-independent ``log_std`` parameter, ``(1, D)`` or ``(D,)``, expanded over the rows) or
+the categorical logits. Any depth and widths.
+
+Math (per net; activations feature-major, ``H[l]`` is (width_l, n), ``H[0] = obs[idx].T``)::
+
+    forward    Z[l] = W[l] H[l] + b[l];   H[l+1] = act(Z[l]) for l < L-1;   out = Z[L-1]
+    loss       ppo_loss_numba: mean/log-std (or logits), values -> loss, d out, d values,
+               d log_std per row (summed over rows: the expand's backward)
+    backward   G = d loss / d Z[l], from G[L-1] = d out:
+               d b[l] = sum_r G[:, r];   d W[l] = G H[l].T
+               G[l-1] = (W[l].T G) * act'(H[l]),   tanh' = 1 - H^2,  relu' = [H > 0]
+
+Layout: activations and their gradients are stored transposed, (features, rows), densely for
+the minibatch's n rows, so every inner loop runs over rows, contiguous: the forward and the
+input gradient are ``y[o, :] += W[o, i] x[i, :]`` (no reduction: vectorizes as is), the weight
+gradient is a dot product over rows (``fastmath`` "reassoc" on that kernel only, so LLVM splits
+the sum into SIMD lanes, the order of additions a BLAS would use as well). Float32 compute and
+float32 accumulation, as torch's matmuls. The loss runs ppo_loss_numba's float32 path as is
+(float32 stats, float64 accumulators; the same compiled row kernels). tanh is ``tanh32`` below
+(branch-free, vectorizes; within 2.5 float32 ulp), not libm's ``tanhf`` (one call per element
+and no SIMD: it would cost more than the matmuls).
+
+Argument passing: parameters and grads reach the kernel as addresses in one int64 table built
+once (``_LAYER_*`` columns), so a call unboxes a dozen arrays whatever the depth, and one
+compiled specialization serves every network (one per policy type). The step keeps NumPy views
+of those tensors alive (their storage cannot be freed under the kernel), and checks per call
+that the first parameter still has the same storage and ``.grad``: ``zero_grad(set_to_none=
+True)`` is undone by re-attaching the grads; a replaced ``.data`` (``module.to(...)``,
+``vector_to_parameters``) raises: build a new step (or call ``rebind()``).
+
+Zero total weight: a minibatch whose weights are all 0 (reset steps only) raises nothing: every
+grad is set to 0 and the seven returned values are 0.0 (``weight_sum`` is 0.0: the engine skips
+its contribution). Other errors raise, with every grad set to 0 first.
+
+Host checks: the rollout arrays' dtypes, layouts and shapes are checked in Python when they are
+not the arrays of the previous call (the step keeps a reference to those), ``idx`` every call;
+the kernel re-checks every shape and each index against R (metadata and one pass over idx) and
+returns an error code, turned into the exception on the slow path. One call at a time per step
+(it owns its workspace); the kernels release the GIL.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from .ppo_loss_numba import (
+    _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
+    _advantage_stats, _categorical_backward_rows, _categorical_forward_rows, _finish,
+    _gaussian_backward_rows, _gaussian_forward_rows, exp32,
+)
+
+STAT_NAMES = ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+
+# The one fastmath switch: the weight-gradient dot products may be reassociated (SIMD partial
+# sums) and multiply-adds fused; nothing else in this file relaxes IEEE semantics but "contract".
+MATMUL_FASTMATH = {"reassoc", "contract"}
+
+# error codes of the drivers beyond ppo_loss_numba's (_BAD_ACTION 1, _NEGATIVE_WEIGHT 2,
+# _ZERO_WEIGHTS 3): the host turns them into exceptions, re-checking on the slow path
+_BAD_INDEX, _BAD_SHAPE = 10, 11
+
+# columns of the int64 layer table (one row per Linear layer: actor layers, then critic layers)
+_LAYER_IN, _LAYER_OUT, _LAYER_W, _LAYER_B, _LAYER_DW, _LAYER_DB, _LAYER_X, _LAYER_Y = range(8)
+_LAYER_COLUMNS = 8
+# slots of the int64 plan: network shape, log-std addresses, float32 workspace offsets
+(_P_ACTOR_LAYERS, _P_CRITIC_LAYERS, _P_RELU, _P_OBS_DIM, _P_OUT_DIM, _P_LOG_STD, _P_LOG_STD_GRAD,
+ _P_ROWS, _P_OUT_ROWS, _P_D_OUT, _P_D_LOG_STD, _P_ACTIONS, _P_ROW_STATS, _P_G0, _P_G1,
+ _P_MAX_ROWS) = range(16)
+_PLAN_SIZE = 16
+_ROW_BUFFERS = 6  # old_logprobs, advantages, old_values, returns, weights, d_values (gathered)
+
+_F = np.float32
+_F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
+
+
+# ----------------------------------------------------------------------------- tanh
+# tanh32(x) for float32, branch-free so that a loop of them vectorizes. |x| < 0.4: the odd
+# Taylor polynomial through x^13 (truncation below 1.6e-9 relative); else
+# sign(x) (1 - e) / (1 + e) with e = exp32(-2|x|) (exp32 within 1.2e-7 relative, so about
+# 5e-8 absolute at |x| = 0.4, less beyond). exp32 flushes below log(2^-126) to 0, so the result
+# saturates at +-1; NaN stays NaN. Inlined in Numba's IR: LLVM's inliner finds it too large,
+# and a call per element would keep the loop over it scalar.
+
+_T3, _T5, _T7 = _F(-1 / 3), _F(2 / 15), _F(-17 / 315)
+_T9, _T11, _T13 = _F(62 / 2835), _F(-1382 / 155925), _F(21844 / 6081075)
+_TANH_SMALL = _F(0.4)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def tanh32(x):
+    """tanh of a float32, branch-free (see the section comment)."""
+    ax = abs(x)
+    e = exp32(_F(-2.0) * ax)
+    big = (_F(1.0) - e) / (_F(1.0) + e)
+    x2 = ax * ax
+    small = ax + ax * x2 * (_T3 + x2 * (_T5 + x2 * (_T7 + x2 * (_T9 + x2 * (_T11 + x2 * _T13)))))
+    t = small if ax < _TANH_SMALL else big
+    return -t if x < _F(0.0) else t
+
+
+# ----------------------------------------------------------------------------- raw views
+
+@intrinsic
+def _f32_pointer(typingctx, address):
+    """The int64 ``address`` as a float32 pointer (for ``carray``)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@njit(cache=True, inline="always")
+def _at(address, rows, cols):
+    """The C-contiguous float32 (rows, cols) array at ``address`` (a torch tensor's storage)."""
+    return carray(_f32_pointer(address), (rows, cols))
+
+
+@njit(cache=True, inline="always")
+def _ws(ws, offset, rows, cols):
+    """A dense (rows, cols) view of the float32 workspace from ``offset``."""
+    return ws[offset:offset + rows * cols].reshape((rows, cols))
+
+
+# ----------------------------------------------------------------------------- dense layers
+# ``n`` is the minibatch's row count; x, y, g are feature-major (features, n) views.
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _linear_forward(W, b, x, y):
+    """y = W x + b[:, None]: for each output, y[o, :] += W[o, i] x[i, :] over 8 inputs at a
+    time (then 4, then 1), each element of y loaded and stored once per 8 multiply-adds."""
+    out_dim, in_dim = W.shape
+    n = x.shape[1]
+    i8 = in_dim - in_dim % 8
+    i4 = in_dim - in_dim % 4
+    for o in range(out_dim):
+        yo = y[o]
+        bo = b[o]
+        for r in range(n):
+            yo[r] = bo
+        for i in range(0, i8, 8):
+            w0, w1, w2, w3 = W[o, i], W[o, i + 1], W[o, i + 2], W[o, i + 3]
+            w4, w5, w6, w7 = W[o, i + 4], W[o, i + 5], W[o, i + 6], W[o, i + 7]
+            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            x4, x5, x6, x7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+            for r in range(n):
+                yo[r] = (yo[r] + w0 * x0[r] + w1 * x1[r] + w2 * x2[r] + w3 * x3[r]
+                         + w4 * x4[r] + w5 * x5[r] + w6 * x6[r] + w7 * x7[r])
+        for i in range(i8, i4, 4):
+            w0, w1, w2, w3 = W[o, i], W[o, i + 1], W[o, i + 2], W[o, i + 3]
+            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            for r in range(n):
+                yo[r] = yo[r] + w0 * x0[r] + w1 * x1[r] + w2 * x2[r] + w3 * x3[r]
+        for i in range(i4, in_dim):
+            wi, xi = W[o, i], x[i]
+            for r in range(n):
+                yo[r] += wi * xi[r]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _activate(y, relu):
+    """In place over the flat (features * n) buffer: relu (NaN stays NaN) or tanh32."""
+    if relu:
+        for k in range(y.shape[0]):
+            v = y[k]
+            y[k] = _F(0.0) if v < _F(0.0) else v
+    else:
+        for k in range(y.shape[0]):
+            y[k] = tanh32(y[k])
+
+
+@njit(cache=True, error_model="numpy", fastmath=MATMUL_FASTMATH)
+def _linear_backward_params(g, x, dW, db):
+    """db[o] = sum_r g[o, r]; dW[o, i] = sum_r g[o, r] x[i, r]: dot products over the rows,
+    8 at a time (2 outputs x 4 inputs, 6 rows of operands loaded per 8 multiply-adds)."""
+    out_dim, in_dim = dW.shape
+    n = g.shape[1]
+    for o in range(out_dim):
+        go = g[o]
+        s = _F(0.0)
+        for r in range(n):
+            s += go[r]
+        db[o] = s
+    o2 = out_dim - out_dim % 2
+    i4 = in_dim - in_dim % 4
+    for o in range(0, o2, 2):
+        g0, g1 = g[o], g[o + 1]
+        for i in range(0, i4, 4):
+            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = _F(0.0)
+            for r in range(n):
+                a, b = g0[r], g1[r]
+                s00 += a * x0[r]
+                s01 += a * x1[r]
+                s02 += a * x2[r]
+                s03 += a * x3[r]
+                s10 += b * x0[r]
+                s11 += b * x1[r]
+                s12 += b * x2[r]
+                s13 += b * x3[r]
+            dW[o, i], dW[o, i + 1], dW[o, i + 2], dW[o, i + 3] = s00, s01, s02, s03
+            dW[o + 1, i], dW[o + 1, i + 1], dW[o + 1, i + 2], dW[o + 1, i + 3] = s10, s11, s12, s13
+        for i in range(i4, in_dim):
+            xi = x[i]
+            s0 = s1 = _F(0.0)
+            for r in range(n):
+                s0 += g0[r] * xi[r]
+                s1 += g1[r] * xi[r]
+            dW[o, i], dW[o + 1, i] = s0, s1
+    for o in range(o2, out_dim):
+        go = g[o]
+        for i in range(in_dim):
+            xi = x[i]
+            s = _F(0.0)
+            for r in range(n):
+                s += go[r] * xi[r]
+            dW[o, i] = s
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _linear_backward_input(W, g, h, dh, relu):
+    """dh = (W.T g) * act'(h), h the layer's input (an activation output): for each input,
+    dh[i, :] += W[o, i] g[o, :] over 8 outputs at a time (then 4, then 1)."""
+    out_dim, in_dim = W.shape
+    n = g.shape[1]
+    o8 = out_dim - out_dim % 8
+    o4 = out_dim - out_dim % 4
+    for i in range(in_dim):
+        d = dh[i]
+        for r in range(n):
+            d[r] = _F(0.0)
+        for o in range(0, o8, 8):
+            w0, w1, w2, w3 = W[o, i], W[o + 1, i], W[o + 2, i], W[o + 3, i]
+            w4, w5, w6, w7 = W[o + 4, i], W[o + 5, i], W[o + 6, i], W[o + 7, i]
+            g0, g1, g2, g3 = g[o], g[o + 1], g[o + 2], g[o + 3]
+            g4, g5, g6, g7 = g[o + 4], g[o + 5], g[o + 6], g[o + 7]
+            for r in range(n):
+                d[r] = (d[r] + w0 * g0[r] + w1 * g1[r] + w2 * g2[r] + w3 * g3[r]
+                        + w4 * g4[r] + w5 * g5[r] + w6 * g6[r] + w7 * g7[r])
+        for o in range(o8, o4, 4):
+            w0, w1, w2, w3 = W[o, i], W[o + 1, i], W[o + 2, i], W[o + 3, i]
+            g0, g1, g2, g3 = g[o], g[o + 1], g[o + 2], g[o + 3]
+            for r in range(n):
+                d[r] = d[r] + w0 * g0[r] + w1 * g1[r] + w2 * g2[r] + w3 * g3[r]
+        for o in range(o4, out_dim):
+            wo, go = W[o, i], g[o]
+            for r in range(n):
+                d[r] += wo * go[r]
+        hi = h[i]
+        if relu:  # torch's threshold_backward on the relu output: 0 where it is <= 0
+            for r in range(n):
+                d[r] = _F(0.0) if hi[r] <= _F(0.0) else d[r]
+        else:
+            for r in range(n):
+                d[r] = d[r] * (_F(1.0) - hi[r] * hi[r])
+
+
+# ----------------------------------------------------------------------------- networks
+
+@njit(cache=True, error_model="numpy")
+def _mlp_forward(n, plan, layers, first, count, ws):
+    """Layers [first, first + count) of the table forward; returns the output (out, n) view."""
+    relu = plan[_P_RELU] != 0
+    y = _ws(ws, layers[first, _LAYER_X], layers[first, _LAYER_IN], n)  # (typing; count >= 1)
+    for k in range(first, first + count):
+        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
+        x = _ws(ws, layers[k, _LAYER_X], in_dim, n)
+        y = _ws(ws, layers[k, _LAYER_Y], out_dim, n)
+        W = _at(layers[k, _LAYER_W], out_dim, in_dim)
+        b = _at(layers[k, _LAYER_B], 1, out_dim)[0]
+        _linear_forward(W, b, x, y)
+        if k < first + count - 1:
+            _activate(ws[layers[k, _LAYER_Y]:layers[k, _LAYER_Y] + out_dim * n], relu)
+    return y
+
+
+@njit(cache=True, error_model="numpy")
+def _mlp_backward(n, plan, layers, first, count, ws, g_out):
+    """Layers [first, first + count) backward from g_out = d loss / d output (out, n), which
+    must be the G0 workspace buffer; writes every dW and db of those layers."""
+    relu = plan[_P_RELU] != 0
+    g = g_out
+    ping = True  # g lives in G0; the next input gradient goes to G1, and so on
+    for k in range(first + count - 1, first - 1, -1):
+        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
+        x = _ws(ws, layers[k, _LAYER_X], in_dim, n)
+        _linear_backward_params(g, x, _at(layers[k, _LAYER_DW], out_dim, in_dim),
+                                _at(layers[k, _LAYER_DB], 1, out_dim)[0])
+        if k > first:
+            dh = _ws(ws, plan[_P_G1] if ping else plan[_P_G0], in_dim, n)
+            _linear_backward_input(_at(layers[k, _LAYER_W], out_dim, in_dim), g, x, dh, relu)
+            g = dh
+            ping = not ping
+
+
+@njit(cache=True, error_model="numpy")
+def _zero_grads(plan, layers):
+    for k in range(layers.shape[0]):
+        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
+        _at(layers[k, _LAYER_DW], out_dim, in_dim)[:, :] = 0.0
+        _at(layers[k, _LAYER_DB], 1, out_dim)[:, :] = 0.0
+    if plan[_P_LOG_STD_GRAD] != 0:
+        _at(plan[_P_LOG_STD_GRAD], 1, plan[_P_OUT_DIM])[:, :] = 0.0
+
+
+# ----------------------------------------------------------------------------- drivers
+
+@njit(cache=True, error_model="numpy")
+def _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, has_weights, plan,
+            layers, ws):
+    """Shape and index checks, then obs[idx].T into the input buffer and the (R,) inputs into
+    the row buffers; returns 0 or an error code."""
+    n = idx.shape[0]
+    num_rows, obs_dim = obs.shape
+    if obs_dim != plan[_P_OBS_DIM] or n < 1 or n > plan[_P_MAX_ROWS]:
+        return _BAD_SHAPE
+    for a in (old_logprobs, advantages, old_values, returns):
+        if a.shape[0] != num_rows:
+            return _BAD_SHAPE
+    if has_weights and weights.shape[0] != num_rows:
+        return _BAD_SHAPE
+    for r in range(n):
+        if idx[r] < 0 or idx[r] >= num_rows:
+            return _BAD_INDEX
+    x = _ws(ws, layers[0, _LAYER_X], obs_dim, n)
+    for r in range(n):
+        src = obs[idx[r]]
+        for i in range(obs_dim):
+            x[i, r] = src[i]
+    rows = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    for r in range(n):
+        j = idx[r]
+        rows[0, r] = old_logprobs[j]
+        rows[1, r] = advantages[j]
+        rows[2, r] = old_values[j]
+        rows[3, r] = returns[j]
+        rows[4, r] = weights[j] if has_weights else _F(1.0)
+    return 0
+
+
+@njit(cache=True, error_model="numpy")
+def _to_rows(t, out):
+    """out (n, k) = t (k, n).T"""
+    for j in range(t.shape[0]):
+        tj = t[j]
+        for r in range(t.shape[1]):
+            out[r, j] = tj[r]
+
+
+@njit(cache=True, error_model="numpy")
+def _to_features(a, out):
+    """out (k, n) = a (n, k).T"""
+    for j in range(a.shape[1]):
+        oj = out[j]
+        for r in range(a.shape[0]):
+            oj[r] = a[r, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _write_result(loss, stats, result):
+    result[0] = loss[0]
+    for k in range(6):
+        result[k + 1] = stats[k]
+
+
+@njit(cache=True, error_model="numpy")
+def _fail(err, plan, layers, stats, result):
+    """Error exit: zero grads; zero-weight minibatches also get all-zero results."""
+    _zero_grads(plan, layers)
+    result[:] = 0.0
+    if err == _ZERO_WEIGHTS:
+        stats[8] = 0.0
+    return err
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, returns, weights,
+                   has_weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize, plan,
+                   layers, ws, stats, result):
+    """The whole minibatch step of a Gaussian policy; returns 0 or an error code.
+
+    Arguments: obs (R, obs_dim), actions (R, D) float32, the (R,) rollout arrays (weights a
+    dummy unless has_weights), idx (n,) int64; plan/layers/ws the step's tables and float32
+    workspace; stats (9,) float32 as in ppo_loss_numba; result (7,) float64 out."""
+    n = idx.shape[0]
+    d_dim = plan[_P_OUT_DIM]
+    if actions.shape[0] != obs.shape[0] or actions.shape[1] != d_dim:
+        return _fail(_BAD_SHAPE, plan, layers, stats, result)
+    err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, has_weights,
+                  plan, layers, ws)
+    if err:
+        return _fail(err, plan, layers, stats, result)
+    x = _ws(ws, plan[_P_ACTIONS], n, d_dim)
+    for r in range(n):
+        src = actions[idx[r]]
+        for d in range(d_dim):
+            x[r, d] = src[d]
+    rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    coefs = (clip_coef, vf_coef, ent_coef)
+    flags = (has_weights, clip_vloss, normalize)
+    n_actor = plan[_P_ACTOR_LAYERS]
+    values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
+    rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
+    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    if err:
+        return _fail(err, plan, layers, stats, result)
+    mu = _ws(ws, plan[_P_OUT_ROWS], n, d_dim)
+    _to_rows(_mlp_forward(n, plan, layers, 0, n_actor, ws), mu)
+    ls = _at(plan[_P_LOG_STD], 1, d_dim)
+    logp = _ws(ws, plan[_P_ROW_STATS], 1, n)[0]  # the row_stats of the Gaussian loss
+    d_v = rb[5]
+    sums = np.zeros((1, 6))
+    loss = np.empty(1, np.float32)
+    _gaussian_forward_rows(0, n, mu, ls, x, rows, coefs, flags, stats, sums[0], logp)
+    _finish(sums, coefs, loss, stats)
+    d_mu = _ws(ws, plan[_P_D_OUT], n, d_dim)
+    d_ls = _ws(ws, plan[_P_D_LOG_STD], n, d_dim)
+    _gaussian_backward_rows(0, n, 1.0, mu, ls, x, rows, coefs, flags, stats, logp, d_mu, d_ls,
+                            d_v)
+    g_ls = _at(plan[_P_LOG_STD_GRAD], 1, d_dim)[0]
+    for d in range(d_dim):
+        s = 0.0
+        for r in range(n):
+            s += d_ls[r, d]
+        g_ls[d] = s
+    g0 = _ws(ws, plan[_P_G0], 1, n)
+    g0[0, :] = d_v
+    _mlp_backward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws, g0)
+    g0 = _ws(ws, plan[_P_G0], d_dim, n)
+    _to_features(d_mu, g0)
+    _mlp_backward(n, plan, layers, 0, n_actor, ws, g0)
+    _write_result(loss, stats, result)
+    return 0
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, returns, weights,
+                      has_weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize, plan,
+                      layers, ws, actions_ws, stats, result):
+    """As ``_gaussian_step`` for a categorical policy: actions (R,) int64, actions_ws the
+    (max_rows,) int64 buffer of the gathered actions."""
+    n = idx.shape[0]
+    a_dim = plan[_P_OUT_DIM]
+    if actions.shape[0] != obs.shape[0]:
+        return _fail(_BAD_SHAPE, plan, layers, stats, result)
+    err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, has_weights,
+                  plan, layers, ws)
+    if err:
+        return _fail(err, plan, layers, stats, result)
+    act = actions_ws[:n]
+    for r in range(n):
+        act[r] = actions[idx[r]]
+    rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    coefs = (clip_coef, vf_coef, ent_coef)
+    flags = (has_weights, clip_vloss, normalize)
+    n_actor = plan[_P_ACTOR_LAYERS]
+    values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
+    rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
+    err = _advantage_stats(act, a_dim, rows, flags, stats)
+    if err:
+        return _fail(err, plan, layers, stats, result)
+    z = _ws(ws, plan[_P_OUT_ROWS], n, a_dim)
+    _to_rows(_mlp_forward(n, plan, layers, 0, n_actor, ws), z)
+    row_stats = _ws(ws, plan[_P_ROW_STATS], n, CATEGORICAL_ROW_STATS)
+    sums = np.zeros((1, 6))
+    loss = np.empty(1, np.float32)
+    _categorical_forward_rows(0, n, z, act, rows, coefs, flags, stats, sums[0], row_stats)
+    _finish(sums, coefs, loss, stats)
+    d_z = _ws(ws, plan[_P_D_OUT], n, a_dim)
+    d_v = rb[5]
+    _categorical_backward_rows(0, n, 1.0, z, act, rows, coefs, flags, stats, row_stats, d_z, d_v)
+    g0 = _ws(ws, plan[_P_G0], 1, n)
+    g0[0, :] = d_v
+    _mlp_backward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws, g0)
+    g0 = _ws(ws, plan[_P_G0], a_dim, n)
+    _to_features(d_z, g0)
+    _mlp_backward(n, plan, layers, 0, n_actor, ws, g0)
+    _write_result(loss, stats, result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- host side
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        layout = "" if x.flags.c_contiguous else ", not C-contiguous"
+        return f"ndarray {x.dtype} shape {x.shape}{layout}"
+    if isinstance(x, torch.Tensor):
+        return f"torch.Tensor {x.dtype} shape {tuple(x.shape)} (pass .numpy())"
+    return type(x).__name__
+
+
+def _array_ok(x, dtype, ndim) -> bool:
+    return (isinstance(x, np.ndarray) and x.dtype == dtype and x.ndim == ndim
+            and x.flags.c_contiguous)
+
+
+def _expect_array(name, x, dtype, shape, any_size="R") -> None:
+    """A C-contiguous ndarray of this dtype and shape (None in shape: any size, shown as
+    ``any_size``), else raise."""
+    dims = [any_size if s is None else str(s) for s in shape]
+    want = f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+    if not _array_ok(x, dtype, len(shape)) or any(
+            s is not None and s != t for s, t in zip(shape, x.shape)):
+        raise ValueError(f"{name}: expected a C-contiguous {dtype} ndarray of shape {want}, "
+                         f"got {_describe(x)}")
+
+
+def _expect_param(name, t, shape=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch tensor (Parameter), got {type(t).__name__}")
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous float32 CPU tensor, got {t.dtype} on "
+                         f"{t.device}{'' if t.is_contiguous() else ', not contiguous'}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+class MLPLossStep:
+    """Forward, fused PPO loss and backward of an MLP actor-critic minibatch in one Numba call,
+    the gradients written into the parameters' ``.grad`` (see the module docstring)."""
+
+    def __init__(self, actor, critic, *, activation="tanh", log_std=None, max_rows=4096):
+        """actor, critic: sequences of (weight, bias) torch Parameters (nn.Linear layout:
+        weight (out, in), bias (out,)), float32, contiguous, CPU; the critic's last layer has
+        one output. log_std: the (1, D) or (D,) log-std Parameter of a Gaussian policy (D the
+        actor's outputs), None for a categorical one (the actor outputs logits).
+        activation: "tanh" or "relu", after every layer but the last. max_rows: the largest
+        minibatch. Gives each parameter a zeroed ``.grad`` unless it has a contiguous float32
+        one of its shape, keeps NumPy views of parameters and grads and allocates the
+        activation workspace for ``max_rows`` rows."""
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation: expected 'tanh' or 'relu', got {activation!r}")
+        if int(max_rows) != max_rows or max_rows < 1:
+            raise ValueError(f"max_rows: expected a positive integer, got {max_rows!r}")
+        actor, critic = [tuple(layer) for layer in actor], [tuple(layer) for layer in critic]
+        for name, net in (("actor", actor), ("critic", critic)):
+            if not net or any(len(layer) != 2 for layer in net):
+                raise ValueError(f"{name}: expected a non-empty sequence of (weight, bias) pairs")
+        self.activation = activation
+        self.max_rows = int(max_rows)
+        self.continuous = log_std is not None
+        self.obs_dim = None
+        self._params = []  # every parameter, in the order of .parameters() of the modules
+        shapes = []
+        for name, net in (("actor", actor), ("critic", critic)):
+            in_dim = self.obs_dim
+            for k, (w, b) in enumerate(net):
+                _expect_param(f"{name}[{k}].weight", w)
+                if w.dim() != 2:
+                    raise ValueError(f"{name}[{k}].weight: expected (out, in), got shape "
+                                     f"{tuple(w.shape)}")
+                out_dim, layer_in = w.shape
+                if in_dim is not None and layer_in != in_dim:
+                    raise ValueError(f"{name}[{k}].weight: expected {in_dim} inputs (the "
+                                     f"previous layer's outputs / obs_dim), got {layer_in}")
+                _expect_param(f"{name}[{k}].bias", b, (out_dim,))
+                self.obs_dim = layer_in if self.obs_dim is None else self.obs_dim
+                in_dim = out_dim
+                shapes.append((name, layer_in, out_dim))
+                self._params += [w, b]
+        if critic[-1][0].shape[0] != 1:
+            raise ValueError(f"critic[{len(critic) - 1}].weight: expected 1 output (the value), "
+                             f"got {critic[-1][0].shape[0]}")
+        self.out_dim = int(actor[-1][0].shape[0])
+        if self.continuous:
+            _expect_param("log_std", log_std)
+            if log_std.numel() != self.out_dim or log_std.dim() > 2 or log_std.shape[-1] != \
+                    self.out_dim:
+                raise ValueError(f"log_std: expected shape (1, {self.out_dim}) or "
+                                 f"({self.out_dim},), got {tuple(log_std.shape)}")
+            self._params.append(log_std)
+        if len({p.data_ptr() for p in self._params}) != len(self._params):
+            raise ValueError("actor, critic, log_std: expected distinct parameters, got two "
+                             "sharing storage (tied weights would need their grads summed)")
+        self._n_actor, self._n_critic = len(actor), len(critic)
+        self._shapes = shapes
+        self.rebind()
+        self._ones = np.ones(1, np.float32)
+        self._stats = np.zeros(9, np.float32)  # as ppo_loss_numba's float32 path
+        self._checked = (None,) * 7
+
+    @classmethod
+    def from_modules(cls, actor, critic, *, log_std=None, max_rows=4096):
+        """From two ``nn.Sequential`` of Linear layers with one kind of activation (Tanh or
+        ReLU) between them, e.g. ``fastppo.agent.Agent``'s ``actor`` and ``critic``."""
+        nets, kinds = [], set()
+        for name, seq in (("actor", actor), ("critic", critic)):
+            mods = list(seq)
+            linears = mods[0::2]
+            acts = mods[1::2]
+            if (not all(isinstance(m, torch.nn.Linear) for m in linears)
+                    or len(acts) != len(linears) - 1
+                    or not all(isinstance(m, (torch.nn.Tanh, torch.nn.ReLU)) for m in acts)):
+                raise ValueError(f"{name}: expected Linear, activation, Linear, ..., Linear "
+                                 f"with Tanh or ReLU activations, got {seq}")
+            kinds |= {type(m) for m in acts}
+            nets.append([(m.weight, m.bias) for m in linears])
+        if len(kinds) > 1:
+            raise ValueError("actor, critic: expected one kind of activation, got Tanh and ReLU")
+        activation = "relu" if kinds == {torch.nn.ReLU} else "tanh"
+        return cls(*nets, activation=activation, log_std=log_std, max_rows=max_rows)
+
+    def rebind(self):
+        """(Re)build the views of the parameters and their grads and the kernel tables: after
+        a parameter's ``.data`` was replaced. Called by the constructor."""
+        for k, p in enumerate(self._params):
+            _expect_param(f"parameter {k}", p)
+            g = p.grad
+            if (g is None or g.dtype != torch.float32 or g.device.type != "cpu"
+                    or not g.is_contiguous() or g.shape != p.shape):
+                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        self._grads = [p.grad for p in self._params]
+        # the views keep the storage alive for the addresses in the tables
+        self._views = [t.detach().numpy() for t in self._params + self._grads]
+        address = [v.ctypes.data for v in self._views]
+        n_params = len(self._params)
+        widths = [s[1] for s in self._shapes] + [s[2] for s in self._shapes]
+        max_width = max(widths)
+        rows = self.max_rows
+        layers = np.zeros((len(self._shapes), _LAYER_COLUMNS), np.int64)
+        offset = self.obs_dim * rows  # the input buffer, shared by both nets, at offset 0
+        for k, (name, in_dim, out_dim) in enumerate(self._shapes):
+            first = k == 0 or (name == "critic" and self._shapes[k - 1][0] == "actor")
+            layers[k, _LAYER_IN], layers[k, _LAYER_OUT] = in_dim, out_dim
+            layers[k, _LAYER_W], layers[k, _LAYER_B] = address[2 * k], address[2 * k + 1]
+            layers[k, _LAYER_DW] = address[n_params + 2 * k]
+            layers[k, _LAYER_DB] = address[n_params + 2 * k + 1]
+            layers[k, _LAYER_X] = 0 if first else layers[k - 1, _LAYER_Y]
+            layers[k, _LAYER_Y] = offset
+            offset += out_dim * rows
+        plan = np.zeros(_PLAN_SIZE, np.int64)
+        plan[_P_ACTOR_LAYERS], plan[_P_CRITIC_LAYERS] = self._n_actor, self._n_critic
+        plan[_P_RELU] = self.activation == "relu"
+        plan[_P_OBS_DIM], plan[_P_OUT_DIM] = self.obs_dim, self.out_dim
+        if self.continuous:
+            plan[_P_LOG_STD], plan[_P_LOG_STD_GRAD] = address[n_params - 1], address[-1]
+        sizes = [(_P_ROWS, _ROW_BUFFERS), (_P_OUT_ROWS, self.out_dim),
+                 (_P_D_OUT, self.out_dim), (_P_D_LOG_STD, self.out_dim),
+                 (_P_ACTIONS, self.out_dim), (_P_ROW_STATS, CATEGORICAL_ROW_STATS),
+                 (_P_G0, max_width), (_P_G1, max_width)]
+        for slot, width in sizes:
+            plan[slot] = offset
+            offset += width * rows
+        plan[_P_MAX_ROWS] = rows
+        self._layers, self._plan = layers, plan
+        self._ws = np.zeros(offset, np.float32)
+        self._actions_ws = np.zeros(rows, np.int64)
+        self._first, self._first_grad = self._params[0], self._grads[0]
+        self._first_ptr = self._first.data_ptr()
+
+    @property
+    def params(self):
+        """The parameters, in order: actor (weight, bias) pairs, critic pairs, log_std."""
+        return list(self._params)
+
+    @property
+    def weight_sum(self) -> float:
+        """sum(weights[idx]) of the last call (the row count without weights; 0.0 for a
+        minibatch of zero weight)."""
+        return float(self._stats[8])
+
+    def _check_data(self, obs, actions, old_logprobs, advantages, old_values, returns, weights):
+        """The full checks of the rollout arrays (dtype, layout, shapes), raising on the first
+        bad one."""
+        _expect_array("obs", obs, _F32, (None, self.obs_dim))
+        num_rows = obs.shape[0]
+        if self.continuous:
+            _expect_array("actions", actions, _F32, (num_rows, self.out_dim))
+        else:
+            _expect_array("actions", actions, _I64, (num_rows,))
+        for name, a in (("old_logprobs", old_logprobs), ("advantages", advantages),
+                        ("old_values", old_values), ("returns", returns)):
+            _expect_array(name, a, _F32, (num_rows,))
+        if weights is not None:
+            _expect_array("weights", weights, _F32, (num_rows,))
+
+    def _check_idx(self, idx):
+        _expect_array("idx", idx, _I64, (None,), any_size="n")
+        if not 0 < idx.shape[0] <= self.max_rows:
+            raise ValueError(f"idx: expected 1 to max_rows={self.max_rows} row indices, got "
+                             f"{idx.shape[0]}")
+
+    def _raise(self, err, data, idx):
+        if err == _BAD_SHAPE:
+            self._check_data(*data)
+            self._check_idx(idx)
+        if err == _BAD_INDEX:
+            num_rows = data[0].shape[0]
+            bad = idx[(idx < 0) | (idx >= num_rows)]
+            raise IndexError(f"idx: expected row indices in [0, {num_rows}), got {int(bad[0])}")
+        if err == _BAD_ACTION:
+            actions = data[1][idx]
+            j = int(idx[(actions < 0) | (actions >= self.out_dim)][0])
+            raise IndexError(f"actions: expected values in [0, {self.out_dim}), got "
+                             f"actions[{j}] = {int(data[1][j])}")
+        if err == _NEGATIVE_WEIGHT:
+            j = int(idx[data[6][idx] < 0][0])
+            raise ValueError(f"weights: expected nonnegative values, got weights[{j}] = "
+                             f"{float(data[6][j])}")
+        raise RuntimeError(f"MLPLossStep: kernel error code {err}")
+
+    def __call__(self, obs, idx, actions, old_logprobs, advantages, old_values, returns,
+                 weights, *, clip_coef, vf_coef, ent_coef, clip_vloss=True,
+                 normalize_advantages=True) -> np.ndarray:
+        """The rows ``idx`` (int64 NumPy array of row indices, the minibatch) of the flat
+        rollout arrays (NumPy: obs (R, obs_dim) float32, actions (R, D) float32 or (R,) int64,
+        the rest (R,) float32; weights (R,) float32 or None; all C-contiguous). Gathers the
+        rows, runs both MLPs forward, the fused PPO loss (the math and semantics of
+        ``ppo_loss_gaussian`` / ``ppo_loss`` with these weights) and the backward, OVERWRITING
+        every parameter's .grad with d(loss)/d(param). Returns a float64 NumPy array
+        ``[loss, pg_loss, v_loss, entropy, approx_kl, old_approx_kl, clipfrac]``
+        (``STAT_NAMES``). All-zero weights: zero grads and zero results, no exception."""
+        data = (obs, actions, old_logprobs, advantages, old_values, returns, weights)
+        c = self._checked
+        # the type checks of the rollout arrays run once per set of arrays (the kernel re-checks
+        # their shapes every call); idx is new every minibatch
+        if not (obs is c[0] and actions is c[1] and old_logprobs is c[2] and advantages is c[3]
+                and old_values is c[4] and returns is c[5] and weights is c[6]):
+            self._check_data(*data)
+            self._checked = data
+        if not (type(idx) is np.ndarray and idx.dtype is _I64 and idx.ndim == 1
+                and idx.flags.c_contiguous and 0 < idx.shape[0] <= self.max_rows):
+            self._check_idx(idx)
+        if not clip_coef > 0.0:
+            raise ValueError(f"clip_coef: expected a value > 0, got {clip_coef!r}")
+        first = self._first
+        if first.grad is not self._first_grad:  # zero_grad(set_to_none=True) or a new .grad
+            for p, g in zip(self._params, self._grads):
+                p.grad = g
+        if first.data_ptr() != self._first_ptr:
+            raise RuntimeError("parameters: the first parameter's storage changed since the "
+                               "step was built (its .data was replaced); call rebind()")
+        result = np.empty(7)
+        has_weights = weights is not None
+        if not has_weights:
+            weights = self._ones
+        if self.continuous:
+            err = _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values,
+                                 returns, weights, has_weights, float(clip_coef), float(vf_coef),
+                                 float(ent_coef), bool(clip_vloss), bool(normalize_advantages),
+                                 self._plan, self._layers, self._ws, self._stats, result)
+        else:
+            err = _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values,
+                                    returns, weights, has_weights, float(clip_coef),
+                                    float(vf_coef), float(ent_coef), bool(clip_vloss),
+                                    bool(normalize_advantages), self._plan, self._layers,
+                                    self._ws, self._actions_ws, self._stats, result)
+        if err and err != _ZERO_WEIGHTS:
+            self._raise(err, data, idx)
+        return result
