@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import PPOConfig
+from . import env_kernels
 from .distributed import DistContext, global_moments
 
 
@@ -105,7 +106,8 @@ def _array(value: torch.Tensor, dtype) -> np.ndarray:
 
 
 class RunningMeanStd:
-    """Mean and variance of a stream of batches (Chan et al. parallel update), float64.
+    """Mean and variance of a stream of batches (Chan et al. parallel update, see
+    ``env_kernels``), float64.
 
     Under torchrun (``ctx`` distributed) each batch is the union of every rank's rows: the
     moments are merged across ranks, so all ranks keep identical statistics.
@@ -114,36 +116,37 @@ class RunningMeanStd:
     def __init__(self, shape: tuple[int, ...] = (), ctx: DistContext | None = None):
         self.mean = np.zeros(shape, np.float64)
         self.var = np.ones(shape, np.float64)
-        self.count = 1e-4
+        self._count = np.array([1e-4])
         self.ctx = ctx or DistContext()
+        # 1-D views of the statistics for the kernels (a scalar statistic has length 1)
+        self._flat_mean, self._flat_var = self.mean.reshape(-1), self.var.reshape(-1)
+        self._b_mean, self._b_var = np.empty_like(self._flat_mean), np.empty_like(self._flat_var)
+
+    @property
+    def count(self) -> float:
+        return float(self._count[0])
 
     def update(self, batch: np.ndarray) -> None:
         """Fold the rows of ``batch`` (axis 0) into the statistics. Distributed: a collective
         that every rank joins, also with 0 rows."""
+        rows = batch.reshape(batch.shape[0], self._flat_mean.shape[0])
         if self.ctx.distributed:
-            m = global_moments(torch.from_numpy(np.ascontiguousarray(batch, np.float64)),
+            m = global_moments(torch.from_numpy(np.ascontiguousarray(rows, np.float64)),
                                self.ctx)
             n = float(m.count)
-            b_mean, b_var = m.mean.numpy(), m.var.numpy()
+            self._b_mean[:], self._b_var[:] = m.mean.numpy(), m.var.numpy()
         else:
-            n = batch.shape[0]
-            b_mean, b_var = (batch.mean(axis=0), batch.var(axis=0)) if n else (None, None)
-        if n == 0:
-            return
-        delta = b_mean - self.mean
-        total = self.count + n
-        m2 = self.var * self.count + b_var * n + delta**2 * self.count * n / total
-        self.mean = self.mean + delta * n / total
-        self.var = m2 / total
-        self.count = total
+            n = env_kernels.batch_moments(rows, self._b_mean, self._b_var)
+        env_kernels.merge_moments(self._flat_mean, self._flat_var, self._count, self._b_mean,
+                                  self._b_var, n)
 
     def state_dict(self) -> dict:
-        return {"mean": _tensor(self.mean), "var": _tensor(self.var), "count": float(self.count)}
+        return {"mean": _tensor(self.mean), "var": _tensor(self.var), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = _array(state["mean"], np.float64)
-        self.var = _array(state["var"], np.float64)
-        self.count = float(state["count"])
+        self.mean[...] = _array(state["mean"], np.float64)
+        self.var[...] = _array(state["var"], np.float64)
+        self._count[0] = float(state["count"])
 
 
 class RunningNorm:
@@ -153,6 +156,9 @@ class RunningNorm:
     obs    -> clip((obs - mean) / sqrt(var + eps), -clip_obs, clip_obs)
     reward -> clip(reward / sqrt(var(G) + eps), -clip_reward, clip_reward),
               G = gamma * G + reward, reset to 0 when an episode ends.
+
+    Each step is one or two compiled calls (``env_kernels``); under torchrun the moments are
+    merged across ranks in between.
     """
 
     eps = 1e-8
@@ -165,25 +171,46 @@ class RunningNorm:
         self.obs_rms = RunningMeanStd(obs_shape, ctx)
         self.ret_rms = RunningMeanStd((), ctx)
         self.discounted_return = np.zeros(num_envs, np.float64)
+        self._valid_returns = np.empty((num_envs, 1), np.float64)
 
-    def observation(self, obs: np.ndarray, update: bool) -> np.ndarray:
+    def observation(self, obs: np.ndarray, update: bool, out: np.ndarray | None = None):
+        """The normalized observation (float32; written into ``out`` when given)."""
         if not self.norm_obs:
-            return obs
+            if out is None:
+                return obs
+            out[...] = obs
+            return out
+        if out is None:
+            out = np.empty(obs.shape, np.float32)
+        rms, rows = self.obs_rms, obs.reshape(obs.shape[0], -1)
+        flat_out = out.reshape(rows.shape)
+        if update and not rms.ctx.distributed:
+            env_kernels.update_and_normalize(rows, rms._flat_mean, rms._flat_var, rms._count,
+                                             self.eps, self.clip_obs, flat_out)
+            return out
         if update:
-            self.obs_rms.update(obs.astype(np.float64))
-        out = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.eps)
-        return np.clip(out, -self.clip_obs, self.clip_obs).astype(np.float32)
+            rms.update(rows)
+        env_kernels.normalize(rows, rms._flat_mean, rms._flat_var, self.eps, self.clip_obs,
+                              flat_out)
+        return out
 
-    def reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Scale ``reward`` of valid (non-reset) steps; ``done`` ends the discounted return."""
+    def reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray,
+               envs: slice = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+        """Scale ``reward`` of valid (non-reset) steps of the envs ``envs``; ``done`` ends the
+        discounted return."""
         if not self.norm_reward:
-            return reward
-        self.discounted_return = np.where(valid, self.discounted_return * self.gamma + reward,
-                                          self.discounted_return)
-        self.ret_rms.update(self.discounted_return[valid])
-        scaled = reward / np.sqrt(self.ret_rms.var + self.eps)
-        self.discounted_return[done] = 0.0
-        return np.clip(scaled, -self.clip_reward, self.clip_reward).astype(np.float32)
+            if out is None:
+                return reward
+            out[...] = reward
+            return out
+        if out is None:
+            out = np.empty(reward.shape, np.float32)
+        returns = self.discounted_return[envs]
+        k = env_kernels.discount(returns, reward, valid, self.gamma, self._valid_returns)
+        self.ret_rms.update(self._valid_returns[:k])
+        env_kernels.scale_rewards(reward, done, returns, self.ret_rms._flat_var, self.eps,
+                                  self.clip_reward, out)
+        return out
 
     def state_dict(self) -> dict:
         return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict(),
@@ -193,10 +220,11 @@ class RunningNorm:
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.ret_rms.load_state_dict(state["ret_rms"])
         self.discounted_return = _array(state["discounted_return"], np.float64)
+        self._valid_returns = np.empty((self.discounted_return.shape[0], 1), np.float64)
 
 
 class EpisodeTracker:
-    """Return and length of the running episode of every env, in numpy.
+    """Return and length of the running episode of every env (one compiled call a step).
 
     ``step`` adds the valid steps' raw rewards and returns the envs whose episode (a whole game
     for Atari) ended, with its return and length.
@@ -205,22 +233,29 @@ class EpisodeTracker:
     def __init__(self, num_envs: int):
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
+        self._ended = (np.empty(num_envs, np.int64), np.empty(num_envs, np.float64),
+                       np.empty(num_envs, np.int64))
 
-    def step(self, reward: np.ndarray, episode_over: np.ndarray, valid: np.ndarray):
-        self.returns += np.where(valid, reward, 0.0)
-        self.lengths += valid
-        ended = np.flatnonzero(episode_over)
-        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in ended]
-        self.returns[ended] = 0.0
-        self.lengths[ended] = 0
-        return finished
+    def step(self, reward: np.ndarray, episode_over: np.ndarray, valid: np.ndarray,
+             envs: slice = slice(None)):
+        """Count one step of the envs ``envs``; returns the (env index, return, length) of
+        every episode that ended."""
+        ended = self._ended
+        k = env_kernels.track_episodes(self.returns[envs], self.lengths[envs], reward,
+                                       episode_over, valid, *ended)
+        if not k:
+            return []
+        offset = envs.start or 0
+        index, ret, length = ((ended[0][:k] + offset).tolist(), ended[1][:k].tolist(),
+                              ended[2][:k].tolist())
+        return list(zip(index, ret, length))
 
     def state_dict(self) -> dict:
         return {"returns": _tensor(self.returns), "lengths": _tensor(self.lengths)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.returns = _array(state["returns"], np.float64)
-        self.lengths = _array(state["lengths"], np.int64)
+        self.returns[:] = _array(state["returns"], np.float64)
+        self.lengths[:] = _array(state["lengths"], np.int64)
 
 
 @dataclass
@@ -238,18 +273,31 @@ class Step:
 class VecEnv:
     """``num_envs`` EnvPool environments plus normalization, action clipping and episode stats.
 
+    The envs may be split into ``parts`` (1 or 2) EnvPool batches of consecutive envs, each
+    stepped with ``send`` (returns at once: EnvPool's C++ threads step it) and ``recv``, so the
+    caller can run the policy on one part while the other steps. Env ``i`` is seeded with
+    ``seed + i`` however the envs are split, so its trajectory depends only on its actions.
+    The running statistics take each part's rows as they arrive.
+
     ``update_stats=False`` freezes the normalization statistics (evaluation). With a distributed
     ``ctx`` the statistics are updated from all ranks' data (every rank steps in lockstep).
     """
 
     def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True,
-                 ctx: DistContext | None = None):
+                 ctx: DistContext | None = None, parts: int = 1):
         from gymnasium import spaces
 
-        self.env = make_envpool(config, num_envs, seed)
+        if parts not in (1, 2) or parts > num_envs:
+            raise ValueError(f"parts: expected 1, or 2 with at least 2 envs, got {parts} for "
+                             f"{num_envs} envs")
+        bounds = [0, num_envs] if parts == 1 else [0, (num_envs + 1) // 2, num_envs]
+        self.slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        self.pools = [make_envpool(config, s.stop - s.start, seed + s.start)
+                      for s in self.slices]
         self.num_envs = num_envs
-        self.observation_space = self.env.observation_space
-        self.action_space = self.env.action_space
+        with _quiet_spaces():
+            self.observation_space = self.pools[0].observation_space
+            self.action_space = self.pools[0].action_space
         check_spaces(config, self.observation_space, self.action_space)
         self.continuous = isinstance(self.action_space, spaces.Box)
         self.atari = config.preset == "atari"
@@ -261,8 +309,12 @@ class VecEnv:
         self.tracker = EpisodeTracker(num_envs)
         self.valid = np.ones(num_envs, bool)  # False for the step after a done (a reset step)
 
+    @property
+    def parts(self) -> int:
+        return len(self.pools)
+
     def reset(self) -> np.ndarray:
-        obs, _ = self.env.reset()
+        obs = np.concatenate([pool.reset()[0] for pool in self.pools])
         self.valid[:] = True
         return self.norm.observation(obs, self.update_stats)
 
@@ -272,20 +324,39 @@ class VecEnv:
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    def step(self, actions: np.ndarray) -> Step:
-        """Step every env with ``actions`` (already passed through ``env_action``)."""
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+    def send(self, part: int, actions: np.ndarray) -> None:
+        """Start stepping the envs of ``part`` with ``actions`` (already through ``env_action``)."""
+        self.pools[part].send(actions)
+
+    def recv(self, part: int, obs_out: np.ndarray | None = None,
+             reward_out: np.ndarray | None = None) -> Step:
+        """Wait for the step of ``part`` and process it: the training reward and the normalized
+        observation (written into ``reward_out`` / ``obs_out`` when given); episode indices are
+        env indices over all parts."""
+        obs, reward, terminated, truncated, info = self.pools[part].recv()
+        envs = self.slices[part]
         done = terminated | truncated
-        valid = self.valid
+        valid = self.valid[envs]
         raw_reward = info["reward"] if self.atari and "reward" in info else reward
         # A game ends at real termination (Atari: not merely a lost life) or truncation.
         game_over = (info["terminated"].astype(bool) | truncated) if self.atari else done
-        episodes = self.tracker.step(raw_reward, game_over, valid)
+        episodes = self.tracker.step(raw_reward, game_over, valid, envs)
         if self.update_stats:
-            reward = self.norm.reward(reward, done, valid)
-        self.valid = ~done
-        return Step(self.norm.observation(obs, self.update_stats), reward, terminated, truncated,
-                    episodes)
+            reward = self.norm.reward(reward, done, valid, envs, reward_out)
+        elif reward_out is not None:
+            reward_out[...] = reward
+            reward = reward_out
+        np.logical_not(done, out=self.valid[envs])
+        return Step(self.norm.observation(obs, self.update_stats, obs_out), reward, terminated,
+                    truncated, episodes)
+
+    def step(self, actions: np.ndarray) -> Step:
+        """Step every env of a one-part VecEnv with ``actions`` (through ``env_action``)."""
+        if self.parts != 1:
+            raise ValueError(f"parts: step() needs a VecEnv of 1 part, this one has {self.parts}"
+                             "; use send() and recv() per part")
+        self.send(0, actions)
+        return self.recv(0)
 
     def restart_episodes(self) -> None:
         """Forget the running episodes (before a fresh ``reset`` on resume)."""
@@ -296,10 +367,11 @@ class VecEnv:
         """Step the raw envs through a recorded sequence of env actions (shape (S, N, ...)),
         without touching statistics: this brings freshly made envs to the state of a checkpoint.
         """
-        self.env.reset()
-        for a in actions:
-            _, _, terminated, truncated, _ = self.env.step(a)
-            self.valid = ~(terminated | truncated)
+        for pool, envs in zip(self.pools, self.slices):
+            pool.reset()
+            for a in actions[:, envs]:
+                _, _, terminated, truncated, _ = pool.step(a)
+                self.valid[envs] = ~(terminated | truncated)
 
     def state_dict(self) -> dict:
         return {"norm": self.norm.state_dict(), "tracker": self.tracker.state_dict()}
@@ -309,4 +381,5 @@ class VecEnv:
         self.tracker.load_state_dict(state["tracker"])
 
     def close(self) -> None:
-        self.env.close()
+        for pool in self.pools:
+            pool.close()
