@@ -49,40 +49,45 @@ class RolloutBuffer:
         self.next_obs = torch.zeros((N, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_done = torch.zeros(N, dtype=torch.bool, device=self.device)
 
-    def _put(self, name: str, t: int, array: np.ndarray, dest: torch.Tensor) -> None:
-        """Copy env output ``array`` into ``dest`` (through pinned slot ``t`` on CUDA)."""
-        src = torch.from_numpy(np.ascontiguousarray(array))  # a view, no copy
-        if self.pinned:
-            stage = self._stage[name][t]
-            stage.copy_(src)
-            dest.copy_(stage, non_blocking=True)
-        else:
-            dest.copy_(src)
-
     def set_next_obs(self, obs: np.ndarray) -> None:
-        """The observation the policy acts on next (after a reset or a step)."""
+        """The observation the policy acts on next (after a reset)."""
         self.next_obs.copy_(torch.from_numpy(np.ascontiguousarray(obs)))
 
-    def begin_step(self, t: int) -> torch.Tensor:
-        """Start row ``t``: store the current observation and its validity; return the obs."""
-        self.obs[t].copy_(self.next_obs)
-        torch.logical_not(self.next_done, out=self.valid[t])
-        return self.obs[t]
+    def begin_step(self, t: int, envs: slice) -> torch.Tensor:
+        """Start row ``t`` of the envs ``envs``: store their current observation and its
+        validity; return the observation (a view of row ``t``)."""
+        obs = self.obs[t, envs]
+        obs.copy_(self.next_obs[envs])
+        torch.logical_not(self.next_done[envs], out=self.valid[t, envs])
+        return obs
 
-    def record_policy(self, t: int, actions: torch.Tensor, logprobs: torch.Tensor,
-                      values: torch.Tensor) -> None:
-        self.actions[t] = actions
-        self.logprobs[t] = logprobs
-        self.values[t] = values
+    def policy_out(self, t: int, envs: slice) -> tuple[torch.Tensor, ...]:
+        """Where the policy writes row ``t`` of the envs ``envs``: (actions, logprobs, values)."""
+        return self.actions[t, envs], self.logprobs[t, envs], self.values[t, envs]
 
-    def record_env(self, t: int, obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+    def env_out(self, t: int, envs: slice) -> tuple[np.ndarray, np.ndarray]:
+        """NumPy arrays the env step of row ``t`` writes its processed observation and reward
+        into: the buffer itself on the CPU, pinned staging slot ``t`` on CUDA."""
+        if self.pinned:
+            return self._stage["obs"][t, envs].numpy(), self._stage["rewards"][t, envs].numpy()
+        return self.next_obs[envs].numpy(), self.rewards[t, envs].numpy()
+
+    def record_env(self, t: int, envs: slice, terminated: np.ndarray,
                    truncated: np.ndarray) -> None:
-        """Store the env's answer to row ``t`` and carry ``obs`` and done to the next row."""
-        self._put("rewards", t, rewards.astype(np.float32, copy=False), self.rewards[t])
-        self._put("terminated", t, terminated, self.terminated[t])
-        self._put("truncated", t, truncated, self.truncated[t])
-        self._put("obs", t, obs, self.next_obs)
-        torch.logical_or(self.terminated[t], self.truncated[t], out=self.next_done)
+        """Finish row ``t`` of the envs ``envs`` (their observation and reward are already in
+        ``env_out``'s arrays) and carry done to the next row."""
+        term, trunc = self.terminated[t, envs], self.truncated[t, envs]
+        if self.pinned:
+            stage = self._stage
+            stage["terminated"][t, envs].numpy()[...] = terminated
+            stage["truncated"][t, envs].numpy()[...] = truncated
+            for name, dest in (("obs", self.next_obs[envs]), ("rewards", self.rewards[t, envs]),
+                               ("terminated", term), ("truncated", trunc)):
+                dest.copy_(stage[name][t, envs], non_blocking=True)
+        else:
+            term.numpy()[...] = terminated
+            trunc.numpy()[...] = truncated
+        torch.logical_or(term, trunc, out=self.next_done[envs])
 
     def flat(self, name: str) -> torch.Tensor:
         """``name`` reshaped to (T * N, ...), a view for minibatch indexing."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 PRESETS = ("classic", "mujoco", "atari")
 KERNELS = ("auto", "torch", "numba", "triton")
 DEVICES = ("auto", "cpu", "cuda")
+POLICY_KERNELS = ("auto", "torch", "numba")
+SWITCHES = ("auto", "on", "off")
 
 
 def _opt(default, help: str, **kw):
@@ -70,6 +72,16 @@ class PPOConfig:
     kernels: str = _opt("auto", "fused-op backend: auto, torch, numba or triton", choices=KERNELS)
     device: str = _opt("auto", "training device: auto (cuda if available), cpu or cuda",
                        choices=DEVICES)
+    policy_kernel: str = _opt("auto", "MLP policy on the CPU: numba (fused kernels for inference "
+                                      "and the minibatch forward/backward), torch, or auto "
+                                      "(numba for MLPs on the CPU, torch otherwise)",
+                              choices=POLICY_KERNELS)
+    compile: str = _opt("auto", "torch.compile the policy call and the minibatch step (CUDA "
+                                "graphs on CUDA): on, off, or auto (on for CUDA)",
+                        choices=SWITCHES)
+    async_envs: str = _opt("auto", "step two halves of the envs alternately, overlapping env "
+                                   "stepping with inference: on, off, or auto (on with 2 or more "
+                                   "envs)", choices=SWITCHES)
     torch_threads: int = _opt(0, "torch intra-op threads (0: torch's default); 1 is fastest for "
                                  "small MLPs, whose ops are too short to split across threads")
     checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")
@@ -129,6 +141,10 @@ class PPOConfig:
             raise ValueError(f"kernels: expected one of {KERNELS}, got {self.kernels!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
+        for name, choices in (("policy_kernel", POLICY_KERNELS), ("compile", SWITCHES),
+                              ("async_envs", SWITCHES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

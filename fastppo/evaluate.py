@@ -60,7 +60,7 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
         wanted = min(num_envs, episodes - len(results))
         while counted.sum() < wanted:
             with torch.inference_mode():
-                action, _, _ = agent.act(torch.from_numpy(obs).to(dev), deterministic)
+                action, _, _ = agent.act(torch.from_numpy(obs).to(dev), deterministic=deterministic)
             step = envs.step(envs.env_action(action.cpu().numpy()))
             obs = step.obs
             for env, ep_return, ep_length in step.episodes:

@@ -169,12 +169,15 @@ class RunLogger:
                 )
         self._write(global_step, metrics)
 
-    def advance(self, global_step: int, recent_return: float | None = None) -> None:
-        """Move the progress bar to ``global_step``; show SPS and the recent mean return."""
+    def advance(self, global_step: int, recent_return: float | None = None,
+                sps: float | None = None) -> None:
+        """Move the progress bar to ``global_step``; show SPS (``sps``, or steps over the wall
+        time since the start) and the recent mean return."""
         if self._progress is None:
             return
-        elapsed = time.monotonic() - self._t0
-        sps = (global_step - self.start_step) / elapsed if elapsed > 0 else 0.0
+        if sps is None:
+            elapsed = time.monotonic() - self._t0
+            sps = (global_step - self.start_step) / elapsed if elapsed > 0 else 0.0
         ret = "-" if recent_return is None else f"{recent_return:.2f}"
         self._progress.update(self._task, completed=global_step, sps=f"{sps:,.0f}", ret=ret)
 

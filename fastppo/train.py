@@ -28,6 +28,8 @@ SHA-256 of its parameters after each update to ``RUN_DIR/param_hashes.rank<r>.tx
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -48,8 +50,8 @@ from .config import PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed
 from .envs import VecEnv
+from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_compile, use_numba_policy
 
-STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
 METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
                 "entropy": "losses/entropy", "approx_kl": "losses/approx_kl",
                 "old_approx_kl": "losses/old_approx_kl", "clipfrac": "losses/clipfrac"}
@@ -87,17 +89,18 @@ class Trainer:
         seed_everything(config.seed)  # the same network init on every rank
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
         self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
-                           ctx=self.ctx)
+                           ctx=self.ctx, parts=2 if use_async_envs(config) else 1)
         self.agent = make_agent(config, self.envs.observation_space,
                                 self.envs.action_space).to(self.device)
         broadcast_module(self.agent, self.ctx)
         if self.ctx.rank > 0:
             seed_everything(self.seed)
         self.num_updates = config.updates_for(self.ctx.world_size)
-        # fused: one kernel for all parameters (CPU and CUDA); the same Adam math, much less
-        # per-tensor overhead for small networks.
-        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate,
-                                          eps=1e-5, fused=True)
+        # fused: one kernel for all parameters (CPU and CUDA); the learning rate is a tensor so
+        # that annealing it changes no compiled graph.
+        self.optimizer = torch.optim.Adam(
+            self.agent.parameters(), lr=torch.tensor(config.learning_rate, device=self.device),
+            eps=1e-5, fused=True)
         obs_space, act_space = self.envs.observation_space, self.envs.action_space
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
         if self.envs.continuous:
@@ -108,9 +111,19 @@ class Trainer:
             self.env_action_dtype = np.uint8 if act_space.n <= 256 else np.int32
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, obs_space.shape,
                                     obs_dtype, action_shape, action_dtype, self.device)
-        # Distributed: the trainer normalizes advantages with cross-rank statistics.
-        self.loss_fn = _make_loss_fn(config, self.envs.continuous) if not self.ctx.distributed \
-            else _make_loss_fn(config, self.envs.continuous, normalize_advantages=False)
+        # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
+        # normalizes advantages with cross-rank statistics and all-reduces the gradients.
+        numba, compiled = use_numba_policy(config, self.agent, self.device), \
+            use_compile(config, self.device)
+        self.hot_paths = "numba" if numba else "torch.compile" if compiled else "torch"
+        self.act = make_act(self.agent, numba, compiled)
+        reduce_gradients = functools.partial(allreduce_gradients, ctx=self.ctx) \
+            if self.ctx.distributed else _no_reduction
+        self.step = MinibatchStep(self.agent, self.optimizer, config,
+                                  _make_loss_fn(config, self.envs.continuous,
+                                                not self.ctx.distributed and config.norm_adv),
+                                  reduce_gradients, numba, compiled)
+        self.watch = Stopwatch()
         self.global_step = 0
         self.update = 0  # updates completed
         self.env_actions: list[np.ndarray] = []  # one (T, N, ...) array per rollout
@@ -164,25 +177,41 @@ class Trainer:
 
     # ------------------------------------------------------------------ rollout
     def collect_rollout(self) -> None:
-        """Step all envs ``num_steps`` times, filling the buffer (no Python loop over envs)."""
+        """Step all envs ``num_steps`` times, filling the buffer (no Python loop over envs).
+
+        The envs come in one or two parts (``VecEnv.parts``); each part's step is sent to
+        EnvPool and received one part later, so with two parts the C++ env threads step one
+        half while the policy acts on the other. Every env sees the same observations, noise
+        and actions whichever way the envs are split.
+        """
         buf, envs = self.buffer, self.envs
-        actions_log = np.empty((self.config.num_steps, self.config.num_envs,
-                                *buf.actions.shape[2:]), self.env_action_dtype)
-        for t in range(self.config.num_steps):
-            self.global_step += self.config.num_envs * self.ctx.world_size
-            obs = buf.begin_step(t)
-            with torch.inference_mode():
-                action, logprob, value = self.agent.act(obs)
-            buf.record_policy(t, action, logprob, value)
-            env_action = envs.env_action(action.cpu().numpy())  # sync
-            actions_log[t] = env_action
-            step = envs.step(actions_log[t])
-            buf.record_env(t, step.obs, step.reward, step.terminated, step.truncated)
-            for _, ep_return, ep_length in step.episodes:
-                self.recent_returns.append(ep_return)
-                if self.logger is not None:
-                    self.logger.episode(self.global_step, ep_return, ep_length)
+        T = self.config.num_steps
+        actions_log = np.empty((T, self.config.num_envs, *buf.actions.shape[2:]),
+                               self.env_action_dtype)
+        noise = self.agent.noise((T, self.config.num_envs), self.device)
+        for t in range(T + 1):
+            for part, rows in enumerate(envs.slices):
+                if t > 0:
+                    self._receive(t - 1, part, rows)
+                if t == T:
+                    continue
+                obs = buf.begin_step(t, rows)
+                out = buf.policy_out(t, rows)
+                self.act(obs, noise[t, rows], out)
+                actions_log[t, rows] = envs.env_action(out[0].cpu().numpy())  # sync
+                envs.send(part, actions_log[t, rows])
+            self.global_step += self.config.num_envs * self.ctx.world_size if t < T else 0
         self.env_actions.append(actions_log)
+
+    def _receive(self, t: int, part: int, rows: slice) -> None:
+        """Wait for the env step of row ``t`` of one part and record it."""
+        with self.watch("env"):
+            step = self.envs.recv(part, *self.buffer.env_out(t, rows))
+        self.buffer.record_env(t, rows, step.terminated, step.truncated)
+        for _, ep_return, ep_length in step.episodes:
+            self.recent_returns.append(ep_return)
+            if self.logger is not None:
+                self.logger.episode(self.global_step, ep_return, ep_length)
 
     def compute_advantages(self) -> tuple[torch.Tensor, torch.Tensor]:
         from fastppo.kernels import gae
@@ -197,77 +226,69 @@ class Trainer:
                    backend=self.config.kernels)
 
     # ------------------------------------------------------------------ update
-    def optimizer_step(self, weight: torch.Tensor) -> torch.Tensor:
-        """Average the gradients over all ranks (weighted by each rank's minibatch weight; a
-        no-op for one process), clip the global gradient norm and take one Adam step; returns
-        the norm (a tensor)."""
-        allreduce_gradients(self.agent.parameters(), weight, self.ctx)
-        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        return grad_norm
+    def minibatch_advantages(self, advantages: torch.Tensor, idx: torch.Tensor,
+                             weights: torch.Tensor) -> torch.Tensor:
+        """The (R,) advantages the minibatch ``idx`` reads: as they are (the loss normalizes
+        them), or, data-parallel, with rows ``idx`` normalized over every rank's minibatch."""
+        if not (self.ctx.distributed and self.config.norm_adv):
+            return advantages
+        out = advantages.clone()
+        out[idx] = normalize_advantages(advantages[idx], weights[idx], self.ctx)
+        return out
 
     def update_policy(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         """``update_epochs`` passes of shuffled minibatches; returns the update's statistics
-        (means over the minibatches taken; distributed: weighted by the rows of all ranks)
-        under CleanRL's metric names. Explained variance is that of this rank's batch."""
+        (means over the minibatches taken, weighted by their rows; data-parallel: by the rows of
+        all ranks) under CleanRL's metric names. Explained variance is that of this rank's batch.
+
+        A minibatch made only of reset steps (weight 0) teaches nothing: a single process skips
+        it; a data-parallel rank still joins the gradient all-reduce with weight 0.
+        """
         cfg, buf, ctx = self.config, self.buffer, self.ctx
-        b_obs, b_actions = buf.flat("obs"), buf.flat("actions")
-        b_logprobs, b_values = buf.flat("logprobs"), buf.flat("values")
-        b_adv, b_returns = advantages.reshape(-1), returns.reshape(-1)
         b_weights = buf.flat("valid").float()
-        batch, mb_size = cfg.batch_size, cfg.minibatch_size
-        stat_sum = torch.zeros(len(STAT_NAMES), device=self.device)
-        weight_sum = torch.zeros((), device=self.device)
-        first_bad = torch.full((2,), -1, dtype=torch.int64, device=self.device)  # loss, grad
+        b_adv = advantages.reshape(-1)
+        self.step.set_batch({"obs": buf.flat("obs"), "actions": buf.flat("actions"),
+                             "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
+                             "returns": returns.reshape(-1), "weights": b_weights})
+        M, mb_size = cfg.num_minibatches, cfg.minibatch_size
+        # one row per minibatch taken: loss, grad norm, the six statistics, weight, position
+        records = torch.zeros(cfg.update_epochs * M, 10, device=self.device)
         taken = 0
         for epoch in range(cfg.update_epochs):
-            perm = torch.randperm(batch, device=self.device)
-            for start in range(0, batch, mb_size):
-                idx = perm[start:start + mb_size]
-                mb_weights, mb_adv = b_weights[idx], b_adv[idx]
-                mb_weight = mb_weights.sum()
-                if ctx.distributed:
-                    if cfg.norm_adv:
-                        mb_adv = normalize_advantages(mb_adv, mb_weights, ctx)
-                    # A minibatch of reset steps only (weight 0) must still join the gradient
-                    # all-reduce: compute the loss with unit weights (no host sync); the
-                    # all-reduce then counts its gradient with weight 0.
-                    mb_weights = torch.where(mb_weight > 0, mb_weights,
-                                             torch.ones_like(mb_weights))
-                dist, new_values = self.agent(b_obs[idx])
-                loss, stats = self.loss_fn(
-                    *dist, b_actions[idx], b_logprobs[idx], mb_adv, new_values,
-                    b_values[idx], b_returns[idx], weights=mb_weights)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = self.optimizer_step(mb_weight)
-                finite = torch.stack([loss.detach().isfinite(), grad_norm.isfinite()])
-                first_bad = torch.where((first_bad < 0) & ~finite, taken, first_bad)
-                mb_stats = torch.stack([stats[k] for k in STAT_NAMES]).to(stat_sum.dtype)
-                if ctx.distributed:
-                    stat_sum += torch.where(mb_weight > 0, mb_stats * mb_weight, 0.0)
-                    weight_sum += mb_weight
-                else:
-                    stat_sum += mb_stats
+            perm = torch.randperm(cfg.batch_size, device=self.device)
+            mb_weights = b_weights[perm].view(M, mb_size).sum(1)
+            # sync (once per epoch): which minibatches carry weight
+            skip = [False] * M if ctx.distributed else (mb_weights == 0).tolist()
+            for m in range(M):
+                if skip[m]:
+                    continue
+                idx = perm[m * mb_size:(m + 1) * mb_size]
+                loss, stats, grad_norm = self.step(
+                    idx, self.minibatch_advantages(b_adv, idx, b_weights), mb_weights[m])
+                row = records[taken]
+                row[0], row[1], row[8], row[9] = loss, grad_norm, mb_weights[m], epoch * M + m
+                row[2:8] = stats
                 taken += 1
-            if cfg.target_kl is not None:
+            if cfg.target_kl is not None and taken:
+                kl = records[taken - 1, 5]
                 if ctx.distributed:
-                    if kl_early_stop(stats["approx_kl"], mb_weight, cfg.target_kl, ctx):
+                    if kl_early_stop(kl, records[taken - 1, 8], cfg.target_kl, ctx):
                         break  # sync (once per epoch), the same decision on every rank
-                elif float(stats["approx_kl"]) > cfg.target_kl:  # sync (once per epoch)
+                elif float(kl) > cfg.target_kl:  # sync (once per epoch)
                     break
-        ev = explained_variance(b_values, b_returns, buf.flat("valid"))
-        if ctx.distributed:
-            totals = allreduce_sum(torch.cat([stat_sum, weight_sum.reshape(1)]), ctx)
-            means = totals[:-1] / totals[-1]
-        else:
-            means = stat_sum / taken
-        values = torch.cat([means, ev.reshape(1).to(stat_sum.dtype)]).tolist()  # sync
-        bad_loss, bad_grad = first_bad.tolist()
-        if bad_loss >= 0 or bad_grad >= 0:
-            quantity, index = ("loss", bad_loss) if bad_loss >= 0 and (
-                bad_grad < 0 or bad_loss <= bad_grad) else ("gradient norm", bad_grad)
-            epoch, minibatch = divmod(index, cfg.num_minibatches)
+        records = records[:taken]
+        ev = explained_variance(buf.flat("values"), returns.reshape(-1), buf.flat("valid"))
+        weight = records[:, 8]
+        totals = torch.cat([(records[:, 2:8] * weight[:, None]).sum(0), weight.sum()[None]])
+        totals = allreduce_sum(totals, ctx)
+        means = totals[:-1] / totals[-1]
+        finite = records[:, :2].isfinite()
+        bad = (~finite).any(1).nonzero()
+        values = torch.cat([means, ev.reshape(1).to(means.dtype)]).tolist()  # sync
+        if bad.numel():
+            first = int(bad[0, 0])
+            quantity = "loss" if not bool(finite[first, 0]) else "gradient norm"
+            epoch, minibatch = divmod(int(records[first, 9]), M)
             raise NonFiniteError(
                 f"non-finite {quantity} at global step {self.global_step} (update "
                 f"{self.update + 1}, epoch {epoch + 1}, minibatch {minibatch + 1}); training "
@@ -275,6 +296,18 @@ class Trainer:
         metrics = {METRIC_NAMES[k]: v for k, v in zip(STAT_NAMES, values)}
         metrics["losses/explained_variance"] = values[-1]
         return metrics
+
+
+def _no_reduction(params, weight) -> None:
+    """The gradient seam of a single process: the local gradient is the gradient."""
+
+
+def use_async_envs(config: PPOConfig) -> bool:
+    """Whether the envs are stepped as two alternating parts (``--async-envs``; auto: with 2
+    or more envs)."""
+    if config.async_envs == "on" and config.num_envs < 2:
+        raise ValueError(f"async_envs: 'on' needs at least 2 envs, got num_envs={config.num_envs}")
+    return config.num_envs >= 2 and config.async_envs != "off"
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor):
@@ -292,12 +325,9 @@ def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.T
     return torch.where(var_y == 0, torch.full_like(ev, float("nan")), ev)
 
 
-def _make_loss_fn(config: PPOConfig, continuous: bool, normalize_advantages: bool | None = None):
+def _make_loss_fn(config: PPOConfig, continuous: bool, normalize_advantages: bool):
     """``loss_fn(*dist, actions, ...)`` binding the fused op and the config's coefficients;
-    advantages are normalized as ``config.norm_adv`` says unless ``normalize_advantages`` is
-    given (False when the trainer normalizes them across ranks)."""
-    if normalize_advantages is None:
-        normalize_advantages = config.norm_adv
+    ``normalize_advantages`` is False when the trainer normalizes them across ranks."""
     from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 
     op = ppo_loss_gaussian if continuous else ppo_loss
@@ -308,7 +338,46 @@ def _make_loss_fn(config: PPOConfig, continuous: bool, normalize_advantages: boo
     def loss_fn(*args, weights):
         return op(*args, weights=weights, **kwargs)
 
+    loss_fn.normalize_advantages = normalize_advantages
     return loss_fn
+
+
+class Stopwatch:
+    """Seconds spent in named phases of one update: ``with watch("env"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class _Throughput:
+    """Steps per second of a process's run after its first update, which compiles the hot
+    paths (Numba: once per machine, then cached; torch.compile: in every run): wall time from
+    the end of the first update, logging and checkpoints included."""
+
+    def __init__(self):
+        self.first_seconds = None
+        self.steps, self.since = 0, time.monotonic()
+
+    def add(self, steps: int) -> float:
+        """Count one update of ``steps``; returns the SPS so far (the first update's own while
+        it is the only one)."""
+        now = time.monotonic()
+        if self.first_seconds is None:
+            self.first_seconds, self.since = now - self.since, now
+            return steps / self.first_seconds
+        self.steps += steps
+        return self.steps / (now - self.since)
 
 
 class _StopSignals:
@@ -404,7 +473,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     hash_log = run_dir / f"param_hashes.rank{ctx.rank}.txt" \
         if os.environ.get("FASTPPO_PARAM_HASHES") == "1" else None
     stopped_by = None
-    start_time, start_step = time.time(), trainer.global_step
+    throughput = _Throughput()
     try:
         with _StopSignals() as signals:
             while trainer.update < num_updates:
@@ -412,20 +481,31 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
                 lr = config.learning_rate
                 if config.anneal_lr:
                     lr *= 1.0 - (update - 1.0) / num_updates
-                trainer.optimizer.param_groups[0]["lr"] = lr
-                trainer.collect_rollout()
-                advantages, returns = trainer.compute_advantages()
-                metrics = trainer.update_policy(advantages, returns)
+                trainer.optimizer.param_groups[0]["lr"].fill_(lr)  # a tensor: no recompile
+                watch = trainer.watch
+                watch.reset()
+                with watch("rollout"):
+                    trainer.collect_rollout()
+                with watch("learn"):
+                    advantages, returns = trainer.compute_advantages()
+                    metrics = trainer.update_policy(advantages, returns)
                 trainer.update = update
                 if hash_log is not None:
                     with hash_log.open("a") as f:
                         f.write(f"{update} {_param_hash(trainer.agent)}\n")
-                sps = (trainer.global_step - start_step) / max(time.time() - start_time, 1e-9)
-                metrics.update({"charts/learning_rate": lr, "charts/SPS": sps})
+                seconds = watch.seconds
+                sps = throughput.add(config.batch_size * ctx.world_size)
+                if throughput.steps == 0 and ctx.is_main and progress is not False:
+                    print(f"first update (compiles the {trainer.hot_paths} hot paths): "
+                          f"{throughput.first_seconds:.1f} s, not counted in SPS", flush=True)
+                metrics.update({"charts/learning_rate": lr, "charts/SPS": sps,
+                                "perf/rollout_s": seconds["rollout"],
+                                "perf/env_s": seconds.get("env", 0.0),
+                                "perf/learn_s": seconds["learn"]})
                 logger.update(trainer.global_step, metrics)
                 recent = float(np.mean(trainer.recent_returns)) if trainer.recent_returns \
                     else None
-                logger.advance(trainer.global_step, recent)
+                logger.advance(trainer.global_step, recent, sps)
                 # A signal reaches the ranks at different moments: stop together.
                 signalled = any_rank(signals.requested is not None, ctx)
                 if signalled or (stop_after_updates is not None

@@ -13,12 +13,17 @@ TERMINATED = np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], b
 TRUNCATED = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
 
 
-def _fill(buf, terminated, truncated, start):
+def _fill(buf, terminated, truncated, start, parts=(slice(0, 2), slice(2, N))):
     for t in range(T):
-        obs = buf.begin_step(t)
-        buf.record_policy(t, torch.zeros(N, dtype=torch.int64), torch.zeros(N), obs[:, 0])
-        next_obs = np.full((N, 2), start + t + 1, np.float32)
-        buf.record_env(t, next_obs, np.ones(N, np.float32), terminated[t], truncated[t])
+        for envs in parts:
+            obs = buf.begin_step(t, envs)
+            actions, logprobs, values = buf.policy_out(t, envs)
+            actions.zero_(), logprobs.zero_()
+            values.copy_(obs[:, 0])
+            obs_out, reward_out = buf.env_out(t, envs)
+            obs_out[...] = start + t + 1
+            reward_out[...] = 1.0
+            buf.record_env(t, envs, terminated[t, envs], truncated[t, envs])
 
 
 def test_reset_steps_are_invalid_and_done_is_carried():
@@ -41,7 +46,7 @@ def test_trainer_masks_reset_steps_with_zero_weight():
     """A real CartPole rollout: the loss receives weight 0 exactly on the steps after a done,
     and every other row with weight 1."""
     config = make_config("CartPole-v1", num_envs=4, num_steps=64, num_minibatches=4,
-                         update_epochs=1, tensorboard=False)
+                         update_epochs=1, tensorboard=False, policy_kernel="torch")
     trainer = Trainer(config, "unused")
     trainer.start()
     trainer.collect_rollout()
@@ -51,13 +56,13 @@ def test_trainer_masks_reset_steps_with_zero_weight():
     assert torch.equal(buf.valid[1:], ~done[:-1]) and bool(buf.valid[0].all())
     assert float(buf.rewards[~buf.valid].abs().sum()) == 0.0  # reset steps pay nothing
     seen = []
-    inner = trainer.loss_fn
+    inner = trainer.step.loss_fn
 
     def recording_loss_fn(*args, weights):
         seen.append((args[-2].clone(), weights.clone()))  # old values identify rows
         return inner(*args, weights=weights)
 
-    trainer.loss_fn = recording_loss_fn
+    trainer.step.loss_fn = recording_loss_fn
     advantages, returns = trainer.compute_advantages()
     assert float(advantages[~buf.valid].abs().sum()) == 0.0
     trainer.update_policy(advantages, returns)

@@ -24,11 +24,12 @@ TINY = {
 
 
 def _config(env_id, **kw):
-    return make_config(env_id, tensorboard=False, checkpoint_every=1, **{**TINY[env_id], **kw})
+    return make_config(env_id, tensorboard=False, checkpoint_every=1, **{**TINY[env_id], "policy_kernel": "torch", **kw})
 
 
 def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "charts/SPS")} for r in rows]
+    return [{k: v for k, v in r.items()
+             if k not in ("wall_time", "charts/SPS") and not k.startswith("perf/")} for r in rows]
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -81,28 +82,32 @@ def test_resume_with_fresh_envs_continues_counters(tmp_path):
     assert len(trainer.env_actions) == 2
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import fastppo.train as train_module
+def _wrap_minibatch_step(monkeypatch, wrap):
+    """Route every minibatch step of the loop through ``wrap(step, idx, adv, weight)``."""
+    from fastppo.hotpath import MinibatchStep
 
-    make = train_module._make_loss_fn
+    call = MinibatchStep.__call__
+    monkeypatch.setattr(MinibatchStep, "__call__",
+                        lambda self, *args: wrap(lambda: call(self, *args)))
+
+
+@pytest.mark.parametrize("policy_kernel", ["numba", "torch"])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
+                                                              policy_kernel):
+    config = _config("CartPole-v1", policy_kernel=policy_kernel)
+    per_update = config.num_minibatches * config.update_epochs
     calls = {"n": 0}
 
-    def poisoned(config, continuous):
-        inner = make(config, continuous)
-        per_update = config.num_minibatches * config.update_epochs
+    def poisoned(step):
+        loss, stats, grad_norm = step()
+        calls["n"] += 1
+        if calls["n"] == 2 * per_update + 3:  # update 3, epoch 1, minibatch 3
+            loss = loss * float("nan")
+        return loss, stats, grad_norm
 
-        def loss_fn(*args, weights):
-            loss, stats = inner(*args, weights=weights)
-            calls["n"] += 1
-            if calls["n"] == 2 * per_update + 3:  # update 3, epoch 1, minibatch 3
-                loss = loss * float("nan")
-            return loss, stats
-
-        return loss_fn
-
-    monkeypatch.setattr(train_module, "_make_loss_fn", poisoned)
+    _wrap_minibatch_step(monkeypatch, poisoned)
     with pytest.raises(NonFiniteError) as err:
-        train(_config("CartPole-v1"), tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False)
     message = str(err.value)
     assert "non-finite loss" in message and "global step 384" in message
     assert "update 3, epoch 1, minibatch 3" in message
@@ -110,21 +115,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_target_kl_stops_the_epochs_early(tmp_path, monkeypatch):
-    import fastppo.train as train_module
-
-    make = train_module._make_loss_fn
     calls = []
 
-    def counting(config, continuous):
-        inner = make(config, continuous)
+    def counting(step):
+        calls.append(1)
+        return step()
 
-        def loss_fn(*args, weights):
-            calls.append(1)
-            return inner(*args, weights=weights)
-
-        return loss_fn
-
-    monkeypatch.setattr(train_module, "_make_loss_fn", counting)
+    _wrap_minibatch_step(monkeypatch, counting)
     config = _config("CartPole-v1", target_kl=1e-12)
     train(config, tmp_path / "run", progress=False)
     # Any policy change exceeds the target: one epoch of each update, not update_epochs.

@@ -1,0 +1,167 @@
+"""The engine's two hot paths, as plain functions over tensors, built once per run.
+
+    act(obs, noise, out)       once per env step (per env part): the policy's action, log-prob
+                               and value for ``obs``, written into ``out`` (rows of the buffer)
+    step(idx, advantages, w)   once per minibatch: forward, fused loss, backward, the gradient
+                               seam (the all-reduce under torchrun), norm clipping, Adam; returns
+                               ``(loss, stats, grad_norm)``, ``stats`` the six loss statistics
+
+At RL's shapes (one env's observation, a 64-row minibatch) the cost is per-call overhead, so
+each path is built by the compiler that wins on the device (DESIGN.md, "The hot loop"):
+
+* ``numba`` (MLP policies on the CPU): one fused kernel call per ``act``
+  (``fastppo.kernels.MLPPolicyKernel``) and per minibatch forward/loss/backward
+  (``fastppo.kernels.mlp_step_numba.MLPLossStep``), reading and writing the torch parameters and
+  gradients in place; torch keeps the parameters, the optimizer and the checkpoints.
+* ``torch``: lean eager torch (the parameter list built once, foreach norm clipping, fused Adam
+  with a tensor learning rate), optionally under ``torch.compile`` (CUDA graphs on CUDA): the
+  policy call, the forward + loss (whose backward AOTAutograd compiles too) and the clip + Adam
+  step are compiled separately; the learning rate is a tensor, so annealing never recompiles.
+
+The sampling noise is an input (``Agent.noise``, drawn for the whole rollout from torch's
+generator), so every path samples the same actions for the same noise and a resumed run
+replays the same stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .agent import Agent
+from .config import PPOConfig
+
+STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+
+
+def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> bool:
+    """Whether the Numba kernels serve this run's policy (``--policy-kernel``)."""
+    fits = agent.body is None and device.type == "cpu"
+    if config.policy_kernel == "numba" and not fits:
+        raise ValueError("policy_kernel: 'numba' serves MLP policies on the CPU; this run has "
+                         f"network {config.network!r} on {device.type}")
+    return fits and config.policy_kernel != "torch"
+
+
+def use_compile(config: PPOConfig, device: torch.device) -> bool:
+    """Whether ``torch.compile`` builds the torch paths (``--compile``; auto: on for CUDA)."""
+    return config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+
+
+def _mlp_layers(net: torch.nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(m.weight, m.bias) for m in net if isinstance(m, torch.nn.Linear)]
+
+
+def _activation(agent: Agent) -> str:
+    kinds = {type(m).__name__ for m in agent.actor if not isinstance(m, torch.nn.Linear)}
+    return {"Tanh": "tanh", "ReLU": "relu"}[kinds.pop()]
+
+
+def make_act(agent: Agent, numba: bool, compiled: bool):
+    """``act(obs, noise, out)``: writes action, log-prob and value of ``obs`` into the three
+    tensors of ``out``."""
+    if numba:
+        from fastppo.kernels import MLPPolicyKernel
+
+        kernel = MLPPolicyKernel(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
+                                 activation=_activation(agent),
+                                 log_std=agent.log_std if agent.continuous else None)
+
+        def act(obs, noise, out):
+            kernel.act(obs.numpy(), noise=noise.numpy(), out=tuple(o.numpy() for o in out))
+
+        return act
+
+    policy = agent.act
+    if compiled:
+        cuda = next(agent.parameters()).device.type == "cuda"
+        policy = torch.compile(agent.act, fullgraph=True,
+                               mode="reduce-overhead" if cuda else None)
+
+    def act(obs, noise, out):
+        with torch.inference_mode():
+            for dest, value in zip(out, policy(obs, noise)):
+                dest.copy_(value)
+
+    return act
+
+
+class MinibatchStep:
+    """``step(idx, advantages, weight)`` over the flat rollout ``batch`` (a dict of (R, ...)
+    tensors: obs, actions, logprobs, values, returns, weights).
+
+    ``advantages`` is the (R,) tensor the loss reads at ``idx`` (raw, or normalized across ranks
+    by the caller); ``weight`` the minibatch's total weight (0-dim), handed to
+    ``reduce_gradients(params, weight)``, the seam where a data-parallel run all-reduces.
+    """
+
+    def __init__(self, agent: Agent, optimizer: torch.optim.Optimizer, config: PPOConfig,
+                 loss_fn, reduce_gradients, numba: bool, compiled: bool):
+        self.agent, self.optimizer, self.loss_fn = agent, optimizer, loss_fn
+        self.reduce_gradients = reduce_gradients
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.max_grad_norm = config.max_grad_norm
+        self.coefs = dict(clip_coef=config.clip_coef, vf_coef=config.vf_coef,
+                          ent_coef=config.ent_coef, clip_vloss=config.clip_vloss,
+                          normalize_advantages=loss_fn.normalize_advantages)
+        self.batch: dict[str, torch.Tensor] = {}
+        self._numba = None
+        if numba:
+            from fastppo.kernels.mlp_step_numba import MLPLossStep
+
+            self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
+                                      activation=_activation(agent),
+                                      log_std=agent.log_std if agent.continuous else None,
+                                      max_rows=config.minibatch_size)
+        self._grads = self._grads_torch
+        self._apply = self._clip_and_step
+        if compiled and not numba:
+            cuda = self.params[0].device.type == "cuda"
+            mode = "reduce-overhead" if cuda else None
+            self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
+            self._apply = torch.compile(self._clip_and_step, fullgraph=False, mode=mode)
+        if numba:
+            self._grads = self._grads_numba
+
+    def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """The rollout the next minibatches come from (NumPy views kept for the Numba path)."""
+        self.batch = batch
+        if self._numba is not None:
+            self._arrays = {k: v.numpy() for k, v in batch.items()}
+
+    def __call__(self, idx: torch.Tensor, advantages: torch.Tensor, weight: torch.Tensor):
+        loss, stats = self._grads(idx, advantages)
+        self.reduce_gradients(self.params, weight)
+        return loss, stats, self._apply()
+
+    # ------------------------------------------------------------------ paths
+    def _forward(self, obs, actions, logprobs, advantages, values, returns, weights):
+        dist, new_values = self.agent(obs)
+        loss, stats = self.loss_fn(*dist, actions, logprobs, advantages, new_values, values,
+                                   returns, weights=weights)
+        return loss, torch.stack([stats[k] for k in STAT_NAMES])
+
+    def _grads_torch(self, idx, advantages):
+        b = self.batch
+        weights = b["weights"][idx]
+        # A minibatch of reset steps only (weight 0; only a data-parallel run takes one) must
+        # still produce gradients for the all-reduce, which counts them with weight 0.
+        weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
+        loss, stats = self._forward(b["obs"][idx], b["actions"][idx], b["logprobs"][idx],
+                                    advantages[idx], b["values"][idx], b["returns"][idx],
+                                    weights)
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        return loss.detach(), stats
+
+    def _grads_numba(self, idx, advantages):
+        a = self._arrays
+        out = self._numba(a["obs"], idx.numpy(), a["actions"], a["logprobs"], advantages.numpy(),
+                          a["values"], a["returns"], a["weights"], **self.coefs)
+        result = torch.from_numpy(out).to(torch.float32)
+        return result[0], result[1:]
+
+    def _clip_and_step(self):
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        return norm

@@ -1,0 +1,133 @@
+"""The hot paths: async env parts == one synchronous batch, Numba == torch, compiled == eager
+with no recompiles across updates."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastppo.config import make_config
+from fastppo.train import Trainer
+
+ROLLOUT = ("obs", "actions", "rewards", "terminated", "truncated", "valid")
+
+
+def _trainer(env_id="CartPole-v1", **kw):
+    settings = dict(num_envs=5, num_steps=48, num_minibatches=4, update_epochs=2,
+                    tensorboard=False)
+    trainer = Trainer(make_config(env_id, **{**settings, **kw}), "unused")
+    trainer.start()
+    return trainer
+
+
+def _rollouts(trainer, n=2):
+    """``n`` rollouts and updates; returns the buffer contents of each rollout."""
+    seen = []
+    for _ in range(n):
+        trainer.collect_rollout()
+        seen.append({k: getattr(trainer.buffer, k).clone()
+                     for k in ROLLOUT + ("logprobs", "values")})
+        trainer.update_policy(*trainer.compute_advantages())
+    trainer.envs.close()
+    return seen
+
+
+@pytest.mark.parametrize("env_id, policy_kernel", [
+    ("CartPole-v1", "numba"), ("CartPole-v1", "torch"), ("HalfCheetah-v4", "numba")])
+def test_async_env_parts_record_the_synchronous_trajectories(env_id, policy_kernel):
+    """Two env parts stepped alternately give every env the same observations, actions,
+    rewards and episode ends as one synchronous batch (5 envs: parts of 3 and 2). HalfCheetah
+    runs without the running normalizations, whose statistics take each part as it arrives.
+    The Numba policy computes each row alone, so runs stay equal across updates; torch's matmul
+    may round a row differently in a batch of another size, so values (and after an update,
+    everything; with Gaussian actions, at once) may differ by rounding: there only CartPole's
+    first rollout is compared."""
+    kw = dict(policy_kernel=policy_kernel)
+    if env_id == "HalfCheetah-v4":
+        kw.update(norm_obs=False, norm_reward=False)
+    n = 2 if policy_kernel == "numba" else 1
+    # each trainer seeds torch's generator (the noise) when it is made: make, then run
+    sync = _trainer(env_id, async_envs="off", **kw)
+    assert sync.envs.parts == 1
+    sync = _rollouts(sync, n)
+    parts = _trainer(env_id, async_envs="on", **kw)
+    assert parts.envs.parts == 2
+    for a, b in zip(sync, _rollouts(parts, n)):
+        assert bool(a["truncated"].any() | a["terminated"].any()) or env_id != "CartPole-v1"
+        for name in ROLLOUT:
+            assert torch.equal(a[name], b[name]), name
+        # the torch MLP may round a row differently in a batch of another size
+        torch.testing.assert_close(a["logprobs"], b["logprobs"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a["values"], b["values"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "HalfCheetah-v4"])
+def test_numba_hot_paths_follow_the_torch_ones(env_id):
+    """The Numba kernels and torch, from the same parameters: the same noise gives the same
+    samples, and an update over the same rollout (same minibatches) the same parameters and
+    statistics, up to float32 rounding."""
+    numba = _trainer(env_id, policy_kernel="numba")
+    eager = _trainer(env_id, policy_kernel="torch")
+    assert numba.hot_paths == "numba" and eager.hot_paths == "torch"
+    numba.collect_rollout()
+    buf = numba.buffer
+    obs = buf.obs[7]
+    noise = numba.agent.noise((obs.shape[0],))
+    outs = []
+    for trainer in (numba, eager):
+        out = tuple(torch.empty_like(x) for x in buf.policy_out(7, slice(None)))
+        trainer.act(obs, noise, out)
+        outs.append(out)
+    for x, y in zip(*outs):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated",
+                 "valid", "next_obs", "next_done"):
+        getattr(eager.buffer, name).copy_(getattr(buf, name))
+    metrics = []
+    for trainer in (numba, eager):
+        torch.manual_seed(5)  # the same minibatches
+        metrics.append(trainer.update_policy(*trainer.compute_advantages()))
+        trainer.envs.close()
+    for p, q in zip(numba.agent.parameters(), eager.agent.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    for key, value in metrics[1].items():
+        assert metrics[0][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager_and_never_recompiles():
+    """torch.compile'd hot paths (policy call, forward + loss, clip + Adam) give the eager
+    numbers up to float rounding, and the annealed (tensor) learning rate recompiles nothing
+    after the first update."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fastppo.train import train
+
+    def run(compile, tmp):
+        config = make_config("CartPole-v1", num_envs=4, num_steps=32, num_minibatches=2,
+                             update_epochs=2, total_timesteps=4 * 128, tensorboard=False,
+                             checkpoint_every=0, policy_kernel="torch", compile=compile)
+        return train(config, tmp, progress=False)["trainer"]
+
+    import tempfile
+
+    torch._dynamo.reset()
+    counters.clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        eager = run("off", tmp + "/eager")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            compiled = run("on", tmp + "/compiled")
+    assert compiled.hot_paths == "torch.compile"
+    assert counters["stats"]["unique_graphs"] >= 3  # the three hot functions were compiled
+    for p, q in zip(eager.agent.parameters(), compiled.agent.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(eager.env_actions[0], compiled.env_actions[0])
+
+
+def test_policy_kernel_and_async_settings_are_checked():
+    with pytest.raises(ValueError, match="policy_kernel"):
+        _trainer("Pong-v5", policy_kernel="numba", num_envs=2, num_steps=8)
+    with pytest.raises(ValueError, match="async_envs"):
+        _trainer("CartPole-v1", async_envs="on", num_envs=1)
+    with pytest.raises(ValueError, match="compile"):
+        make_config("CartPole-v1", compile="yes")
