@@ -1,0 +1,334 @@
+"""fastppo end to end beside an eager CleanRL-style PPO loop: same env, same settings, one run.
+
+    python bench/e2e.py                                   # all rows, default update counts
+    python bench/e2e.py --rows cartpole --updates 3 --warmup 1          # a quick smoke run
+    python bench/e2e.py --rows halfcheetah --json e2e.json
+    python bench/e2e.py --rows cartpole --variants default kernels=torch   # other fastppo rows
+
+For each env row (HalfCheetah-v4 with the ``mujoco`` preset, Pong-v5 with ``atari``, CartPole-v1
+with ``classic``) this runs, in one process and one sitting, with the same seed and the preset's
+settings (``fastppo.config.make_config(env_id)``):
+
+* ``eager``: the plain eager loop of ``bench/eager_ppo.py`` (the reference);
+* ``fastppo``: ``fastppo.train.train`` with the defaults, then each variant (by default
+  ``compile=off`` and ``async_envs=off``). A variant naming a ``PPOConfig`` field that does not
+  exist (yet) is skipped with a note.
+
+Reported per run: the steady-state SPS (the steps of the updates after the warm-up ones, divided
+by the wall time from the end of the last warm-up update to the end of the last update, so
+start-up, JIT compilation and warm-up are excluded), its speedup over the eager loop, the mean
+time per steady update spent blocked in env stepping, in policy inference, in the whole rollout
+and in learning (GAE + epochs), and the mean return of the last 10 finished episodes.
+
+fastppo's numbers come from its ``metrics.jsonl`` (``global_step``/``wall_time`` of the update
+rows; the split from ``perf/env_s``, ``perf/rollout_s``, ``perf/learn_s`` when the rows carry
+them, with inference = rollout - env, "n/a" otherwise). The eager loop times ``env.step``, the
+policy call, the rollout and the learning phase with ``time.perf_counter``; its inference column
+is the policy call alone (its rollout column includes the bookkeeping around it).
+
+Each run's torch thread count is restored afterwards, so a preset's ``torch_threads`` does not
+leak into the next row. Timings on a loaded machine are worthless: a warning is printed when
+the 1-minute load average is above 0.5 at the start. ``--json PATH`` writes every figure (and
+each eager update's split) as JSON. Not part of the test suite. Supersedes ``bench/e2e_sps.py``
+(its ``--kernels auto`` vs ``torch`` rows are ``--variants default kernels=torch`` here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import traceback
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# name -> (env id, default updates, default warm-up updates)
+ROWS = {
+    "halfcheetah": ("HalfCheetah-v4", 8, 2),
+    "pong": ("Pong-v5", 6, 1),
+    "cartpole": ("CartPole-v1", 20, 3),
+}
+DEFAULT_VARIANTS = ("default", "compile=off", "async_envs=off")
+RECENT_EPISODES = 10
+
+
+# --------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    import numpy
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count()}
+    for module in ("numba", "envpool", "gymnasium"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
+            info[module] = "not installed"
+    try:
+        import numba
+
+        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        info["affinity"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    cpu_model, flags = None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and cpu_model is None:
+                cpu_model = value.strip()
+            elif key == "flags" and flags is None:
+                flags = value.split()
+    except OSError:
+        pass
+    cpu_model = cpu_model or platform.processor() or "unknown"
+    flags = flags or []
+    info["cpu"] = cpu_model
+    info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx")))
+    return info
+
+
+def parse_variant(text: str) -> dict:
+    """``default`` -> {}; ``field=value`` (comma-separated pairs allowed) -> {field: value}, the
+    value parsed as JSON when it can be (numbers, true/false) and kept as a string otherwise."""
+    if text == "default":
+        return {}
+    out = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"variant {text!r}: expected default or field=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- fastppo side
+def steady_from_metrics(records: list[dict], warmup_updates: int) -> dict:
+    """Steady-state SPS and mean per-update split from fastppo's metrics.jsonl records.
+
+    Update rows are those carrying ``charts/SPS``. SPS = (global_step of the last row - that of
+    the last warm-up row) / (their wall_time difference); with no warm-up, from step 0 / time 0
+    (the logger's start)."""
+    rows = [r for r in records if "charts/SPS" in r]
+    if len(rows) <= warmup_updates:
+        raise RuntimeError(f"fastppo wrote {len(rows)} update rows; need more than "
+                           f"{warmup_updates} warm-up updates")
+    first = rows[warmup_updates - 1] if warmup_updates else {"global_step": 0, "wall_time": 0.0}
+    last = rows[-1]
+    steps = last["global_step"] - first["global_step"]
+    seconds = last["wall_time"] - first["wall_time"]
+    steady = rows[warmup_updates:]
+
+    def mean(key):
+        vals = [r.get(key) for r in steady]
+        if any(v is None for v in vals):
+            return None
+        return sum(vals) / len(vals)
+
+    env_s, rollout_s, learn_s = mean("perf/env_s"), mean("perf/rollout_s"), mean("perf/learn_s")
+    returns = [r["charts/episodic_return"] for r in records
+               if r.get("charts/episodic_return") is not None]
+    recent = returns[-RECENT_EPISODES:]
+    return {
+        "steady_sps": steps / seconds if seconds > 0 else float("nan"),
+        "steady_steps": steps, "steady_seconds": seconds, "total_seconds": last["wall_time"],
+        "env_s": env_s, "rollout_s": rollout_s, "learn_s": learn_s,
+        "inference_s": None if env_s is None or rollout_s is None else rollout_s - env_s,
+        "recent_return": sum(recent) / len(recent) if recent else None,
+        "episodes": len(returns), "last_charts_sps": last["charts/SPS"],
+        "perf_keys": sorted({k for r in rows for k in r if k.startswith("perf/")}),
+    }
+
+
+def run_fastppo(env_id: str, num_updates: int, seed: int, warmup_updates: int,
+                variant: dict) -> dict:
+    import torch
+    from fastppo.config import make_config
+    from fastppo.logger import read_metrics
+    from fastppo.train import train
+
+    batch = make_config(env_id, **variant).batch_size
+    config = make_config(env_id, total_timesteps=num_updates * batch, tensorboard=False,
+                         checkpoint_every=0, seed=seed, **variant)
+    old_threads = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fastppo_e2e_") as tmp:
+            run_dir = Path(tmp) / "run"
+            summary = train(config, run_dir, progress=False)
+            threads = torch.get_num_threads()
+            records = read_metrics(run_dir)
+    finally:
+        torch.set_num_threads(old_threads)
+    out = {"env_id": env_id, "preset": config.preset, "variant": variant_name(variant),
+           "num_updates": num_updates, "warmup_updates": warmup_updates, "batch_size": batch,
+           "seed": seed, "torch_threads": threads, "updates_done": summary["updates"]}
+    out.update(steady_from_metrics(records, warmup_updates))
+    out["summary_recent_return"] = summary["recent_mean_return"]
+    return out
+
+
+def variant_name(variant: dict) -> str:
+    return "fastppo" if not variant else "fastppo " + ",".join(
+        f"{k}={v}" for k, v in variant.items())
+
+
+# --------------------------------------------------------------------------- table
+def _fmt(value, spec=".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table_row(r: dict, eager_sps: float | None) -> str:
+    speedup = "n/a" if not eager_sps else f"{r['steady_sps'] / eager_sps:.2f}x"
+    return (f"| {r['env_id']} | {r['variant']} | {r['torch_threads']} | {r['steady_sps']:,.0f} | "
+            f"{speedup} | {_fmt(r['env_s'])} | {_fmt(r['inference_s'])} | "
+            f"{_fmt(r['rollout_s'])} | {_fmt(r['learn_s'])} | {_fmt(r['recent_return'], '.1f')} |")
+
+
+TABLE_HEADER = (
+    "| env | variant | threads | steady SPS | vs eager | env s | inference s | rollout s | "
+    "learn s | return |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS),
+                        help="env rows, in this order (default: all)")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="updates per run (default per row: " + ", ".join(
+                            f"{k} {v[1]}" for k, v in ROWS.items()) + ")")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up updates left out of the steady figures (default per row: "
+                        + ", ".join(f"{k} {v[2]}" for k, v in ROWS.items()) + ")")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", type=parse_variant,
+                        default=[parse_variant(v) for v in DEFAULT_VARIANTS],
+                        help="fastppo runs beside the eager one: 'default' or field=value "
+                        "(default: " + " ".join(DEFAULT_VARIANTS) + ")")
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager reference")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from fastppo.config import PPOConfig
+    from eager_ppo import run_eager
+
+    # gymnasium's note that EnvPool's float64 Box bounds are cast to float32 (harmless, noisy)
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+
+    plan = []  # (env id, updates, warm-up updates) per row
+    for row in args.rows:
+        env_id, default_updates, default_warmup = ROWS[row]
+        updates = args.updates if args.updates is not None else default_updates
+        warmup = args.warmup if args.warmup is not None else default_warmup
+        if not 0 <= warmup < updates:
+            parser.error(f"--warmup must be in [0, updates); got {warmup} with {updates} "
+                         f"updates for {row}")
+        plan.append((env_id, updates, warmup))
+
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    load1 = os.getloadavg()[0]
+    machine = machine_info()
+    print(f"command: `{command}`")
+    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {machine['cpu']}; os.cpu_count() {machine['cpu_count']}"
+          + (f" (affinity {machine['affinity']})" if "affinity" in machine else "")
+          + f"; AVX-512/AMX flags: {' '.join(machine['simd_flags']) or 'none'}")
+    print(f"versions: python {machine['python']}, torch {machine['torch']}, numpy "
+          f"{machine['numpy']}, numba {machine['numba']}, envpool {machine['envpool']}, "
+          f"gymnasium {machine['gymnasium']}; torch threads {machine['torch_threads']} by "
+          f"default" + (f", numba threads {machine['numba_threads']}"
+                        if "numba_threads" in machine else ""))
+    print(f"load average (1 min) at start: {load1:.2f}")
+    if load1 > 0.5:
+        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
+              "these timings are worthless as results.")
+    print()
+    print(TABLE_HEADER, flush=True)
+
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    default_threads = torch.get_num_threads()
+    results, notes, no_perf = [], [], []
+    for env_id, updates, warmup in plan:
+        eager_sps = None
+        runs = [] if args.no_eager else [("eager", None)]
+        for variant in args.variants:
+            missing = sorted(set(variant) - fields)
+            if missing:
+                notes.append(f"{env_id}: skipped `{variant_name(variant)}`: PPOConfig has no "
+                             f"field {', '.join(missing)} yet")
+                print(f"[{env_id}] skip {variant_name(variant)}: no field {missing}",
+                      file=sys.stderr, flush=True)
+            else:
+                runs.append((variant_name(variant), variant))
+        for name, variant in runs:
+            print(f"[{env_id}] {name} ...", file=sys.stderr, flush=True)
+            try:
+                if variant is None:
+                    r = run_eager(env_id, updates, args.seed, warmup)
+                else:
+                    r = run_fastppo(env_id, updates, args.seed, warmup, variant)
+            except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
+                traceback.print_exc()
+                message = f"{type(err).__name__}: {err}"
+                notes.append(f"{env_id}: `{name}` failed: {message}")
+                results.append({"env_id": env_id, "variant": name, "error": message})
+                print(f"| {env_id} | {name} | failed ({type(err).__name__}, see notes) "
+                      "| | | | | | | |", flush=True)
+                continue
+            finally:
+                torch.set_num_threads(default_threads)
+            if variant is None:
+                eager_sps = r["steady_sps"]
+                r["speedup_vs_eager"] = 1.0
+            else:
+                r["speedup_vs_eager"] = r["steady_sps"] / eager_sps if eager_sps else None
+                if not r["perf_keys"]:
+                    no_perf.append(f"{env_id} {name}")
+            results.append(r)
+            print(table_row(r, eager_sps), flush=True)
+
+    print()
+    print("steady = the updates after the warm-up ones ("
+          + "; ".join(f"{e}: {u} updates, {w} warm-up" for e, u, w in plan)
+          + "); seconds are means per steady update; return = mean of the last "
+          f"{RECENT_EPISODES} finished episodes (n/a: none finished); eager inference = the "
+          "policy call alone, fastppo inference = rollout - env; eager env = inside env.step, fastppo "
+          "env = blocked waiting for the envs (with async_envs their stepping overlaps "
+          "inference).")
+    if any(w == 0 for _, _, w in plan):
+        notes.append("--warmup 0: the first update (JIT compilation, first-call allocations) is "
+                     "inside the steady figures")
+    if no_perf:
+        notes.append("no perf/* metrics (perf/env_s, perf/rollout_s, perf/learn_s) in fastppo's "
+                     "metrics.jsonl, so its time split is n/a: " + ", ".join(no_perf))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_avg_1min_at_start": load1, "machine": machine, "seed": args.seed,
+            "results": results, "notes": notes,
+        }, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
