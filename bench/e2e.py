@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="fastppo runs beside the eager one: 'default' or field=value "
                         "(default: " + " ".join(DEFAULT_VARIANTS) + ")")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager reference")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each variant, taken in turn; the table shows the run with "
+                        "the median steady SPS (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -278,23 +281,34 @@ def main(argv: list[str] | None = None) -> None:
                       file=sys.stderr, flush=True)
             else:
                 runs.append((variant_name(variant), variant))
+        done: dict[str, list[dict]] = {}
+        for rep in range(args.repeats):  # the variants in turn, so drift hits all alike
+            for name, variant in runs:
+                print(f"[{env_id}] {name} (run {rep + 1}/{args.repeats}) ...", file=sys.stderr,
+                      flush=True)
+                try:
+                    if variant is None:
+                        r = run_eager(env_id, updates, args.seed, warmup)
+                    else:
+                        r = run_fastppo(env_id, updates, args.seed, warmup, variant)
+                except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
+                    traceback.print_exc()
+                    message = f"{type(err).__name__}: {err}"
+                    notes.append(f"{env_id}: `{name}` failed: {message}")
+                    results.append({"env_id": env_id, "variant": name, "error": message})
+                    print(f"| {env_id} | {name} | failed ({type(err).__name__}, see notes) "
+                          "| | | | | | | |", flush=True)
+                    continue
+                finally:
+                    torch.set_num_threads(default_threads)
+                print(f"  steady SPS {r['steady_sps']:,.0f}", file=sys.stderr, flush=True)
+                done.setdefault(name, []).append(r)
         for name, variant in runs:
-            print(f"[{env_id}] {name} ...", file=sys.stderr, flush=True)
-            try:
-                if variant is None:
-                    r = run_eager(env_id, updates, args.seed, warmup)
-                else:
-                    r = run_fastppo(env_id, updates, args.seed, warmup, variant)
-            except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
-                traceback.print_exc()
-                message = f"{type(err).__name__}: {err}"
-                notes.append(f"{env_id}: `{name}` failed: {message}")
-                results.append({"env_id": env_id, "variant": name, "error": message})
-                print(f"| {env_id} | {name} | failed ({type(err).__name__}, see notes) "
-                      "| | | | | | | |", flush=True)
+            if name not in done:
                 continue
-            finally:
-                torch.set_num_threads(default_threads)
+            # the run with the median steady SPS of the repeats
+            r = sorted(done[name], key=lambda x: x["steady_sps"])[(len(done[name]) - 1) // 2]
+            r["repeats_steady_sps"] = [x["steady_sps"] for x in done[name]]
             if variant is None:
                 eager_sps = r["steady_sps"]
                 r["speedup_vs_eager"] = 1.0
@@ -306,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
             print(table_row(r, eager_sps), flush=True)
 
     print()
-    print("steady = the updates after the warm-up ones ("
+    print(f"each row: the median of {args.repeats} run(s) by steady SPS, the variants run in "
+          "turn. steady = the updates after the warm-up ones ("
           + "; ".join(f"{e}: {u} updates, {w} warm-up" for e, u, w in plan)
           + "); seconds are means per steady update; return = mean of the last "
           f"{RECENT_EPISODES} finished episodes (n/a: none finished); eager inference = the "

@@ -4,14 +4,19 @@ Row ``t`` holds the transition that starts at ``obs[t]``: the action taken there
 ``values[t] = V(obs[t])``, and what the env answered (reward, terminated, truncated).
 ``valid[t] = not done[t-1]``: with next-step autoreset (DESIGN.md) the step after a done is a
 reset step whose action was ignored, so it gets weight 0 in the loss. The done flag of the last
-step is carried into the next rollout (``valid[0]`` of the next rollout).
+step is carried into the next rollout (``valid[0]`` of the next rollout). ``noise[t]`` is the
+sampling noise of row ``t`` (drawn for the whole rollout before it starts).
 
-Environment outputs arrive as numpy arrays; ``torch.from_numpy`` wraps them without a copy and
-one ``copy_`` moves them into the buffer. When training on CUDA, env data goes through pinned host
-staging memory and is copied with ``non_blocking=True``.
+The rollout loop works through ``slots[t][part]``: views of row ``t`` for the envs of one part
+(``VecEnv.slices``), made once, so a step slices nothing. On the CPU each slot also holds NumPy
+views of the same memory: the env kernels and the Numba policy write into the buffer directly.
+On CUDA, env outputs are written into pinned host staging memory (one slot per step, so an
+in-flight copy is never overwritten within a rollout) and copied with ``non_blocking=True``.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -20,7 +25,8 @@ import torch
 class RolloutBuffer:
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...],
                  obs_dtype: torch.dtype, action_shape: tuple[int, ...],
-                 action_dtype: torch.dtype, device: torch.device):
+                 action_dtype: torch.dtype, device: torch.device,
+                 noise_shape: tuple[int, ...] = (), parts: list[slice] | None = None):
         T, N = num_steps, num_envs
         self.num_steps, self.num_envs, self.device = T, N, torch.device(device)
         self.pinned = self.device.type == "cuda"
@@ -36,6 +42,7 @@ class RolloutBuffer:
         self.terminated = alloc((), torch.bool)
         self.truncated = alloc((), torch.bool)
         self.valid = alloc((), torch.bool)
+        self.noise = alloc(noise_shape, torch.float32)
         # Pinned host staging for env outputs, one slot per step so that an in-flight
         # non-blocking copy is never overwritten within a rollout.
         if self.pinned:
@@ -48,46 +55,64 @@ class RolloutBuffer:
         # Carried across rollouts: the observation to act on and whether the last step was done.
         self.next_obs = torch.zeros((N, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_done = torch.zeros(N, dtype=torch.bool, device=self.device)
+        self.slots = [[self._slot(t, envs) for envs in (parts or [slice(0, N)])]
+                      for t in range(T)]
+
+    def _slot(self, t: int, envs: slice) -> SimpleNamespace:
+        """Views of row ``t`` for the envs ``envs`` (NumPy twins on the CPU, ``*_np``)."""
+        slot = SimpleNamespace(
+            t=t, envs=envs, obs=self.obs[t, envs], valid=self.valid[t, envs],
+            noise=self.noise[t, envs], policy=(self.actions[t, envs], self.logprobs[t, envs],
+                                               self.values[t, envs]),
+            rewards=self.rewards[t, envs], terminated=self.terminated[t, envs],
+            truncated=self.truncated[t, envs], next_obs=self.next_obs[envs],
+            next_done=self.next_done[envs])
+        host = {k: getattr(slot, k) for k in ("obs", "valid", "noise", "terminated", "truncated",
+                                              "next_obs", "next_done")}
+        if self.pinned:
+            stage = {k: v[t, envs] for k, v in self._stage.items()}
+            host.update(terminated=stage["terminated"], truncated=stage["truncated"])
+            slot.env_out = (stage["obs"].numpy(), stage["rewards"].numpy())
+            slot.staged = [(stage["obs"], slot.next_obs), (stage["rewards"], slot.rewards),
+                           (stage["terminated"], slot.terminated),
+                           (stage["truncated"], slot.truncated)]
+        else:
+            slot.env_out = (slot.next_obs.numpy(), slot.rewards.numpy())
+            slot.policy_np = tuple(x.numpy() for x in slot.policy)
+        for name, tensor in host.items():
+            if tensor.device.type == "cpu":
+                setattr(slot, name + "_np", tensor.numpy())
+        return slot
 
     def set_next_obs(self, obs: np.ndarray) -> None:
         """The observation the policy acts on next (after a reset)."""
         self.next_obs.copy_(torch.from_numpy(np.ascontiguousarray(obs)))
 
-    def begin_step(self, t: int, envs: slice) -> torch.Tensor:
-        """Start row ``t`` of the envs ``envs``: store their current observation and its
-        validity; return the observation (a view of row ``t``)."""
-        obs = self.obs[t, envs]
-        obs.copy_(self.next_obs[envs])
-        torch.logical_not(self.next_done[envs], out=self.valid[t, envs])
-        return obs
-
-    def policy_out(self, t: int, envs: slice) -> tuple[torch.Tensor, ...]:
-        """Where the policy writes row ``t`` of the envs ``envs``: (actions, logprobs, values)."""
-        return self.actions[t, envs], self.logprobs[t, envs], self.values[t, envs]
-
-    def env_out(self, t: int, envs: slice) -> tuple[np.ndarray, np.ndarray]:
-        """NumPy arrays the env step of row ``t`` writes its processed observation and reward
-        into: the buffer itself on the CPU, pinned staging slot ``t`` on CUDA."""
+    def begin_step(self, slot: SimpleNamespace) -> None:
+        """Start ``slot``'s row: store the current observation and its validity."""
         if self.pinned:
-            return self._stage["obs"][t, envs].numpy(), self._stage["rewards"][t, envs].numpy()
-        return self.next_obs[envs].numpy(), self.rewards[t, envs].numpy()
-
-    def record_env(self, t: int, envs: slice, terminated: np.ndarray,
-                   truncated: np.ndarray) -> None:
-        """Finish row ``t`` of the envs ``envs`` (their observation and reward are already in
-        ``env_out``'s arrays) and carry done to the next row."""
-        term, trunc = self.terminated[t, envs], self.truncated[t, envs]
-        if self.pinned:
-            stage = self._stage
-            stage["terminated"][t, envs].numpy()[...] = terminated
-            stage["truncated"][t, envs].numpy()[...] = truncated
-            for name, dest in (("obs", self.next_obs[envs]), ("rewards", self.rewards[t, envs]),
-                               ("terminated", term), ("truncated", trunc)):
-                dest.copy_(stage[name][t, envs], non_blocking=True)
+            slot.obs.copy_(slot.next_obs)
+            torch.logical_not(slot.next_done, out=slot.valid)
         else:
-            term.numpy()[...] = terminated
-            trunc.numpy()[...] = truncated
-        torch.logical_or(term, trunc, out=self.next_done[envs])
+            np.copyto(slot.obs_np, slot.next_obs_np)
+            np.logical_not(slot.next_done_np, out=slot.valid_np)
+
+    def host_actions(self, slot: SimpleNamespace) -> np.ndarray:
+        """``slot``'s actions as a NumPy array (on CUDA: copied to the host, a sync)."""
+        return slot.policy[0].cpu().numpy() if self.pinned else slot.policy_np[0]
+
+    def record_env(self, slot: SimpleNamespace, terminated: np.ndarray,
+                   truncated: np.ndarray) -> None:
+        """Finish ``slot``'s row (the env already wrote its observation and reward into
+        ``slot.env_out``) and carry done to the next row."""
+        np.copyto(slot.terminated_np, terminated)
+        np.copyto(slot.truncated_np, truncated)
+        if self.pinned:
+            for stage, dest in slot.staged:
+                dest.copy_(stage, non_blocking=True)
+            torch.logical_or(slot.terminated, slot.truncated, out=slot.next_done)
+        else:
+            np.logical_or(terminated, truncated, out=slot.next_done_np)
 
     def flat(self, name: str) -> torch.Tensor:
         """``name`` reshaped to (T * N, ...), a view for minibatch indexing."""

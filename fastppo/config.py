@@ -81,7 +81,7 @@ class PPOConfig:
                         choices=SWITCHES)
     async_envs: str = _opt("auto", "step two halves of the envs alternately, overlapping env "
                                    "stepping with inference: on, off, or auto (on with 2 or more "
-                                   "envs)", choices=SWITCHES)
+                                   "envs, except for a CNN on the CPU)", choices=SWITCHES)
     torch_threads: int = _opt(0, "torch intra-op threads (0: torch's default); 1 is fastest for "
                                  "small MLPs, whose ops are too short to split across threads")
     checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")

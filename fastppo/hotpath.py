@@ -1,7 +1,8 @@
 """The engine's two hot paths, as plain functions over tensors, built once per run.
 
-    act(obs, noise, out)       once per env step (per env part): the policy's action, log-prob
-                               and value for ``obs``, written into ``out`` (rows of the buffer)
+    act(slot)                  once per env step (per env part): the policy's action, log-prob
+                               and value at a buffer slot's observation and noise, written into
+                               the slot
     step(idx, advantages, w)   once per minibatch: forward, fused loss, backward, the gradient
                                seam (the all-reduce under torchrun), norm clipping, Adam; returns
                                ``(loss, stats, grad_norm)``, ``stats`` the six loss statistics
@@ -10,9 +11,10 @@ At RL's shapes (one env's observation, a 64-row minibatch) the cost is per-call 
 each path is built by the compiler that wins on the device (DESIGN.md, "The hot loop"):
 
 * ``numba`` (MLP policies on the CPU): one fused kernel call per ``act``
-  (``fastppo.kernels.MLPPolicyKernel``) and per minibatch forward/loss/backward
-  (``fastppo.kernels.mlp_step_numba.MLPLossStep``), reading and writing the torch parameters and
-  gradients in place; torch keeps the parameters, the optimizer and the checkpoints.
+  (``fastppo.kernels.MLPPolicyKernel``), one per minibatch forward/loss/backward
+  (``fastppo.kernels.mlp_step_numba.MLPLossStep``) and one for clipping + Adam
+  (``fastppo.kernels.optim_numba.ClipAdam``), reading and writing the torch parameters,
+  gradients and Adam state in place; torch keeps them, the optimizer and the checkpoints.
 * ``torch``: lean eager torch (the parameter list built once, foreach norm clipping, fused Adam
   with a tensor learning rate), optionally under ``torch.compile`` (CUDA graphs on CUDA): the
   policy call, the forward + loss (whose backward AOTAutograd compiles too) and the clip + Adam
@@ -47,6 +49,17 @@ def use_compile(config: PPOConfig, device: torch.device) -> bool:
     return config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
 
 
+def use_async_envs(config: PPOConfig, device: torch.device) -> bool:
+    """Whether the envs are stepped as two alternating parts (``--async-envs``). Auto: with 2
+    or more envs, unless a CNN runs on the CPU (there its inference wants every core, and
+    EnvPool's threads stepping beside it measured slower than the synchronous loop)."""
+    if config.async_envs == "on" and config.num_envs < 2:
+        raise ValueError(f"async_envs: 'on' needs at least 2 envs, got num_envs={config.num_envs}")
+    if config.async_envs == "auto":
+        return config.num_envs >= 2 and (config.network == "mlp" or device.type == "cuda")
+    return config.async_envs == "on"
+
+
 def _mlp_layers(net: torch.nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(m.weight, m.bias) for m in net if isinstance(m, torch.nn.Linear)]
 
@@ -57,8 +70,8 @@ def _activation(agent: Agent) -> str:
 
 
 def make_act(agent: Agent, numba: bool, compiled: bool):
-    """``act(obs, noise, out)``: writes action, log-prob and value of ``obs`` into the three
-    tensors of ``out``."""
+    """``act(slot)``: the policy at a rollout buffer slot's ``obs`` with its ``noise``, writing
+    action, log-prob and value into ``slot.policy`` (NumPy twins on the CPU: ``*_np``)."""
     if numba:
         from fastppo.kernels import MLPPolicyKernel
 
@@ -66,8 +79,8 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
                                  activation=_activation(agent),
                                  log_std=agent.log_std if agent.continuous else None)
 
-        def act(obs, noise, out):
-            kernel.act(obs.numpy(), noise=noise.numpy(), out=tuple(o.numpy() for o in out))
+        def act(slot):
+            kernel.act(slot.obs_np, noise=slot.noise_np, out=slot.policy_np)
 
         return act
 
@@ -77,9 +90,9 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
         policy = torch.compile(agent.act, fullgraph=True,
                                mode="reduce-overhead" if cuda else None)
 
-    def act(obs, noise, out):
+    def act(slot):
         with torch.inference_mode():
-            for dest, value in zip(out, policy(obs, noise)):
+            for dest, value in zip(slot.policy, policy(slot.obs, slot.noise)):
                 dest.copy_(value)
 
     return act
@@ -104,14 +117,17 @@ class MinibatchStep:
                           ent_coef=config.ent_coef, clip_vloss=config.clip_vloss,
                           normalize_advantages=loss_fn.normalize_advantages)
         self.batch: dict[str, torch.Tensor] = {}
-        self._numba = None
+        self._numba, self._advantages = None, (None, None)
         if numba:
             from fastppo.kernels.mlp_step_numba import MLPLossStep
+
+            from fastppo.kernels.optim_numba import ClipAdam
 
             self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
                                       activation=_activation(agent),
                                       log_std=agent.log_std if agent.continuous else None,
                                       max_rows=config.minibatch_size)
+            self._clip_adam = ClipAdam(optimizer)
         self._grads = self._grads_torch
         self._apply = self._clip_and_step
         if compiled and not numba:
@@ -121,6 +137,7 @@ class MinibatchStep:
             self._apply = torch.compile(self._clip_and_step, fullgraph=False, mode=mode)
         if numba:
             self._grads = self._grads_numba
+            self._apply = lambda: self._clip_adam.step(self.max_grad_norm)
 
     def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """The rollout the next minibatches come from (NumPy views kept for the Numba path)."""
@@ -156,8 +173,11 @@ class MinibatchStep:
 
     def _grads_numba(self, idx, advantages):
         a = self._arrays
-        out = self._numba(a["obs"], idx.numpy(), a["actions"], a["logprobs"], advantages.numpy(),
-                          a["values"], a["returns"], a["weights"], **self.coefs)
+        if advantages is not self._advantages[0]:  # the same arrays each call: checked once
+            self._advantages = advantages, advantages.numpy()
+        out = self._numba(a["obs"], idx.numpy(), a["actions"], a["logprobs"],
+                          self._advantages[1], a["values"], a["returns"], a["weights"],
+                          **self.coefs)
         result = torch.from_numpy(out).to(torch.float32)
         return result[0], result[1:]
 

@@ -50,7 +50,8 @@ from .config import PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed
 from .envs import VecEnv
-from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_compile, use_numba_policy
+from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_compile, \
+    use_numba_policy
 
 METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
                 "entropy": "losses/entropy", "approx_kl": "losses/approx_kl",
@@ -89,7 +90,7 @@ class Trainer:
         seed_everything(config.seed)  # the same network init on every rank
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
         self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
-                           ctx=self.ctx, parts=2 if use_async_envs(config) else 1)
+                           ctx=self.ctx, parts=2 if use_async_envs(config, self.device) else 1)
         self.agent = make_agent(config, self.envs.observation_space,
                                 self.envs.action_space).to(self.device)
         broadcast_module(self.agent, self.ctx)
@@ -110,7 +111,8 @@ class Trainer:
             action_shape, action_dtype = (), torch.int64
             self.env_action_dtype = np.uint8 if act_space.n <= 256 else np.int32
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, obs_space.shape,
-                                    obs_dtype, action_shape, action_dtype, self.device)
+                                    obs_dtype, action_shape, action_dtype, self.device,
+                                    noise_shape=action_shape, parts=self.envs.slices)
         # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
         # normalizes advantages with cross-rank statistics and all-reduces the gradients.
         numba, compiled = use_numba_policy(config, self.agent, self.device), \
@@ -188,26 +190,27 @@ class Trainer:
         T = self.config.num_steps
         actions_log = np.empty((T, self.config.num_envs, *buf.actions.shape[2:]),
                                self.env_action_dtype)
-        noise = self.agent.noise((T, self.config.num_envs), self.device)
+        buf.noise.copy_(self.agent.noise((T, self.config.num_envs), self.device))
         for t in range(T + 1):
-            for part, rows in enumerate(envs.slices):
+            for part in range(envs.parts):
                 if t > 0:
-                    self._receive(t - 1, part, rows)
+                    self._receive(buf.slots[t - 1][part], part)
                 if t == T:
                     continue
-                obs = buf.begin_step(t, rows)
-                out = buf.policy_out(t, rows)
-                self.act(obs, noise[t, rows], out)
-                actions_log[t, rows] = envs.env_action(out[0].cpu().numpy())  # sync
-                envs.send(part, actions_log[t, rows])
+                slot = buf.slots[t][part]
+                buf.begin_step(slot)
+                self.act(slot)
+                env_actions = envs.env_action(buf.host_actions(slot),  # sync on CUDA
+                                              out=actions_log[t, slot.envs])
+                envs.send(part, env_actions)
             self.global_step += self.config.num_envs * self.ctx.world_size if t < T else 0
         self.env_actions.append(actions_log)
 
-    def _receive(self, t: int, part: int, rows: slice) -> None:
-        """Wait for the env step of row ``t`` of one part and record it."""
+    def _receive(self, slot, part: int) -> None:
+        """Wait for the env step of one part and record it in its buffer slot."""
         with self.watch("env"):
-            step = self.envs.recv(part, *self.buffer.env_out(t, rows))
-        self.buffer.record_env(t, rows, step.terminated, step.truncated)
+            step = self.envs.recv(part, *slot.env_out)
+        self.buffer.record_env(slot, step.terminated, step.truncated)
         for _, ep_return, ep_length in step.episodes:
             self.recent_returns.append(ep_return)
             if self.logger is not None:
@@ -300,14 +303,6 @@ class Trainer:
 
 def _no_reduction(params, weight) -> None:
     """The gradient seam of a single process: the local gradient is the gradient."""
-
-
-def use_async_envs(config: PPOConfig) -> bool:
-    """Whether the envs are stepped as two alternating parts (``--async-envs``; auto: with 2
-    or more envs)."""
-    if config.async_envs == "on" and config.num_envs < 2:
-        raise ValueError(f"async_envs: 'on' needs at least 2 envs, got num_envs={config.num_envs}")
-    return config.num_envs >= 2 and config.async_envs != "off"
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.Tensor):

@@ -13,21 +13,22 @@ TERMINATED = np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], b
 TRUNCATED = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0]], bool)
 
 
-def _fill(buf, terminated, truncated, start, parts=(slice(0, 2), slice(2, N))):
+def _fill(buf, terminated, truncated, start):
     for t in range(T):
-        for envs in parts:
-            obs = buf.begin_step(t, envs)
-            actions, logprobs, values = buf.policy_out(t, envs)
+        for slot in buf.slots[t]:
+            buf.begin_step(slot)
+            actions, logprobs, values = slot.policy
             actions.zero_(), logprobs.zero_()
-            values.copy_(obs[:, 0])
-            obs_out, reward_out = buf.env_out(t, envs)
+            values.copy_(slot.obs[:, 0])
+            obs_out, reward_out = slot.env_out
             obs_out[...] = start + t + 1
             reward_out[...] = 1.0
-            buf.record_env(t, envs, terminated[t, envs], truncated[t, envs])
+            buf.record_env(slot, terminated[t, slot.envs], truncated[t, slot.envs])
 
 
 def test_reset_steps_are_invalid_and_done_is_carried():
-    buf = RolloutBuffer(T, N, (2,), torch.float32, (), torch.int64, torch.device("cpu"))
+    buf = RolloutBuffer(T, N, (2,), torch.float32, (), torch.int64, torch.device("cpu"),
+                        parts=[slice(0, 2), slice(2, N)])  # two env parts, as async envs
     buf.set_next_obs(np.zeros((N, 2), np.float32))
     _fill(buf, TERMINATED, TRUNCATED, start=0)
     expected = np.array([[1, 1, 1], [1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]], bool)

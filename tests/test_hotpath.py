@@ -70,14 +70,11 @@ def test_numba_hot_paths_follow_the_torch_ones(env_id):
     assert numba.hot_paths == "numba" and eager.hot_paths == "torch"
     numba.collect_rollout()
     buf = numba.buffer
-    obs = buf.obs[7]
-    noise = numba.agent.noise((obs.shape[0],))
-    outs = []
-    for trainer in (numba, eager):
-        out = tuple(torch.empty_like(x) for x in buf.policy_out(7, slice(None)))
-        trainer.act(obs, noise, out)
-        outs.append(out)
-    for x, y in zip(*outs):
+    slot = buf.slots[7][1]
+    numba.act(slot)
+    first = [x.clone() for x in slot.policy]
+    eager.act(slot)  # the same observations and noise
+    for x, y in zip(first, slot.policy):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
     for name in ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated",
                  "valid", "next_obs", "next_done"):
@@ -131,3 +128,15 @@ def test_policy_kernel_and_async_settings_are_checked():
         _trainer("CartPole-v1", async_envs="on", num_envs=1)
     with pytest.raises(ValueError, match="compile"):
         make_config("CartPole-v1", compile="yes")
+
+
+def test_async_envs_auto_rule():
+    from fastppo.hotpath import use_async_envs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_async_envs(make_config("CartPole-v1"), cpu)  # 8 envs, an MLP
+    assert not use_async_envs(make_config("HalfCheetah-v4"), cpu)  # 1 env
+    assert not use_async_envs(make_config("Pong-v5"), cpu)  # the CNN wants both cores
+    assert use_async_envs(make_config("Pong-v5"), cuda)
+    assert use_async_envs(make_config("Pong-v5", async_envs="on"), cpu)
+    assert not use_async_envs(make_config("CartPole-v1", async_envs="off"), cpu)

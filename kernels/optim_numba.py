@@ -1,0 +1,142 @@
+"""Gradient-norm clipping and an Adam step for small CPU models, one Numba call.
+
+For a network of a dozen small tensors, ``clip_grad_norm_`` and ``Adam.step`` cost tens of
+microseconds each in dispatch alone (per-tensor kernels, Python bookkeeping), more than the
+arithmetic of a whole minibatch. ``ClipAdam`` takes a ``torch.optim.Adam`` as it is and updates
+its parameters and its state (``step``, ``exp_avg``, ``exp_avg_sq``) in place, so torch keeps
+owning both: checkpoints, ``load_state_dict`` and a later ``optimizer.step()`` see the same
+tensors. The math is torch's Adam (no weight decay, no amsgrad), after clipping::
+
+    norm  = sqrt(sum over all grads of g^2)
+    g    *= min(1, max_norm / (norm + 1e-6))                      (clip_grad_norm_)
+    t    += 1
+    m     = beta1 m + (1 - beta1) g
+    v     = beta2 v + (1 - beta2) g^2
+    p    -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+__all__ = ["ClipAdam"]
+
+
+@intrinsic
+def _f32_pointer(typingctx, address):
+    """A float32* from an integer address (the tensors' memory, kept alive by the caller)."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+
+    return sig, codegen
+
+
+@njit(cache=True, error_model="numpy")
+def _clip_adam(table, lr, beta1, beta2, eps, max_norm):
+    """table: int64 (K, 6) rows of (param, grad, exp_avg, exp_avg_sq, step addresses, size),
+    all float32 (step: the parameter's 0-dim step count, advanced here). Returns the gradient
+    norm before clipping."""
+    step = carray(_f32_pointer(table[0, 4]), (1,))[0] + np.float32(1.0)
+    for k in range(table.shape[0]):
+        carray(_f32_pointer(table[k, 4]), (1,))[0] = step
+    total = 0.0
+    for k in range(table.shape[0]):
+        g = carray(_f32_pointer(table[k, 1]), (table[k, 5],))
+        s = np.float32(0.0)
+        for i in range(g.shape[0]):
+            s += g[i] * g[i]
+        total += s
+    norm = np.sqrt(total)
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    t = np.float64(step)
+    step_size = lr / (1.0 - beta1 ** t)
+    root_bias2 = np.sqrt(1.0 - beta2 ** t)
+    c, b1, b2 = np.float32(coef), np.float32(beta1), np.float32(beta2)
+    one_b1, one_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+    for k in range(table.shape[0]):
+        n = table[k, 5]
+        p = carray(_f32_pointer(table[k, 0]), (n,))
+        g = carray(_f32_pointer(table[k, 1]), (n,))
+        m = carray(_f32_pointer(table[k, 2]), (n,))
+        v = carray(_f32_pointer(table[k, 3]), (n,))
+        for i in range(n):
+            gi = g[i] * c
+            g[i] = gi
+            m[i] = b1 * m[i] + one_b1 * gi
+            v[i] = b2 * v[i] + one_b2 * gi * gi
+            p[i] -= np.float32(step_size * m[i] / (np.sqrt(np.float64(v[i])) / root_bias2
+                                                   + eps))
+    return norm
+
+
+class ClipAdam:
+    """``step(max_grad_norm) -> norm``: clip the gradients of ``optimizer``'s parameters to a
+    global norm and take one Adam step, in one Numba call (see the module docstring).
+
+    ``optimizer``: a ``torch.optim.Adam`` with one parameter group of float32, contiguous CPU
+    parameters, no weight decay, amsgrad, maximize or capturable. Its state is created here when
+    it has none yet (as torch's first step would); the learning rate may be a tensor (read each
+    step). Every parameter must have a contiguous ``.grad`` that stays the same tensor between
+    steps (e.g. written in place by ``fastppo.kernels.mlp_step_numba.MLPLossStep``); the
+    addresses are taken again when the optimizer's state is loaded or the first parameter's
+    grad is replaced.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        if not isinstance(optimizer, torch.optim.Adam):
+            raise TypeError(f"optimizer: expected a torch.optim.Adam, got "
+                            f"{type(optimizer).__name__}")
+        if len(optimizer.param_groups) != 1:
+            raise ValueError(f"optimizer: expected one parameter group, got "
+                             f"{len(optimizer.param_groups)}")
+        group = optimizer.param_groups[0]
+        for key, want in (("weight_decay", 0), ("amsgrad", False), ("maximize", False)):
+            if group.get(key, want) != want:
+                raise ValueError(f"optimizer: expected {key}={want!r}, got {group[key]!r}")
+        self.optimizer, self.group = optimizer, group
+        self.params = list(group["params"])
+        for i, p in enumerate(self.params):
+            if p.device.type != "cpu" or p.dtype != torch.float32 or not p.is_contiguous():
+                raise ValueError(f"optimizer: parameter {i} must be a contiguous float32 CPU "
+                                 f"tensor, got {p.dtype} on {p.device}")
+        self._table = self._keep = None
+
+    def _bind(self) -> np.ndarray:
+        """The address table of parameters, grads, moments and step counts (the state is
+        created if missing)."""
+        rows = []
+        for i, p in enumerate(self.params):
+            if p.grad is None or not p.grad.is_contiguous() or p.grad.dtype != torch.float32:
+                raise ValueError(f"params[{i}].grad: expected a contiguous float32 tensor, got "
+                                 f"{None if p.grad is None else p.grad.dtype}")
+            state = self.optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            for name, t in zip(("exp_avg", "exp_avg_sq", "step"), tensors[2:]):
+                if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+                    raise ValueError(f"optimizer: state {name!r} of parameter {i} must be a "
+                                     f"contiguous float32 CPU tensor, got {t.dtype}")
+            rows.append([t.data_ptr() for t in tensors] + [p.numel()])
+        # what the addresses point into, and what replacing them would change
+        self._keep = (self.optimizer.state, self.params[0].grad, rows)
+        return np.array(rows, np.int64)
+
+    def step(self, max_grad_norm: float) -> float:
+        keep = self._keep if self._table is not None else None
+        # load_state_dict replaces the state dict; zero_grad(set_to_none) or a new grad the
+        # first parameter's grad: then the addresses are taken again
+        if keep is None or keep[0] is not self.optimizer.state \
+                or keep[1] is not self.params[0].grad:
+            self._table = self._bind()
+        group = self.group
+        beta1, beta2 = group["betas"]
+        return _clip_adam(self._table, float(group["lr"]), float(beta1), float(beta2),
+                          float(group["eps"]), float(max_grad_norm))
