@@ -6,14 +6,15 @@ Times, in one process on the same inputs, the policy call (8 stacked-frame obser
 ``torch.inference_mode``) and the minibatch step's forward + backward (256 rows, the atari
 preset's minibatch) of ``fastppo.agent.Agent("nature_cnn", ...)`` for:
 
-* ``eager``: the default (contiguous NCHW tensors);
-* ``channels_last``: the module and inputs in ``torch.channels_last`` (oneDNN's preferred layout);
-* ``compile``: ``torch.compile`` of the call (Inductor's CPU backend; compile time excluded);
-* ``bf16``: ``torch.autocast("cpu", torch.bfloat16)``, only where the CPU has bf16 matrix
-  instructions (AVX512-BF16 or AMX, read from /proc/cpuinfo; skipped otherwise: emulated bf16
-  is slower than float32).
+* ``nchw``: eager, contiguous NCHW tensors (torch's default layout);
+* ``channels_last``: eager, module and inputs in ``torch.channels_last`` (oneDNN's preferred
+  layout; what ``Agent`` uses);
+* ``+compile``: ``torch.compile`` of the call (Inductor's CPU backend; compile time excluded);
+* ``channels_last+bf16``: ``torch.autocast("cpu", torch.bfloat16)``, only where the CPU has bf16
+  matrix instructions (AVX512-BF16 or AMX, read from /proc/cpuinfo; skipped otherwise: emulated
+  bf16 is slower than float32).
 
-Prints the best of ``--repeats`` timing rounds per row, in ms, beside eager.
+Prints the best of ``--repeats`` timing rounds per row, in ms, beside ``nchw``.
 """
 
 from __future__ import annotations
@@ -63,32 +64,37 @@ def main() -> None:
     obs256 = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8)
 
     def variant(name):
-        agent = Agent("nature_cnn", (4, 84, 84), 6, continuous=False)
-        a8, a256 = obs8, obs256
-        if name == "channels_last":
-            agent = agent.to(memory_format=torch.channels_last)
-            a8 = a8.contiguous(memory_format=torch.channels_last)
-            a256 = a256.contiguous(memory_format=torch.channels_last)
-        forward = torch.compile(agent) if name == "compile" else agent
-        autocast = torch.autocast("cpu", torch.bfloat16, enabled=name == "bf16")
+        agent = Agent("nature_cnn", (4, 84, 84), 6, continuous=False)  # channels_last
+        if name.startswith("nchw"):
+            agent = agent.to(memory_format=torch.contiguous_format)
+
+            def forward(obs):  # Agent.forward without its channels_last input
+                h = agent.body(obs.float() * agent.scale)
+                return (agent.actor(h),), agent.critic(h).squeeze(-1)
+        else:
+            forward = agent
+        if name.endswith("compile"):
+            forward = torch.compile(forward)
+        autocast = torch.autocast("cpu", torch.bfloat16, enabled=name.endswith("bf16"))
 
         def act():
             with torch.inference_mode(), autocast:
-                forward(a8)
+                forward(obs8)
 
         def learn():
             with autocast:
-                (logits,), value = forward(a256)
+                (logits,), value = forward(obs256)
                 loss = logits.float().logsumexp(-1).mean() + value.float().square().mean()
             agent.zero_grad(set_to_none=True)
             loss.backward()
 
         return act, learn
 
-    names = ["eager", "channels_last", "compile"] + (["bf16"] if bf16 else [])
+    names = ["nchw", "channels_last", "nchw+compile", "channels_last+compile"] + (
+        ["channels_last+bf16"] if bf16 else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 matrix "
           f"instructions: {'yes' if bf16 else 'no (bf16 row skipped)'}")
-    print("| variant | act, 8 obs (ms) | vs eager | fwd+bwd, 256 rows (ms) | vs eager |")
+    print("| variant | act, 8 obs (ms) | vs nchw | fwd+bwd, 256 rows (ms) | vs nchw |")
     print("|---|---:|---:|---:|---:|")
     base = None
     for name in names:

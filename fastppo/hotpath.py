@@ -120,24 +120,21 @@ class MinibatchStep:
         self._numba, self._advantages = None, (None, None)
         if numba:
             from fastppo.kernels.mlp_step_numba import MLPLossStep
-
             from fastppo.kernels.optim_numba import ClipAdam
 
             self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
                                       activation=_activation(agent),
                                       log_std=agent.log_std if agent.continuous else None,
                                       max_rows=config.minibatch_size)
-            self._clip_adam = ClipAdam(optimizer)
-        self._grads = self._grads_torch
-        self._apply = self._clip_and_step
-        if compiled and not numba:
-            cuda = self.params[0].device.type == "cuda"
-            mode = "reduce-overhead" if cuda else None
-            self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
-            self._apply = torch.compile(self._clip_and_step, fullgraph=False, mode=mode)
-        if numba:
+            clip_adam = ClipAdam(optimizer)
             self._grads = self._grads_numba
-            self._apply = lambda: self._clip_adam.step(self.max_grad_norm)
+            self._apply = lambda: clip_adam.step(self.max_grad_norm)
+        else:
+            self._grads, self._apply = self._grads_torch, self._clip_and_step
+            if compiled:
+                mode = "reduce-overhead" if self.params[0].device.type == "cuda" else None
+                self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
+                self._apply = torch.compile(self._clip_and_step, mode=mode)
 
     def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """The rollout the next minibatches come from (NumPy views kept for the Numba path)."""

@@ -98,7 +98,7 @@ class ClipAdam:
         for key, want in (("weight_decay", 0), ("amsgrad", False), ("maximize", False)):
             if group.get(key, want) != want:
                 raise ValueError(f"optimizer: expected {key}={want!r}, got {group[key]!r}")
-        self.optimizer, self.group = optimizer, group
+        self.optimizer = optimizer
         self.params = list(group["params"])
         for i, p in enumerate(self.params):
             if p.device.type != "cpu" or p.dtype != torch.float32 or not p.is_contiguous():
@@ -136,7 +136,7 @@ class ClipAdam:
         if keep is None or keep[0] is not self.optimizer.state \
                 or keep[1] is not self.params[0].grad:
             self._table = self._bind()
-        group = self.group
+        group = self.optimizer.param_groups[0]  # load_state_dict replaces the group
         beta1, beta2 = group["betas"]
         return _clip_adam(self._table, float(group["lr"]), float(beta1), float(beta2),
                           float(group["eps"]), float(max_grad_norm))

@@ -60,7 +60,9 @@ def test_state_is_torch_s_own_and_survives_load_state_dict():
         _set_grads(other, 1.0, k)  # new grad tensors each step: taken again
         fused.step(0.5)
     saved = copy.deepcopy(opt.state_dict())
-    opt.load_state_dict(saved)  # a resumed run: new state tensors
+    opt.load_state_dict(saved)  # a resumed run: new state tensors and a new param group
+    for o, lr in ((ref, 1e-3), (opt, 1e-3)):  # the loop anneals the new group's lr
+        o.param_groups[0]["lr"].fill_(lr)
     _set_grads(agent, 1.0, 9)
     _set_grads(other, 1.0, 9)
     torch.nn.utils.clip_grad_norm_(list(agent.parameters()), 0.5)

@@ -24,7 +24,7 @@ TINY = {
 
 
 def _config(env_id, **kw):
-    return make_config(env_id, tensorboard=False, checkpoint_every=1, **{**TINY[env_id], "policy_kernel": "torch", **kw})
+    return make_config(env_id, tensorboard=False, checkpoint_every=1, **{**TINY[env_id], **kw})
 
 
 def _without_timing(rows):
@@ -47,13 +47,15 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     del c
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "HalfCheetah-v4"])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id):
-    full = train(_config(env_id), tmp_path / "full", progress=False)
-    part = train(_config(env_id), tmp_path / "part", stop_after_updates=2, progress=False)
+@pytest.mark.parametrize("env_id, policy_kernel", [
+    ("CartPole-v1", "numba"), ("HalfCheetah-v4", "numba"), ("HalfCheetah-v4", "torch")])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id, policy_kernel):
+    config = _config(env_id, policy_kernel=policy_kernel)
+    full = train(config, tmp_path / "full", progress=False)
+    part = train(config, tmp_path / "part", stop_after_updates=2, progress=False)
     assert part["stopped_by"] == "stop_after_updates" and part["updates"] == 2
     assert load_latest_checkpoint(tmp_path / "part")["update"] == 2
-    resumed = train(_config(env_id), tmp_path / "part", resume=True, progress=False)
+    resumed = train(config, tmp_path / "part", resume=True, progress=False)
     assert resumed["updates"] == full["updates"] == 4
     assert resumed["global_step"] == full["global_step"]
     for (name, p), q in zip(full["trainer"].agent.named_parameters(),
