@@ -56,7 +56,7 @@ ROWS = {
     "pong": ("Pong-v5", 6, 1),
     "cartpole": ("CartPole-v1", 20, 3),
 }
-DEFAULT_VARIANTS = ("default", "compile=off", "async_envs=off")
+DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch", "policy_kernel=torch,compile=on")
 RECENT_EPISODES = 10
 
 

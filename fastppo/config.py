@@ -77,8 +77,8 @@ class PPOConfig:
                                       "(numba for MLPs on the CPU, torch otherwise)",
                               choices=POLICY_KERNELS)
     compile: str = _opt("auto", "torch.compile the policy call and the minibatch step (CUDA "
-                                "graphs on CUDA): on, off, or auto (on for CUDA)",
-                        choices=SWITCHES)
+                                "graphs on CUDA): on, off, or auto (on for CUDA and for the "
+                                "CNN)", choices=SWITCHES)
     async_envs: str = _opt("auto", "step two halves of the envs alternately, overlapping env "
                                    "stepping with inference: on, off, or auto (on with 2 or more "
                                    "envs, except for a CNN on the CPU)", choices=SWITCHES)

@@ -193,6 +193,14 @@ class RunningMeanStd:
         self._count[0] = float(state["count"])
 
 
+def _unchanged(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``x`` itself, or copied into ``out`` when given."""
+    if out is None:
+        return x
+    out[...] = x
+    return out
+
+
 class RunningNorm:
     """Observation normalization and reward scaling (as gymnasium's NormalizeObservation and
     NormalizeReward, which CleanRL's MuJoCo PPO uses), clipped to +-clip_obs / +-clip_reward.
@@ -220,10 +228,7 @@ class RunningNorm:
     def observation(self, obs: np.ndarray, update: bool, out: np.ndarray | None = None):
         """The normalized observation (float32; written into ``out`` when given)."""
         if not self.norm_obs:
-            if out is None:
-                return obs
-            out[...] = obs
-            return out
+            return _unchanged(obs, out)
         if out is None:
             out = np.empty(obs.shape, np.float32)
         rms, rows = self.obs_rms, obs.reshape(obs.shape[0], -1)
@@ -243,10 +248,7 @@ class RunningNorm:
         """Scale ``reward`` of valid (non-reset) steps of the envs ``envs``; ``done`` ends the
         discounted return."""
         if not self.norm_reward:
-            if out is None:
-                return reward
-            out[...] = reward
-            return out
+            return _unchanged(reward, out)
         if out is None:
             out = np.empty(reward.shape, np.float32)
         returns = self.discounted_return[envs]
@@ -390,11 +392,8 @@ class VecEnv:
         # A game ends at real termination (Atari: not merely a lost life) or truncation.
         game_over = (info["terminated"].astype(bool) | truncated) if self.atari else done
         episodes = self.tracker.step(raw_reward, game_over, valid, envs)
-        if self.update_stats:
-            reward = self.norm.reward(reward, done, valid, envs, reward_out)
-        elif reward_out is not None:
-            reward_out[...] = reward
-            reward = reward_out
+        reward = self.norm.reward(reward, done, valid, envs, reward_out) if self.update_stats \
+            else _unchanged(reward, reward_out)
         np.logical_not(done, out=self.valid[envs])
         return Step(self.norm.observation(obs, self.update_stats, obs_out), reward, terminated,
                     truncated, episodes)

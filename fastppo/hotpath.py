@@ -45,8 +45,12 @@ def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> b
 
 
 def use_compile(config: PPOConfig, device: torch.device) -> bool:
-    """Whether ``torch.compile`` builds the torch paths (``--compile``; auto: on for CUDA)."""
-    return config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+    """Whether ``torch.compile`` builds the torch paths (``--compile``). Auto: on for CUDA, and
+    for the CNN on the CPU, where it measured faster end to end (bench/e2e.py); off for MLPs on
+    the CPU, whose compiled calls cost more than eager ones (the Numba kernels serve them)."""
+    if config.compile == "auto":
+        return device.type == "cuda" or config.network == "nature_cnn"
+    return config.compile == "on"
 
 
 def use_async_envs(config: PPOConfig, device: torch.device) -> bool:

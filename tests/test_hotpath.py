@@ -140,3 +140,35 @@ def test_async_envs_auto_rule():
     assert use_async_envs(make_config("Pong-v5"), cuda)
     assert use_async_envs(make_config("Pong-v5", async_envs="on"), cpu)
     assert not use_async_envs(make_config("CartPole-v1", async_envs="off"), cpu)
+
+
+def test_compile_auto_rule():
+    from fastppo.hotpath import use_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_compile(make_config("CartPole-v1"), cpu)  # the Numba kernels serve MLPs
+    assert use_compile(make_config("CartPole-v1"), cuda)
+    assert use_compile(make_config("Pong-v5"), cpu)  # the CNN: measured faster compiled
+    assert not use_compile(make_config("Pong-v5", compile="off"), cpu)
+
+
+@pytest.mark.parametrize("policy_kernel", ["numba", "torch"])
+def test_minibatches_of_reset_steps_only_are_skipped(policy_kernel):
+    """A minibatch whose rows all carry weight 0 teaches nothing: no step is taken (the fused
+    loss would refuse all-zero weights), and the parameters stay as they were."""
+    trainer = _trainer(policy_kernel=policy_kernel)
+    trainer.collect_rollout()
+    trainer.buffer.valid.zero_()
+    before = [p.clone() for p in trainer.agent.parameters()]
+    calls = []
+
+    class Counting(type(trainer.step)):
+        def __call__(self, *args):
+            calls.append(1)
+            return super().__call__(*args)
+
+    trainer.step.__class__ = Counting
+    metrics = trainer.update_policy(*trainer.compute_advantages())
+    assert calls == [] and np.isnan(metrics["losses/policy_loss"])
+    assert all(torch.equal(p, q) for p, q in zip(before, trainer.agent.parameters()))
+    trainer.envs.close()
