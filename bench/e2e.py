@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
           + "); seconds are means per steady update; return = mean of the last "
           f"{RECENT_EPISODES} finished episodes (n/a: none finished); eager inference = the "
           "policy call alone, fastppo inference = rollout - env; eager env = inside env.step, fastppo "
-          "env = blocked waiting for the envs (with async_envs their stepping overlaps "
+          "env = inside EnvPool's send and recv (with async_envs their stepping overlaps "
           "inference).")
     if any(w == 0 for _, _, w in plan):
         notes.append("--warmup 0: the first update (JIT compilation, first-call allocations) is "

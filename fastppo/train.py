@@ -202,7 +202,8 @@ class Trainer:
                 self.act(slot)
                 env_actions = envs.env_action(buf.host_actions(slot),  # sync on CUDA
                                               out=actions_log[t, slot.envs])
-                envs.send(part, env_actions)
+                with self.watch("env"):
+                    envs.send(part, env_actions)
             self.global_step += self.config.num_envs * self.ctx.world_size if t < T else 0
         self.env_actions.append(actions_log)
 
