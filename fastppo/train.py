@@ -1,10 +1,13 @@
 """The PPO training loop: EnvPool rollout -> GAE -> shuffled minibatches -> fused PPO loss -> Adam.
 
 Reads top to bottom like CleanRL's ``ppo_atari_envpool.py``; ``train(config, run_dir)`` is the
-whole run. Host-device sync points are marked ``# sync``: one per env step (actions to numpy),
-one per update (the statistics), and one per epoch only when ``target_kl`` is set. Nothing inside
-the minibatch loop reads a tensor on the host: losses, statistics and non-finite flags accumulate
-as tensors.
+whole run. The two hot paths, the policy call and the minibatch step, are built once per run in
+``hotpath.py`` (Numba kernels, eager torch or torch.compile); the seams for data-parallel runs
+(gradient all-reduce, cross-rank advantage normalization) sit around them. Host-device sync
+points are marked ``# sync``: one per env step (actions to numpy), one per epoch (which
+minibatches carry weight; a single process skips those of reset steps only), one per update (the
+statistics), and one more per epoch only when ``target_kl`` is set. Nothing inside the minibatch
+loop reads a tensor on the host: losses, statistics and non-finite flags accumulate as tensors.
 
 Resume: a checkpoint holds the model, optimizer, normalization statistics, episode trackers,
 RNG states, counters, the carried observation/done flag, and the log of actions the environments
