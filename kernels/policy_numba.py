@@ -5,8 +5,8 @@
     action, logprob, value = kernel.act(obs)          # obs: numpy (N, obs_dim) float32
 
 At RL's per-env-step shapes (1-64 rows of a small observation) torch's ``Agent.act`` costs its
-per-op dispatch (about 15 ops, 130-300 us); the arithmetic is about 11k multiply-adds a row.
-One jitted call here does all of it: optional observation normalization, the actor MLP, the
+per-op dispatch (about 15 ops), far more than the arithmetic (about 11k multiply-adds a row
+for the HalfCheetah MLP). One jitted call here does all of it: optional observation normalization, the actor MLP, the
 critic MLP, sampling, the log-prob and the value.
 
 Math (per row; weights as ``nn.Linear`` holds them, ``y = W x + b``):
@@ -43,8 +43,8 @@ Host side: ``MLPPolicyKernel.__init__`` validates the layers once and keeps zero
 of the torch parameters (so an optimizer updating them in place is seen by the next call) plus
 one int64 *parameter table* holding their addresses and shapes. The kernel rebuilds array
 views from the table (``numba.carray``), so any depth and widths are one compiled
-specialization, and a call unboxes 9 arrays instead of one per parameter (a tuple of 12 weight
-arrays alone costs about 1.7 us to pass). The table points into the views the object holds,
+specialization, and a call unboxes 9 arrays instead of one per parameter (unboxing each array
+argument costs about as much as a small layer). The table points into the views the object holds,
 which keep the memory alive; rebinding a parameter's storage (``p.data = ...``) is not seen:
 make a new kernel then. The per-call checks read metadata only.
 
@@ -54,10 +54,8 @@ element loaded once for the four rows); rows go in tiles of four, the last N % 4
 ``fastmath`` (reassociation and contraction) is on those two loops only, so LLVM sums them in
 SIMD lanes; everything else keeps IEEE order. Hidden tanh is ``tanh32``, branch-free float32
 arithmetic that vectorizes (within 2.2 ulp). The kernel runs on the calling thread (no
-``prange``: at these sizes a fork/join costs more than the work). Measured on the 2-core dev
-machine, 1 Numba thread, HalfCheetah MLP (17-64-64-6 / 17-64-64-1, tanh, Gaussian), a call
-from Python including its checks: about 5 us for 1 row, 14 us for 8, 85 us for 64 (torch
-``Agent.act``: 85-150 us at each of those sizes).
+``prange``: at these sizes a fork/join costs more than the work). Timings beside
+``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
 """
 
 from __future__ import annotations
@@ -175,7 +173,8 @@ def _dense(w, b, x, y):
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _dense_tile(w, b, x, y):
     """``_dense`` for the TILE (= 4) rows of x (4, >= in) into y (4, >= out): each weight
-    element is loaded once for the four rows (1.3-1.9x faster than four ``_dense`` calls)."""
+    element is loaded once for the four rows, which measured faster than four ``_dense``
+    calls)."""
     n_in = w.shape[1]
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     for j in range(w.shape[0]):
@@ -195,7 +194,7 @@ def _dense_tile(w, b, x, y):
 
 
 # tanh of a float32, branch-free so the activation loop vectorizes (libm's tanhf is one call
-# per element: 3 us of a HalfCheetah row's 5). |x| < 0.4: the Taylor series to x^13 (the
+# per element, which dominated a HalfCheetah row's time). |x| < 0.4: the Taylor series to x^13 (the
 # first omitted term, 929569 x^15 / 638512875, is below 4e-9 relative there); otherwise
 # (1 - e) / (1 + e) with e = exp(-2|x|) from ``exp32`` (e <= 0.45, so the cancellation in
 # 1 - e at most doubles exp32's 1.2e-7 relative error), the sign restored. Measured within
