@@ -85,7 +85,7 @@ class Agent(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self._features(obs)).squeeze(-1)
 
-    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None,
+    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, *,
             deterministic: bool = False):
         """Sample (or take the mode of) the policy: returns action, its log-prob, V(obs).
 
@@ -94,6 +94,9 @@ class Agent(nn.Module):
         (0, 1) for the categorical, ``action = min{a : cdf(a) > u}`` (inverse CDF). Plain tensor
         math, no ``torch.distributions`` (whose argument checks are host syncs on CUDA).
         """
+        if isinstance(noise, bool):
+            raise TypeError("noise: expected a tensor or None, got a bool (pass deterministic= "
+                            "by keyword)")
         dist, value = self(obs)
         if self.continuous:
             mean, log_std = dist

@@ -1,7 +1,8 @@
 """EnvPool environments for training and evaluation.
 
-``VecEnv`` wraps one ``envpool.make(..., env_type="gymnasium")`` batch and adds what PPO needs
-around it, all vectorized in numpy (no Python loop over envs):
+``VecEnv`` wraps ``envpool.make(..., env_type="gymnasium")`` batches (one, or two halves stepped
+alternately) and adds what PPO needs around them, each a compiled call (``env_kernels``; no
+Python loop over envs):
 
 * ``RunningNorm``: observation normalization and reward scaling with running statistics
   (the MuJoCo preset), both clipped; its state goes into checkpoints.
@@ -11,8 +12,8 @@ around it, all vectorized in numpy (no Python loop over envs):
 * Actions of continuous policies are clipped to the action space before they reach the env.
 
 EnvPool resets with next-step autoreset (DESIGN.md): after a done step, the next ``step`` ignores
-its action and returns the reset observation with reward 0. ``VecEnv.step`` reports those reset
-steps as ``valid = False`` so the tracker and the reward scaler skip them.
+its action and returns the reset observation with reward 0. ``VecEnv`` keeps those reset steps
+as ``valid = False`` so the tracker and the reward scaler skip them.
 """
 
 from __future__ import annotations

@@ -57,6 +57,34 @@ def test_deterministic_categorical_is_argmax():
     obs = torch.randn(16, 4)
     (logits,), _ = agent(obs)
     assert torch.equal(agent.act(obs, deterministic=True)[0], logits.argmax(-1))
+    with pytest.raises(TypeError, match="noise"):
+        agent.act(obs, True)  # deterministic is keyword-only
+
+
+def test_given_noise_drives_the_sample():
+    """act(obs, noise): the Gaussian action is mean + std * noise, the categorical one the
+    inverse CDF at the uniform, and the same noise gives the same actions."""
+    torch.manual_seed(0)
+    gauss = Agent("mlp", (17,), 6, continuous=True)
+    obs = torch.randn(32, 17)
+    z = gauss.noise((32,))
+    assert z.shape == (32, 6)
+    (mean, log_std), _ = gauss(obs)
+    action, logp, _ = gauss.act(obs, z)
+    torch.testing.assert_close(action, mean + log_std.exp() * z)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
+    cat = Agent("mlp", (4,), 3, continuous=False)
+    obs = torch.randn(64, 4)
+    u = cat.noise((64,))
+    assert u.shape == (64,) and bool(((u >= 0) & (u < 1)).all())
+    (logits,), _ = cat(obs)
+    cdf = torch.softmax(logits.double(), -1).cumsum(-1)
+    expected = (cdf < u.double()[:, None]).sum(-1).clamp_max(2)
+    action, logp, _ = cat.act(obs, u)
+    assert torch.equal(action, expected) and torch.equal(cat.act(obs, u)[0], action)
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1).gather(
+        1, action[:, None]).squeeze(1))
 
 
 def test_make_agent_follows_spaces():
