@@ -128,7 +128,7 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 300.0) -> Dis
     # existing process group that destroy_process_group cannot drop (torch 2.13); gloo's threads
     # then outlive shutdown() and can abort the process at interpreter exit (SIGABRT, "terminate
     # called without an active exception"). Imported before the group exists, it takes none.
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo as _dynamo  # noqa: F401 (binds no local ``torch``)
     try:
         dist.init_process_group(
             backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank,
