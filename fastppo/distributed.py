@@ -311,8 +311,7 @@ def kl_early_stop(approx_kl: Tensor, weight: Tensor, target_kl: float | None,
 class Moments:
     """Weighted count, mean and sum of squared deviations (``m2``) along the batch dimension.
 
-    ``var = m2 / count`` (population, what running normalizers keep) and
-    ``unbiased_var = m2 / (count - 1)``.
+    ``var = m2 / count`` (population, what running normalizers keep).
     """
 
     count: Tensor
@@ -322,10 +321,6 @@ class Moments:
     @property
     def var(self) -> Tensor:
         return self.m2 / self.count
-
-    @property
-    def unbiased_var(self) -> Tensor:
-        return self.m2 / (self.count - 1)
 
 
 def local_moments(x: Tensor, weight: Tensor | None = None) -> Moments:
@@ -389,14 +384,20 @@ def global_moments(x: Tensor, ctx: DistContext, weight: Tensor | None = None) ->
 
 def normalize_advantages(advantages: Tensor, weight: Tensor | None, ctx: DistContext,
                          eps: float = 1e-8) -> Tensor:
-    """``(adv - mean) / (std + eps)`` with the weighted mean and unbiased std over all ranks' rows.
+    """``(adv - mean) / scale`` with the weighted mean and std over all ranks' rows.
 
-    ``std^2 = sum w (adv - mean)^2 / (sum w - 1)``, the estimator ``ppo_loss`` uses, so calling
+    The rule ``ppo_loss`` follows: with ``n`` the number of positive-weight rows of all ranks,
+    ``scale = sqrt(m2 / sum(w) * n / (n - 1)) + eps`` when ``n >= 2``, else 1, so calling
     ``ppo_loss(normalized, ..., normalize_advantages=False)`` on every rank gives the loss of the
     union minibatch normalized as one.
     """
     m = global_moments(advantages, ctx, weight)
-    return (advantages - m.mean) / (m.unbiased_var.sqrt() + eps)
+    positive = advantages.new_full((), advantages.shape[0]) if weight is None else \
+        (weight > 0).sum().to(advantages.dtype)
+    n = allreduce_sum(positive, ctx)
+    var = m.m2 / m.count * n / (n - 1)
+    scale = torch.where(n >= 2, var.sqrt() + eps, torch.ones_like(var))
+    return (advantages - m.mean) / scale
 
 
 def broadcast_object(obj, ctx: DistContext, src: int = 0):

@@ -715,7 +715,7 @@ class MLPLossStep:
             raise IndexError(f"actions: expected values in [0, {self.out_dim}), got "
                              f"actions[{j}] = {int(data[1][j])}")
         if err == _NEGATIVE_WEIGHT:
-            j = int(idx[data[6][idx] < 0][0])
+            j = int(idx[~(data[6][idx] >= 0)][0])
             raise ValueError(f"weights: expected nonnegative values, got weights[{j}] = "
                              f"{float(data[6][j])}")
         raise RuntimeError(f"MLPLossStep: kernel error code {err}")

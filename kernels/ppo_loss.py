@@ -8,7 +8,8 @@ Math (CleanRL's PPO loss; means are weighted means over rows with weights ``w``,
 
     ratio    = exp(logp - old_logp)
     adv      = (adv - mean(adv)) / (std(adv) + 1e-8)        if normalize_advantages,
-               std**2 = sum(w (adv - mean)^2) / (sum(w) - 1)
+               std**2 = sum(w (adv - mean)^2) / sum(w) * n / (n - 1), n = #{rows: w > 0}
+               (adv - mean(adv)) unscaled when n < 2
     pg_loss  = mean(max(-adv ratio, -adv clamp(ratio, 1 - clip, 1 + clip)))
     v_loss   = 0.5 mean(max((v - R)^2, (old_v + clamp(v - old_v, -clip, clip) - R)^2))
                (0.5 mean((v - R)^2) without clip_vloss)

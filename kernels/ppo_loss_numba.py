@@ -8,7 +8,8 @@ only the log-prob/entropy loops differ.
 Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
 makes one pass over the (B,) rows for the weight sum, the advantage mean and the value checks
 (bad action, negative weight, all-zero weights: returned as an error code and raised here, so
-they cost no extra pass) and a second for the unbiased weighted variance; ``*_forward_rows``
+they cost no extra pass) and a second for the weighted variance (sample size: the
+positive-weight rows); ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
 loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
 loss terms and weighted sums of the six statistics (float64 accumulators; for the categorical
@@ -210,30 +211,34 @@ _BAD_ACTION, _NEGATIVE_WEIGHT, _ZERO_WEIGHTS = 1, 2, 3
 def _advantage_stats(actions, num_actions, rows, flags, stats):
     """Write adv_mean, adv_scale, weight_sum into stats[6:9]; return 0 or an error code.
 
-    Two passes over the rows: weight sum, weighted mean, value checks; then the unbiased
-    weighted variance. ``num_actions = 0`` skips the action check (Gaussian policy)."""
+    Two passes over the rows: weight sum, weighted mean, positive-weight count, value checks;
+    then the weighted variance with that count as the sample size (ppo_loss_torch's rule).
+    ``num_actions = 0`` skips the action check (Gaussian policy)."""
     adv, w = rows[1], rows[5]
     has_w, normalize = flags[0], flags[2]
     wsum = 0.0
     wadv = 0.0
+    positive = 0
     for i in range(adv.shape[0]):
         wi = w[i] if has_w else 1.0
-        if wi < 0:
+        if not wi >= 0:  # negative or NaN
             return _NEGATIVE_WEIGHT
         if num_actions > 0 and (actions[i] < 0 or actions[i] >= num_actions):
             return _BAD_ACTION
         wsum += wi
         wadv += wi * adv[i]
-    if wsum <= 0:
+        positive += wi > 0
+    if positive == 0:
         return _ZERO_WEIGHTS
     mean = wadv / wsum
     scale = 1.0
     if normalize:
-        sq = 0.0
-        for i in range(adv.shape[0]):
-            wi = w[i] if has_w else 1.0
-            sq += wi * (adv[i] - mean) * (adv[i] - mean)
-        scale = math.sqrt(sq / (wsum - 1.0)) + 1e-8
+        if positive >= 2:
+            sq = 0.0
+            for i in range(adv.shape[0]):
+                wi = w[i] if has_w else 1.0
+                sq += wi * (adv[i] - mean) * (adv[i] - mean)
+            scale = math.sqrt(sq / wsum * positive / (positive - 1.0)) + 1e-8
     else:
         mean = 0.0
     stats[6] = mean
@@ -630,7 +635,7 @@ def _raise(err, num_actions):
     if err == _BAD_ACTION:
         raise IndexError(f"actions: expected values in [0, {num_actions}), got one outside")
     if err == _NEGATIVE_WEIGHT:
-        raise ValueError("weights: expected nonnegative values, got a negative weight")
+        raise ValueError("weights: expected nonnegative values, got a negative or NaN weight")
     raise ValueError("weights: expected at least one positive weight, got all zeros")
 
 

@@ -60,12 +60,13 @@ def _check_values(actions, num_actions, weights):
             )
     if weights is not None:
         if weights.device.type == "cpu":
-            if (weights < 0).any():
-                raise ValueError("weights: expected nonnegative values, got a negative weight")
+            if not (weights >= 0).all():
+                raise ValueError("weights: expected nonnegative values, got a negative or NaN "
+                                 "weight")
             if not (weights > 0).any():
                 raise ValueError("weights: expected at least one positive weight, got all zeros")
         else:
-            torch._assert_async((weights >= 0).all(), "weights: negative weight")
+            torch._assert_async((weights >= 0).all(), "weights: negative or NaN weight")
             torch._assert_async((weights > 0).any(), "weights: all weights are zero")
 
 
@@ -78,7 +79,11 @@ def _max_weights(x, y):
 
 
 def _normalized_advantages(advantages, weights, normalize):
-    """Return (adv, adv_mean, adv_scale, weight_sum) with adv = (adv - mean) / scale."""
+    """Return (adv, adv_mean, adv_scale, weight_sum) with adv = (adv - mean) / scale.
+
+    ``n`` rows with positive weight count as the sample size: ``scale = sqrt(var) + 1e-8`` with
+    ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` when ``n >= 2``, else ``scale = 1``.
+    """
     zero = advantages.new_zeros(())
     wsum = weights.sum() if weights is not None else advantages.new_full((), advantages.shape[0])
     if not normalize:
@@ -86,7 +91,9 @@ def _normalized_advantages(advantages, weights, normalize):
     mean = _wmean(advantages, weights, wsum)
     centered = advantages - mean
     sq = centered * centered if weights is None else weights * centered * centered
-    scale = torch.sqrt(sq.sum() / (wsum - 1)) + 1e-8
+    n = (weights > 0).sum().to(advantages.dtype) if weights is not None else wsum
+    var = sq.sum() / wsum * n / (n - 1)
+    scale = torch.where(n >= 2, torch.sqrt(var) + 1e-8, zero + 1)
     return centered / scale, mean, scale, wsum
 
 

@@ -30,13 +30,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.i
 
 def _head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
           clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
-    """CleanRL's loss from composite ops; weighted means as in DESIGN.md."""
+    """CleanRL's loss from composite ops; weighted means as in DESIGN.md. Advantages are
+    normalized with the n positive-weight rows as the sample size (no scaling when n < 2)."""
     w = torch.ones_like(values) if weights is None else weights
     mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
     adv = advantages
     if normalize_advantages:
         centered = adv - mean(adv)
-        adv = centered / (torch.sqrt((w * centered**2).sum() / (w.sum() - 1)) + 1e-8)
+        n = int((w > 0).sum())
+        if n >= 2:
+            adv = centered / (torch.sqrt(mean(centered**2) * n / (n - 1)) + 1e-8)
+        else:
+            adv = centered
     logratio = logp - old_logprobs
     ratio = logratio.exp()
     pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
@@ -198,6 +203,30 @@ def test_numba_thread_pool_path_matches_oracle(policy, dtype):
                                         weights=rest[5], backend="numba", **kw)
     assert inputs[0].numel() >= 1 << 18
     _check(loss, stats, torch.autograd.grad(loss, inputs), expected, dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("weights", [
+    [1 / 6] * 6, [0.1] * 6, [0.0, 0.0, 2.5, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, 0.0, 0.7, 0.0],
+    [0.5], None,
+], ids=["sixths", "tenths", "one-positive", "two-positive", "one-row", "unweighted"])
+def test_advantage_normalization_counts_positive_rows(backend, weights):
+    """The sample size of the advantage std is the number of positive-weight rows: scaling all
+    weights changes nothing, and fewer than 2 such rows centre without scaling (no NaN)."""
+    batch = 6 if weights is None else len(weights)
+    logits, actions, *rest = categorical_inputs(batch, 3, torch.float64, weighted=False, seed=3)
+    rest[5] = None if weights is None else torch.tensor(weights, dtype=torch.float64)
+    kw = dict(COEFS, clip_vloss=True, normalize_advantages=True)
+    expected = oracle_categorical(logits, actions, *rest, **kw)
+    logits.requires_grad_()
+    loss, stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5], backend=backend, **kw)
+    grads = torch.autograd.grad(loss, [logits])
+    assert torch.isfinite(loss) and torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[0], expected[2][0], **_tol(torch.float64))
+    if weights is not None and len(set(weights)) == 1 and batch > 1:  # same as unit weights
+        unit, _ = ppo_loss(logits, actions, *rest[:5], weights=None, backend=backend, **kw)
+        torch.testing.assert_close(loss, unit, **_tol(torch.float64))
+        assert grads[0].abs().max() > 1e-3  # the policy gradient is not zeroed
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
@@ -368,6 +397,7 @@ def _call(backend="auto", **changes):
     (dict(clip_coef=-0.1), ValueError, "clip_coef"),
     (dict(weights=torch.tensor([1.0, -0.5, 1.0, 1.0])), ValueError, "weights"),
     (dict(weights=torch.zeros(4)), ValueError, "weights"),
+    (dict(weights=torch.tensor([1.0, math.nan, 1.0, 1.0])), ValueError, "weights"),
     (dict(weights=torch.ones(3)), ValueError, "weights"),
     (dict(returns=torch.zeros(4, device="meta")), ValueError, "returns"),
     (dict(advantages=[0.0] * 4), TypeError, "advantages"),
