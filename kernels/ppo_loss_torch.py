@@ -163,8 +163,9 @@ def forward_categorical(logits, actions, old_logprobs, advantages, values, old_v
     lse = torch.logsumexp(z, dim=1)
     log_p = z - lse[:, None]
     p = torch.exp(log_p)
-    # p log p with p = 0 (a -inf logit) counts as 0, as in torch.distributions.Categorical.
-    entropy = -torch.where(p > 0, p * log_p, 0).sum(dim=1)
+    # p log p with p = 0 (a -inf logit) counts as 0, as in torch.distributions.Categorical;
+    # a NaN logit makes the row's entropy NaN, as on the other backends.
+    entropy = -torch.where(p == 0, 0, p * log_p).sum(dim=1)
     logp = z.gather(1, actions[:, None].long())[:, 0] - lse
     loss, stats = _head_forward(logp, entropy, old_logprobs, advantages, values, old_values,
                                 returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
@@ -186,7 +187,7 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
         clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
     d_entropy = d_entropy * torch.ones_like(d_logp)
     d_z = -d_logp[:, None] * p - d_entropy[:, None] * torch.where(
-        p > 0, p * (log_p + entropy[:, None]), 0)
+        p == 0, 0, p * (log_p + entropy[:, None]))
     d_z.scatter_add_(1, idx, d_logp[:, None])
     return d_z.to(logits.dtype), d_values
 

@@ -64,7 +64,7 @@ def oracle_categorical(logits, actions, *rest, **kw):
     logits = logits.detach().double().requires_grad_()
     rest = [None if t is None else t.detach().double() for t in rest]
     rest[2].requires_grad_()  # values
-    dist = Categorical(logits=logits)
+    dist = Categorical(logits=logits, validate_args=False)  # NaN logits are a test case
     loss, stats = _head(dist.log_prob(actions), dist.entropy(), *rest, **kw)
     return loss.detach(), stats, torch.autograd.grad(loss, [logits, rest[2]])
 
@@ -311,6 +311,19 @@ def test_huge_logits_and_wide_action_space_are_finite(backend):
     assert torch.isfinite(loss) and torch.isfinite(d_logits).all()
     assert all(torch.isfinite(s) for s in stats.values())
     torch.testing.assert_close(loss.double(), expected[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_nan_logit_makes_the_policy_statistics_nan(backend):
+    """A NaN logit poisons its row's log-prob and entropy on every backend (never a finite
+    entropy hiding it); statistics that do not read the logits stay exact."""
+    logits, actions, *rest = categorical_inputs(5, 3, torch.float32, weighted=False)
+    logits[1, 2] = math.nan
+    expected = oracle_categorical(logits, actions, *rest, **COEFS)
+    loss, stats = ppo_loss(logits, actions, *rest[:5], backend=backend, **COEFS)
+    assert math.isnan(loss) and math.isnan(stats["entropy"]) and math.isnan(stats["pg_loss"])
+    assert math.isnan(expected[1]["entropy"])
+    torch.testing.assert_close(stats["v_loss"].double(), expected[1]["v_loss"], **_tol(torch.float32))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
