@@ -71,6 +71,16 @@ def _cast(dtype, *tensors):
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
+def _row_major(grads):
+    """Gradients as every backend's custom op promises them (and the fakes describe them):
+    contiguous, whatever the layout of the policy outputs (a no-op when already contiguous)."""
+    return tuple(g.contiguous() for g in grads)
+
+
+def _empty_row_major(x):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 # ----------------------------------------------------------------------------- implementations
 # One forward and one backward per policy type, shared by the custom ops (what torch.compile
 # sees) and by the eager autograd.Functions below.
@@ -90,9 +100,10 @@ def _categorical_backward(grad_loss, logits, actions, old_logprobs, advantages, 
                           ent_coef, clip_vloss, normalize_advantages, backend):
     data = _cast(_compute_dtype(logits), old_logprobs, advantages, old_values, returns, weights)
     old_logprobs, advantages, old_values, returns, weights = data
-    return _impl(backend).backward_categorical(
+    grads = _impl(backend).backward_categorical(
         grad_loss, logits, actions, old_logprobs, advantages, values, old_values, returns,
         weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
+    return _row_major(grads)
 
 
 def _gaussian_forward(mean, log_std, actions, old_logprobs, advantages, values, old_values,
@@ -112,9 +123,10 @@ def _gaussian_backward(grad_loss, mean, log_std, actions, old_logprobs, advantag
     data = _cast(_compute_dtype(mean), actions, old_logprobs, advantages, old_values, returns,
                  weights)
     actions, old_logprobs, advantages, old_values, returns, weights = data
-    return _impl(backend).backward_gaussian(
+    grads = _impl(backend).backward_gaussian(
         grad_loss, mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
         weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
+    return _row_major(grads)
 
 
 # ----------------------------------------------------------------------------- categorical ops
@@ -156,7 +168,7 @@ def _categorical_bwd(
 def _(grad_loss, logits, actions, old_logprobs, advantages, values, old_values, returns,
       weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages,
       backend):
-    return torch.empty_like(logits), torch.empty_like(values)
+    return _empty_row_major(logits), _empty_row_major(values)
 
 
 def _categorical_setup(ctx, inputs, output):
@@ -213,8 +225,7 @@ def _gaussian_bwd(
 def _(grad_loss, mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
       weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages,
       backend):
-    d_log_std = torch.empty_like(log_std, memory_format=torch.contiguous_format)
-    return torch.empty_like(mean), d_log_std, torch.empty_like(values)
+    return _empty_row_major(mean), _empty_row_major(log_std), _empty_row_major(values)
 
 
 def _gaussian_setup(ctx, inputs, output):

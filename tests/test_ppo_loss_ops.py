@@ -7,7 +7,8 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
-from fastppo.kernels.ppo_loss import _categorical_fwd, _gaussian_fwd
+from fastppo.kernels.ppo_loss import _categorical_bwd, _categorical_fwd, _gaussian_bwd, \
+    _gaussian_fwd
 
 from test_ppo_loss import categorical_inputs, gaussian_inputs
 
@@ -31,6 +32,27 @@ def test_opcheck_gaussian(backend):
     log_std = log_std.expand(7, 3).detach().requires_grad_()
     rest[2].requires_grad_()
     torch.library.opcheck(_gaussian_fwd, (mean, log_std, actions, *rest, *SCALARS, backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_backward_ops_return_row_major_gradients_for_column_major_inputs(backend):
+    """The backward ops' fakes promise contiguous gradients; every backend must deliver them
+    for column-major policy outputs too (what torch.compile plans its strides with)."""
+    logits, actions, *rest = categorical_inputs(7, 5, torch.float64, weighted=True)
+    logits = logits.t().contiguous().t()  # column-major
+    loss, stats, row_stats = _categorical_fwd(logits, actions, *rest, *SCALARS, backend)
+    args = (torch.ones(()), logits, actions, *rest, stats, row_stats, *SCALARS, backend)
+    d_logits, _ = _categorical_bwd(*args)
+    assert d_logits.is_contiguous()
+    torch.library.opcheck(_categorical_bwd, args)
+    mean, log_std, actions, *rest = gaussian_inputs(7, 3, torch.float64, weighted=True)
+    mean = mean.t().contiguous().t()
+    log_std = log_std.expand(7, 3)
+    loss, stats, row_stats = _gaussian_fwd(mean, log_std, actions, *rest, *SCALARS, backend)
+    args = (torch.ones(()), mean, log_std, actions, *rest, stats, row_stats, *SCALARS, backend)
+    d_mean, d_log_std, _ = _gaussian_bwd(*args)
+    assert d_mean.is_contiguous() and d_log_std.is_contiguous()
+    torch.library.opcheck(_gaussian_bwd, args)
 
 
 def test_custom_op_and_eager_path_agree():
