@@ -22,6 +22,10 @@ the survivors fail at their next collective (torchrun also tears the job down as
 worker exits non-zero); a rank that hangs makes the others fail after ``timeout_s``; a rendezvous
 that cannot complete fails after about ``timeout_s`` (twice that for a rank that cannot reach the
 store). All of these raise :class:`DistributedError` with a message naming the rank and cause.
+NCCL runs collectives asynchronously, so a failure would otherwise surface in its watchdog
+thread (which kills the process) or at a later sync; :data:`NCCL_ENVIRONMENT` makes every NCCL
+collective wait on the host, bounded by ``timeout_s``, so the error is raised inside the
+collective like gloo's (the price: the host waits for each collective, once per minibatch).
 With world size 1 every helper is a no-op that costs nothing.
 """
 
@@ -39,6 +43,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+# Set (unless the user set them) before an NCCL process group is created: a blocking, bounded
+# wait in the calling thread, so a dead or hung peer raises in ``_collective``; the watchdog
+# cleans up the communicator without killing the process (2 = CleanUpOnly).
+NCCL_ENVIRONMENT = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 
 class DistributedError(RuntimeError):
@@ -123,6 +132,8 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 300.0) -> Dis
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        for name, value in NCCL_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     # torch._dynamo (imported lazily, e.g. by the first optimizer step) takes references to an
     # existing process group that destroy_process_group cannot drop (torch 2.13); gloo's threads
