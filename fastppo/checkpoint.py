@@ -10,10 +10,14 @@ POSIX), and the directory is ``fsync``-ed so the rename itself is durable. A pro
 moment leaves either the previous checkpoints untouched or the new one complete; never a
 half-written ``ckpt_*.pt``. Older checkpoints are deleted only after the new one is durable.
 
-Loading uses ``torch.load(weights_only=True)``: only tensors and plain containers are rebuilt, so a
-crafted file whose pickle would import or call arbitrary code is rejected with
-:class:`UnsafeCheckpointError` and nothing in it runs. A newest file that is merely unreadable
-(truncated, corrupted) is skipped with a warning and the previous good checkpoint is loaded.
+Loading first checks the file's integrity: ``torch.save`` writes a zip archive whose members
+(the pickle and each tensor's bytes) carry a CRC-32, which ``torch.load`` never verifies, so a
+file with flipped bytes would load as silently wrong weights; every member's CRC is checked
+(:meth:`zipfile.ZipFile.testzip`) and a mismatch raises :class:`CorruptCheckpointError`. Then
+``torch.load(weights_only=True)`` rebuilds only tensors and plain containers, so a crafted file
+whose pickle would import or call arbitrary code is rejected with :class:`UnsafeCheckpointError`
+and nothing in it runs. A newest file that is merely unreadable (truncated, corrupted) is skipped
+with a warning and the previous good checkpoint is loaded.
 
 The run directory has a single writer (the training process); the helpers are not meant for
 several processes saving into the same run at once.
@@ -48,6 +52,14 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds objects other than tensors and plain containers (possibly code)."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's bytes differ from what was written (a zip member fails its CRC-32)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"checkpoint {path} is corrupted: {reason}")
+        self.reason = reason
+
+
 def _checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """All ``(step, path)`` of finished checkpoints of ``run_dir``, oldest first."""
     directory = Path(run_dir) / CHECKPOINT_DIR
@@ -56,7 +68,10 @@ def _checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     found = []
     for path in directory.iterdir():
         match = _NAME.match(path.name)
-        if match and path.is_file():
+        if match:
+            if not path.is_file():
+                raise CheckpointError(f"{path} is named like a checkpoint but is not a file; "
+                                      "move it out of the checkpoints directory")
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -65,6 +80,18 @@ def _first_line(err: BaseException) -> str:
     """First line of an exception message (torch's are long)."""
     text = str(err)
     return text.splitlines()[0] if text else ""
+
+
+def _refusal(err: BaseException) -> str:
+    """What ``weights_only`` refused, without torch's advice to retry with
+    ``weights_only=False`` or to allowlist the global (both would run the file's code)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0]
+        return reason.split(". ", 1)[0].rstrip(".")
+    line = _first_line(err)
+    return "" if "weights_only" in line or "can still be loaded" in line else line
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -96,6 +123,9 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     directory = Path(run_dir) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"ckpt_{step:012d}.pt"
+    if final.exists() and not final.is_file():
+        raise CheckpointError(f"{final} is named like a checkpoint but is not a file; move it "
+                              "out of the checkpoints directory")
 
     fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".pt", dir=directory)
     tmp = Path(tmp_name)
@@ -147,24 +177,44 @@ def _is_complete_pickle(path: Path) -> bool:
         return False
 
 
+def check_integrity(path: str | os.PathLike) -> None:
+    """Raise :class:`CorruptCheckpointError` when a member of the zip archive at ``path`` (what
+    ``torch.save`` writes) fails its CRC-32 or the archive cannot be read. Files that are not
+    zip archives are left to ``torch.load``."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # noqa: BLE001 - a damaged archive fails in many ways
+        raise CorruptCheckpointError(path, f"its zip archive cannot be read "
+                                           f"({type(err).__name__}: {_first_line(err)})") from None
+    if bad is not None:
+        raise CorruptCheckpointError(path, f"member {bad} fails its CRC-32 check")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load one checkpoint file on the CPU, rebuilding only tensors and plain containers.
 
-    Raises :class:`UnsafeCheckpointError` when the file is a complete pickle that asks to rebuild
-    anything else (a crafted pickle is refused before any of its code runs). Damaged files raise
-    whatever torch raises for them.
+    Raises :class:`CorruptCheckpointError` when the file's zip members fail their CRC-32 and
+    :class:`UnsafeCheckpointError` when the file is a complete pickle that asks to rebuild
+    anything else (a crafted pickle is refused before any of its code runs). Other damaged files
+    raise whatever torch raises for them.
     """
     path = Path(path)
+    check_integrity(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not _is_complete_pickle(path):
             raise
+        reason = _refusal(err)
         raise UnsafeCheckpointError(
             f"refusing to load checkpoint {path}: it contains objects other than tensors and "
-            f"plain containers, which could run code when unpickled ({type(err).__name__}: "
-            f"{_first_line(err)})"
-        ) from err
+            f"plain containers, which could run code when unpickled"
+            + (f" ({reason})" if reason else "")
+        ) from None
     if not isinstance(state, dict):
         raise UnsafeCheckpointError(
             f"checkpoint {path} holds a {type(state).__name__}, expected a dict"
@@ -175,27 +225,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def load_latest_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     """Load the newest readable checkpoint of ``run_dir``; ``None`` if it has no checkpoint.
 
-    An unreadable newest file (truncated, corrupted, not a pickle) is skipped with a warning and
-    the previous one is tried. An unsafe file is never skipped: :class:`UnsafeCheckpointError` is
-    raised, since silently resuming from an older checkpoint would hide tampering. If checkpoints
-    exist but none can be read, :class:`CheckpointError` is raised.
+    An unreadable newest file (truncated, corrupted: a CRC mismatch, not a pickle) is skipped
+    with a warning and the previous one is tried. An unsafe file is never skipped:
+    :class:`UnsafeCheckpointError` is raised, since silently resuming from an older checkpoint
+    would hide tampering. If checkpoints exist but none can be read, :class:`CheckpointError` is
+    raised.
     """
+    found = latest_checkpoint(run_dir, stacklevel=3)
+    return None if found is None else found[1]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike, stacklevel: int = 2) -> tuple[Path, dict] | None:
+    """``(path, state)`` of the newest readable checkpoint, as :func:`load_latest_checkpoint`
+    chooses it (same warnings and errors); ``None`` if the run has no checkpoint."""
     found = _checkpoints(run_dir)
     if not found:
         return None
     failures = []
     for _, path in reversed(found):
         try:
-            return load_checkpoint(path)
+            return path, load_checkpoint(path)
         except UnsafeCheckpointError:
             raise
         except Exception as err:  # noqa: BLE001 - any read failure means "try the previous one"
+            reason = f"corrupted: {err.reason}" if isinstance(err, CorruptCheckpointError) \
+                else type(err).__name__
             failures.append(f"{path.name}: {type(err).__name__}: {_first_line(err)}")
             warnings.warn(
-                f"checkpoint {path} is unreadable ({type(err).__name__}); "
-                "falling back to the previous one",
+                f"checkpoint {path} is unreadable ({reason}); falling back to the previous one",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
     directory = Path(run_dir) / CHECKPOINT_DIR
     raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(failures))

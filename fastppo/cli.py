@@ -10,7 +10,8 @@
 Every ``PPOConfig`` field is an option of ``train`` (``--num-envs``, ``--learning-rate``, ...);
 options left out take the preset's value. Settings that cannot work (unknown env id, a batch that
 does not split into minibatches, a preset that does not fit the env, an unusable run directory)
-fail before any environment is made or any step is taken.
+fail before any environment is made or any step is taken, as one line naming the option or file;
+what needs no environment (option values) is checked first, before torch or EnvPool is imported.
 
 Under ``torchrun`` every process is one data-parallel rank (``fastppo.distributed``); all ranks
 resolve the same config, rank 0 alone names and checks a new run directory and tells the others.
@@ -20,17 +21,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from .config import PRESET_SETTINGS, PRESETS, PPOConfig, make_config
+from . import __version__
+from .config import PRESET_SETTINGS, PRESETS, RESUME_OVERRIDES, PPOConfig, check_settings, \
+    make_config, read_run_config
 
-# Settings a resumed run may change; everything else must stay as the run was started.
-RESUME_OVERRIDES = {"total_timesteps", "kernels", "device", "checkpoint_every", "torch_threads",
-                    "tensorboard", "dist_timeout"}
+# What resuming reads of a checkpoint (``Trainer.state_dict``).
+RESUME_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_step", "update",
+               "recent_returns", "env_actions")
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
 def _option_type(field: dataclasses.Field):
@@ -69,6 +74,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastppo", description="PPO on EnvPool environments with compiled kernels.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy", description=(
@@ -84,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="new or empty directory for this run's config, metrics and "
                             "checkpoints (default: runs/<env>__<preset>__<seed>__<time>)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                       help="continue the run in DIR from its latest checkpoint")
+                       help="continue the run in DIR from its latest checkpoint (a run stopped "
+                            "before its first checkpoint starts over from step 0)")
     train.add_argument("--fresh-envs", action="store_true",
                        help="with --resume: reset the environments instead of replaying the "
                             "run's env actions (fast for long runs; cuts running episodes, so "
@@ -94,86 +101,164 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(train)
 
     ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
-    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                    help="run directory (holds config.json and checkpoints/)")
     ev.add_argument("--episodes", type=int, default=10, help="full episodes to play (default 10)")
     ev.add_argument("--deterministic", action="store_true",
                     help="take the policy's mode (argmax / mean) instead of sampling")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                    help="device for the policy (default cpu)")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="device for the policy (default auto: cuda if available, else cpu)")
 
     plot = sub.add_parser("plot", help="plot episodic return of runs against steps and time")
-    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                      help="run directories whose metrics.jsonl to draw (one colour each)")
     plot.add_argument("-o", "--output", type=Path, default=Path("curve.png"),
-                      help="image file to write (default curve.png)")
+                      help="image file to write; its suffix picks the format (png, pdf, svg, "
+                           "...; default curve.png)")
     return parser
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-dir: {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise ValueError(f"--run-dir: {run_dir} already holds files; continue that run with "
-                         f"--resume {run_dir} or choose a new directory")
-    parent = run_dir if run_dir.is_dir() else next(
-        (p for p in run_dir.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--run-dir: cannot create or write {run_dir} ({parent} is not "
-                         "writable)")
+    """Create ``run_dir`` (new or empty) and make sure a file can be written in it."""
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"--run-dir: expected a directory, but {run_dir} exists and is not "
+                             "a directory")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f"--run-dir: {run_dir} already holds files; continue that run with "
+                             f"--resume {run_dir} or choose a new directory")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ValueError(f"--run-dir: cannot create or write {run_dir} "
+                         f"({err.strerror or type(err).__name__})") from None
 
 
-def _resolve_train(args: argparse.Namespace) -> tuple[PPOConfig, Path | None, bool]:
-    """The run's config, directory and whether it resumes; ValueError for anything unusable.
+_OPTION_FIELDS = {f.name for f in dataclasses.fields(PPOConfig)} - {"env_id"}
 
-    A new run's directory is checked and named later by :func:`_new_run_dir` (on rank 0 only);
-    here it is ``args.run_dir`` (None for the default name).
-    """
-    from .checkpoint import latest_checkpoint_path
-    from .envs import check_env_id, check_spaces, env_spaces
 
-    fields = {f.name for f in dataclasses.fields(PPOConfig)}
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in fields and k not in ("env_id", "preset")}
-    if args.fresh_envs and args.resume is None:
-        raise ValueError("--fresh-envs: only meaningful with --resume DIR")
-    if args.resume is not None:
-        run_dir = args.resume
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise ValueError(f"--resume: {run_dir} has no config.json; not a fastppo run")
-        if latest_checkpoint_path(run_dir) is None:
-            raise ValueError(f"--resume: {run_dir} has no checkpoint to resume from")
-        if args.run_dir is not None and args.run_dir != run_dir:
-            raise ValueError("--run-dir: a resumed run stays in its directory (--resume DIR)")
-        saved = json.loads(config_path.read_text())
-        if args.env_id is not None and args.env_id != saved["env_id"]:
-            raise ValueError(f"ENV_ID: {run_dir} trains {saved['env_id']}, not {args.env_id}")
-        if args.preset is not None and args.preset != saved["preset"]:
-            raise ValueError(f"--preset: {run_dir} uses preset {saved['preset']!r}")
-        fixed = sorted(k for k, v in overrides.items()
-                       if k not in RESUME_OVERRIDES and v != saved.get(k))
-        if fixed:
-            raise ValueError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in fixed)} "
-                             f"cannot change when resuming; only "
-                             f"{', '.join(sorted(RESUME_OVERRIDES))} can")
-        saved.update(overrides)
-        config = PPOConfig.from_dict(saved)
-        config.validate()
-        return config, run_dir, True
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    if args.env_id is None:
-        raise ValueError("ENV_ID: expected an EnvPool task id (or --resume DIR)")
-    check_env_id(args.env_id)
-    config = make_config(args.env_id, args.preset, **overrides)
-    check_spaces(config, *env_spaces(config.env_id))
+
+def _as_option_error(err: ValueError) -> ValueError:
+    """A config error ``name: ...`` as ``--name: ...`` when ``name`` is an option of train."""
+    name, sep, rest = str(err).partition(": ")
+    return ValueError(f"{_option(name)}: {rest}" if sep and name in _OPTION_FIELDS else str(err))
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What ``train`` will do: the config, the run directory (None: the default name, chosen
+    later), and for a resumed run the checkpoint it continues from (None: it starts over)."""
+
+    config: PPOConfig
+    run_dir: Path | None
+    resume: bool = False
+    checkpoint: Path | None = None
+    state: dict | None = None
+
+
+def _check_engine(config: PPOConfig) -> None:
+    """``--device`` and ``--kernels`` are usable on this machine (imports torch)."""
     from fastppo.kernels._backend import resolve_backend
 
     from .train import resolve_device
 
     try:
-        resolve_backend(config.kernels, resolve_device(config.device))
+        device = resolve_device(config.device)
+    except ValueError:
+        raise ValueError(f"--device: expected auto or cpu (torch sees no CUDA device here), got "
+                         f"{config.device!r}") from None
+    try:
+        resolve_backend(config.kernels, device)
     except ValueError as err:
         raise ValueError(f"--kernels: {err}") from None
-    return config, args.run_dir, False
+
+
+def _resolve_train(args: argparse.Namespace) -> _Plan:
+    """What ``train`` will do; ValueError (one line, naming the option or file) for anything
+    unusable. Option values are checked first, before torch or EnvPool is imported.
+
+    A new run's directory is checked and named later by :func:`_new_run_dir` (on rank 0 only);
+    here it is ``args.run_dir`` (None for the default name).
+    """
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in _OPTION_FIELDS and k != "preset"}
+    if args.fresh_envs and args.resume is None:
+        raise ValueError("--fresh-envs: only meaningful with --resume DIR")
+    try:
+        check_settings(overrides)
+    except ValueError as err:
+        raise _as_option_error(err) from None
+    if args.resume is not None:
+        return _resolve_resume(args, overrides)
+
+    if args.env_id is None:
+        raise ValueError("ENV_ID: expected an EnvPool task id (or --resume DIR)")
+    if args.preset is not None:  # every setting is known without EnvPool: check them all now
+        try:
+            make_config(args.env_id, args.preset, **overrides)
+        except ValueError as err:
+            raise _as_option_error(err) from None
+    from .envs import check_env_id, check_spaces, env_spaces
+
+    check_env_id(args.env_id)
+    try:
+        config = make_config(args.env_id, args.preset, **overrides)
+    except ValueError as err:
+        raise _as_option_error(err) from None
+    try:
+        check_spaces(config, *env_spaces(config.env_id))
+    except ValueError as err:
+        raise _as_option_error(err) from None
+    _check_engine(config)
+    return _Plan(config, args.run_dir)
+
+
+def _resolve_resume(args: argparse.Namespace, overrides: dict) -> _Plan:
+    from .checkpoint import CheckpointError, latest_checkpoint
+
+    run_dir = args.resume
+    if args.run_dir is not None and args.run_dir != run_dir:
+        raise ValueError(f"--run-dir: a resumed run stays in its directory {run_dir} "
+                         f"(--resume DIR), got --run-dir {args.run_dir}")
+    try:
+        saved = read_run_config(run_dir)
+    except ValueError as err:
+        raise ValueError(f"--resume: {err}") from None
+    if args.env_id is not None and args.env_id != saved.env_id:
+        raise ValueError(f"ENV_ID: {run_dir} trains {saved.env_id}, not {args.env_id}")
+    if args.preset is not None and args.preset != saved.preset:
+        raise ValueError(f"--preset: {run_dir} uses preset {saved.preset!r}, not "
+                         f"{args.preset!r}")
+    fixed = sorted(k for k, v in overrides.items()
+                   if k not in RESUME_OVERRIDES and v != getattr(saved, k))
+    if fixed:
+        has = ", ".join(f"{k}={getattr(saved, k)!r}" for k in fixed)
+        raise ValueError(f"--resume: {', '.join(_option(k) for k in fixed)} cannot change when "
+                         f"resuming (the run has {has}); only "
+                         f"{', '.join(sorted(RESUME_OVERRIDES))} can")
+    try:
+        config = PPOConfig.from_dict({**saved.to_dict(), **overrides})
+    except ValueError as err:
+        raise _as_option_error(err) from None
+    plan = _Plan(config, run_dir, resume=True)
+    try:
+        found = latest_checkpoint(run_dir)
+    except CheckpointError as err:
+        raise ValueError(f"--resume: {err}") from None
+    if found is not None:
+        from .evaluate import check_checkpoint
+
+        plan.checkpoint, plan.state = found
+        try:
+            check_checkpoint(saved, plan.checkpoint, plan.state, RESUME_KEYS)
+        except ValueError as err:
+            raise ValueError(f"--resume: {err}") from None
+    _check_engine(config)
+    return plan
 
 
 def _new_run_dir(config: PPOConfig, run_dir: Path | None) -> Path:
@@ -207,18 +292,19 @@ class UsageError(Exception):
 
 
 def _train(args) -> int:
+    try:
+        plan = _resolve_train(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    config, run_dir = plan.config, plan.run_dir
     from .distributed import init_distributed, shutdown
     from .train import NonFiniteError, train
 
     try:
-        config, run_dir, resume = _resolve_train(args)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    try:
         ctx = init_distributed(config.device, config.dist_timeout)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if not resume:
+    if not plan.resume:
         try:
             run_dir = _agreed_run_dir(config, run_dir, ctx)
         except ValueError as err:
@@ -229,6 +315,12 @@ def _train(args) -> int:
     else:
         print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
               file=sys.stderr)
+        if plan.resume and plan.state is None:
+            print(f"fastppo: {run_dir} has no checkpoint (the run stopped before its first "
+                  "one); starting it over from step 0", file=sys.stderr)
+        elif plan.resume:
+            print(f"fastppo: resuming from global step {plan.state['global_step']} (update "
+                  f"{plan.state['update']}, {plan.checkpoint.name})", file=sys.stderr)
         if ctx.distributed:
             batch = config.batch_size
             print(f"fastppo: {ctx.world_size} ranks x {config.num_envs} envs = "
@@ -236,8 +328,8 @@ def _train(args) -> int:
                   f"global batch {ctx.world_size * batch}; {config.updates_for(ctx.world_size)} "
                   f"updates for {config.total_timesteps} global steps", file=sys.stderr)
     try:
-        summary = train(config, run_dir, resume=resume, fresh_envs=args.fresh_envs,
-                        progress=args.progress, ctx=ctx)
+        summary = train(config, run_dir, resume=plan.resume, fresh_envs=args.fresh_envs,
+                        progress=args.progress, ctx=ctx, state=plan.state)
     except NonFiniteError as err:
         print(f"fastppo: {err}", file=sys.stderr)
         shutdown(ctx)
@@ -255,28 +347,54 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate
-
     if args.episodes < 1:
         raise UsageError(f"--episodes: expected a positive integer, got {args.episodes}")
-    try:
-        from .evaluate import load_run
+    from .checkpoint import CheckpointError
+    from .evaluate import evaluate, open_run
+    from .train import resolve_device
 
-        load_run(args.run_dir)
-    except ValueError as err:
+    try:
+        resolve_device(args.device)
+    except ValueError:
+        raise UsageError(f"--device: expected auto or cpu (torch sees no CUDA device here), "
+                         f"got {args.device!r}") from None
+    try:
+        run = open_run(args.run_dir)
+        result = evaluate(args.run_dir, args.episodes, args.deterministic, args.device, run=run)
+    except (ValueError, CheckpointError) as err:
         raise UsageError(str(err)) from None
-    result = evaluate(args.run_dir, args.episodes, args.deterministic, args.device)
-    print(f"{result['episodes']} episodes: return {result['mean_return']:.2f} ± "
+    except OSError as err:
+        raise UsageError(f"RUN_DIR: cannot write {args.run_dir / 'eval.json'} "
+                         f"({err.strerror or type(err).__name__})") from None
+    n = result["episodes"]
+    print(f"{n} episode{'' if n == 1 else 's'}: return {result['mean_return']:.2f} ± "
           f"{result['std_return']:.2f}  (written to {args.run_dir / 'eval.json'})")
     return 0
 
 
 def _plot(args) -> int:
-    from .plot import plot_runs
+    from .plot import check_output, plot_runs
 
-    plot_runs(list(args.run_dirs), args.output)
+    try:
+        check_output(args.output, "-o")
+        plot_runs(list(args.run_dirs), args.output)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"-o: cannot write {args.output} "
+                         f"({err.strerror or type(err).__name__})") from None
     print(f"wrote {args.output}")
     return 0
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """fastppo's own warnings as one line; others as Python shows them."""
+    if os.path.realpath(filename).startswith(_PACKAGE_DIR + os.sep):
+        return f"fastppo: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +410,11 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"train": _train, "eval": _eval, "plot": _plot}[args.command]
+    previous, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return command(args)
     except UsageError as err:
-        parser.exit(2, f"fastppo {args.command}: error: {err}\n")
+        text = " ".join(str(err).split("\n"))
+        parser.exit(2, f"fastppo {args.command}: error: {text}\n")
+    finally:
+        warnings.formatwarning = previous

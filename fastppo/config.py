@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
+import numbers
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PRESETS = ("classic", "mujoco", "atari")
 KERNELS = ("auto", "torch", "numba", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 POLICY_KERNELS = ("auto", "torch", "numba")
 SWITCHES = ("auto", "on", "off")
+NETWORKS = ("mlp", "nature_cnn")
+MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
+# Settings a resumed run may change; everything else must stay as the run was started.
+RESUME_OVERRIDES = frozenset({"total_timesteps", "kernels", "device", "checkpoint_every",
+                              "torch_threads", "tensorboard", "dist_timeout"})
 
 
 def _opt(default, help: str, **kw):
@@ -66,7 +75,7 @@ class PPOConfig:
     clip_obs: float = _opt(10.0, "clip normalized observations to +-this")
     clip_reward: float = _opt(10.0, "clip scaled rewards to +-this")
     # network
-    network: str = _opt("mlp", "policy network: mlp or nature_cnn", choices=("mlp", "nature_cnn"))
+    network: str = _opt("mlp", "policy network: mlp or nature_cnn", choices=NETWORKS)
     hidden_size: int = _opt(64, "width of the two hidden layers of the MLPs")
     # engine
     kernels: str = _opt("auto", "fused-op backend: auto, torch, numba or triton", choices=KERNELS)
@@ -108,14 +117,19 @@ class PPOConfig:
         down to whole global rollouts of world_size * batch_size steps (at least 1)."""
         return max(1, self.total_timesteps // (world_size * self.batch_size))
 
+    def __post_init__(self) -> None:
+        """Check every setting at construction (ValueError naming the field)."""
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ValueError naming the setting when the run cannot work; checks no environment."""
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset: expected one of {PRESETS}, got {self.preset!r}")
-        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs",
-                     "total_timesteps", "hidden_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        """Raise ValueError naming the setting when the run cannot work; checks no environment.
+
+        Types are checked first (a bool is not an integer, a string is not a number), then each
+        setting's range (float settings must be finite), then the settings that depend on each
+        other. Integral and real numbers (numpy's too) are stored as Python ints and floats.
+        """
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_setting(f.name, getattr(self, f.name)))
         if self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches: the batch of num_envs * num_steps = {self.num_envs} * "
@@ -125,37 +139,135 @@ class PPOConfig:
         if self.minibatch_size < 2:
             raise ValueError(f"num_minibatches: minibatches of {self.minibatch_size} transition "
                              "cannot normalize advantages; use fewer minibatches")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: expected a value in [0, 1], got {getattr(self, name)}")
-        for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
-                     "dist_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
-        for name in ("ent_coef", "vf_coef", "torch_threads", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected a nonnegative number, got {getattr(self, name)}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"target_kl: expected a positive number or None, got {self.target_kl}")
-        if self.kernels not in KERNELS:
-            raise ValueError(f"kernels: expected one of {KERNELS}, got {self.kernels!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
-        for name, choices in (("policy_kernel", POLICY_KERNELS), ("compile", SWITCHES),
-                              ("async_envs", SWITCHES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PPOConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """The config of ``data`` (e.g. a run's config.json), which must name every setting."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected an object of settings, got {_json_kind(data)}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}")
+        missing = [name for name in known if name not in data]
+        if missing:
+            raise ValueError(f"config: missing settings {missing}")
         return cls(**data)
+
+
+_POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
+                  "hidden_size")
+_NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
+_UNIT_INTERVAL = ("gamma", "gae_lambda")
+_POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
+                    "dist_timeout", "target_kl")
+_NONNEGATIVE_FLOATS = ("ent_coef", "vf_coef")
+_CHOICES = {"preset": PRESETS, "kernels": KERNELS, "device": DEVICES,
+            "policy_kernel": POLICY_KERNELS, "compile": SWITCHES, "async_envs": SWITCHES,
+            "network": NETWORKS}
+_KIND = {"int": "an integer", "float": "a number", "float | None": "a number or None",
+         "bool": "true or false", "str": "a string"}
+
+
+@functools.cache
+def _field_types() -> dict[str, str]:
+    return {f.name: f.type for f in dataclasses.fields(PPOConfig)}
+
+
+def _json_kind(value) -> str:
+    """How a value reads in a message: ``null``, ``a list``, ``'0.99' (a str)``, ..."""
+    if value is None:
+        return "null"
+    kind = type(value).__name__
+    kind = ("an " if kind[0] in "aeiou" else "a ") + kind
+    if isinstance(value, (dict, list, tuple)):
+        return kind
+    return f"{value!r} ({kind})"
+
+
+def check_setting(name: str, value):
+    """``value`` as the setting ``name`` stores it (ints as int, numbers as float); ValueError
+    naming the setting when its type or range is wrong. Checks this one setting only."""
+    kind = _field_types().get(name)
+    if kind is None:
+        raise ValueError(f"config: unknown setting {name!r}")
+    if kind == "float | None" and value is None:
+        return None
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"{name}: expected {_KIND[kind]}, got {_json_kind(value)}")
+    if kind == "int":
+        value = int(value)
+    elif kind.startswith("float"):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"{name}: expected one of {_CHOICES[name]}, got {value!r}")
+    if name == "env_id" and not value.strip():
+        raise ValueError("env_id: expected an EnvPool task id, got an empty string")
+    if name == "seed" and not 0 <= value < MAX_SEED:
+        raise ValueError(f"seed: expected an integer in [0, 2**30), got {value}")
+    if name in _POSITIVE_INTS and value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    if name in _NONNEGATIVE_INTS and value < 0:
+        raise ValueError(f"{name}: expected a nonnegative integer, got {value}")
+    if name in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
+    if name in _POSITIVE_FLOATS and not value > 0:
+        none = " or None" if kind == "float | None" else ""
+        raise ValueError(f"{name}: expected a positive number{none}, got {value}")
+    if name in _NONNEGATIVE_FLOATS and value < 0:
+        raise ValueError(f"{name}: expected a nonnegative number, got {value}")
+    return value
+
+
+def check_settings(settings: dict) -> None:
+    """Check each of ``settings`` on its own (no preset, no environment): the fast first check
+    of command-line options. The settings that depend on each other are checked by
+    :meth:`PPOConfig.validate` once the preset is known."""
+    for name, value in settings.items():
+        check_setting(name, value)
+
+
+def read_run_config(run_dir: str | Path) -> PPOConfig:
+    """The config in ``RUN_DIR/config.json``; ValueError naming the file when it is missing, not
+    JSON, not an object of settings, or holds a setting of the wrong type or range."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no config.json; not a fastppo run directory")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    try:
+        return PPOConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {str(err).removeprefix('config: ')}") from None
+
+
+def config_mismatch(config: PPOConfig, saved: dict) -> str | None:
+    """The first setting (other than :data:`RESUME_OVERRIDES`) where ``config`` differs from
+    the ``saved`` settings of a checkpoint, as ``"name is X but ... Y"``; None if they agree.
+    Settings the checkpoint does not record are not compared."""
+    for name, value in config.to_dict().items():
+        if name in RESUME_OVERRIDES or name not in saved:
+            continue
+        if saved[name] != value:
+            return f"{name} is {value!r} but the checkpoint was trained with {saved[name]!r}"
+    return None
 
 
 # Settings each preset changes from the dataclass defaults.
@@ -208,10 +320,10 @@ def make_config(env_id: str, preset: str | None = None, **overrides) -> PPOConfi
 
     ``overrides`` whose value is None are ignored, except ``target_kl`` which is optional.
     """
+    check_setting("env_id", env_id)
     if preset is None:
         preset = preset_for_env(env_id)
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
+    check_setting("preset", preset)
     settings = dict(PRESET_SETTINGS[preset])
     settings.update({k: v for k, v in overrides.items() if v is not None or k == "target_kl"})
     known = {f.name for f in dataclasses.fields(PPOConfig)}

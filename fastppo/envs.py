@@ -80,7 +80,8 @@ class _Pool:
         self._dtype = pool._spec._action_spec[self._action_at][0]
 
     def reset(self) -> np.ndarray:
-        return self.pool.reset()[0]
+        with _quiet_spaces():  # EnvPool's reset rebuilds the gymnasium observation space
+            return self.pool.reset()[0]
 
     def send(self, actions: np.ndarray) -> None:
         arrays = list(self._action)

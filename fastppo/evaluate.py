@@ -8,49 +8,128 @@ Each env contributes its first finished episode per round, so short episodes are
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .agent import make_agent
-from .checkpoint import load_latest_checkpoint
-from .config import PPOConfig
-from .envs import VecEnv
+from .agent import Agent, make_agent
+from .checkpoint import latest_checkpoint
+from .config import PPOConfig, config_mismatch, read_run_config
+from .envs import VecEnv, check_env_id, env_spaces
 from .train import resolve_device
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never replay the training envs' seeds
 MAX_EVAL_ENVS = 16
+EVAL_KEYS = ("config", "agent", "env", "global_step")  # what evaluation reads of a checkpoint
 
 
-def load_run(run_dir: Path) -> tuple[PPOConfig, dict]:
-    """The run's config and its latest checkpoint; ValueError naming RUN_DIR if missing."""
+@dataclass
+class LoadedRun:
+    """A run's config, its latest readable checkpoint (path and state) and the network with the
+    checkpoint's weights (on the CPU)."""
+
+    config: PPOConfig
+    path: Path
+    state: dict
+    agent: Agent
+
+
+def _kind(value) -> str:
+    name = type(value).__name__
+    return "None" if value is None else ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def check_checkpoint(config: PPOConfig, path: Path, state: dict,
+                     keys: tuple[str, ...] = EVAL_KEYS) -> Agent:
+    """The run's network with the weights of the checkpoint ``state`` (read from ``path``);
+    ValueError naming the file when the checkpoint lacks one of ``keys``, was trained with other
+    settings than ``config`` (the run's config.json), or its weights do not fit the network.
+    Makes no environment (EnvPool's spec gives the spaces)."""
+    path = Path(path)
+    config_file = path.parent.parent / "config.json"
+    missing = [key for key in keys if key not in state]
+    if missing:
+        held = sorted(str(key) for key in state)
+        raise ValueError(f"{path}: expected a fastppo checkpoint with {list(keys)}, but "
+                         f"{missing} are missing (it holds {held[:8]}"
+                         f"{' ...' if len(held) > 8 else ''})")
+    for key, kind in (("config", dict), ("agent", dict), ("env", dict), ("global_step", int)):
+        if key in keys and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise ValueError(f"{path}: expected {key!r} to be {_kind(kind())}, got "
+                             f"{_kind(state[key])}")
+    if "env" in keys and not isinstance(state["env"].get("norm"), dict):
+        raise ValueError(f"{path}: expected 'env' to hold the normalization state 'norm', got "
+                         f"{sorted(map(str, state['env']))}")
+    mismatch = config_mismatch(config, state["config"])
+    if mismatch:
+        raise ValueError(f"{config_file}: {mismatch} ({path.name}); config.json was edited or "
+                         "the checkpoint is from another run")
+    try:
+        check_env_id(config.env_id)
+    except ValueError as err:
+        raise ValueError(f"{config_file}: {err}") from None
+    agent = make_agent(config, *env_spaces(config.env_id))
+    try:
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+        if len(detail) > 200:
+            detail = detail[:200] + " ..."
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ValueError(f"{path}: its weights do not fit the network of {config_file} "
+                         f"({config.network}, hidden_size {config.hidden_size}): "
+                         f"{detail}{more}") from None
+    return agent
+
+
+def open_run(run_dir: str | Path) -> LoadedRun:
+    """The run's config and latest readable checkpoint, checked against each other; ValueError
+    naming RUN_DIR, its config.json or the checkpoint for anything unusable. Unreadable and
+    unsafe checkpoints raise :class:`~fastppo.checkpoint.CheckpointError`."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise ValueError(f"run_dir: {run_dir} has no config.json; is it a fastppo run directory?")
-    config = PPOConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    state = load_latest_checkpoint(run_dir)
-    if state is None:
-        raise ValueError(f"run_dir: {run_dir} has no checkpoint yet")
-    return config, state
+    try:
+        config = read_run_config(run_dir)
+    except ValueError as err:
+        raise ValueError(f"RUN_DIR: {err}") from None
+    found = latest_checkpoint(run_dir, stacklevel=3)
+    if found is None:
+        raise ValueError(f"RUN_DIR: {run_dir} has no checkpoint yet")
+    path, state = found
+    return LoadedRun(config, path, state, check_checkpoint(config, path, state))
+
+
+def load_run(run_dir: str | Path) -> tuple[PPOConfig, dict]:
+    """The run's config and its latest checkpoint, as :func:`open_run` checks them."""
+    run = open_run(run_dir)
+    return run.config, run.state
 
 
 def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = False,
-             device: str = "cpu") -> dict:
+             device: str = "auto", *, run: LoadedRun | None = None) -> dict:
     """Run ``episodes`` full episodes; write RUN_DIR/eval.json and return its content:
-    ``mean_return``, ``std_return``, ``episodes`` (the count), ``returns`` and ``lengths``."""
+    ``mean_return``, ``std_return``, ``episodes`` (the count), ``returns`` and ``lengths``.
+    ``run`` is the run as :func:`open_run` loaded it (loaded here when None)."""
     if episodes < 1:
         raise ValueError(f"episodes: expected a positive integer, got {episodes}")
     run_dir = Path(run_dir)
-    config, state = load_run(run_dir)
     dev = resolve_device(device)
+    if run is None:
+        run = open_run(run_dir)
+    config, state = run.config, run.state
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     num_envs = min(episodes, MAX_EVAL_ENVS)
     envs = VecEnv(config, num_envs, config.seed + EVAL_SEED_OFFSET, update_stats=False)
-    envs.norm.load_state_dict(state["env"]["norm"])
-    agent = make_agent(config, envs.observation_space, envs.action_space).to(dev)
-    agent.load_state_dict(state["agent"])
+    try:
+        envs.norm.load_state_dict(state["env"]["norm"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        envs.close()
+        raise ValueError(f"{run.path}: its normalization statistics do not fit {config.env_id} "
+                         f"({type(err).__name__}: {err})") from None
+    agent = run.agent.to(dev)
     agent.eval()
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
     results: list[tuple[float, int]] = []

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from rich.progress import (
@@ -39,29 +40,49 @@ METRICS_FILE = "metrics.jsonl"
 _RESERVED = ("global_step", "wall_time")
 
 
+def _record(line: str) -> dict | None:
+    """The JSON object of one line with a numeric ``global_step``; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or isinstance(record.get("global_step"), bool) \
+            or not isinstance(record.get("global_step"), (int, float)):
+        return None
+    return record
+
+
 def _parse(path: Path) -> tuple[list[dict], bool]:
-    """Records of a metrics file, and whether its last line lacks its newline (cut mid-write)."""
-    lines = path.read_text(encoding="utf-8").split("\n")
+    """Records of a metrics file, and whether it needs rewriting: its last line lacks its newline
+    (cut mid-write) or a line was skipped. A complete line that is not a JSON object with a
+    ``global_step`` (a damaged file) is skipped with a warning naming the file and line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     complete, last = lines[:-1], lines[-1]  # ``last`` is "" when the file ends with a newline
-    records = []
+    records, skipped = [], []
     for number, line in enumerate(complete, start=1):
         if not line.strip():
             continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from err
+        record = _record(line)
+        if record is None:
+            skipped.append(number)
+        else:
+            records.append(record)
+    if skipped:
+        which = f"line {skipped[0]}" if len(skipped) == 1 else \
+            f"{len(skipped)} lines (first: line {skipped[0]})"
+        warnings.warn(f"{path}: {which} is not a JSON metrics record; skipped", RuntimeWarning,
+                      stacklevel=3)
     if not last.strip():
-        return records, False
-    try:  # a last line without its newline was cut mid-write; keep it only if it is whole
-        records.append(json.loads(last))
-    except json.JSONDecodeError:
-        pass
+        return records, bool(skipped)
+    record = _record(last)  # a last line without its newline was cut mid-write; keep it if whole
+    if record is not None:
+        records.append(record)
     return records, True
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All records of ``RUN_DIR/metrics.jsonl`` in order, skipping a truncated last line."""
+    """All records of ``RUN_DIR/metrics.jsonl`` in order, skipping a truncated last line (and,
+    with a warning, damaged lines)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"run dir {run_dir} has no {METRICS_FILE}")
@@ -98,12 +119,15 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.start_step = int(start_step)
+        continued = (self.run_dir / METRICS_FILE).is_file()
         self._time_offset = self._resume_metrics(self.run_dir / METRICS_FILE, self.start_step)
         self._t0 = time.monotonic()
         self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._writer = None
         if tensorboard:
-            purge = {"purge_step": self.start_step + 1} if self.start_step > 0 else {}
+            # A continued run (resumed, or started over from step 0) hides the old events
+            # past its start step.
+            purge = {"purge_step": self.start_step + 1} if continued else {}
             self._writer = SummaryWriter(log_dir=str(self.run_dir), flush_secs=10, **purge)
         if progress is None:
             progress = sys.stdout.isatty()
@@ -128,16 +152,16 @@ class RunLogger:
         """Drop lines past ``start_step`` (atomically) and return the last kept ``wall_time``."""
         if not path.is_file():
             return 0.0
-        records, torn = _parse(path)
-        kept = [r for r in records if r.get("global_step", 0) <= start_step]
-        if torn or len(kept) != len(records):
+        records, rewrite = _parse(path)
+        kept = [r for r in records if r["global_step"] <= start_step]
+        if rewrite or len(kept) != len(records):
             fd, tmp = tempfile.mkstemp(prefix=".metrics_", dir=path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        times = [r["wall_time"] for r in kept if r.get("wall_time") is not None]
+        times = [r["wall_time"] for r in kept if isinstance(r.get("wall_time"), (int, float))]
         return max(times, default=0.0)
 
     def wall_time(self) -> float:

@@ -9,6 +9,7 @@ Agg backend), so no screen or pyplot state is needed.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,34 @@ from fastppo.logger import read_metrics
 RETURN = "charts/episodic_return"
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def supported_formats() -> list[str]:
+    """Image file suffixes (without the dot) the figure can be written as."""
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def check_output(out_path: str | os.PathLike, name: str = "out_path") -> None:
+    """ValueError naming ``name`` unless ``out_path`` ends in a supported image suffix and is
+    not a directory."""
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower().lstrip(".")
+    formats = supported_formats()
+    if suffix not in formats:
+        raise ValueError(f"{name}: expected an image file ending in "
+                         f"{', '.join('.' + f for f in formats)}; got {str(out_path)!r}")
+    if out_path.is_dir():
+        raise ValueError(f"{name}: expected an image file, got the directory {out_path}")
+
+
 def _episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(global_step, wall_time, return)`` of every finished episode of a run, in order."""
     rows = [
         (r["global_step"], r["wall_time"], r[RETURN])
         for r in read_metrics(run_dir)
-        if r.get(RETURN) is not None
+        if _number(r.get(RETURN)) and _number(r.get("wall_time"))
     ]
     if not rows:
         raise ValueError(f"run dir {run_dir} has no finished episodes in its metrics.jsonl")
@@ -43,13 +66,26 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_path: str | os.PathLike) ->
     """Draw the runs' episodic return vs steps and vs wall-clock into one image at ``out_path``.
 
     The smoothing window is a tenth of a run's episodes (at least 1, at most 100). The format
-    follows ``out_path``'s suffix (png, pdf, svg, ...). Raises ``FileNotFoundError`` for a run dir
-    without metrics.jsonl and ``ValueError`` for one without finished episodes (both name it).
+    follows ``out_path``'s suffix (png, pdf, svg, ...; another suffix is a ``ValueError``). A run
+    dir without metrics.jsonl or without a finished episode is skipped with a warning naming it;
+    ``ValueError`` (naming them) if no run dir is left to draw.
     """
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("plot_runs needs at least one run dir, got none")
-    runs = [(d, _episodes(d)) for d in run_dirs]
+    check_output(out_path)
+    runs, problems = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append((run_dir, _episodes(run_dir)))
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+            if len(run_dirs) > 1:
+                warnings.warn(f"{err}; skipping it", RuntimeWarning, stacklevel=2)
+    if not runs:
+        raise ValueError("; ".join(problems) if len(problems) == 1 else
+                         f"none of the {len(problems)} run dirs can be plotted: "
+                         + "; ".join(problems))
 
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     by_step, by_time = fig.subplots(1, 2, sharey=True)

@@ -428,8 +428,13 @@ def _param_hash(module: nn.Module) -> str:
 
 def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
           fresh_envs: bool = False, stop_after_updates: int | None = None,
-          progress: bool | None = None, ctx: DistContext | None = None) -> dict:
+          progress: bool | None = None, ctx: DistContext | None = None,
+          state: dict | None = None) -> dict:
     """Run (or, with ``resume``, continue) PPO training in ``run_dir``.
+
+    With ``resume`` the run continues from ``state`` (a checkpoint already loaded, e.g. by the
+    CLI, which checks it first), or when that is None from the latest readable checkpoint; a run
+    without any checkpoint starts over from step 0 in the same directory.
 
     ``fresh_envs`` (with ``resume``) resets the environments instead of replaying the logged
     actions: a fast resume for long runs, not bit-identical to an uninterrupted run.
@@ -445,7 +450,10 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     ctx = ctx or DistContext()
     run_dir = Path(run_dir)
     config.validate()
-    state = load_latest_checkpoint(run_dir) if resume else None
+    if not resume:
+        state = None
+    elif state is None:
+        state = load_latest_checkpoint(run_dir)
     env_seed = None
     if state is not None and (ctx.distributed or int(state.get("world_size", 1)) > 1):
         # Ranks > 0 cannot replay rank 0's env-action log: every rank restarts its envs.

@@ -10,7 +10,17 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Compiled-graph tests use a fresh Inductor cache per test session, so a cache written by an
 # older version of an op's fake implementation can never be replayed.
+# The directory is removed when the session that made it ends.
+_INDUCTOR_CACHE_DIR = None
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     import tempfile
 
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastppo-inductor-")
+    _INDUCTOR_CACHE_DIR = tempfile.mkdtemp(prefix="fastppo-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE_DIR
+
+
+def pytest_unconfigure(config):
+    if _INDUCTOR_CACHE_DIR is not None:
+        import shutil
+
+        shutil.rmtree(_INDUCTOR_CACHE_DIR, ignore_errors=True)

@@ -15,9 +15,11 @@ import torch
 
 from fastppo.checkpoint import (
     CheckpointError,
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     capture_rng_state,
     latest_checkpoint_path,
+    load_checkpoint,
     load_latest_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -272,3 +274,58 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
 def test_restore_rng_state_names_missing_parts():
     with pytest.raises(ValueError, match="missing .*numpy"):
         restore_rng_state({"python": None, "torch": None})
+
+
+def _flip_tensor_bytes(path, tensor: torch.Tensor, count: int = 64) -> None:
+    """Flip ``count`` bytes inside ``tensor``'s stored data in the checkpoint at ``path``."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tensor.numpy().tobytes())
+    assert at > 0, "the tensor's bytes are not in the file"
+    for i in range(at + 16, at + 16 + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_tensor_are_detected_and_the_previous_checkpoint_loaded(tmp_path):
+    good = {"w": torch.arange(256, dtype=torch.float32)}
+    save_checkpoint(tmp_path, good, step=1)
+    newest_weights = torch.arange(256, dtype=torch.float32) * 3
+    newest = save_checkpoint(tmp_path, {"w": newest_weights}, step=2)
+    _flip_tensor_bytes(newest, newest_weights)
+    # torch.load itself does not check the zip CRCs: the damage would load silently.
+    assert not torch.equal(torch.load(newest, weights_only=True)["w"], newest_weights)
+    with pytest.raises(CorruptCheckpointError, match="archive/data/0 fails its CRC-32 check"):
+        load_checkpoint(newest)
+    with pytest.warns(RuntimeWarning, match=r"ckpt_000000000002.pt is unreadable \(corrupted: "
+                                            r"member .* fails its CRC-32 check\); falling back"):
+        _assert_equal(load_latest_checkpoint(tmp_path), good)
+
+
+def test_a_corrupted_only_checkpoint_raises(tmp_path):
+    weights = torch.arange(256, dtype=torch.float32)
+    path = save_checkpoint(tmp_path, {"w": weights}, step=1)
+    _flip_tensor_bytes(path, weights)
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="CRC-32"):
+        load_latest_checkpoint(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_refusal_drops_torchs_advice_to_load_with_weights_only_false(tmp_path):
+    path = tmp_path / "checkpoints" / "ckpt_000000000001.pt"
+    path.parent.mkdir()
+    torch.save({"x": _Payload(tmp_path / "pwned")}, path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_latest_checkpoint(tmp_path)
+    message = str(info.value)
+    assert "weights_only" not in message and "add_safe_globals" not in message
+    assert "\n" not in message and "Unsupported global" in message
+
+
+def test_a_directory_named_like_a_checkpoint_is_an_error(tmp_path):
+    save_checkpoint(tmp_path, {"step": 1}, step=1)
+    (tmp_path / "checkpoints" / "ckpt_000000000002.pt").mkdir()
+    with pytest.raises(CheckpointError, match="ckpt_000000000002.pt is named like a checkpoint "
+                                              "but is not a file"):
+        load_latest_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not a file"):
+        save_checkpoint(tmp_path, {"step": 2}, step=2)

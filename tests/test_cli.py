@@ -1,9 +1,13 @@
 """The `fastppo` command line: help, config.json, and errors raised before any work."""
 
+import contextlib
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -39,12 +43,13 @@ def test_unknown_env_id_suggests_closest_and_creates_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["CartPole-v1", "--num-envs", "3", "--num-steps", "5"], ["num_minibatches", "15"]),
+    (["CartPole-v1", "--num-envs", "3", "--num-steps", "5"], ["--num-minibatches", "15"]),
     (["CartPole-v1", "--preset", "atari"], ["preset", "atari"]),
     (["CartPole-v1", "--preset", "mujoco"], ["preset", "mujoco"]),
     (["HalfCheetah-v4", "--preset", "atari"], ["preset", "Discrete"]),
     (["CartPole-v1", "--gamma", "2"], ["gamma"]),
-    (["CartPole-v1", "--device", "cuda"], ["device"]),
+    (["CartPole-v1", "--device", "cuda"], ["--device"]),
+    (["CartPole-v1", "--ent-coef", "nan"], ["--ent-coef"]),
 ])
 def test_impossible_settings_fail_before_work(tmp_path, capsys, argv, needles):
     if "--device" in argv:
@@ -96,7 +101,8 @@ def test_train_writes_resolved_config_and_resume_rules(tmp_path, capsys):
     _fails(["train", "Pong-v5", "--resume", str(run)], capsys, "CartPole-v1")
     # Extending the run is allowed and continues from the checkpoint.
     assert main(["train", "--resume", str(run), "--total-timesteps", "96", "--no-progress"]) == 0
-    assert "96 steps" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "96 steps" in out and "resuming from global step 64 (update 2" in err
     figure = tmp_path / "curve.png"
     assert main(["plot", str(run), str(run), "-o", str(figure)]) == 0
     assert figure.stat().st_size > 0
@@ -106,3 +112,324 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastppo", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "train" in out and "eval" in out and "plot" in out
+
+
+# ---------------------------------------------------------------- one-line errors, no traceback
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _fake_run(tmp_path, name="run", step=64, **overrides):
+    """A run dir with config.json and one checkpoint holding every key resuming reads (a fresh
+    network's weights; no training), made without any environment."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from fastppo.agent import make_agent
+    from fastppo.checkpoint import save_checkpoint
+    from fastppo.config import make_config
+
+    config = make_config("CartPole-v1", num_envs=2, num_steps=16, tensorboard=False,
+                         **overrides)
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    agent = make_agent(config, spaces.Box(-np.inf, np.inf, (4,), np.float32), spaces.Discrete(2))
+    state = {"config": config.to_dict(), "agent": agent.state_dict(), "optimizer": {},
+             "env": {"norm": {}, "tracker": {}}, "buffer": {}, "rng": {}, "global_step": step,
+             "update": step // 32, "world_size": 1, "recent_returns": [], "env_actions": []}
+    save_checkpoint(run, state, step)
+    return run, state
+
+
+def _edit_config(run, **changes):
+    data = json.loads((run / "config.json").read_text())
+    for key, value in changes.items():
+        if value is dataclasses.MISSING:
+            del data[key]
+        else:
+            data[key] = value
+    (run / "config.json").write_text(json.dumps(data))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('the payload ran')",))
+
+
+def _corrupt(run, how):
+    """Damage ``run`` in one of the ways a user or a crash could."""
+    import torch
+
+    ckpt = run / "checkpoints" / "ckpt_000000000064.pt"
+    newer = run / "checkpoints" / "ckpt_000000000096.pt"
+    if how == "unsafe":
+        torch.save({"x": _Payload()}, newer)
+    elif how == "list":
+        torch.save([torch.ones(1)], newer)
+    elif how == "flipped bytes":
+        weights = torch.load(ckpt, weights_only=True)["agent"]["actor.0.weight"]
+        data = bytearray(ckpt.read_bytes())
+        at = data.find(weights.numpy().tobytes())
+        for i in range(at, at + 64):
+            data[i] ^= 0xFF
+        ckpt.write_bytes(bytes(data))
+    elif how in ("missing keys", "size mismatch"):
+        state = torch.load(ckpt, weights_only=True)
+        if how == "missing keys":
+            del state["agent"]
+        else:
+            state["agent"] = {k: v[:32] for k, v in state["agent"].items()}
+        torch.save(state, newer)
+    elif how == "directory named like a checkpoint":
+        newer.mkdir()
+    elif how == "config null":
+        (run / "config.json").write_text("null")
+    elif how == "config list":
+        (run / "config.json").write_text("[1, 2]")
+    elif how == "config invalid JSON":
+        (run / "config.json").write_text('{"env_id": "CartPole-v1",')
+    elif how == "config wrong type":
+        _edit_config(run, gamma="0.99")
+    elif how == "config num_envs":
+        _edit_config(run, num_envs=4)
+    elif how == "config without env_id":
+        _edit_config(run, env_id=dataclasses.MISSING)
+    else:
+        raise AssertionError(how)
+
+
+CORRUPTIONS = {
+    "unsafe": ["ckpt_000000000096.pt", "could run code", "Unsupported global"],
+    "list": ["ckpt_000000000096.pt", "holds a list, expected a dict"],
+    "flipped bytes": ["no readable checkpoint", "CRC-32"],
+    "missing keys": ["ckpt_000000000096.pt", "['agent'] are missing"],
+    "size mismatch": ["ckpt_000000000096.pt", "size mismatch for actor.0.weight"],
+    "directory named like a checkpoint": ["ckpt_000000000096.pt", "not a file"],
+    "config null": ["config.json", "expected an object of settings, got null"],
+    "config list": ["config.json", "expected an object of settings, got a list"],
+    "config invalid JSON": ["config.json", "not valid JSON"],
+    "config wrong type": ["config.json", "gamma: expected a number, got '0.99'"],
+    "config num_envs": ["config.json", "num_envs is 4 but the checkpoint was trained with 2"],
+    "config without env_id": ["config.json", "missing settings ['env_id']"],
+}
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_damaged_runs_fail_in_one_line(tmp_path, capsys, monkeypatch, how, command):
+    import fastppo.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(fastppo.train, "train", no_training)
+    run, _ = _fake_run(tmp_path)
+    _corrupt(run, how)
+    argv = ["eval", str(run)] if command == "eval" else ["train", "--resume", str(run)]
+    with pytest.warns(RuntimeWarning) if how == "flipped bytes" else contextlib.nullcontext():
+        err = _one_line(_fails(argv, capsys, *CORRUPTIONS[how]))
+    assert "weights_only" not in err and not (tmp_path / "pwned").exists()
+    if command == "resume":
+        assert "--resume: " in err
+
+
+def test_eval_falls_back_from_a_corrupted_checkpoint(tmp_path, capsys, monkeypatch):
+    import fastppo.evaluate
+
+    run, _ = _fake_run(tmp_path)
+    newer, _ = _fake_run(tmp_path, "newer", step=96)
+    (newer / "checkpoints" / "ckpt_000000000096.pt").rename(
+        run / "checkpoints" / "ckpt_000000000096.pt")
+    ckpt = run / "checkpoints" / "ckpt_000000000096.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    ckpt.write_bytes(bytes(data))
+    seen = {}
+
+    def fake_evaluate(run_dir, episodes, deterministic, device, *, run):
+        seen["step"] = run.state["global_step"]
+        return {"episodes": 1, "mean_return": 9.0, "std_return": 0.0}
+
+    monkeypatch.setattr(fastppo.evaluate, "evaluate", fake_evaluate)
+    with pytest.warns(RuntimeWarning, match="ckpt_000000000096.pt is unreadable .corrupted"):
+        assert main(["eval", str(run), "--episodes", "1"]) == 0
+    assert seen["step"] == 64
+    assert capsys.readouterr().out.startswith("1 episode: return 9.00")  # singular
+
+
+def _fake_train(monkeypatch):
+    import fastppo.train
+
+    calls = []
+
+    def fake(config, run_dir, **kwargs):
+        calls.append(dict(config=config, run_dir=run_dir, **kwargs))
+        return {"global_step": 0, "recent_mean_return": None, "stopped_by": None}
+
+    monkeypatch.setattr(fastppo.train, "train", fake)
+    return calls
+
+
+def test_resume_says_which_global_step_it_continues_from(tmp_path, capsys, monkeypatch):
+    calls = _fake_train(monkeypatch)
+    run, state = _fake_run(tmp_path)
+    assert main(["train", "--resume", str(run), "--total-timesteps", "128"]) == 0
+    assert "resuming from global step 64 (update 2, ckpt_000000000064.pt)" in \
+        capsys.readouterr().err
+    (call,) = calls
+    assert call["resume"] and call["state"]["global_step"] == 64  # loaded once, by the CLI
+    assert call["config"].total_timesteps == 128
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, capsys,
+                                                                          monkeypatch):
+    calls = _fake_train(monkeypatch)
+    run, _ = _fake_run(tmp_path)
+    for path in (run / "checkpoints").iterdir():
+        path.unlink()
+    (run / "metrics.jsonl").write_text('{"global_step": 32, "wall_time": 1.0}\n')
+    # As a new run dir it is taken: it holds files.
+    _fails(["train", "CartPole-v1", "--run-dir", str(run)], capsys, "already holds files")
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run} has no checkpoint (the run stopped before its first one); starting it over " \
+           "from step 0" in err
+    (call,) = calls
+    assert call["resume"] and call["state"] is None and call["run_dir"] == run
+
+
+def test_start_over_drops_the_old_metrics(tmp_path):
+    from fastppo.logger import RunLogger, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"global_step": 32, "wall_time": 1.0}\n')
+    with RunLogger(tmp_path, total_steps=64, start_step=0, tensorboard=False,
+                   progress=False) as log:
+        log.episode(16, 1.0, 1)
+    assert [r["global_step"] for r in read_metrics(tmp_path)] == [16]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["train", "CartPole-v1", "--ent-coef", "nan"], ["--ent-coef: expected a finite number"]),
+    (["train", "CartPole-v1", "--vf-coef", "nan"], ["--vf-coef: expected a finite number"]),
+    (["train", "CartPole-v1", "--clip-coef", "inf"], ["--clip-coef: expected a finite number"]),
+    (["train", "CartPole-v1", "--max-grad-norm", "inf"], ["--max-grad-norm: expected a finite"]),
+    (["train", "CartPole-v1", "--target-kl", "nan"], ["--target-kl: expected a finite number"]),
+    (["train", "CartPole-v1", "--seed", "-1"], ["--seed: expected an integer in [0, 2**30)"]),
+    (["train", "CartPole-v1", "--run-dir", "/proc/fastppo-run"],
+     ["--run-dir: cannot create or write /proc/fastppo-run"]),
+    (["eval", "RUN", "--episodes", "0"], ["--episodes: expected a positive integer, got 0"]),
+    (["plot", "RUN", "-o", "curve.xyz"], ["-o: expected an image file ending in", "'curve.xyz'"]),
+    (["plot", "RUN", "-o", "curve"], ["-o: expected an image file ending in", "'curve'"]),
+])
+def test_more_user_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, needles):
+    monkeypatch.chdir(tmp_path)
+    _one_line(_fails(argv, capsys, *needles))
+    assert not (tmp_path / "curve.xyz").exists() and not (tmp_path / "curve").exists()
+
+
+def test_cuda_device_without_cuda_names_device(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so --device cuda is possible")
+    for argv in (["train", "CartPole-v1", "--device", "cuda", "--run-dir", str(tmp_path / "r")],
+                 ["eval", str(tmp_path), "--device", "cuda"]):
+        err = _one_line(_fails(argv, capsys, "--device: expected auto or cpu", "got 'cuda'"))
+        assert "--kernels" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def _write_metrics(run, returns):
+    run.mkdir()
+    rows = [{"global_step": 8 * (i + 1), "wall_time": 0.1 * (i + 1),
+             "charts/episodic_return": r} for i, r in enumerate(returns)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_plot_skips_unusable_runs_and_fails_in_one_line_when_none_is_left(tmp_path, capsys):
+    good, no_metrics, no_episodes = tmp_path / "good", tmp_path / "none", tmp_path / "empty"
+    _write_metrics(good, [1.0, 2.0, 3.0])
+    no_metrics.mkdir()
+    _write_metrics(no_episodes, [])
+    out = tmp_path / "curve.png"
+    with pytest.warns(RuntimeWarning, match=f"run dir {no_metrics} has no metrics.jsonl; "
+                                            "skipping it"):
+        assert main(["plot", str(good), str(no_metrics), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+    capsys.readouterr()
+    _one_line(_fails(["plot", str(no_episodes), "-o", str(out)], capsys,
+                     f"run dir {no_episodes} has no finished episodes"))
+    with pytest.warns(RuntimeWarning):
+        _one_line(_fails(["plot", str(no_metrics), str(no_episodes), "-o", str(out)], capsys,
+                         "none of the 2 run dirs can be plotted"))
+
+
+def test_cli_warnings_are_one_line():
+    from fastppo import cli
+
+    plot_file = str(Path(cli.__file__).with_name("plot.py"))
+    line = cli._format_warning(RuntimeWarning("run dir x has no metrics.jsonl"),
+                               RuntimeWarning, plot_file, 1)
+    assert line == "fastppo: warning: run dir x has no metrics.jsonl\n"
+
+
+def test_version_help_and_eval_device_default(capsys):
+    from fastppo import __version__
+    from fastppo.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"fastppo {__version__}\n"
+    assert build_parser().parse_args(["eval", "run"]).device == "auto"
+    for command, text in (("eval", "run directory (holds config.json"),
+                          ("plot", "run directories whose metrics.jsonl")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert text in " ".join(capsys.readouterr().out.split())
+
+
+def test_option_errors_need_neither_torch_nor_envpool():
+    code = textwrap.dedent("""
+        import sys
+        from fastppo.cli import main
+        try:
+            main(["train", "CartPole-v1", "--gamma", "2"])
+        except SystemExit as exit:
+            assert exit.code == 2, exit.code
+        print(sorted(m for m in ("torch", "envpool", "numpy") if m in sys.modules))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == "[]", run.stdout
+    assert run.stderr == "fastppo train: error: --gamma: expected a value in [0, 1], got 2.0\n"
+
+
+def test_a_test_session_removes_its_inductor_cache_dir(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "tests/test_config.py::test_every_field_is_documented"], cwd=root, env=env,
+                   check=True, capture_output=True)
+    assert not list(tmp_path.glob("fastppo-inductor-*"))
+
+
+def test_making_and_resetting_envs_shows_no_gymnasium_bounds_warning():
+    import warnings
+
+    from fastppo.config import make_config
+    from fastppo.envs import VecEnv
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # two parts, as async envs make them: the second part's spaces are first built by reset
+        envs = VecEnv(make_config("CartPole-v1", num_envs=2, num_steps=16), 2, seed=1,
+                      parts=2)
+        envs.reset()
+        envs.close()
+    assert not [w for w in caught if "precision lowered" in str(w.message)]

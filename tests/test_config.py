@@ -1,6 +1,7 @@
 """PPOConfig: presets from the published settings, inference from the env id, validation."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -73,3 +74,74 @@ def test_impossible_settings_name_the_setting(overrides, name):
 def test_num_updates_covers_whole_rollouts():
     c = make_config("CartPole-v1", num_envs=4, num_steps=10, total_timesteps=95)
     assert c.batch_size == 40 and c.num_updates == 2
+
+
+@pytest.mark.parametrize("settings, needle", [
+    (dict(gamma="0.99"), "gamma: expected a number, got '0.99' (a str)"),
+    (dict(clip_coef="0.2"), "clip_coef: expected a number, got '0.2' (a str)"),
+    (dict(num_envs=True), "num_envs: expected an integer, got True (a bool)"),
+    (dict(num_envs=8.0), "num_envs: expected an integer, got 8.0 (a float)"),
+    (dict(anneal_lr=1), "anneal_lr: expected true or false, got 1 (an int)"),
+    (dict(network=None), "network: expected a string, got null"),
+    (dict(ent_coef=float("nan")), "ent_coef: expected a finite number, got nan"),
+    (dict(vf_coef=float("nan")), "vf_coef: expected a finite number, got nan"),
+    (dict(clip_coef=float("inf")), "clip_coef: expected a finite number, got inf"),
+    (dict(max_grad_norm=float("inf")), "max_grad_norm: expected a finite number, got inf"),
+    (dict(target_kl=float("inf")), "target_kl: expected a finite number, got inf"),
+    (dict(network="resnet"), "network: expected one of"),
+    (dict(seed=-1), "seed: expected an integer in [0, 2**30)"),
+])
+def test_construction_checks_types_and_finiteness(settings, needle):
+    with pytest.raises(ValueError) as info:
+        PPOConfig(**settings)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numbers_are_stored_as_python_numbers():
+    import numpy as np
+
+    c = PPOConfig(num_envs=np.int64(4), num_minibatches=2, gamma=np.float32(0.5),
+                  learning_rate=1, target_kl=None)
+    assert type(c.num_envs) is int and type(c.gamma) is float and type(c.learning_rate) is float
+    assert c.gamma == 0.5 and c.target_kl is None
+
+
+@pytest.mark.parametrize("data, needle", [
+    (None, "expected an object of settings, got null"),
+    ([1, 2], "expected an object of settings, got a list"),
+])
+def test_from_dict_needs_an_object(data, needle):
+    with pytest.raises(ValueError, match=needle):
+        PPOConfig.from_dict(data)
+
+
+def test_from_dict_needs_every_setting():
+    data = PPOConfig().to_dict()
+    del data["env_id"]  # used to default silently to CartPole-v1
+    with pytest.raises(ValueError, match=r"missing settings \['env_id'\]"):
+        PPOConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("null", "config.json: expected an object of settings, got null"),
+    ("[1]", "config.json: expected an object of settings, got a list"),
+    ("{bad", "config.json: not valid JSON"),
+    ('{"gamma": 0.9}', "config.json: missing settings"),
+])
+def test_read_run_config_names_the_file(tmp_path, text, needle):
+    from fastppo.config import read_run_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=needle):
+        read_run_config(tmp_path)
+
+
+def test_read_run_config_wrong_type_names_the_file_and_field(tmp_path):
+    from fastppo.config import read_run_config
+
+    data = {**PPOConfig().to_dict(), "num_envs": "8"}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="config.json: num_envs: expected an integer, got '8'"):
+        read_run_config(tmp_path)
+    with pytest.raises(ValueError, match="has no config.json"):
+        read_run_config(tmp_path / "missing")

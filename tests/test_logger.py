@@ -102,8 +102,21 @@ def test_read_metrics_errors_and_truncated_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(good + '{"global_step": 2, "wall')
     assert read_metrics(tmp_path) == [{"global_step": 1, "wall_time": 0.5}]
     (tmp_path / "metrics.jsonl").write_text(good + "{oops\n" + good)
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
-        read_metrics(tmp_path)
+    with pytest.warns(RuntimeWarning, match="line 2 is not a JSON metrics record; skipped"):
+        assert read_metrics(tmp_path) == [{"global_step": 1, "wall_time": 0.5}] * 2
+
+
+def test_resume_skips_a_corrupt_middle_line_with_a_warning_and_drops_it(tmp_path):
+    lines = [json.dumps({"global_step": step, "wall_time": step / 10}) for step in (100, 200)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], '{"global_st', "null",
+                                                       lines[1]]) + "\n")
+    with pytest.warns(RuntimeWarning, match="2 lines .first: line 2. is not a JSON metrics"):
+        log = RunLogger(tmp_path, total_steps=1000, start_step=200, tensorboard=False,
+                        progress=False)
+    log.episode(250, 5.0, 5)
+    log.close()
+    assert [r["global_step"] for r in read_metrics(tmp_path)] == [100, 200, 250]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3  # the bad lines are gone
 
 
 def test_progress_bar_shows_steps_sps_and_return(tmp_path, capsys):
@@ -118,3 +131,13 @@ def test_progress_bar_is_quiet_when_stdout_is_not_a_terminal(tmp_path, capsys):
         log.advance(500, 42.0)
         log.episode(500, 1.0, 1)
     assert capsys.readouterr().out == ""
+
+
+def test_starting_a_run_over_from_step_0_hides_its_old_events_and_lines(tmp_path):
+    with RunLogger(tmp_path, total_steps=1000, progress=False) as log:
+        for step in (100, 200):
+            log.update(step, {"charts/SPS": float(step)})
+    with RunLogger(tmp_path, total_steps=1000, start_step=0, progress=False) as log:
+        log.update(50, {"charts/SPS": -1.0})
+    assert _scalars(tmp_path)["charts/SPS"] == [(50, -1.0)]
+    assert [r["global_step"] for r in read_metrics(tmp_path)] == [50]

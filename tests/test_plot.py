@@ -46,12 +46,26 @@ def test_smooth_is_a_trailing_mean():
     np.testing.assert_allclose(smooth(values, window=10), [1.0, 2.0, 3.0, 4.0])
 
 
-def test_missing_metrics_names_the_run_dir(tmp_path):
-    good, empty = tmp_path / "good", tmp_path / "empty"
+def test_unusable_runs_are_skipped_with_a_warning_and_the_others_drawn(tmp_path):
+    good, empty, no_episodes = tmp_path / "good", tmp_path / "empty", tmp_path / "no_episodes"
     _write_run(good, 1)
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=f"run dir {empty} has no metrics.jsonl"):
-        plot_runs([good, empty], tmp_path / "x.png")
+    _write_run(no_episodes, 1, episodes=0)
+    update = {"global_step": 8, "wall_time": 1.0, "charts/SPS": 9.0}
+    (no_episodes / "metrics.jsonl").write_text(json.dumps(update) + "\n")
+    with pytest.warns(RuntimeWarning) as record:
+        plot_runs([good, empty, no_episodes], tmp_path / "x.png")
+    messages = [str(w.message) for w in record]
+    assert any(f"run dir {empty} has no metrics.jsonl; skipping it" in m for m in messages)
+    assert any(f"run dir {no_episodes} has no finished episodes" in m for m in messages)
+    assert (tmp_path / "x.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_missing_metrics_names_the_run_dir(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"run dir {empty} has no metrics.jsonl"):
+        plot_runs([empty], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -62,6 +76,16 @@ def test_run_without_episodes_names_the_run_dir(tmp_path):
     (run / "metrics.jsonl").write_text(json.dumps(update) + "\n")
     with pytest.raises(ValueError, match=f"run dir {run} has no finished episodes"):
         plot_runs([run], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="none of the 2 run dirs can be plotted"), \
+            pytest.warns(RuntimeWarning, match="skipping it"):
+        plot_runs([run, run], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name", ["curve.xyz", "curve"])
+def test_unsupported_output_suffix_is_refused_before_reading(tmp_path, name):
+    with pytest.raises(ValueError, match=f"out_path: expected an image file ending in .*png.*"
+                                         f"got '.*{name}'"):
+        plot_runs([tmp_path / "not_read"], tmp_path / name)
 
 
 def test_no_run_dirs_is_an_error(tmp_path):
