@@ -33,9 +33,11 @@ intermediate is kept. Backends (``ppo_loss_torch``,
 and are imported on first use.
 
 Value checks that need the data (actions in [0, A), weights nonnegative and not all zero) run
-inside the forward op: on the CPU directly (raising ``IndexError``/``ValueError``; the Numba
-kernel does them in its first pass), on CUDA as a device-side assert (``torch._assert_async``)
-so no host sync is added. Everything else is checked here from metadata only.
+inside the forward op, never adding a host sync: the torch and Numba backends on the CPU raise
+``IndexError``/``ValueError`` (the Numba kernel checks in its first pass); the torch backend on
+CUDA makes a device-side assert (``torch._assert_async``); the Triton kernels turn such data
+into NaN (an out-of-range action: its row's log-prob; a bad weight: the whole loss), which the
+engine's non-finite-loss check reports. Everything else is checked here from metadata only.
 """
 
 from __future__ import annotations

@@ -4,45 +4,103 @@ Same interface and math as ``ppo_loss_torch`` (its docstring derives the backwar
 Categorical and Gaussian share this file: they share the per-row head (``_head_row``,
 ``_head_grad_row``) and the advantage-statistics kernel; only the log-prob loops differ.
 
-Launches. Forward = 2 kernels: ``_prepare_kernel`` (one program) reduces the weight sum and the
-weighted advantage mean and unbiased variance into ``stats[6:9]`` and zeroes the loss and
+Launches. Forward = 2 kernels: ``_prepare_kernel`` (one program) reduces the weight sum, the
+weighted advantage mean and the advantage scale into ``stats[6:9]`` and zeroes the loss and
 ``stats[0:6]``; the row kernel then runs one program per ``BLOCK_B`` rows, computes each row's
 logsumexp and entropy with an online (rescaled) log-sum-exp over ``BLOCK_A``-wide chunks of the
 logits, the loss terms, and adds its block's weighted partial sums (already divided by the weight
 sum) into ``loss`` and ``stats[0:6]`` with ``tl.atomic_add``. So the statistics cost no extra
 launch and no host sync; the price is a summation order that varies from run to run (last-bit
 differences in float32). Backward = 1 kernel, one pass over the logits writing ``d_logits``
-from the saved per-row logsumexp and entropy.
+from the saved per-row logsumexp and entropy. Nothing else is launched: no value checks, no
+casts, no copies (``d_values`` is stored in the dtype of ``values`` by the kernel).
+
+Advantage statistics. With ``n`` the number of rows with weight > 0 (``n = B`` without
+weights), ``weight_sum = sum(w)`` and ``adv_mean = sum(w adv) / weight_sum``; when normalizing,
+``adv_scale = sqrt(var) + 1e-8`` with ``var = sum(w (adv - adv_mean)^2) / weight_sum * n / (n-1)``
+if ``n >= 2`` and ``adv_scale = 1`` (advantages only centred) if ``n < 2``. With unit weights
+this is the unbiased estimator. Without normalization ``adv_mean = 0, adv_scale = 1``.
+
+Bad data without a host sync. Nothing here reads a value back to the host. Instead, data the
+other backends reject makes the result visibly non-finite, which the engine's non-finite-loss
+check catches:
+
+* an action outside ``[0, A)`` is never used as an address (its gather is masked off); that
+  row's log-prob is NaN, so the loss, the statistics and the row's gradients come out NaN (a
+  weight-0 row too: ``0 * NaN`` is NaN);
+* a negative or NaN weight, or weights that are all zero, set ``adv_mean``, ``adv_scale`` and
+  ``weight_sum`` to NaN, so the loss, every statistic and every gradient are NaN.
+
+Addressing. Every input is read through its strides, all offsets in int64 (a row stride of
+2**30 elements or more is fine): the (B,) rows (a column of a (B, 2) head, an ``expand``-ed
+scalar weight with stride 0), the (B, A) logits and the (B, D) mean / log-std / actions in any
+layout (transposed, or a (D,) log-std parameter expanded to stride (0, 1)). Triton specializes a
+stride equal to 1, so contiguous inputs get contiguous (vectorizable) loads. Outputs
+(``d_logits``, ``d_mean``, ``d_log_std``, ``d_values``) are freshly allocated, row-major
+contiguous. Launches happen under ``torch.cuda.device(x.device)``, so tensors on any GPU work
+whatever the current device.
+
+Tiles and warps (``_launch_config``). A program's tile is ``BLOCK_B x BLOCK_A`` (rows x
+columns) with ``num_warps`` warps; what decides it is the padded row width, the compute dtype and
+the padded batch, nothing measured at run time (no autotuning):
+
+* ``num_warps`` is 8 for rows padded to at least ``_WIDE_ROW`` columns, else 4.
+* Tile budget: ``_ELEMS_PER_THREAD`` elements per thread, 16 for float32 compute and 8 for
+  float64 (two registers per value), so a tile holds ``budget * 32 * num_warps`` elements.
+  ``BLOCK_A`` is the padded width capped at the tile; rows wider than that get one row per
+  program and a loop over ``BLOCK_A``-wide chunks (e.g. A = 131072).
+* Head budget: each row's head (its ~30 per-row values: ratio, clipped terms, gradients) lives in
+  the tile's row layout, replicated over the threads that share the row. When rows are not
+  16-byte aligned the loads are scalar and every thread of a pass sits on its own column, so a
+  pass covers ``max(1, 32 * num_warps // BLOCK_A)`` rows; ``BLOCK_B`` is capped at
+  ``_HEAD_ROWS_PER_THREAD`` (4 float32, 2 float64) such passes. Narrow rows are where
+  registers go (many rows per thread), not wide ones.
+* ``BLOCK_B`` fills the rest of the tile, within the head cap and the padded batch.
+
+``bench/triton_sm90.py`` compiles every variant the host functions launch for sm_90 (ptxas, no
+GPU needed) and reports registers and spills per variant.
+
+Coefficients. ``clip_coef``, ``vf_coef``, ``ent_coef`` (and the clip bounds ``1 - clip_coef``,
+``1 + clip_coef``, computed on the host in float64) are runtime arguments, so a new value (an
+annealed coefficient) reuses the compiled kernel. Triton passes Python floats as float32, so
+each travels as a float32 pair ``hi + lo`` recombined in the compute dtype: float32 compute sees
+exactly ``float32(x)`` (as the torch backend does), float64 keeps about 48 bits of ``x``.
 
 Accumulation is in float64 for float64 inputs and float32 otherwise (bf16/fp16 logits are
-loaded and upcast). ``clip_coef``, ``vf_coef`` and ``ent_coef`` are compile-time constants:
-exact in float64 (a runtime float argument would be rounded to float32), at the price of one
-compilation per distinct value. All tensors are addressed through their strides, so an
-``expand``-ed (stride 0) log-std is read in place.
-
-Value checks: on CUDA ``torch._assert_async`` (device-side, no host sync); in the interpreter
-(CPU tensors) they are direct.
+loaded and upcast).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from .ppo_loss_torch import _check_values
-
 HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
-_TILE = 4096  # elements per program tile (BLOCK_B * BLOCK_A)
+# tile elements per thread (per live tile-shaped value), by compute dtype
+_ELEMS_PER_THREAD = {torch.float32: 16, torch.float64: 8}
+# rows of the per-row head (some 30 values each) one thread may hold, by compute dtype
+_HEAD_ROWS_PER_THREAD = {torch.float32: 4, torch.float64: 2}
+_WIDE_ROW = 2048  # padded row width from which a program gets 8 warps instead of 4
+_PREPARE_BLOCK = 1024  # rows per step of the advantage-statistics loop
 
 
 @triton.jit
-def _row_weights(w_ptr, idx, mask, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
-    """Row weights w[idx] (1 without weights), 0 on masked-out rows."""
+def _coef(hi, lo, COMPUTE: tl.constexpr):
+    """A host float passed as a float32 pair, recombined in the compute dtype."""
+    return tl.cast(hi, COMPUTE) + tl.cast(lo, COMPUTE)
+
+
+@triton.jit
+def _row_weights(w_ptr, s_w, r64, mask, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
+    """Row weights w[r64] (1 without weights), 0 on masked-out rows."""
     if HAS_W:
-        w = tl.load(w_ptr + idx, mask=mask, other=0.0).to(COMPUTE)
+        w = tl.load(w_ptr + r64 * s_w, mask=mask, other=0.0).to(COMPUTE)
     else:
         w = tl.where(mask, 1.0, 0.0).to(COMPUTE)
     return w
@@ -70,37 +128,51 @@ def _max_shares(x, y):
 
 @triton.jit
 def _prepare_kernel(
-    adv_ptr,      # (B,) advantages
-    w_ptr,        # (B,) weights (unused when HAS_W is False)
-    stats_ptr,    # (9,) out: zeros, then adv_mean, adv_scale, weight_sum
-    loss_ptr,     # () out: zero
+    adv_ptr, s_adv,   # (B,) advantages and their stride
+    w_ptr, s_w,       # (B,) weights and their stride (unused when HAS_W is False)
+    stats_ptr,        # (9,) out: zeros, then adv_mean, adv_scale, weight_sum
+    loss_ptr,         # () out: zero
     B,
     HAS_W: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK)
     acc_w = tl.zeros([BLOCK], dtype=COMPUTE)
     acc_wa = tl.zeros([BLOCK], dtype=COMPUTE)
+    acc_n = tl.zeros([BLOCK], dtype=tl.int32)    # rows with weight > 0
+    acc_bad = tl.zeros([BLOCK], dtype=tl.int32)  # rows with a negative or NaN weight
     for start in range(0, B, BLOCK):
-        idx = start + offs
+        idx = (start + offs).to(tl.int64)
         m = idx < B
-        a = tl.load(adv_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-        w = _row_weights(w_ptr, idx, m, HAS_W, COMPUTE)
+        a = tl.load(adv_ptr + idx * s_adv, mask=m, other=0.0).to(COMPUTE)
+        w = _row_weights(w_ptr, s_w, idx, m, HAS_W, COMPUTE)
         acc_w += w
         acc_wa += w * a
+        acc_n += tl.where(w > 0, 1, 0)
+        acc_bad += tl.where(w >= 0, 0, 1)  # masked lanes carry w = 0
     wsum = tl.sum(acc_w, 0)
+    n = tl.sum(acc_n, 0)
     mean = tl.sum(acc_wa, 0) / wsum
     scale = wsum * 0.0 + 1.0
     if NORMALIZE:
         acc_sq = tl.zeros([BLOCK], dtype=COMPUTE)
         for start in range(0, B, BLOCK):
-            idx = start + offs
+            idx = (start + offs).to(tl.int64)
             m = idx < B
-            a = tl.load(adv_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-            w = _row_weights(w_ptr, idx, m, HAS_W, COMPUTE)
+            a = tl.load(adv_ptr + idx * s_adv, mask=m, other=0.0).to(COMPUTE)
+            w = _row_weights(w_ptr, s_w, idx, m, HAS_W, COMPUTE)
             acc_sq += w * (a - mean) * (a - mean)
-        scale = tl.sqrt(tl.sum(acc_sq, 0) / (wsum - 1.0)) + 1e-8
+        nf = n.to(COMPUTE)
+        var = tl.sum(acc_sq, 0) / wsum * nf / (nf - 1.0)
+        scale = tl.where(n >= 2, tl.sqrt(var) + 1e-8, scale)
     else:
         mean = mean * 0.0
+    if HAS_W:
+        # bad weights poison everything downstream instead of raising (no host sync)
+        bad = (tl.sum(acc_bad, 0) > 0) | (n == 0)
+        nan = wsum * 0.0 + float("nan")
+        mean = tl.where(bad, nan, mean)
+        scale = tl.where(bad, nan, scale)
+        wsum = tl.where(bad, nan, wsum)
     six = tl.arange(0, 8)
     tl.store(stats_ptr + six, tl.zeros([8], dtype=COMPUTE), mask=six < 6)
     tl.store(stats_ptr + 6, mean)
@@ -110,31 +182,32 @@ def _prepare_kernel(
 
 
 @triton.jit
-def _head_row(logp, old, adv, v, ov, ret, CLIP: tl.constexpr, CLIP_VLOSS: tl.constexpr):
-    """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) for a block of rows."""
+def _head_row(logp, old, adv, v, ov, ret, clip, lo, hi, CLIP_VLOSS: tl.constexpr):
+    """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) for a block of rows;
+    ``lo, hi = 1 - clip, 1 + clip``."""
     logratio = logp - old
     ratio = tl.exp(logratio)
-    pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, 1.0 - CLIP, 1.0 + CLIP))
+    pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, lo, hi))
     vl = (v - ret) * (v - ret)
     if CLIP_VLOSS:
-        vc = ov + _tclamp(v - ov, -CLIP, CLIP) - ret
+        vc = ov + _tclamp(v - ov, -clip, clip) - ret
         vl = _tmax(vl, vc * vc)
-    clipped = tl.where(tl.abs(ratio - 1.0) > CLIP, 1.0, 0.0)
+    clipped = tl.where(tl.abs(ratio - 1.0) > clip, 1.0, 0.0)
     return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped
 
 
 @triton.jit
-def _head_grad_row(c, logp, old, adv, v, ov, ret, CLIP: tl.constexpr, CLIP_VLOSS: tl.constexpr):
+def _head_grad_row(c, logp, old, adv, v, ov, ret, clip, lo, hi, CLIP_VLOSS: tl.constexpr):
     """Per-row (d loss / d logp, d loss / d values / vf_coef) for row weights c = G w / sum(w)."""
     ratio = tl.exp(logp - old)
-    kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - CLIP, 1.0 + CLIP))
-    inside = tl.where((ratio >= 1.0 - CLIP) & (ratio <= 1.0 + CLIP), 1.0, 0.0)
+    kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, lo, hi))
+    inside = tl.where((ratio >= lo) & (ratio <= hi), 1.0, 0.0)
     d_logp = c * (-adv) * (kx + ky * inside) * ratio
     if CLIP_VLOSS:
         dv = v - ov
-        vc = ov + _tclamp(dv, -CLIP, CLIP) - ret
+        vc = ov + _tclamp(dv, -clip, clip) - ret
         kx, ky = _max_shares((v - ret) * (v - ret), vc * vc)
-        inside_v = tl.where((dv >= -CLIP) & (dv <= CLIP), 1.0, 0.0)
+        inside_v = tl.where((dv >= -clip) & (dv <= clip), 1.0, 0.0)
         d_v = kx * (v - ret) + ky * vc * inside_v
     else:
         d_v = v - ret
@@ -142,22 +215,23 @@ def _head_grad_row(c, logp, old, adv, v, ov, ret, CLIP: tl.constexpr, CLIP_VLOSS
 
 
 @triton.jit
-def _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr, stats_ptr,
-               HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
-    """Load the per-row data of a block; advantages come back normalized."""
-    old = tl.load(old_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    adv = tl.load(adv_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
+def _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr, s_ov,
+               ret_ptr, s_ret, w_ptr, s_w, stats_ptr, HAS_W: tl.constexpr,
+               COMPUTE: tl.constexpr):
+    """Load the per-row data of a block (int64 row indices r64, each tensor through its
+    stride); advantages come back normalized, weights divided by the weight sum."""
+    old = tl.load(old_ptr + r64 * s_old, mask=rmask, other=0.0).to(COMPUTE)
+    adv = tl.load(adv_ptr + r64 * s_adv, mask=rmask, other=0.0).to(COMPUTE)
     adv = (adv - tl.load(stats_ptr + 6)) / tl.load(stats_ptr + 7)
-    v = tl.load(v_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    ov = tl.load(ov_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    ret = tl.load(ret_ptr + rows, mask=rmask, other=0.0).to(COMPUTE)
-    w = _row_weights(w_ptr, rows, rmask, HAS_W, COMPUTE)
+    v = tl.load(v_ptr + r64 * s_v, mask=rmask, other=0.0).to(COMPUTE)
+    ov = tl.load(ov_ptr + r64 * s_ov, mask=rmask, other=0.0).to(COMPUTE)
+    ret = tl.load(ret_ptr + r64 * s_ret, mask=rmask, other=0.0).to(COMPUTE)
+    w = _row_weights(w_ptr, s_w, r64, rmask, HAS_W, COMPUTE)
     return old, adv, v, ov, ret, w / tl.load(stats_ptr + 8)
 
 
 @triton.jit
-def _accumulate(rmask, c, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr,
-                VF: tl.constexpr, ENT: tl.constexpr):
+def _accumulate(rmask, c, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr, vf, ent_coef):
     """Add a block's weighted partial means (c = w / sum(w)) into loss and stats[0:6]."""
     pg_s = tl.sum(tl.where(rmask, c * pg, 0.0), 0)
     v_s = tl.sum(tl.where(rmask, c * vl, 0.0), 0)
@@ -168,25 +242,43 @@ def _accumulate(rmask, c, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr,
     tl.atomic_add(stats_ptr + 3, tl.sum(tl.where(rmask, c * kl, 0.0), 0))
     tl.atomic_add(stats_ptr + 4, tl.sum(tl.where(rmask, c * okl, 0.0), 0))
     tl.atomic_add(stats_ptr + 5, tl.sum(tl.where(rmask, c * cf, 0.0), 0))
-    tl.atomic_add(loss_ptr, pg_s - ENT * ent_s + VF * v_s)
+    tl.atomic_add(loss_ptr, pg_s - ent_coef * ent_s + vf * v_s)
+
+
+@triton.jit
+def _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE: tl.constexpr):
+    """(logit of the taken action, action in [0, A)) per row; an out-of-range action is never
+    dereferenced."""
+    act = tl.load(act_ptr + r64 * s_act, mask=rmask, other=0).to(tl.int64)
+    ok = (act >= 0) & (act < A)
+    za = tl.load(zrow + act * s_za, mask=rmask & ok, other=0.0).to(COMPUTE)
+    return za, act, ok
 
 
 # ----------------------------------------------------------------------------- categorical
 
 @triton.jit
 def _categorical_forward_kernel(
-    z_ptr, stride_zb, stride_za,   # (B, A) logits, any float dtype
-    act_ptr,                        # (B,) integer actions
-    old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr,  # (B,) rows (compute dtype, v any float)
+    z_ptr, s_zb, s_za,              # (B, A) logits (any float dtype) and their strides
+    act_ptr, s_act,                 # (B,) integer actions
+    old_ptr, s_old,                 # (B,) old log-probs (compute dtype)
+    adv_ptr, s_adv,                 # (B,) advantages (compute dtype)
+    v_ptr, s_v,                     # (B,) values (any float dtype)
+    ov_ptr, s_ov,                   # (B,) old values (compute dtype)
+    ret_ptr, s_ret,                 # (B,) returns (compute dtype)
+    w_ptr, s_w,                     # (B,) weights (compute dtype; unused without HAS_W)
     stats_ptr,                      # (9,) in: adv stats at 6:9; out: atomically summed 0:6
     loss_ptr,                       # () out: atomically summed loss
-    rows_ptr,                       # (B, 2) out: logsumexp, entropy
+    rows_ptr,                       # (B, 2) out, contiguous: logsumexp, entropy
     B, A,
-    CLIP: tl.constexpr, VF: tl.constexpr, ENT: tl.constexpr, CLIP_VLOSS: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, COMPUTE: tl.constexpr,
+    clip_hi, clip_lo, lo_hi, lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo,  # float pairs
+    CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_A: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    r64 = rows.to(tl.int64)
+    zrow = z_ptr + r64 * s_zb
     cols = tl.arange(0, BLOCK_A)
     # online log-sum-exp: m running max, s = sum exp(z - m), u = sum exp(z - m) (z - m)
     m = tl.full([BLOCK_B], float("-inf"), COMPUTE)
@@ -195,7 +287,7 @@ def _categorical_forward_kernel(
     for start in range(0, A, BLOCK_A):
         c = start + cols
         mask = rmask[:, None] & (c < A)[None, :]
-        z = tl.load(z_ptr + rows[:, None] * stride_zb + c[None, :] * stride_za, mask=mask,
+        z = tl.load(zrow[:, None] + c.to(tl.int64)[None, :] * s_za, mask=mask,
                     other=float("-inf")).to(COMPUTE)
         m_new = tl.maximum(m, tl.max(z, 1))
         m_new = tl.where(m_new > float("-inf"), m_new, 0.0)  # rows with nothing finite yet
@@ -210,54 +302,67 @@ def _categorical_forward_kernel(
     log_s = tl.log(s)
     lse = m + log_s
     ent = log_s - u / s
-    tl.store(rows_ptr + rows * 2, lse, mask=rmask)
-    tl.store(rows_ptr + rows * 2 + 1, ent, mask=rmask)
+    tl.store(rows_ptr + r64 * 2, lse, mask=rmask)
+    tl.store(rows_ptr + r64 * 2 + 1, ent, mask=rmask)
 
-    act = tl.load(act_ptr + rows, mask=rmask, other=0)
-    za = tl.load(z_ptr + rows * stride_zb + act * stride_za, mask=rmask, other=0.0).to(COMPUTE)
-    old, adv, v, ov, ret, cw = _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr,
-                                          w_ptr, stats_ptr, HAS_W, COMPUTE)
-    pg, vl, kl, okl, cf = _head_row(za - lse, old, adv, v, ov, ret, CLIP, CLIP_VLOSS)
-    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr, VF, ENT)
+    za, _, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
+    logp = tl.where(ok, za - lse, float("nan"))
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
+    clip = _coef(clip_hi, clip_lo, COMPUTE)
+    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, clip,
+                                    _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                    CLIP_VLOSS)
+    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr,
+                _coef(vf_hi, vf_lo, COMPUTE), _coef(ent_hi, ent_lo, COMPUTE))
 
 
 @triton.jit
 def _categorical_backward_kernel(
     g_ptr,                          # () incoming gradient of the loss
-    z_ptr, stride_zb, stride_za,    # (B, A) logits
-    act_ptr, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr,
-    stats_ptr,                      # (9,) forward stats (adv mean/scale, weight sum)
-    rows_ptr,                       # (B, 2) forward logsumexp, entropy
+    z_ptr, s_zb, s_za,              # (B, A) logits and their strides
+    act_ptr, s_act,                 # (B,) rows as in the forward, each with its stride
+    old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w,
+    stats_ptr,                      # (9,) forward stats (adv mean/scale, weight sum), contiguous
+    rows_ptr, s_rb, s_rc,           # (B, 2) forward logsumexp, entropy and their strides
     dz_ptr,                         # (B, A) out, contiguous, logits dtype
-    dv_ptr,                         # (B,) out, compute dtype
+    dv_ptr,                         # (B,) out, contiguous, values dtype
     B, A,
-    CLIP: tl.constexpr, VF: tl.constexpr, ENT: tl.constexpr, CLIP_VLOSS: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr, COMPUTE: tl.constexpr,
+    clip_hi, clip_lo, lo_hi, lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo,  # float pairs
+    CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_A: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    lse = tl.load(rows_ptr + rows * 2, mask=rmask, other=0.0)
-    ent = tl.load(rows_ptr + rows * 2 + 1, mask=rmask, other=0.0)
-    act = tl.load(act_ptr + rows, mask=rmask, other=0)
-    za = tl.load(z_ptr + rows * stride_zb + act * stride_za, mask=rmask, other=0.0).to(COMPUTE)
-    old, adv, v, ov, ret, cw = _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr,
-                                          w_ptr, stats_ptr, HAS_W, COMPUTE)
+    r64 = rows.to(tl.int64)
+    zrow = z_ptr + r64 * s_zb
+    lse = tl.load(rows_ptr + r64 * s_rb, mask=rmask, other=0.0).to(COMPUTE)
+    ent = tl.load(rows_ptr + r64 * s_rb + s_rc, mask=rmask, other=0.0).to(COMPUTE)
+    za, act, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
+    logp = tl.where(ok, za - lse, float("nan"))
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
     c = tl.load(g_ptr).to(COMPUTE) * cw
-    d_logp, dv = _head_grad_row(c, za - lse, old, adv, v, ov, ret, CLIP, CLIP_VLOSS)
-    tl.store(dv_ptr + rows, VF * dv, mask=rmask)
-    d_ent = -ENT * c
+    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, _coef(clip_hi, clip_lo, COMPUTE),
+                                _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                CLIP_VLOSS)
+    tl.store(dv_ptr + r64, (_coef(vf_hi, vf_lo, COMPUTE) * dv).to(dv_ptr.dtype.element_ty),
+             mask=rmask)
+    d_ent = -_coef(ent_hi, ent_lo, COMPUTE) * c
     cols = tl.arange(0, BLOCK_A)
     for start in range(0, A, BLOCK_A):
         cc = start + cols
         mask = rmask[:, None] & (cc < A)[None, :]
-        z = tl.load(z_ptr + rows[:, None] * stride_zb + cc[None, :] * stride_za, mask=mask,
-                    other=0.0).to(COMPUTE)
+        c64 = cc.to(tl.int64)
+        z = tl.load(zrow[:, None] + c64[None, :] * s_za, mask=mask, other=0.0).to(COMPUTE)
         log_p = z - lse[:, None]
         p = tl.exp(log_p)
         dz = -d_logp[:, None] * p
         dz -= tl.where(p > 0, d_ent[:, None] * p * (log_p + ent[:, None]), 0.0)
-        dz += tl.where(cc[None, :] == act[:, None], d_logp[:, None], 0.0)
-        tl.store(dz_ptr + rows[:, None] * A + cc[None, :], dz.to(dz_ptr.dtype.element_ty),
+        dz += tl.where(c64[None, :] == act[:, None], d_logp[:, None], 0.0)
+        tl.store(dz_ptr + r64[:, None] * A + c64[None, :], dz.to(dz_ptr.dtype.element_ty),
                  mask=mask)
 
 
@@ -265,78 +370,93 @@ def _categorical_backward_kernel(
 
 @triton.jit
 def _gaussian_forward_kernel(
-    mu_ptr, stride_mb, stride_md,   # (B, D) mean
-    ls_ptr, stride_lb, stride_ld,   # (B, D) log-std (stride 0 for an expanded parameter)
-    x_ptr, stride_xb, stride_xd,    # (B, D) actions (compute dtype)
-    old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr,
-    stats_ptr, loss_ptr,
-    rows_ptr,                       # (B,) out: log-prob
+    mu_ptr, s_mb, s_md,             # (B, D) mean and its strides
+    ls_ptr, s_lb, s_ld,             # (B, D) log-std (stride (0, 1) for an expanded parameter)
+    x_ptr, s_xb, s_xd,              # (B, D) actions (compute dtype)
+    old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w,
+    stats_ptr, loss_ptr,            # as in the categorical forward
+    rows_ptr,                       # (B,) out, contiguous: log-prob
     B, D,
-    CLIP: tl.constexpr, VF: tl.constexpr, ENT: tl.constexpr, CLIP_VLOSS: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr,
+    clip_hi, clip_lo, lo_hi, lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo,  # float pairs
+    CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
+    r64 = rows.to(tl.int64)
+    mu_row = mu_ptr + r64 * s_mb
+    ls_row = ls_ptr + r64 * s_lb
+    x_row = x_ptr + r64 * s_xb
     cols = tl.arange(0, BLOCK_D)
     logp = tl.zeros([BLOCK_B], dtype=COMPUTE)
     ent = tl.zeros([BLOCK_B], dtype=COMPUTE)
     for start in range(0, D, BLOCK_D):
         c = start + cols
         mask = rmask[:, None] & (c < D)[None, :]
-        mu = tl.load(mu_ptr + rows[:, None] * stride_mb + c[None, :] * stride_md, mask=mask,
-                     other=0.0).to(COMPUTE)
-        ls = tl.load(ls_ptr + rows[:, None] * stride_lb + c[None, :] * stride_ld, mask=mask,
-                     other=0.0).to(COMPUTE)
-        x = tl.load(x_ptr + rows[:, None] * stride_xb + c[None, :] * stride_xd, mask=mask,
-                    other=0.0).to(COMPUTE)
+        c64 = c.to(tl.int64)[None, :]
+        mu = tl.load(mu_row[:, None] + c64 * s_md, mask=mask, other=0.0).to(COMPUTE)
+        ls = tl.load(ls_row[:, None] + c64 * s_ld, mask=mask, other=0.0).to(COMPUTE)
+        x = tl.load(x_row[:, None] + c64 * s_xd, mask=mask, other=0.0).to(COMPUTE)
         diff = x - mu
-        term = -diff * diff / (2.0 * tl.exp(2.0 * ls)) - ls - HALF_LOG_2PI
+        term = -0.5 * diff * diff * tl.exp(-2.0 * ls) - ls - HALF_LOG_2PI
         logp += tl.sum(tl.where(mask, term, 0.0), 1)
         ent += tl.sum(tl.where(mask, 0.5 + HALF_LOG_2PI + ls, 0.0), 1)
-    tl.store(rows_ptr + rows, logp, mask=rmask)
-    old, adv, v, ov, ret, cw = _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr,
-                                          w_ptr, stats_ptr, HAS_W, COMPUTE)
-    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, CLIP, CLIP_VLOSS)
-    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr, VF, ENT)
+    tl.store(rows_ptr + r64, logp, mask=rmask)
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
+    clip = _coef(clip_hi, clip_lo, COMPUTE)
+    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, clip,
+                                    _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                    CLIP_VLOSS)
+    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, stats_ptr, loss_ptr,
+                _coef(vf_hi, vf_lo, COMPUTE), _coef(ent_hi, ent_lo, COMPUTE))
 
 
 @triton.jit
 def _gaussian_backward_kernel(
-    g_ptr,
-    mu_ptr, stride_mb, stride_md,
-    ls_ptr, stride_lb, stride_ld,
-    x_ptr, stride_xb, stride_xd,
-    old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr, w_ptr,
-    stats_ptr,
-    rows_ptr,                       # (B,) forward log-prob
+    g_ptr,                          # () incoming gradient of the loss
+    mu_ptr, s_mb, s_md,             # (B, D) mean
+    ls_ptr, s_lb, s_ld,             # (B, D) log-std
+    x_ptr, s_xb, s_xd,              # (B, D) actions
+    old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w,
+    stats_ptr,                      # (9,) forward stats, contiguous
+    rows_ptr, s_r,                  # (B,) forward log-prob and its stride
     dmu_ptr, dls_ptr,               # (B, D) out, contiguous, in the dtypes of mean / log-std
-    dv_ptr,                         # (B,) out, compute dtype
+    dv_ptr,                         # (B,) out, contiguous, values dtype
     B, D,
-    CLIP: tl.constexpr, VF: tl.constexpr, ENT: tl.constexpr, CLIP_VLOSS: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr,
+    clip_hi, clip_lo, lo_hi, lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo,  # float pairs
+    CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    logp = tl.load(rows_ptr + rows, mask=rmask, other=0.0)
-    old, adv, v, ov, ret, cw = _load_rows(rows, rmask, old_ptr, adv_ptr, v_ptr, ov_ptr, ret_ptr,
-                                          w_ptr, stats_ptr, HAS_W, COMPUTE)
+    r64 = rows.to(tl.int64)
+    logp = tl.load(rows_ptr + r64 * s_r, mask=rmask, other=0.0).to(COMPUTE)
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
     c = tl.load(g_ptr).to(COMPUTE) * cw
-    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, CLIP, CLIP_VLOSS)
-    tl.store(dv_ptr + rows, VF * dv, mask=rmask)
-    d_ent = -ENT * c
+    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, _coef(clip_hi, clip_lo, COMPUTE),
+                                _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                CLIP_VLOSS)
+    tl.store(dv_ptr + r64, (_coef(vf_hi, vf_lo, COMPUTE) * dv).to(dv_ptr.dtype.element_ty),
+             mask=rmask)
+    d_ent = -_coef(ent_hi, ent_lo, COMPUTE) * c
+    mu_row = mu_ptr + r64 * s_mb
+    ls_row = ls_ptr + r64 * s_lb
+    x_row = x_ptr + r64 * s_xb
     cols = tl.arange(0, BLOCK_D)
     for start in range(0, D, BLOCK_D):
         cc = start + cols
         mask = rmask[:, None] & (cc < D)[None, :]
-        mu = tl.load(mu_ptr + rows[:, None] * stride_mb + cc[None, :] * stride_md, mask=mask,
-                     other=0.0).to(COMPUTE)
-        ls = tl.load(ls_ptr + rows[:, None] * stride_lb + cc[None, :] * stride_ld, mask=mask,
-                     other=0.0).to(COMPUTE)
-        x = tl.load(x_ptr + rows[:, None] * stride_xb + cc[None, :] * stride_xd, mask=mask,
-                    other=0.0).to(COMPUTE)
+        c64 = cc.to(tl.int64)[None, :]
+        mu = tl.load(mu_row[:, None] + c64 * s_md, mask=mask, other=0.0).to(COMPUTE)
+        ls = tl.load(ls_row[:, None] + c64 * s_ld, mask=mask, other=0.0).to(COMPUTE)
+        x = tl.load(x_row[:, None] + c64 * s_xd, mask=mask, other=0.0).to(COMPUTE)
         inv_std = tl.exp(-ls)
         zd = (x - mu) * inv_std
-        out = rows[:, None] * D + cc[None, :]
+        out = r64[:, None] * D + c64
         tl.store(dmu_ptr + out, (d_logp[:, None] * zd * inv_std).to(dmu_ptr.dtype.element_ty),
                  mask=mask)
         d_ls = d_logp[:, None] * (zd * zd - 1.0) + d_ent[:, None]
@@ -349,39 +469,76 @@ def _tl_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _blocks(width):
-    block_cols = min(triton.next_power_of_2(width), 1024)
-    return max(1, min(128, _TILE // block_cols)), block_cols
+def _launch_config(width, batch, dtype):
+    """(BLOCK_B, BLOCK_A, num_warps) for rows of ``width`` columns, ``batch`` rows and compute
+    ``dtype`` (the rule is in the module docstring)."""
+    padded = triton.next_power_of_2(width)
+    num_warps = 8 if padded >= _WIDE_ROW else 4
+    threads = 32 * num_warps
+    tile = _ELEMS_PER_THREAD[dtype] * threads
+    block_cols = min(padded, tile)
+    # rows per pass of the block when every thread sits on its own column (unaligned rows)
+    rows_per_pass = max(1, threads // block_cols)
+    block_rows = min(tile // block_cols, _HEAD_ROWS_PER_THREAD[dtype] * rows_per_pass,
+                     triton.next_power_of_2(batch))
+    return max(1, block_rows), block_cols, num_warps
+
+
+def _split(x: float) -> tuple[float, float]:
+    """x as a float32 pair hi + lo (Triton passes Python floats as float32)."""
+    hi = float(np.float32(x))
+    return hi, float(np.float32(x - hi))
+
+
+@functools.lru_cache(maxsize=64)
+def _coefs(clip_coef, vf_coef, ent_coef):
+    """The runtime coefficient arguments: clip, 1 - clip, 1 + clip, vf, ent as float32 pairs
+    (cached: a training run repeats the same few values)."""
+    out = ()
+    for x in (clip_coef, 1.0 - clip_coef, 1.0 + clip_coef, vf_coef, ent_coef):
+        out += _split(float(x))
+    return out
+
+
+def _row_args(old_logprobs, advantages, values, old_values, returns, weights):
+    """Pointer and stride of each (B,) row tensor, in kernel order (a stand-in for weights)."""
+    out = []
+    for t in (old_logprobs, advantages, values, old_values, returns,
+              advantages if weights is None else weights):
+        out += (t, t.stride(0))
+    return out
+
+
+def _device(x):
+    """Launch on x's GPU (Triton launches on the current device); nothing to do on the CPU."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _prepare(advantages, weights, normalize, dtype):
     stats = torch.empty(9, dtype=dtype, device=advantages.device)
     loss = torch.empty((), dtype=dtype, device=advantages.device)
-    block = min(triton.next_power_of_2(advantages.shape[0]), 1024)
-    _prepare_kernel[(1,)](advantages, weights if weights is not None else advantages, stats,
-                          loss, advantages.shape[0], HAS_W=weights is not None,
-                          NORMALIZE=normalize, BLOCK=block, COMPUTE=_tl_dtype(dtype))
+    block = min(triton.next_power_of_2(advantages.shape[0]), _PREPARE_BLOCK)
+    w = advantages if weights is None else weights
+    _prepare_kernel[(1,)](advantages, advantages.stride(0), w, w.stride(0), stats, loss,
+                          advantages.shape[0], HAS_W=weights is not None, NORMALIZE=normalize,
+                          BLOCK=block, COMPUTE=_tl_dtype(dtype), num_warps=4)
     return loss, stats
-
-
-def _consts(weights, clip_coef, vf_coef, ent_coef, clip_vloss, dtype):
-    return dict(CLIP=clip_coef, VF=vf_coef, ENT=ent_coef, CLIP_VLOSS=clip_vloss,
-                HAS_W=weights is not None, COMPUTE=_tl_dtype(dtype))
 
 
 def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
                         weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
-    _check_values(actions, logits.shape[1], weights)
     dtype = old_logprobs.dtype
-    loss, stats = _prepare(advantages, weights, normalize_advantages, dtype)
     batch, num_actions = logits.shape
-    row_stats = torch.empty(batch, 2, dtype=dtype, device=logits.device)
-    block_b, block_a = _blocks(num_actions)
-    _categorical_forward_kernel[(triton.cdiv(batch, block_b),)](
-        logits, logits.stride(0), logits.stride(1), actions, old_logprobs, advantages, values,
-        old_values, returns, weights if weights is not None else advantages, stats, loss,
-        row_stats, batch, num_actions, BLOCK_B=block_b, BLOCK_A=block_a,
-        **_consts(weights, clip_coef, vf_coef, ent_coef, clip_vloss, dtype))
+    block_b, block_a, num_warps = _launch_config(num_actions, batch, dtype)
+    with _device(logits):
+        loss, stats = _prepare(advantages, weights, normalize_advantages, dtype)
+        row_stats = torch.empty(batch, 2, dtype=dtype, device=logits.device)
+        _categorical_forward_kernel[(triton.cdiv(batch, block_b),)](
+            logits, logits.stride(0), logits.stride(1), actions, actions.stride(0),
+            *_row_args(old_logprobs, advantages, values, old_values, returns, weights),
+            stats, loss, row_stats, batch, num_actions, *_coefs(clip_coef, vf_coef, ent_coef),
+            CLIP_VLOSS=clip_vloss, HAS_W=weights is not None, BLOCK_B=block_b, BLOCK_A=block_a,
+            COMPUTE=_tl_dtype(dtype), num_warps=num_warps)
     return loss, stats, row_stats
 
 
@@ -390,32 +547,36 @@ def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, v
                          ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     batch, num_actions = logits.shape
-    d_logits = torch.empty(batch, num_actions, dtype=logits.dtype, device=logits.device)
-    d_values = torch.empty(batch, dtype=dtype, device=logits.device)
-    block_b, block_a = _blocks(num_actions)
-    _categorical_backward_kernel[(triton.cdiv(batch, block_b),)](
-        grad_loss, logits, logits.stride(0), logits.stride(1), actions, old_logprobs, advantages,
-        values, old_values, returns, weights if weights is not None else advantages, stats,
-        row_stats, d_logits, d_values, batch, num_actions, BLOCK_B=block_b, BLOCK_A=block_a,
-        **_consts(weights, clip_coef, vf_coef, ent_coef, clip_vloss, dtype))
-    return d_logits, d_values.to(values.dtype)
+    block_b, block_a, num_warps = _launch_config(num_actions, batch, dtype)
+    with _device(logits):
+        d_logits = torch.empty(batch, num_actions, dtype=logits.dtype, device=logits.device)
+        d_values = torch.empty(batch, dtype=values.dtype, device=logits.device)
+        _categorical_backward_kernel[(triton.cdiv(batch, block_b),)](
+            grad_loss, logits, logits.stride(0), logits.stride(1), actions, actions.stride(0),
+            *_row_args(old_logprobs, advantages, values, old_values, returns, weights),
+            stats.contiguous(), row_stats, row_stats.stride(0), row_stats.stride(1), d_logits,
+            d_values, batch, num_actions, *_coefs(clip_coef, vf_coef, ent_coef),
+            CLIP_VLOSS=clip_vloss, HAS_W=weights is not None, BLOCK_B=block_b, BLOCK_A=block_a,
+            COMPUTE=_tl_dtype(dtype), num_warps=num_warps)
+    return d_logits, d_values
 
 
 def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
                      returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
                      normalize_advantages):
-    _check_values(None, 0, weights)
     dtype = old_logprobs.dtype
-    loss, stats = _prepare(advantages, weights, normalize_advantages, dtype)
     batch, dim = mean.shape
-    row_stats = torch.empty(batch, dtype=dtype, device=mean.device)
-    block_b, block_d = _blocks(dim)
-    _gaussian_forward_kernel[(triton.cdiv(batch, block_b),)](
-        mean, mean.stride(0), mean.stride(1), log_std, log_std.stride(0), log_std.stride(1),
-        actions, actions.stride(0), actions.stride(1), old_logprobs, advantages, values,
-        old_values, returns, weights if weights is not None else advantages, stats, loss,
-        row_stats, batch, dim, BLOCK_B=block_b, BLOCK_D=block_d,
-        **_consts(weights, clip_coef, vf_coef, ent_coef, clip_vloss, dtype))
+    block_b, block_d, num_warps = _launch_config(dim, batch, dtype)
+    with _device(mean):
+        loss, stats = _prepare(advantages, weights, normalize_advantages, dtype)
+        row_stats = torch.empty(batch, dtype=dtype, device=mean.device)
+        _gaussian_forward_kernel[(triton.cdiv(batch, block_b),)](
+            mean, mean.stride(0), mean.stride(1), log_std, log_std.stride(0), log_std.stride(1),
+            actions, actions.stride(0), actions.stride(1),
+            *_row_args(old_logprobs, advantages, values, old_values, returns, weights),
+            stats, loss, row_stats, batch, dim, *_coefs(clip_coef, vf_coef, ent_coef),
+            CLIP_VLOSS=clip_vloss, HAS_W=weights is not None, BLOCK_B=block_b, BLOCK_D=block_d,
+            COMPUTE=_tl_dtype(dtype), num_warps=num_warps)
     return loss, stats, row_stats
 
 
@@ -424,15 +585,17 @@ def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantage
                       ent_coef, clip_vloss, normalize_advantages):
     dtype = old_logprobs.dtype
     batch, dim = mean.shape
-    d_mean = torch.empty(batch, dim, dtype=mean.dtype, device=mean.device)
-    d_log_std = torch.empty(batch, dim, dtype=log_std.dtype, device=mean.device)
-    d_values = torch.empty(batch, dtype=dtype, device=mean.device)
-    block_b, block_d = _blocks(dim)
-    _gaussian_backward_kernel[(triton.cdiv(batch, block_b),)](
-        grad_loss, mean, mean.stride(0), mean.stride(1), log_std, log_std.stride(0),
-        log_std.stride(1), actions, actions.stride(0), actions.stride(1), old_logprobs,
-        advantages, values, old_values, returns,
-        weights if weights is not None else advantages, stats, row_stats, d_mean, d_log_std,
-        d_values, batch, dim, BLOCK_B=block_b, BLOCK_D=block_d,
-        **_consts(weights, clip_coef, vf_coef, ent_coef, clip_vloss, dtype))
-    return d_mean, d_log_std, d_values.to(values.dtype)
+    block_b, block_d, num_warps = _launch_config(dim, batch, dtype)
+    with _device(mean):
+        d_mean = torch.empty(batch, dim, dtype=mean.dtype, device=mean.device)
+        d_log_std = torch.empty(batch, dim, dtype=log_std.dtype, device=mean.device)
+        d_values = torch.empty(batch, dtype=values.dtype, device=mean.device)
+        _gaussian_backward_kernel[(triton.cdiv(batch, block_b),)](
+            grad_loss, mean, mean.stride(0), mean.stride(1), log_std, log_std.stride(0),
+            log_std.stride(1), actions, actions.stride(0), actions.stride(1),
+            *_row_args(old_logprobs, advantages, values, old_values, returns, weights),
+            stats.contiguous(), row_stats, row_stats.stride(0), d_mean, d_log_std, d_values,
+            batch, dim, *_coefs(clip_coef, vf_coef, ent_coef),
+            CLIP_VLOSS=clip_vloss, HAS_W=weights is not None, BLOCK_B=block_b, BLOCK_D=block_d,
+            COMPUTE=_tl_dtype(dtype), num_warps=num_warps)
+    return d_mean, d_log_std, d_values

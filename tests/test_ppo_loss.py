@@ -416,8 +416,20 @@ def _call(backend="auto", **changes):
     (dict(advantages=[0.0] * 4), TypeError, "advantages"),
 ])
 def test_bad_input_names_the_argument(backend, change, error, name):
+    if backend == "triton" and _is_value_error(change):
+        # bad data on Triton: NaN instead of an exception (no host sync on CUDA)
+        loss, _ = _call(backend=backend, **change)
+        assert math.isnan(loss)
+        return
     with pytest.raises(error, match=name):
         _call(backend=backend, **change)
+
+
+def _is_value_error(change):
+    """Bad values in tensors of the right metadata (what only the data can show)."""
+    actions, weights = change.get("actions"), change.get("weights")
+    return (actions is not None and actions.dtype == torch.long and actions.shape == (4,)) or \
+        (weights is not None and weights.shape == (4,))
 
 
 def test_bad_gaussian_input_names_the_argument():
