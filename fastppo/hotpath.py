@@ -122,9 +122,14 @@ class MinibatchStep:
                           normalize_advantages=loss_fn.normalize_advantages)
         self.batch: dict[str, torch.Tensor] = {}
         self._numba, self._advantages = None, (None, None)
+        self.warmup = None  # a background compile of the Numba kernels (fastppo.warmup)
         if numba:
             from fastppo.kernels.mlp_step_numba import MLPLossStep
             from fastppo.kernels.optim_numba import ClipAdam
+
+            from . import warmup
+
+            self.warmup = warmup.start(agent.continuous)
 
             self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
                                       activation=_activation(agent),
@@ -173,6 +178,9 @@ class MinibatchStep:
         return loss.detach(), stats
 
     def _grads_numba(self, idx, advantages):
+        if self.warmup is not None:  # the first call: load what the background process compiled
+            self.warmup.wait()
+            self.warmup = None
         a = self._arrays
         if advantages is not self._advantages[0]:  # the same arrays each call: checked once
             self._advantages = advantages, advantages.numpy()
