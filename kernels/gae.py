@@ -61,13 +61,21 @@ def gae(
     The equations, with ``done = terminated | truncated``::
 
         nv[t]    = next_values[t] if given, else values[t+1] (t < T-1), else next_value
-        delta[t] = rewards[t] + gamma * (1 - terminated[t]) * nv[t] - values[t]
-        A[t]     = delta[t] + gamma * lam * (1 - done[t]) * A[t+1]        A[T] = 0
+        delta[t] = rewards[t] - values[t] + (0 if terminated[t] else gamma * nv[t])
+        A[t]     = delta[t] + (0 if done[t] else gamma * lam * A[t+1])    A[T] = 0
         A[t]     = 0 where valid[t] is false (the recursion continues from that 0)
         returns  = A + values
 
     Termination zeroes the bootstrap; truncation only cuts the recursion, so a truncated step
     still bootstraps from ``nv[t]``.
+
+    Non-finite inputs (with ``check_finite=False``): the flags act as selects, never as
+    multiplications by 0, on every backend. A NaN or inf bootstrap ``nv[t]`` at a terminated
+    step does not reach ``delta[t]``; a non-finite ``A[t+1]`` does not cross a done step; an
+    invalid step's advantage is 0 whatever its own reward and value (its return is
+    ``values[t]``, whatever that is). Everywhere else a NaN or inf propagates as IEEE
+    arithmetic says, e.g. through ``gamma * lam * A[t+1]`` (``0 * inf`` is NaN when
+    ``gamma * lam = 0``), and the backends give the same NaN and inf positions.
 
     Example: one env, five steps of EnvPool next-step autoreset, ``gamma = lam = 0.5``.
     Step 1 terminates, so step 2 is the reset step (``valid`` false). Step 3 is truncated by a

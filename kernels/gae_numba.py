@@ -20,6 +20,11 @@ torch ships its own libgomp, Numba's OpenMP layer loads the system one, and righ
 torch op the two pools spin-wait against each other; on this oversubscribed 2-core machine a
 static ``prange`` split of 4096 x 128 was measured 20-60x slower than one core.
 The equations are in the docstring of ``fastppo.kernels.gae``.
+
+Non-finite inputs: every flag acts through a select (``x if flag else 0``), never a
+multiplication by 0, so a NaN or inf bootstrap at a terminated step, a non-finite ``A[t+1]``
+behind a done step and an invalid step's own reward and value stay out of the advantages,
+exactly as in the equations. No ``fastmath``: it would let LLVM assume finite values.
 """
 
 from __future__ import annotations

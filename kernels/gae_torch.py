@@ -4,6 +4,13 @@ Written to be read; it runs on any device and is the fallback when neither Numba
 imports. Inputs arrive already validated and cast by ``fastppo.kernels.gae``: float tensors in
 the compute dtype (float32 or float64), flags as bool tensors, all of shape (T, N) except
 ``next_value`` (N,). The equations are in the docstring of ``fastppo.kernels.gae``.
+
+Non-finite inputs: every flag acts through a select (``torch.where``), never through a
+multiplication by 0 or 1, so a NaN or inf is kept out exactly where the equations drop it:
+
+    delta[t] = rewards[t] - values[t] + (terminated[t] ? 0 : gamma * nv[t])
+    A[t]     = delta[t] + (done[t] ? 0 : gamma * lam * A[t+1])
+    A[t]     = valid[t] ? A[t] : 0
 """
 
 from __future__ import annotations
@@ -26,17 +33,18 @@ def gae_torch(
     if next_values is None:
         # nv[t] = values[t+1] for t < T-1, next_value for the last step.
         next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+    zeros = torch.zeros_like(values)
     # Termination zeroes the bootstrap (a select, so a non-finite nv never leaks through it).
-    bootstrap = torch.where(terminated, torch.zeros_like(next_values), gamma * next_values)
-    delta = rewards + bootstrap - values
-    # The recursion is cut at every done step (terminated or truncated).
-    decay = (gamma * lam) * (~(terminated | truncated)).to(values.dtype)
+    delta = (rewards - values) + torch.where(terminated, zeros, gamma * next_values)
+    # The recursion is cut at every done step (terminated or truncated), again by a select.
+    done = terminated | truncated
+    decay = gamma * lam
 
     advantages = torch.empty_like(values)
-    carry = torch.zeros_like(next_value)  # A[T] = 0
+    carry = zeros[0]  # A[T] = 0
     for t in range(values.shape[0] - 1, -1, -1):
-        carry = delta[t] + decay[t] * carry
+        carry = delta[t] + torch.where(done[t], zeros[t], decay * carry)
         if valid is not None:
-            carry = torch.where(valid[t], carry, torch.zeros_like(carry))
+            carry = torch.where(valid[t], carry, zeros[t])
         advantages[t] = carry
     return advantages, advantages + values

@@ -17,7 +17,11 @@ BACKENDS = ["torch", "numba", "triton"]  # triton runs in the interpreter (tests
 
 def reference_gae(rewards, values, terminated, truncated, next_value, gamma, lam,
                   next_values=None, valid=None):
-    """A plain per-step float64 loop, straight from the equations in the gae docstring."""
+    """A plain per-step float64 loop, straight from the equations in the gae docstring.
+
+    Every flag is a select (an ``if``), never a multiplication by 0, so a NaN or inf reaches
+    exactly the steps the equations let it reach; elsewhere it propagates by IEEE arithmetic.
+    """
     r = rewards.double().numpy()
     v = values.double().numpy()
     term = (terminated != 0).numpy()
@@ -27,22 +31,28 @@ def reference_gae(rewards, values, terminated, truncated, next_value, gamma, lam
     last_value = next_value.double().numpy()
     n_steps, n_envs = v.shape
     adv = np.zeros((n_steps, n_envs))
-    for n in range(n_envs):
-        a_next = 0.0  # A[T] = 0
-        for t in reversed(range(n_steps)):
-            if nvs is not None:
-                nv = nvs[t, n]
-            elif t < n_steps - 1:
-                nv = v[t + 1, n]
-            else:
-                nv = last_value[n]
-            delta = r[t, n] + gamma * (1.0 - term[t, n]) * nv - v[t, n]
-            a = delta + gamma * lam * (1.0 - done[t, n]) * a_next
-            if ok is not None and not ok[t, n]:
-                a = 0.0
-            adv[t, n] = a
-            a_next = a
-    return torch.from_numpy(adv), torch.from_numpy(adv + v)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for n in range(n_envs):
+            a_next = 0.0  # A[T] = 0
+            for t in reversed(range(n_steps)):
+                if nvs is not None:
+                    nv = nvs[t, n]
+                elif t < n_steps - 1:
+                    nv = v[t + 1, n]
+                else:
+                    nv = last_value[n]
+                delta = r[t, n] - v[t, n]
+                if not term[t, n]:
+                    delta = delta + gamma * nv
+                a = delta
+                if not done[t, n]:
+                    a = a + (gamma * lam) * a_next
+                if ok is not None and not ok[t, n]:
+                    a = 0.0
+                adv[t, n] = a
+                a_next = a
+        ret = adv + v
+    return torch.from_numpy(adv), torch.from_numpy(ret)
 
 
 def random_rollout(n_steps, n_envs, dtype=torch.float32, *, seed=0, with_next_values=True,
@@ -129,18 +139,120 @@ def test_numba_thread_blocks(monkeypatch, n_envs):
         assert_matches_reference(random_rollout(50, n_envs, dtype, seed=n_envs), "numba")
 
 
-@pytest.mark.parametrize("kernel", ["envs", "scan"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n_steps,n_envs", [(1, 1), (7, 13), (300, 3), (40, 130)],
-                         ids=lambda x: str(x))
-def test_triton_both_kernels(monkeypatch, kernel, dtype, n_steps, n_envs):
-    # The env-block kernel normally runs from SCAN_MAX_ENVS envs up, the time scan below.
+# Each Triton kernel path, forced on small shapes by the plan's constants (module docstring of
+# gae_triton): the env kernel, the one-pass scan and the two-pass time-chunked scan (small
+# tiles, so that a short rollout still has enough tiles to split).
+TRITON_PATHS = {
+    "envs": dict(ENVS_KERNEL_MIN_ENVS_PER_SM=0),
+    "scan": dict(ENVS_KERNEL_MIN_ENVS_PER_SM=10**9, MAX_CHUNKS=1),
+    "chunked": dict(ENVS_KERNEL_MIN_ENVS_PER_SM=10**9, SCAN_TILE=32),
+    # One-step tiles and chunks from two tiles up: even a 2-step rollout takes two passes.
+    "chunked-steps": dict(ENVS_KERNEL_MIN_ENVS_PER_SM=10**9, SCAN_TILE=1, MIN_CHUNKS=2,
+                          MIN_TILES_PER_CHUNK=1),
+}
+
+
+def use_triton_path(monkeypatch, path):
     gae_triton = importlib.import_module("fastppo.kernels.gae_triton")
-    monkeypatch.setattr(gae_triton, "SCAN_MAX_ENVS", 1 if kernel == "envs" else 10**9)
+    for name, value in TRITON_PATHS[path].items():
+        monkeypatch.setattr(gae_triton, name, value)
+    return gae_triton
+
+
+def assert_triton_plan(gae_triton, path, n_steps, n_envs):
+    """The forced path is the one the launch takes for this shape (so the test covers it)."""
+    p = gae_triton.plan(n_steps, n_envs, gae_triton.ASSUMED_SM_COUNT)
+    assert p.kernel == ("envs" if path == "envs" else "scan")
+    assert (p.n_chunks > 1) == path.startswith("chunked"), p
+
+
+# Every backend path: the torch loop, Numba's three scans, Triton's three kernels.
+PATHS = ["torch", "numba", "numba-parallel", "triton-envs", "triton-scan", "triton-chunked"]
+# Rollouts of a few steps are too short for "chunked" tiles; "chunked-steps" splits them (and
+# is too slow in the interpreter for longer ones).
+SHORT_PATHS = [p for p in PATHS if p != "triton-chunked"] + ["triton-chunked-steps"]
+
+
+def use_path(monkeypatch, path, n_steps, n_envs):
+    """Force ``path`` and return the backend name to pass to gae."""
+    if path.startswith("triton-"):
+        gae_triton = use_triton_path(monkeypatch, path.split("-", 1)[1])
+        assert_triton_plan(gae_triton, path.split("-", 1)[1], n_steps, n_envs)
+        return "triton"
+    if path == "numba-parallel":
+        gae_numba = importlib.import_module("fastppo.kernels.gae_numba")
+        monkeypatch.setattr(gae_numba, "PARALLEL_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(gae_numba, "_MIN_BLOCK", 8)
+        return "numba"
+    return path
+
+
+TRITON_SHAPES = {
+    "envs": [(1, 1), (7, 13), (300, 3), (40, 130)],
+    "scan": [(1, 1), (7, 13), (300, 3), (40, 130)],
+    # Chunk counts below their power of two, a ragged last chunk, one env, N < 8 and N > 32.
+    "chunked": [(100, 3), (257, 1), (50, 40), (64, 5)],
+    "chunked-steps": [(2, 1), (7, 13), (20, 3)],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path,n_steps,n_envs",
+                         [(p, t, n) for p, shapes in TRITON_SHAPES.items() for t, n in shapes],
+                         ids=lambda x: str(x))
+def test_triton_paths(monkeypatch, path, n_steps, n_envs, dtype):
+    gae_triton = use_triton_path(monkeypatch, path)
+    assert_triton_plan(gae_triton, path, n_steps, n_envs)
     for with_next_values in (False, True):
         inputs = random_rollout(n_steps, n_envs, dtype, seed=n_steps + n_envs,
                                 with_next_values=with_next_values)
         assert_matches_reference(inputs, "triton")
+
+
+@pytest.mark.parametrize("sm_count,n_envs,block_n", [(1, 600, 128), (1, 200, 64), (1, 130, 32),
+                                                     (4, 130, 32)])
+def test_triton_env_kernel_block_sizes(monkeypatch, sm_count, n_envs, block_n):
+    # The env kernel's BLOCK_N is the largest of 128/64/32 that still fills the grid; ragged
+    # last blocks are masked.
+    gae_triton = use_triton_path(monkeypatch, "envs")
+    monkeypatch.setattr(gae_triton, "ASSUMED_SM_COUNT", sm_count)
+    p = gae_triton.plan(9, n_envs, sm_count)
+    assert (p.kernel, p.block_n, p.num_warps) == ("envs", block_n, block_n // 32)
+    inputs = random_rollout(9, n_envs, torch.float32, seed=n_envs)
+    assert_matches_reference(inputs, "triton")
+
+
+def test_triton_plan_rule():
+    gae_triton = importlib.import_module("fastppo.kernels.gae_triton")
+    plan, sms = gae_triton.plan, 132
+    # 4096 envs: the scan kernel with 8-env blocks, 512 programs (not 32 of 128 envs).
+    p = plan(128, 4096, sms)
+    assert (p.kernel, p.block_n, p.n_chunks) == ("scan", 8, 1) and p.n_env_blocks == 512
+    # Wider blocks once they still give 4 programs per SM; the env kernel from 1024 envs/SM.
+    assert plan(128, 4 * sms * 32, sms).block_n == 32
+    assert plan(128, 1024 * sms - 1, sms).kernel == "scan"
+    p = plan(128, 1024 * sms, sms)
+    assert (p.kernel, p.block_n, p.num_warps) == ("envs", 128, 4)
+    # Few envs, long horizon: time is split so the grid fills (up to MAX_CHUNKS chunks).
+    p = plan(65536, 1, sms)
+    assert p.kernel == "scan" and 4 <= p.n_chunks <= gae_triton.MAX_CHUNKS
+    # Short rollouts are not split (two passes over the data would not pay).
+    assert plan(128, 1, sms).n_chunks == 1 and plan(2048, 1, sms).n_chunks == 1
+    for n_steps in (1, 2, 7, 128, 1000, 4097, 65536):
+        for n_envs in (1, 3, 8, 13, 64, 4096, 20000, 200000):
+            p = plan(n_steps, n_envs, sms)
+            for x in (p.block_n, p.block_t, p.num_warps):
+                assert x & (x - 1) == 0
+            assert p.n_env_blocks * p.block_n >= n_envs > (p.n_env_blocks - 1) * p.block_n
+            # The chunks cover the T steps, none of them empty; whole tiles per chunk.
+            assert p.n_chunks * p.chunk_steps >= n_steps > (p.n_chunks - 1) * p.chunk_steps
+            assert p.n_chunks <= gae_triton.MAX_CHUNKS
+            if p.kernel == "scan":
+                assert p.block_t * p.block_n <= gae_triton.SCAN_TILE
+                assert p.chunk_steps % p.block_t == 0
+                assert p.block_n >= min(8, n_envs)
+            else:
+                assert p.num_warps == p.block_n // 32 and p.n_chunks == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -244,6 +356,178 @@ def test_golden_next_values_replace_bootstrap(backend):
     assert adv.squeeze(1).tolist() == [4.0, -99.0]
 
 
+# --- non-finite inputs: selects, never multiplications by 0 -------------------------------
+
+INF, NAN = float("inf"), float("nan")
+
+
+def assert_same_nonfinite(actual, expected, dtype):
+    """NaN, +inf and -inf at identical positions; the finite values close."""
+    actual = actual.double()
+    assert torch.equal(torch.isnan(actual), torch.isnan(expected))
+    assert torch.equal(actual == INF, expected == INF)
+    assert torch.equal(actual == -INF, expected == -INF)
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(actual[finite], expected[finite], **TOL[dtype])
+
+
+@pytest.mark.parametrize("path", SHORT_PATHS)
+def test_golden_inf_reward_behind_invalid_step(monkeypatch, path):
+    # t=2: A = inf; t=1: invalid, A = 0 (not 0 * inf); t=0: delta = 0 - 1 + 0.9*2 = 0.8 and
+    # A = 0.8 + 0.81 * 0 = 0.8. A scan composing the invalid step as a = 0 gives NaN here.
+    backend = use_path(monkeypatch, path, 3, 1)
+    adv, ret = gae(column(0.0, 0.0, INF, dtype=torch.float64), column(1.0, 2.0, 3.0),
+                   column(False, False, False), column(False, False, False),
+                   torch.tensor([1.0]), gamma=0.9, lam=0.9,
+                   valid=column(True, False, True), backend=backend)
+    torch.testing.assert_close(adv.squeeze(1), torch.tensor([0.8, 0.0, INF], dtype=adv.dtype))
+    assert ret.squeeze(1)[1].item() == 2.0  # the reset step's return is its value
+
+
+@pytest.mark.parametrize("path", SHORT_PATHS)
+def test_golden_nan_does_not_cross_truncation(monkeypatch, path):
+    # Step 2 is truncated: the NaN reward of the next episode (t=3) must not reach t <= 2.
+    # t=4: A = 1; t=3: NaN; t=2: delta = 1 + 0.5*0 - 0 = 1, cut, A = 1;
+    # t=1: A = 1 + 0.25*1 = 1.25; t=0: A = 1 + 0.25*1.25 = 1.3125.
+    backend = use_path(monkeypatch, path, 5, 1)
+    adv, _ = gae(column(1.0, 1.0, 1.0, NAN, 1.0), column(0.0, 0.0, 0.0, 0.0, 0.0),
+                 column(*[False] * 5), column(False, False, True, False, False),
+                 torch.tensor([0.0]), gamma=0.5, lam=0.5, backend=backend)
+    adv = adv.squeeze(1)
+    assert torch.isnan(adv[3]) and not torch.isnan(adv[[0, 1, 2, 4]]).any()
+    assert adv[[0, 1, 2, 4]].tolist() == [1.3125, 1.25, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("path", SHORT_PATHS)
+def test_golden_nonfinite_bootstrap_at_terminated_step(monkeypatch, path):
+    # Step 0 terminates, so nv[0] = next_values[0] = NaN is not used: A[0] = 2 - 1 = 1.
+    # Step 1 terminates with next_value = inf (the last step's bootstrap): A[1] = 3 - 1 = 2.
+    backend = use_path(monkeypatch, path, 2, 1)
+    for next_values, next_value in ((column(NAN, 0.0), torch.tensor([0.0])),
+                                    (None, torch.tensor([INF]))):
+        adv, _ = gae(column(2.0, 3.0), column(1.0, 1.0), column(True, True),
+                     column(False, False), next_value, gamma=0.9, lam=0.9,
+                     next_values=next_values, backend=backend)
+        assert adv.squeeze(1).tolist() == [1.0, 2.0]
+
+
+def nonfinite_rollout(kind, n_steps, n_envs, dtype, seed, with_next_values):
+    """A random rollout with NaN / +inf / -inf placed by ``kind``; returns (inputs, where).
+
+    after_cut: rewards at the first step of a new episode (the step after a done step).
+    bootstrap: the bootstrap of terminated steps (next_values[t], or values[t+1] and
+        next_value without next_values).
+    invalid:   rewards and values at invalid steps.
+    anywhere:  rewards, values, next_value and next_values at random positions.
+    """
+    inputs = random_rollout(n_steps, n_envs, dtype, seed=seed,
+                            with_next_values=with_next_values)
+    inputs = {k: (None if x is None else x.clone()) for k, x in inputs.items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    term, done = inputs["terminated"], inputs["terminated"] | inputs["truncated"]
+
+    def bad_like(mask):
+        choice = torch.randint(0, 3, mask.shape, generator=g)
+        return torch.tensor([NAN, INF, -INF], dtype=dtype)[choice]
+
+    def inject(name, mask):
+        x = inputs[name]
+        x[mask] = bad_like(mask)[mask]
+
+    where = torch.zeros(n_steps, n_envs, dtype=torch.bool)
+    if kind == "after_cut":
+        where[1:] = done[:-1]
+        inject("rewards", where)
+    elif kind == "bootstrap":
+        where = term.clone()
+        if with_next_values:
+            inject("next_values", where)
+        else:
+            shifted = torch.zeros_like(where)
+            shifted[1:] = term[:-1]
+            inject("values", shifted)
+            inject("next_value", term[-1])
+    elif kind == "invalid":
+        where = ~inputs["valid"]
+        inject("rewards", where)
+        inject("values", where)
+    else:
+        for name in ("rewards", "values", "next_values"):
+            if inputs[name] is not None:
+                mask = torch.rand(n_steps, n_envs, generator=g) < 0.02
+                inject(name, mask)
+                where |= mask
+        inject("next_value", torch.rand(n_envs, generator=g) < 0.2)
+    return inputs, where
+
+
+NONFINITE_SHAPES = [(40, 5), (32, 20)]  # (T, N): Numba's scalar and vector scans
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["after_cut", "bootstrap", "invalid", "anywhere"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_steps,n_envs", NONFINITE_SHAPES, ids=lambda x: str(x))
+def test_nonfinite_matches_reference(monkeypatch, path, kind, dtype, n_steps, n_envs):
+    backend = use_path(monkeypatch, path, n_steps, n_envs)
+    for with_next_values in (False, True):
+        inputs, where = nonfinite_rollout(kind, n_steps, n_envs, dtype,
+                                          seed=n_steps * n_envs, with_next_values=with_next_values)
+        assert where.any()
+        ref_adv, ref_ret = reference(inputs)
+        adv, ret = call(inputs, backend)
+        assert_same_nonfinite(adv, ref_adv, dtype)
+        assert_same_nonfinite(ret, ref_ret, dtype)
+        ok = inputs["valid"]
+        if kind == "after_cut":
+            # Only the injected steps themselves are non-finite: the cut before them holds.
+            assert torch.equal(~torch.isfinite(adv), where & ok)
+        elif kind == "bootstrap" and with_next_values:
+            # Every non-finite input is a dropped bootstrap.
+            assert torch.isfinite(adv).all()
+        elif kind == "invalid":
+            assert (adv[~ok] == 0).all()
+            torch.testing.assert_close(ret[~ok], inputs["values"][~ok], equal_nan=True)
+        else:
+            assert not torch.isfinite(adv).all() and torch.isfinite(adv).any()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [INF, -INF, NAN])
+def test_nonfinite_survives_a_tiny_decay(monkeypatch, path, dtype, bad):
+    # One long episode, gamma * lam = 1e-12: the step-by-step recursion keeps an inf alive back
+    # to t = 0 (1e-12 * inf = inf) although (1e-12)**k underflows to 0 within 30 steps even in
+    # float64; a scan whose composed factor underflows to 0 gives 0 * inf = NaN instead.
+    n_steps, n_envs = 300, 1
+    backend = use_path(monkeypatch, path, n_steps, n_envs)
+    inputs = random_rollout(n_steps, n_envs, dtype, seed=21, with_next_values=False,
+                            with_valid=False)
+    inputs["terminated"][:] = False
+    inputs["truncated"][:] = False
+    inputs["rewards"][250, 0] = bad
+    adv, _ = call(inputs, backend, gamma=1e-6, lam=1e-6)
+    ref_adv, _ = reference(inputs, 1e-6, 1e-6)
+    assert_same_nonfinite(adv, ref_adv, dtype)
+    if bad != bad:
+        assert torch.isnan(adv[:251]).all()
+    else:
+        assert (adv[:251] == bad).all()
+    assert torch.isfinite(adv[251:]).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_nonfinite_with_zero_decay_follows_ieee(monkeypatch, path):
+    # gamma * lam = 0 is not a cut: gamma * lam * A[t+1] = 0 * inf = NaN, as the equations say.
+    backend = use_path(monkeypatch, path, 50, 40)
+    inputs, _ = nonfinite_rollout("anywhere", 50, 40, torch.float64, seed=3,
+                                  with_next_values=True)
+    adv, ret = call(inputs, backend, gamma=0.9, lam=0.0)
+    ref_adv, ref_ret = reference(inputs, 0.9, 0.0)
+    assert_same_nonfinite(adv, ref_adv, torch.float64)
+    assert_same_nonfinite(ret, ref_ret, torch.float64)
+
+
 def test_docstring_example():
     # importlib, because the package attribute fastppo.kernels.gae is the function.
     results = doctest.testmod(importlib.import_module("fastppo.kernels.gae"), verbose=False)
@@ -300,6 +584,44 @@ def test_non_contiguous_inputs(backend):
     assert adv.is_contiguous() and ret.is_contiguous()
     torch.testing.assert_close(adv, ref_adv, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ret, ref_ret, rtol=1e-10, atol=1e-10)
+
+
+def expanded_rollout(n_steps, n_envs, seed):
+    """Inputs as broadcast and strided views: stride-0 next_value, rewards and flags expanded
+    from a row or a column, values a transposed view, next_values a strided slice."""
+    base = random_rollout(n_steps, n_envs, torch.float64, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    views = dict(
+        rewards=base["rewards"][0].expand(n_steps, n_envs),  # stride (0, 1)
+        values=base["values"].t().contiguous().t(),  # stride (1, T)
+        terminated=base["terminated"][:, :1].expand(n_steps, n_envs),  # stride (N, 0)
+        truncated=torch.tensor(False).expand(n_steps, n_envs),  # stride (0, 0)
+        next_value=base["next_value"][:1].expand(n_envs),  # stride (0,)
+        valid=base["valid"][:1].expand(n_steps, n_envs),
+    )
+    big = torch.rand((n_steps, 3 * n_envs), generator=g, dtype=torch.float64)
+    views["next_values"] = big[:, ::3]  # stride (3N, 3)
+    dense = {k: v.contiguous() for k, v in views.items()}
+    return views, dense
+
+
+EXPANDED_CASES = [(p, 33, 20) for p in PATHS] + [(p, 9, 1) for p in SHORT_PATHS]
+
+
+@pytest.mark.parametrize("path,n_steps,n_envs", EXPANDED_CASES, ids=lambda x: str(x))
+def test_expanded_and_strided_inputs(monkeypatch, path, n_steps, n_envs):
+    backend = use_path(monkeypatch, path, n_steps, n_envs)
+    views, dense = expanded_rollout(n_steps, n_envs, seed=n_steps + n_envs)
+    if n_envs > 1:
+        assert not any(v.is_contiguous() for k, v in views.items() if k != "values")
+    for with_next_values in (True, False):
+        if not with_next_values:
+            views = dict(views, next_values=None)
+            dense = dict(dense, next_values=None)
+        adv, ret = call(views, backend)
+        ref_adv, ref_ret = reference(dense)
+        torch.testing.assert_close(adv, ref_adv, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ret, ref_ret, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
