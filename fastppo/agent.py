@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from fastppo.kernels import HALF_LOG_2PI
 
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:

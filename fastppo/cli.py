@@ -25,12 +25,13 @@ import os
 import sys
 import tempfile
 import time
+import typing
 import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import PRESET_SETTINGS, PRESETS, RESUME_OVERRIDES, PPOConfig, check_settings, \
-    make_config, read_run_config
+from .config import DEVICES, PRESET_SETTINGS, PRESETS, RESUME_OVERRIDES, PPOConfig, \
+    check_settings, hint_parts, make_config, read_run_config
 
 # What resuming reads of a checkpoint (``Trainer.state_dict``).
 RESUME_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_step", "update",
@@ -38,37 +39,69 @@ RESUME_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_s
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
-def _option_type(field: dataclasses.Field):
-    return {"int": int, "float": float, "str": str, "float | None": _optional_float}[field.type]
+_NONE_WORDS = ("none", "off")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "off") else float(text)
+def _option_type(kind: type, optional: bool):
+    """The argparse ``type`` of a setting of type ``kind`` (``| None`` when ``optional``: the
+    word none then gives None, and so does off unless ``kind`` is bool)."""
+    if kind not in (int, float, str, bool):
+        raise TypeError(f"no command-line option for settings of type {kind.__name__}")
+    if kind is str and not optional:
+        return str
+
+    def parse(text: str):
+        if optional and text.lower() in (_NONE_WORDS[:1] if kind is bool else _NONE_WORDS):
+            return None
+        if kind is bool:
+            if text.lower() not in _BOOL_WORDS:
+                raise ValueError(text)
+            return _BOOL_WORDS[text.lower()]
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse's message: "invalid float value: 'x'"
+    return parse
 
 
-def _preset_note(name: str) -> str:
-    values = {p: PRESET_SETTINGS[p].get(name) for p in PRESETS}
-    if all(v is None for v in values.values()):
-        default = next(f.default for f in dataclasses.fields(PPOConfig) if f.name == name)
-        return f" (default: {default})"
-    return " (" + ", ".join(f"{p}: {v}" for p, v in values.items() if v is not None) + ")"
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per PPOConfig field; unset options are absent from the namespace."""
-    for field in dataclasses.fields(PPOConfig):
-        if field.name in ("env_id", "preset"):
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=(),
+                          note: typing.Callable[[str], str] = lambda name: "") -> None:
+    """One option ``--field-name`` per field of the dataclass ``cls`` (except ``skip`` and
+    fields whose metadata says ``cli=False``), typed from its evaluated type hint: ``int``,
+    ``float``, ``str``, each optionally ``| None`` (``Optional[...]``; the value none or off
+    gives None); ``bool`` as ``--name/--no-name``; ``Literal[...]`` or ``metadata["choices"]`` as
+    choices. The help is ``metadata["help"]`` plus ``note(name)``. Unset options are absent from
+    the namespace."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or not field.metadata.get("cli", True):
             continue
+        kind, optional, choices = hint_parts(hints[field.name])
+        choices = choices or field.metadata.get("choices")
         flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata["help"] + _preset_note(field.name)
-        if field.type == "bool":
+        help_text = field.metadata.get("help", "") + note(field.name)
+        if kind is bool and not optional:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=_option_type(field), default=argparse.SUPPRESS,
-                                choices=field.metadata.get("choices"), help=help_text,
-                                metavar=None if "choices" in field.metadata else
-                                field.name.upper())
+            parser.add_argument(flag, type=_option_type(kind, optional),
+                                default=argparse.SUPPRESS, choices=choices, help=help_text,
+                                metavar=None if choices else field.name.upper())
+
+
+def _preset_note(name: str) -> str:
+    """`` (default: X)`` when every preset has the same value, else each preset's value."""
+    default = next(f.default for f in dataclasses.fields(PPOConfig) if f.name == name)
+    values = {p: PRESET_SETTINGS[p].get(name, default) for p in PRESETS}
+    if len(set(map(repr, values.values()))) == 1:
+        return f" (default: {default})"
+    return " (" + ", ".join(f"{p}: {v}" for p, v in values.items()) + ")"
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per PPOConfig field but the env id and the preset (positional / own option)."""
+    add_dataclass_options(parser, PPOConfig, skip=("env_id", "preset"), note=_preset_note)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=10, help="full episodes to play (default 10)")
     ev.add_argument("--deterministic", action="store_true",
                     help="take the policy's mode (argmax / mean) instead of sampling")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    ev.add_argument("--device", choices=DEVICES, default="auto",
                     help="device for the policy (default auto: cuda if available, else cpu)")
 
     plot = sub.add_parser("plot", help="plot episodic return of runs against steps and time")
@@ -162,9 +195,9 @@ class _Plan:
 
 def _check_engine(config: PPOConfig) -> None:
     """``--device`` and ``--kernels`` are usable on this machine (imports torch)."""
-    from fastppo.kernels._backend import resolve_backend
+    from fastppo.kernels import resolve_backend
 
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     try:
         device = resolve_device(config.device)
@@ -350,8 +383,8 @@ def _eval(args) -> int:
     if args.episodes < 1:
         raise UsageError(f"--episodes: expected a positive integer, got {args.episodes}")
     from .checkpoint import CheckpointError
+    from .distributed import resolve_device
     from .evaluate import evaluate, open_run
-    from .train import resolve_device
 
     try:
         resolve_device(args.device)

@@ -11,7 +11,12 @@ Presets (published settings, see the README for citations):
   lr 3e-4 annealed, clip 0.2, ent 0, 64-64 tanh MLPs, observation normalization and reward
   scaling (clipped to +-10), actions clipped to the action space, 1M steps.
 * ``classic`` a small 64-64 tanh MLP tuned so that CartPole-v1 reaches a return of 500 within
-  200k steps in about a minute on two CPU cores.
+  200k steps in about a minute on two CPU cores: 8 envs x 128 steps, 4 minibatches, 4 epochs,
+  lr 2.5e-3 annealed, clip 0.2, ent 0, one torch thread.
+
+The dataclass defaults are the ``classic`` preset; :data:`PRESET_SETTINGS` holds what each other
+preset changes. A preset only supplies defaults: what a run does follows its settings (e.g.
+``episodic_life``), never the preset's name.
 """
 
 from __future__ import annotations
@@ -21,12 +26,17 @@ import functools
 import json
 import math
 import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PRESETS = ("classic", "mujoco", "atari")
+# The names of fastppo.kernels.BACKENDS (their one definition, kernels/_backend.py), restated
+# because importing fastppo.kernels imports torch, and option values are checked before torch is
+# imported; tests/test_config.py pins the two equal.
 KERNELS = ("auto", "torch", "numba", "triton")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # what fastppo.distributed.resolve_device accepts
 POLICY_KERNELS = ("auto", "torch", "numba")
 SWITCHES = ("auto", "on", "off")
 NETWORKS = ("mlp", "nature_cnn")
@@ -42,10 +52,12 @@ def _opt(default, help: str, **kw):
 
 @dataclass
 class PPOConfig:
-    """Every setting of one PPO run (the preset fills the defaults, options override them)."""
+    """Every setting of one PPO run. The defaults are the ``classic`` preset; another preset
+    changes the settings in its :data:`PRESET_SETTINGS` entry, and options override both."""
 
     env_id: str = _opt("CartPole-v1", "EnvPool task id, e.g. CartPole-v1, HalfCheetah-v4, Pong-v5")
-    preset: str = _opt("classic", "settings bundle: classic, mujoco or atari", cli=False)
+    preset: str = _opt("classic", "settings bundle: classic, mujoco or atari", choices=PRESETS,
+                       cli=False)
     seed: int = _opt(1, "seed of python, numpy, torch and the environments")
     total_timesteps: int = _opt(200_000, "environment steps to train for (all envs of all ranks "
                                          "together: the budget is global)")
@@ -53,7 +65,7 @@ class PPOConfig:
     num_envs: int = _opt(8, "parallel environments stepped by EnvPool, per rank under torchrun")
     num_steps: int = _opt(128, "steps per environment in each rollout (T)")
     # optimisation
-    learning_rate: float = _opt(2.5e-4, "Adam learning rate (eps 1e-5)")
+    learning_rate: float = _opt(2.5e-3, "Adam learning rate (eps 1e-5)")
     anneal_lr: bool = _opt(True, "anneal the learning rate linearly to 0 over the run")
     num_minibatches: int = _opt(4, "minibatches per epoch; must divide num_envs * num_steps")
     update_epochs: int = _opt(4, "passes over each rollout")
@@ -62,10 +74,10 @@ class PPOConfig:
     # PPO loss
     gamma: float = _opt(0.99, "discount factor")
     gae_lambda: float = _opt(0.95, "GAE lambda")
-    clip_coef: float = _opt(0.1, "PPO surrogate (and value) clipping coefficient")
+    clip_coef: float = _opt(0.2, "PPO surrogate (and value) clipping coefficient")
     clip_vloss: bool = _opt(True, "clip the value loss around the old values")
     norm_adv: bool = _opt(True, "normalize advantages per minibatch")
-    ent_coef: float = _opt(0.01, "entropy bonus coefficient")
+    ent_coef: float = _opt(0.0, "entropy bonus coefficient")
     vf_coef: float = _opt(0.5, "value loss coefficient")
     # environment processing
     episodic_life: bool = _opt(False, "Atari: a lost life ends the training episode")
@@ -91,7 +103,7 @@ class PPOConfig:
     async_envs: str = _opt("auto", "step two halves of the envs alternately, overlapping env "
                                    "stepping with inference: on, off, or auto (on with 2 or more "
                                    "envs, except for a CNN on the CPU)", choices=SWITCHES)
-    torch_threads: int = _opt(0, "torch intra-op threads (0: torch's default); 1 is fastest for "
+    torch_threads: int = _opt(1, "torch intra-op threads (0: torch's default); 1 is fastest for "
                                  "small MLPs, whose ops are too short to split across threads")
     checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")
     tensorboard: bool = _opt(True, "write TensorBoard event files")
@@ -165,16 +177,37 @@ _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
                     "dist_timeout", "target_kl")
 _NONNEGATIVE_FLOATS = ("ent_coef", "vf_coef")
-_CHOICES = {"preset": PRESETS, "kernels": KERNELS, "device": DEVICES,
-            "policy_kernel": POLICY_KERNELS, "compile": SWITCHES, "async_envs": SWITCHES,
-            "network": NETWORKS}
-_KIND = {"int": "an integer", "float": "a number", "float | None": "a number or None",
-         "bool": "true or false", "str": "a string"}
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def hint_parts(hint) -> tuple[type, bool, tuple | None]:
+    """``(value type, may be None, choices)`` of a type hint: ``float | None`` and
+    ``Optional[float]`` give ``(float, True, None)``, ``Literal["a", "b"]`` gives
+    ``(str, False, ("a", "b"))``. TypeError for a union of two value types."""
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if len(args) != 1:
+            raise TypeError(f"expected one value type (or it and None), got {hint}")
+        hint = args[0]
+    choices = None
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        hint = type(choices[0])
+    return hint, optional, choices
 
 
 @functools.cache
-def _field_types() -> dict[str, str]:
-    return {f.name: f.type for f in dataclasses.fields(PPOConfig)}
+def field_types() -> dict[str, tuple[type, bool, tuple | None]]:
+    """Each setting's :func:`hint_parts`, from the evaluated type hints of :class:`PPOConfig`;
+    the choices of a ``str`` setting come from its ``metadata["choices"]``."""
+    hints = typing.get_type_hints(PPOConfig)
+    parts = {}
+    for f in dataclasses.fields(PPOConfig):
+        kind, optional, choices = hint_parts(hints[f.name])
+        parts[f.name] = (kind, optional, choices or f.metadata.get("choices"))
+    return parts
 
 
 def _json_kind(value) -> str:
@@ -191,29 +224,30 @@ def _json_kind(value) -> str:
 def check_setting(name: str, value):
     """``value`` as the setting ``name`` stores it (ints as int, numbers as float); ValueError
     naming the setting when its type or range is wrong. Checks this one setting only."""
-    kind = _field_types().get(name)
-    if kind is None:
+    if name not in field_types():
         raise ValueError(f"config: unknown setting {name!r}")
-    if kind == "float | None" and value is None:
+    kind, optional, choices = field_types()[name]
+    if optional and value is None:
         return None
-    if kind == "bool":
+    if kind is bool:
         ok = isinstance(value, bool)
-    elif kind == "str":
+    elif kind is str:
         ok = isinstance(value, str)
-    elif kind == "int":
+    elif kind is int:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     else:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok:
-        raise ValueError(f"{name}: expected {_KIND[kind]}, got {_json_kind(value)}")
-    if kind == "int":
+        none = " or None" if optional else ""
+        raise ValueError(f"{name}: expected {_KIND[kind]}{none}, got {_json_kind(value)}")
+    if kind is int:
         value = int(value)
-    elif kind.startswith("float"):
+    elif kind is float:
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"{name}: expected a finite number, got {value}")
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise ValueError(f"{name}: expected one of {_CHOICES[name]}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
     if name == "env_id" and not value.strip():
         raise ValueError("env_id: expected an EnvPool task id, got an empty string")
     if name == "seed" and not 0 <= value < MAX_SEED:
@@ -225,7 +259,7 @@ def check_setting(name: str, value):
     if name in _UNIT_INTERVAL and not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
     if name in _POSITIVE_FLOATS and not value > 0:
-        none = " or None" if kind == "float | None" else ""
+        none = " or None" if optional else ""
         raise ValueError(f"{name}: expected a positive number{none}, got {value}")
     if name in _NONNEGATIVE_FLOATS and value < 0:
         raise ValueError(f"{name}: expected a nonnegative number, got {value}")
@@ -270,30 +304,21 @@ def config_mismatch(config: PPOConfig, saved: dict) -> str | None:
     return None
 
 
-# Settings each preset changes from the dataclass defaults.
+# Settings each preset changes from the dataclass defaults (which are the ``classic`` preset):
+# only the keys whose value differs, so every entry reads as what the preset is about.
 PRESET_SETTINGS: dict[str, dict] = {
     # CleanRL ppo_atari_envpool.py
     "atari": dict(
-        total_timesteps=10_000_000, num_envs=8, num_steps=128, learning_rate=2.5e-4,
-        anneal_lr=True, num_minibatches=4, update_epochs=4, gamma=0.99, gae_lambda=0.95,
-        clip_coef=0.1, clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5,
-        max_grad_norm=0.5, episodic_life=True, reward_clip=True, network="nature_cnn",
+        total_timesteps=10_000_000, learning_rate=2.5e-4, clip_coef=0.1, ent_coef=0.01,
+        episodic_life=True, reward_clip=True, network="nature_cnn", torch_threads=0,
     ),
     # CleanRL ppo_continuous_action.py
     "mujoco": dict(
         total_timesteps=1_000_000, num_envs=1, num_steps=2048, learning_rate=3e-4,
-        anneal_lr=True, num_minibatches=32, update_epochs=10, gamma=0.99, gae_lambda=0.95,
-        clip_coef=0.2, clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5,
-        max_grad_norm=0.5, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
-        network="mlp", hidden_size=64, torch_threads=1,
+        num_minibatches=32, update_epochs=10, norm_obs=True, norm_reward=True,
     ),
-    # Tuned here for CartPole-class tasks (see the README for the measurement).
-    "classic": dict(
-        total_timesteps=200_000, num_envs=8, num_steps=128, learning_rate=2.5e-3,
-        anneal_lr=True, num_minibatches=4, update_epochs=4, gamma=0.99, gae_lambda=0.95,
-        clip_coef=0.2, clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5,
-        max_grad_norm=0.5, network="mlp", hidden_size=64, torch_threads=1,
-    ),
+    # Tuned here for CartPole-class tasks (see the README for the measurement): the defaults.
+    "classic": dict(),
 }
 
 
@@ -302,6 +327,12 @@ def _registry_modules() -> dict[str, str]:
     from envpool.registration import registry
 
     return {env_id: spec[0] for env_id, spec in registry.specs.items()}
+
+
+def is_atari_task(env_id: str) -> bool:
+    """Whether ``env_id`` is one of EnvPool's Atari tasks (``*-v5``): games with lives, whose
+    ``info`` holds the unclipped reward and the real end of the game."""
+    return _registry_modules().get(env_id, "") == "envpool.atari"
 
 
 def preset_for_env(env_id: str) -> str:
@@ -318,14 +349,16 @@ def preset_for_env(env_id: str) -> str:
 def make_config(env_id: str, preset: str | None = None, **overrides) -> PPOConfig:
     """The preset's settings (inferred from ``env_id`` when ``preset`` is None) plus overrides.
 
-    ``overrides`` whose value is None are ignored, except ``target_kl`` which is optional.
+    ``overrides`` whose value is None are ignored, except those of settings that may be None
+    (``target_kl``).
     """
     check_setting("env_id", env_id)
     if preset is None:
         preset = preset_for_env(env_id)
     check_setting("preset", preset)
     settings = dict(PRESET_SETTINGS[preset])
-    settings.update({k: v for k, v in overrides.items() if v is not None or k == "target_kl"})
+    optional = {name for name, (_, may_be_none, _) in field_types().items() if may_be_none}
+    settings.update({k: v for k, v in overrides.items() if v is not None or k in optional})
     known = {f.name for f in dataclasses.fields(PPOConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from .config import DEVICES
 
 # Set (unless the user set them) before an NCCL process group is created: a blocking, bounded
 # wait in the calling thread, so a dead or hung peer raises in ``_collective``; the watchdog
@@ -86,15 +86,19 @@ def _env_int(name: str) -> int | None:
                          f"got {value!r}") from None
 
 
-def _resolve_device(device_pref: str, local_rank: int) -> torch.device:
-    if device_pref not in DEVICE_CHOICES:
-        raise ValueError(f"device_pref: expected one of {DEVICE_CHOICES}, got {device_pref!r}")
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_pref == "cpu":
+def resolve_device(device: str, local_rank: int = 0, name: str = "device") -> torch.device:
+    """The torch device of the setting ``device`` (one of :data:`~fastppo.config.DEVICES`):
+    ``auto`` is CUDA if torch sees a GPU, else the CPU; CUDA is ``cuda:LOCAL_RANK`` (one GPU per
+    process of a node). ValueError, naming ``name``, for an unknown choice, ``cuda`` without a
+    CUDA device, or a local rank without a GPU."""
+    if device not in DEVICES:
+        raise ValueError(f"{name}: expected one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device_pref: 'cuda' requested but torch.cuda.is_available() is False")
+        raise ValueError(f"{name}: 'cuda' was requested but torch sees no CUDA device")
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise ValueError(f"LOCAL_RANK: {local_rank} has no GPU on this machine ({count} visible); "
@@ -124,11 +128,11 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 300.0) -> Dis
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK") or 0
     if rank is None or world_size is None or world_size == 1:
-        device = _resolve_device(device_pref, local_rank)
+        device = resolve_device(device_pref, local_rank, "device_pref")
         return DistContext(0, 1, local_rank, device, float(timeout_s))
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK: expected 0 <= RANK < WORLD_SIZE={world_size}, got {rank}")
-    device = _resolve_device(device_pref, local_rank)
+    device = resolve_device(device_pref, local_rank, "device_pref")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

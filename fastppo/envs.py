@@ -5,7 +5,8 @@ alternately) and adds what PPO needs around them, each a compiled call (``env_ke
 Python loop over envs):
 
 * ``RunningNorm``: observation normalization and reward scaling with running statistics
-  (the MuJoCo preset), both clipped; its state goes into checkpoints.
+  (``norm_obs``, ``norm_reward``: on in the MuJoCo preset), both clipped; its state goes into
+  checkpoints.
 * ``EpisodeTracker``: the undiscounted, unclipped return and the length of every finished episode.
   For Atari it counts across lives (a lost life ends a *training* episode when ``episodic_life``
   is on, but a *game* ends only when EnvPool's ``info["terminated"]`` says so).
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import PPOConfig
+from .config import PPOConfig, is_atari_task
 from . import env_kernels
 from .distributed import DistContext, global_moments
 
@@ -48,9 +49,7 @@ def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     import envpool
 
     check_env_id(config.env_id)
-    options = {}
-    if config.preset == "atari":
-        options.update(episodic_life=config.episodic_life, reward_clip=config.reward_clip)
+    options = atari_options(config)
     with _quiet_spaces():
         return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
                             **options)
@@ -118,8 +117,25 @@ def _quiet_spaces():
         yield
 
 
+ATARI_OPTIONS = ("episodic_life", "reward_clip")  # settings that are EnvPool Atari options
+
+
+def atari_options(config: PPOConfig) -> dict:
+    """The EnvPool options of ``config``'s env that follow its settings: ``episodic_life`` and
+    ``reward_clip`` for an Atari task (whatever the preset), none for other tasks; ValueError
+    naming the setting when one is on for a task that is not Atari."""
+    if is_atari_task(config.env_id):
+        return {name: getattr(config, name) for name in ATARI_OPTIONS}
+    for name in ATARI_OPTIONS:
+        if getattr(config, name):
+            raise ValueError(f"{name}: only EnvPool's Atari tasks have it, {config.env_id} is not "
+                             f"one; use --no-{name.replace('_', '-')}")
+    return {}
+
+
 def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
-    """Raise ValueError when the preset's network or policy head cannot serve these spaces."""
+    """Raise ValueError when the preset's network or policy head cannot serve these spaces, or
+    an Atari-only setting is on for another task."""
     from gymnasium import spaces
 
     discrete = isinstance(action_space, spaces.Discrete)
@@ -135,11 +151,12 @@ def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
                          f"{config.env_id} has {action_space}")
     shape = observation_space.shape
     if config.network == "nature_cnn" and (len(shape) != 3 or shape[1:] != (84, 84)):
-        raise ValueError(f"preset: {config.preset!r} uses network 'nature_cnn', which needs "
-                         f"(frames, 84, 84) observations; {config.env_id} gives {shape}")
+        raise ValueError(f"network: 'nature_cnn' (preset {config.preset!r}) needs (frames, 84, "
+                         f"84) observations; {config.env_id} gives {shape}")
     if config.network == "mlp" and len(shape) != 1:
-        raise ValueError(f"preset: {config.preset!r} uses an MLP over flat observations, "
+        raise ValueError(f"network: 'mlp' (preset {config.preset!r}) needs flat observations, "
                          f"{config.env_id} gives observations of shape {shape}")
+    atari_options(config)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -348,7 +365,7 @@ class VecEnv:
         self.pools = [_Pool(pool) for pool in pools]
         check_spaces(config, self.observation_space, self.action_space)
         self.continuous = isinstance(self.action_space, spaces.Box)
-        self.atari = config.preset == "atari"
+        self.atari = is_atari_task(config.env_id)  # returns count whole games in raw rewards
         self.update_stats = update_stats
         self.norm = RunningNorm(num_envs, self.observation_space.shape, gamma=config.gamma,
                                 norm_obs=config.norm_obs, norm_reward=config.norm_reward,

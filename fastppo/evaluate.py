@@ -17,8 +17,8 @@ import torch
 from .agent import Agent, make_agent
 from .checkpoint import latest_checkpoint
 from .config import PPOConfig, config_mismatch, read_run_config
+from .distributed import resolve_device
 from .envs import VecEnv, check_env_id, env_spaces
-from .train import resolve_device
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never replay the training envs' seeds
 MAX_EVAL_ENVS = 16

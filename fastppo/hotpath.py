@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import torch
 
+# the six loss statistics, in the order ``step`` stacks them
+from fastppo.kernels import STAT_NAMES
+
 from .agent import Agent
 from .config import PPOConfig
-
-STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
 
 
 def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> bool:

@@ -2,13 +2,19 @@
 
     from fastppo.kernels import gae, ppo_loss, ppo_loss_gaussian
 
+Also exported: ``BACKENDS`` (the ``backend=`` names), ``resolve_backend`` (the backend
+``"auto"`` or a name picks for a device), ``STAT_NAMES`` (the keys of the stats the losses
+return) and ``HALF_LOG_2PI`` (log(2 pi) / 2, the Gaussian log-density's constant).
+
 Each op validates its arguments, picks a backend (``backend="auto"``: Triton for CUDA tensors,
 Numba for CPU tensors, torch otherwise) and is registered as a ``torch.library`` custom op so it
 works under ``torch.compile(fullgraph=True)``. This package imports nothing from the engine.
 """
 
+from ._backend import BACKENDS, HALF_LOG_2PI, resolve_backend
 from .gae import gae
 from .policy_numba import MLPPolicyKernel, policy_noise
-from .ppo_loss import ppo_loss, ppo_loss_gaussian
+from .ppo_loss import STAT_NAMES, ppo_loss, ppo_loss_gaussian
 
-__all__ = ["MLPPolicyKernel", "gae", "policy_noise", "ppo_loss", "ppo_loss_gaussian"]
+__all__ = ["BACKENDS", "HALF_LOG_2PI", "STAT_NAMES", "MLPPolicyKernel", "gae", "policy_noise",
+           "ppo_loss", "ppo_loss_gaussian", "resolve_backend"]

@@ -1,4 +1,4 @@
-"""Backend selection shared by every fused op.
+"""Backend selection, and the constants, shared by every fused op.
 
 ``"auto"`` picks Triton for CUDA tensors and Numba for CPU tensors, falling back to the torch
 reference when that compiler does not import. ``"triton"`` on CPU tensors is allowed only under
@@ -8,11 +8,15 @@ reference when that compiler does not import. ``"triton"`` on CPU tensors is all
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import torch
 
 BACKENDS = ("auto", "torch", "numba", "triton")
+
+# log(2 pi) / 2: the constant of the diagonal Gaussian's log-density and entropy.
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 # Looked up once (find_spec does not import the package); plain constants keep resolve_backend

@@ -69,11 +69,11 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from ._backend import HALF_LOG_2PI
 from .ppo_loss_numba import exp32
 
 __all__ = ["MLPPolicyKernel", "policy_noise"]
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 TWO_PI = 2.0 * math.pi
 ACTIVATIONS = {"tanh": 0, "relu": 1}
 _TANH, _RELU = 0, 1

@@ -38,11 +38,9 @@ Backward math. With ``c_i = w_i / sum(w)`` and ``G`` the incoming gradient of ``
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+from ._backend import HALF_LOG_2PI
 
 
 def _check_values(actions, num_actions, weights):

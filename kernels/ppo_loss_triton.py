@@ -74,14 +74,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
+from ._backend import HALF_LOG_2PI as _HALF_LOG_2PI
+
+HALF_LOG_2PI = tl.constexpr(_HALF_LOG_2PI)  # Triton kernels read globals only as constexprs
 # tile elements per thread (per live tile-shaped value), by compute dtype
 _ELEMS_PER_THREAD = {torch.float32: 16, torch.float64: 8}
 # rows of the per-row head (some 30 values each) one thread may hold, by compute dtype

@@ -320,6 +320,8 @@ def test_start_over_drops_the_old_metrics(tmp_path):
     (["train", "CartPole-v1", "--max-grad-norm", "inf"], ["--max-grad-norm: expected a finite"]),
     (["train", "CartPole-v1", "--target-kl", "nan"], ["--target-kl: expected a finite number"]),
     (["train", "CartPole-v1", "--seed", "-1"], ["--seed: expected an integer in [0, 2**30)"]),
+    (["train", "CartPole-v1", "--episodic-life"], ["--episodic-life: only EnvPool's Atari"]),
+    (["train", "CartPole-v1", "--reward-clip"], ["--reward-clip: only EnvPool's Atari"]),
     (["train", "CartPole-v1", "--run-dir", "/proc/fastppo-run"],
      ["--run-dir: cannot create or write /proc/fastppo-run"]),
     (["eval", "RUN", "--episodes", "0"], ["--episodes: expected a positive integer, got 0"]),
@@ -433,3 +435,53 @@ def test_making_and_resetting_envs_shows_no_gymnasium_bounds_warning():
         envs.reset()
         envs.close()
     assert not [w for w in caught if "precision lowered" in str(w.message)]
+
+
+def test_options_follow_the_type_hints():
+    import argparse
+    from typing import Literal, Optional
+
+    from fastppo.cli import add_dataclass_options, build_parser
+
+    @dataclasses.dataclass
+    class Settings:
+        steps: int | None = dataclasses.field(default=None, metadata={"help": "steps"})
+        rate: float | None = dataclasses.field(default=0.5, metadata={"help": "rate"})
+        epochs: Optional[int] = 3
+        flag: bool = False
+        mode: Literal["fast", "slow"] = "fast"
+        name: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+        hidden: int = dataclasses.field(default=1, metadata={"cli": False})
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_options(parser, Settings)
+    assert vars(parser.parse_args([])) == {}  # unset options stay out of the namespace
+    args = parser.parse_args(["--steps", "7", "--rate", "none", "--epochs", "off", "--flag",
+                              "--mode", "slow", "--name", "b"])
+    assert vars(args) == dict(steps=7, rate=None, epochs=None, flag=True, mode="slow", name="b")
+    assert type(args.steps) is int
+    assert parser.parse_args(["--rate", "0.25", "--no-flag"]).rate == 0.25
+    for argv in (["--steps", "1.5"], ["--mode", "medium"], ["--name", "c"], ["--hidden", "2"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+
+    train = ["train", "CartPole-v1"]
+    assert build_parser().parse_args([*train, "--target-kl", "0.02"]).target_kl == 0.02
+    assert build_parser().parse_args([*train, "--target-kl", "None"]).target_kl is None
+    assert not hasattr(build_parser().parse_args(train), "target_kl")  # the preset's: None
+    assert PPOConfig().target_kl is None
+
+
+def test_atari_env_options_follow_the_settings_not_the_preset():
+    from fastppo.config import make_config
+    from fastppo.envs import atari_options
+
+    cnn = dict(network="nature_cnn")
+    assert atari_options(make_config("Pong-v5")) == dict(episodic_life=True, reward_clip=True)
+    assert atari_options(make_config("Pong-v5", episodic_life=False)) == \
+        dict(episodic_life=False, reward_clip=True)
+    assert atari_options(make_config("Pong-v5", "classic", episodic_life=True, **cnn)) == \
+        dict(episodic_life=True, reward_clip=False)
+    assert atari_options(make_config("CartPole-v1")) == {}
+    with pytest.raises(ValueError, match="episodic_life: only EnvPool's Atari"):
+        atari_options(make_config("CartPole-v1", episodic_life=True))

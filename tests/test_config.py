@@ -145,3 +145,92 @@ def test_read_run_config_wrong_type_names_the_file_and_field(tmp_path):
         read_run_config(tmp_path)
     with pytest.raises(ValueError, match="has no config.json"):
         read_run_config(tmp_path / "missing")
+
+
+# Every preset's full resolved settings, as the code produced them before the dataclass defaults
+# became the classic preset and the presets became true diffs (fastppo issue 13): changing
+# a preset, or a default another preset relies on, shows here.
+RESOLVED_PRESETS = {
+    "classic": dict(
+        env_id="CartPole-v1", preset="classic", seed=1, total_timesteps=200_000, num_envs=8,
+        num_steps=128, learning_rate=0.0025, anneal_lr=True, num_minibatches=4, update_epochs=4,
+        max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
+        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, episodic_life=False,
+        reward_clip=False, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
+        network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
+        compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
+        dist_timeout=300.0,
+    ),
+    "mujoco": dict(
+        env_id="HalfCheetah-v4", preset="mujoco", seed=1, total_timesteps=1_000_000, num_envs=1,
+        num_steps=2048, learning_rate=0.0003, anneal_lr=True, num_minibatches=32, update_epochs=10,
+        max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
+        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, episodic_life=False,
+        reward_clip=False, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
+        network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
+        compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
+        dist_timeout=300.0,
+    ),
+    "atari": dict(
+        env_id="Pong-v5", preset="atari", seed=1, total_timesteps=10_000_000, num_envs=8,
+        num_steps=128, learning_rate=0.00025, anneal_lr=True, num_minibatches=4, update_epochs=4,
+        max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
+        clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, episodic_life=True,
+        reward_clip=True, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
+        network="nature_cnn", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
+        compile="auto", async_envs="auto", torch_threads=0, checkpoint_every=50, tensorboard=True,
+        dist_timeout=300.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(RESOLVED_PRESETS))
+def test_each_preset_resolves_to_its_pinned_settings(preset):
+    expected = RESOLVED_PRESETS[preset]
+    resolved = make_config(expected["env_id"], preset).to_dict()
+    assert list(resolved) == list(expected)  # every setting, in field order
+    assert {k: (type(v), v) for k, v in resolved.items()} == \
+        {k: (type(v), v) for k, v in expected.items()}
+
+
+def test_the_defaults_are_the_classic_preset_and_presets_are_true_diffs():
+    from fastppo.config import PRESET_SETTINGS, PRESETS
+
+    assert PPOConfig().to_dict() == RESOLVED_PRESETS["classic"]
+    assert PRESET_SETTINGS["classic"] == {} and set(PRESET_SETTINGS) == set(PRESETS)
+    defaults = PPOConfig().to_dict()
+    for preset, changes in PRESET_SETTINGS.items():
+        same = sorted(k for k, v in changes.items() if defaults[k] == v)
+        assert not same, f"{preset} restates defaults {same}"
+
+
+def test_backend_and_device_names_have_one_meaning():
+    import torch
+
+    from fastppo.config import DEVICES, KERNELS
+    from fastppo.distributed import resolve_device
+    from fastppo.kernels import BACKENDS
+
+    assert KERNELS == BACKENDS  # config restates them only to stay free of torch
+    assert resolve_device("cpu") == torch.device("cpu")
+    for device in DEVICES:
+        if device != "cuda" or torch.cuda.is_available():
+            assert resolve_device(device).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device: expected one of"):
+        resolve_device("tpu")
+
+
+def test_type_hints_give_value_type_optional_and_choices():
+    from typing import Literal, Optional
+
+    from fastppo.config import field_types, hint_parts
+
+    assert hint_parts(int | None) == (int, True, None)
+    assert hint_parts(Optional[float]) == (float, True, None)
+    assert hint_parts(bool) == (bool, False, None)
+    assert hint_parts(Literal["a", "b"]) == (str, False, ("a", "b"))
+    with pytest.raises(TypeError):
+        hint_parts(int | str)
+    assert field_types()["target_kl"] == (float, True, None)
+    assert field_types()["num_envs"] == (int, False, None)
+    assert field_types()["preset"] == (str, False, ("classic", "mujoco", "atari"))
