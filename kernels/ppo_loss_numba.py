@@ -45,7 +45,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+from ._backend import HALF_LOG_2PI
 # Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
