@@ -39,6 +39,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,9 @@ class Trainer:
                                   _make_loss_fn(config, self.envs.continuous,
                                                 not self.ctx.distributed and config.norm_adv),
                                   reduce_gradients, numba, compiled)
+        # None, or ``hook(step)`` called in place of each minibatch step, ``step()`` being the
+        # step itself; it returns what the step returns (train's ``minibatch_hook``).
+        self.minibatch_hook: Callable | None = None
         self.watch = Stopwatch()
         self.global_step = 0
         self.update = 0  # updates completed
@@ -270,8 +274,12 @@ class Trainer:
                 if skip[m]:
                     continue
                 idx = perm[m * mb_size:(m + 1) * mb_size]
-                loss, stats, grad_norm = self.step(
-                    idx, self.minibatch_advantages(b_adv, idx, b_weights), mb_weights[m])
+                adv = self.minibatch_advantages(b_adv, idx, b_weights)
+                if self.minibatch_hook is None:
+                    loss, stats, grad_norm = self.step(idx, adv, mb_weights[m])
+                else:
+                    loss, stats, grad_norm = self.minibatch_hook(
+                        functools.partial(self.step, idx, adv, mb_weights[m]))
                 row = records[taken]
                 row[0], row[1], row[8], row[9] = loss, grad_norm, mb_weights[m], epoch * M + m
                 row[2:8] = stats
@@ -429,7 +437,7 @@ def _param_hash(module: nn.Module) -> str:
 def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
           fresh_envs: bool = False, stop_after_updates: int | None = None,
           progress: bool | None = None, ctx: DistContext | None = None,
-          state: dict | None = None) -> dict:
+          state: dict | None = None, minibatch_hook: Callable | None = None) -> dict:
     """Run (or, with ``resume``, continue) PPO training in ``run_dir``.
 
     With ``resume`` the run continues from ``state`` (a checkpoint already loaded, e.g. by the
@@ -443,6 +451,9 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     ``ctx`` (from ``init_distributed``) makes this one rank of a data-parallel job; every rank
     calls ``train`` with the same config and run dir. Resuming a distributed run (or resuming
     with several ranks) always uses fresh environments, seeded from the update number.
+    ``minibatch_hook`` (tests): called as ``minibatch_hook(step)`` in place of each minibatch
+    step, ``step()`` running the step and returning its (loss, stats, grad_norm), which the
+    hook returns (possibly changed); used to count steps or to poison a loss.
     Returns a summary: global_step, updates, recent_mean_return, stopped_by, and the trainer.
     """
     from .logger import RunLogger
@@ -462,6 +473,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     if ctx.is_main:
         write_config(config, run_dir)
     trainer = Trainer(config, run_dir, ctx=ctx, env_seed=env_seed)
+    trainer.minibatch_hook = minibatch_hook
     if state is not None:
         trainer.load_state_dict(state, fresh_envs=fresh_envs)
         if ctx.rank > 0:  # rank 0's RNG state was restored; this rank needs its own streams

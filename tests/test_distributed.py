@@ -17,7 +17,10 @@ from fastppo.distributed import DistContext, allreduce_gradients, any_rank, \
     normalize_advantages, rank_seed
 
 SCRIPTS = Path(__file__).parent / "dist_scripts"
-BOUND_S = 60  # a failed job must be over within this wall time
+# A failed job must be over within this wall time: far above what these jobs need when they
+# fail as they should (two interpreters importing torch, then a crash seen at once or a
+# collective/rendezvous timeout of at most 10 s), far below a hang (the hung rank sleeps 600 s).
+BOUND_S = 60
 
 
 def _load_script(name: str):
@@ -167,6 +170,7 @@ def test_init_without_torchrun_env_is_single_process(monkeypatch):
 def test_crashed_rank_ends_the_job_with_its_exit_code():
     proc, elapsed = _torchrun(str(SCRIPTS / "peer_failure.py"), "crash", "10")
     assert proc.returncode != 0
+    # the survivor does not wait for ever on the dead peer: the job ends in about its startup
     assert elapsed < BOUND_S
     # torchrun's summary names the rank that died and how.
     assert "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
@@ -176,6 +180,8 @@ def test_crashed_rank_ends_the_job_with_its_exit_code():
 def test_hung_rank_makes_the_survivor_fail_after_the_timeout():
     proc, elapsed = _torchrun(str(SCRIPTS / "peer_failure.py"), "hang", "4")
     assert proc.returncode != 0
+    # at least the 4 s timeout (the survivor waits that long for the hung peer, it does not
+    # give up early) and then it does fail (no hang): BOUND_S leaves room for startup
     assert 4 <= elapsed < BOUND_S
     assert "DistributedError: rank 0/2: all-reduce failed" in proc.stderr, proc.stderr[-3000:]
     assert "did not answer within 4s" in proc.stderr
@@ -192,6 +198,7 @@ def test_incomplete_rendezvous_fails_with_a_clear_error(rank):
                           capture_output=True, text=True, timeout=2 * BOUND_S, env=env)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
+    # the lone rank gives up after the 2 s rendezvous timeout plus startup, far below a hang
     assert elapsed < BOUND_S
     assert (f"DistributedError: rank {rank}/2: rendezvous at 127.0.0.1:{port} (gloo) did not "
             f"complete within 2s") in proc.stderr, proc.stderr[-3000:]

@@ -1,5 +1,6 @@
 """fastppo.kernels.ppo_loss / ppo_loss_gaussian against a float64 oracle built from torch
-composite ops (torch.distributions, clamp, max, weighted means) differentiated by autograd.
+composite ops (torch.distributions, clamp, max, weighted means) differentiated by autograd
+(the oracle and the input generators live in helpers.py, shared with other ppo_loss tests).
 
 Every backend, both policy types: loss, every statistic and every gradient, over odd shapes,
 float32 and float64, ratios spread inside and beyond the clip range, each option on and off.
@@ -11,12 +12,12 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Categorical, Normal
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 
-STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
-COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
+from helpers import COEFS, STATS, categorical_inputs, gaussian_inputs, oracle_categorical, \
+    oracle_gaussian, oracle_tol
+
 # (clip_vloss, normalize_advantages, weighted): every flag on and off at least once.
 OPTIONS = [(True, True, False), (False, False, False), (True, True, True), (False, True, True)]
 CAT_SHAPES = [(2, 2), (33, 257), (1000, 7)]
@@ -26,104 +27,9 @@ SMALL = {(2, 2), (33, 257), (2, 1)}  # shapes the Triton interpreter gets
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
-# ----------------------------------------------------------------------------- the oracle
-
-def _head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
-          clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
-    """CleanRL's loss from composite ops; weighted means as in DESIGN.md. Advantages are
-    normalized with the n positive-weight rows as the sample size (no scaling when n < 2)."""
-    w = torch.ones_like(values) if weights is None else weights
-    mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
-    adv = advantages
-    if normalize_advantages:
-        centered = adv - mean(adv)
-        n = int((w > 0).sum())
-        if n >= 2:
-            adv = centered / (torch.sqrt(mean(centered**2) * n / (n - 1)) + 1e-8)
-        else:
-            adv = centered
-    logratio = logp - old_logprobs
-    ratio = logratio.exp()
-    pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
-    v_unclipped = (values - returns) ** 2
-    if clip_vloss:
-        v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
-        v_loss = 0.5 * mean(torch.max(v_unclipped, (v_clipped - returns) ** 2))
-    else:
-        v_loss = 0.5 * mean(v_unclipped)
-    ent = mean(entropy)
-    loss = pg_loss - ent_coef * ent + vf_coef * v_loss
-    stats = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
-                 approx_kl=mean((ratio - 1) - logratio), old_approx_kl=mean(-logratio),
-                 clipfrac=mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype)))
-    return loss, {k: s.detach() for k, s in stats.items()}
-
-
-def oracle_categorical(logits, actions, *rest, **kw):
-    """Return (loss, stats, [d_logits, d_values]) in float64."""
-    logits = logits.detach().double().requires_grad_()
-    rest = [None if t is None else t.detach().double() for t in rest]
-    rest[2].requires_grad_()  # values
-    dist = Categorical(logits=logits, validate_args=False)  # NaN logits are a test case
-    loss, stats = _head(dist.log_prob(actions), dist.entropy(), *rest, **kw)
-    return loss.detach(), stats, torch.autograd.grad(loss, [logits, rest[2]])
-
-
-def oracle_gaussian(mean, log_std, actions, *rest, **kw):
-    """Return (loss, stats, [d_mean, d_log_std, d_values]) in float64."""
-    mean = mean.detach().double().requires_grad_()
-    log_std = log_std.detach().double().requires_grad_()
-    rest = [None if t is None else t.detach().double() for t in rest]
-    rest[2].requires_grad_()
-    dist = Normal(mean, log_std.expand_as(mean).exp())
-    actions = actions.double()
-    loss, stats = _head(dist.log_prob(actions).sum(1), dist.entropy().sum(1), *rest, **kw)
-    return loss.detach(), stats, torch.autograd.grad(loss, [mean, log_std, rest[2]])
-
-
-# ----------------------------------------------------------------------------- inputs
-
-def _rows(gen, batch, logp, dtype, weighted):
-    """old_logprobs, advantages, values, old_values, returns, weights for B rows: the log-ratio
-    spreads over about [-1, 1] so ratios fall inside and well beyond a 0.2 clip range."""
-    r = lambda: torch.randn(batch, generator=gen, dtype=torch.float64)  # noqa: E731
-    old_logprobs = logp.detach().double() + 0.5 * r()
-    values = r()
-    old_values = values + 0.3 * r()
-    weights = None
-    if weighted:
-        weights = torch.rand(batch, generator=gen, dtype=torch.float64)
-        weights[::3] = 0.0  # masked rows
-        weights[0] = 1.0
-    rows = [old_logprobs, 1.5 * r() + 0.3, values, old_values, values + r(), weights]
-    return [None if t is None else t.to(dtype) for t in rows]
-
-
-def categorical_inputs(batch, num_actions, dtype, weighted, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    logits = (2 * torch.randn(batch, num_actions, generator=gen, dtype=torch.float64)).to(dtype)
-    actions = torch.randint(0, num_actions, (batch,), generator=gen)
-    logp = Categorical(logits=logits.double()).log_prob(actions)
-    return [logits, actions, *_rows(gen, batch, logp, dtype, weighted)]
-
-
-def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    mean = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
-    log_std = (0.5 * torch.randn(dim, generator=gen, dtype=torch.float64)).to(dtype)
-    noise = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
-    actions = (mean.double() + noise).to(dtype)
-    logp = Normal(mean.double(), log_std.double().exp()).log_prob(actions.double()).sum(1)
-    return [mean, log_std, actions, *_rows(gen, batch, logp, dtype, weighted)]
-
-
-def _tol(dtype):
-    return dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-
-
 def _check(loss, stats, grads, expected, dtype):
     exp_loss, exp_stats, exp_grads = expected
-    tol = _tol(dtype)
+    tol = oracle_tol(dtype)
     assert loss.dim() == 0 and loss.dtype == dtype
     torch.testing.assert_close(loss.double(), exp_loss, **tol)
     assert set(stats) == set(STATS)
@@ -222,10 +128,10 @@ def test_advantage_normalization_counts_positive_rows(backend, weights):
     loss, stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5], backend=backend, **kw)
     grads = torch.autograd.grad(loss, [logits])
     assert torch.isfinite(loss) and torch.isfinite(grads[0]).all()
-    torch.testing.assert_close(grads[0], expected[2][0], **_tol(torch.float64))
+    torch.testing.assert_close(grads[0], expected[2][0], **oracle_tol(torch.float64))
     if weights is not None and len(set(weights)) == 1 and batch > 1:  # same as unit weights
         unit, _ = ppo_loss(logits, actions, *rest[:5], weights=None, backend=backend, **kw)
-        torch.testing.assert_close(loss, unit, **_tol(torch.float64))
+        torch.testing.assert_close(loss, unit, **oracle_tol(torch.float64))
         assert grads[0].abs().max() > 1e-3  # the policy gradient is not zeroed
 
 
@@ -323,7 +229,8 @@ def test_nan_logit_makes_the_policy_statistics_nan(backend):
     loss, stats = ppo_loss(logits, actions, *rest[:5], backend=backend, **COEFS)
     assert math.isnan(loss) and math.isnan(stats["entropy"]) and math.isnan(stats["pg_loss"])
     assert math.isnan(expected[1]["entropy"])
-    torch.testing.assert_close(stats["v_loss"].double(), expected[1]["v_loss"], **_tol(torch.float32))
+    torch.testing.assert_close(stats["v_loss"].double(), expected[1]["v_loss"],
+                               **oracle_tol(torch.float32))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])

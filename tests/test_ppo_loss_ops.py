@@ -10,7 +10,7 @@ from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 from fastppo.kernels.ppo_loss import _categorical_bwd, _categorical_fwd, _gaussian_bwd, \
     _gaussian_fwd
 
-from test_ppo_loss import categorical_inputs, gaussian_inputs
+from helpers import categorical_inputs, gaussian_inputs
 
 SCALARS = (0.2, 0.5, 0.01, True, True)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")

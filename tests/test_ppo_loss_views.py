@@ -4,8 +4,9 @@ backend's launch contract: coefficients are runtime arguments (no new compiled s
 per value), bad data comes out NaN instead of raising, and the tile rule.
 
 Every result is compared with the same call on contiguous copies and with a float64 oracle
-(composite torch ops differentiated by autograd). The oracle normalizes advantages with ``n``,
-the number of rows with positive weight, as the sample size:
+(composite torch ops differentiated by autograd; helpers.py, shared with test_ppo_loss.py).
+The oracle normalizes advantages with ``n``, the number of rows with positive weight, as the
+sample size:
 ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` for ``n >= 2``, no scaling below.
 Triton runs in the CPU interpreter (TRITON_INTERPRET=1, conftest.py): small shapes only.
 """
@@ -17,9 +18,9 @@ import torch
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 
-STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+from helpers import COEFS, STATS, oracle_categorical, oracle_gaussian, oracle_tol
+
 BACKENDS = ["torch", "numba", "triton"]
-COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
 BATCH, ACTIONS, DIM = 13, 5, 3
 # the interpreter evaluates masked-off lanes too (log(0), inf - inf): their results are discarded
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
@@ -29,65 +30,6 @@ def _triton():
     from fastppo.kernels import ppo_loss_triton
 
     return ppo_loss_triton
-
-
-# ----------------------------------------------------------------------------- the oracle
-
-def _oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
-                 clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
-    w = torch.ones_like(values) if weights is None else weights
-    mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
-    adv = advantages
-    if normalize_advantages:
-        centered = adv - mean(adv)
-        n = int((w > 0).sum())
-        adv = centered / (torch.sqrt(mean(centered**2) * n / (n - 1)) + 1e-8) if n >= 2 \
-            else centered
-    logratio = logp - old_logprobs
-    ratio = logratio.exp()
-    pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
-    v_unclipped = (values - returns) ** 2
-    if clip_vloss:
-        v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
-        v_loss = 0.5 * mean(torch.max(v_unclipped, (v_clipped - returns) ** 2))
-    else:
-        v_loss = 0.5 * mean(v_unclipped)
-    ent = mean(entropy)
-    loss = pg_loss - ent_coef * ent + vf_coef * v_loss
-    stats = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
-                 approx_kl=mean((ratio - 1) - logratio), old_approx_kl=mean(-logratio),
-                 clipfrac=mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype)))
-    return loss, {k: s.detach() for k, s in stats.items()}
-
-
-def _f64(rows):
-    return [None if t is None else t.detach().double() for t in rows]
-
-
-def oracle_categorical(logits, actions, rows, **kw):
-    """(loss, stats, [d_logits, d_values]) in float64."""
-    z = logits.detach().double().requires_grad_()
-    rows = _f64(rows)
-    rows[2].requires_grad_()
-    log_p = torch.log_softmax(z, dim=1)
-    logp = log_p.gather(1, actions.long()[:, None])[:, 0]
-    entropy = -(log_p.exp() * log_p).sum(1)
-    loss, stats = _oracle_head(logp, entropy, *rows, **kw)
-    return loss.detach(), stats, list(torch.autograd.grad(loss, [z, rows[2]]))
-
-
-def oracle_gaussian(mean, log_std, actions, rows, **kw):
-    """(loss, stats, [d_mean, d_log_std, d_values]) in float64; log_std (D,) or (B, D)."""
-    mu = mean.detach().double().requires_grad_()
-    ls = log_std.detach().double().requires_grad_()
-    rows = _f64(rows)
-    rows[2].requires_grad_()
-    x = actions.detach().double()
-    lse = ls.expand_as(mu)
-    logp = (-((x - mu) ** 2) / (2 * torch.exp(2 * lse)) - lse - 0.5 * math.log(2 * math.pi)).sum(1)
-    entropy = (0.5 + 0.5 * math.log(2 * math.pi) + lse).sum(1)
-    loss, stats = _oracle_head(logp, entropy, *rows, **kw)
-    return loss.detach(), stats, list(torch.autograd.grad(loss, [mu, ls, rows[2]]))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -143,10 +85,6 @@ def _column_major(x):
     return base, base.t()
 
 
-def _tol(dtype):
-    return dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-
-
 def _same(dtype):
     """Same values, only the memory layout differs (a backend may take another code path for a
     stride-0 log-std and sum in another order: a few float32 ulps)."""
@@ -174,7 +112,7 @@ def test_categorical_strided_views_match_contiguous(backend, dtype, weights):
     gradient lands in that column only), actions too, an expanded scalar weight, logits
     column-major."""
     logits, actions, rows = categorical_inputs(BATCH, ACTIONS, dtype, weights)
-    expected = oracle_categorical(logits, actions, rows, **COEFS)
+    expected = oracle_categorical(logits, actions, *rows, **COEFS)
     assert 0 < expected[1]["clipfrac"] < 1
 
     # contiguous copies
@@ -204,7 +142,7 @@ def test_categorical_strided_views_match_contiguous(backend, dtype, weights):
     grads = [d_base.t(), d_head[:, 0]]
 
     _check(loss, stats, grads, (loss_c, stats_c, grads_c), _same(dtype))
-    _check(loss, stats, grads, expected, _tol(dtype))
+    _check(loss, stats, grads, expected, oracle_tol(dtype))
 
 
 @pytest.mark.parametrize("log_std_layout", ["expanded", "column-major"])
@@ -216,7 +154,7 @@ def test_gaussian_strided_views_match_contiguous(backend, dtype, weights, log_st
     expanded to stride (0, 1) or a column-major (B, D)."""
     per_row = log_std_layout == "column-major"
     mean, log_std, actions, rows = gaussian_inputs(BATCH, DIM, dtype, weights, per_row)
-    expected = oracle_gaussian(mean, log_std, actions, rows, **COEFS)
+    expected = oracle_gaussian(mean, log_std, actions, *rows, **COEFS)
 
     mu = mean.clone().requires_grad_()
     ls = log_std.clone().requires_grad_()
@@ -249,7 +187,7 @@ def test_gaussian_strided_views_match_contiguous(backend, dtype, weights, log_st
     grads = [d_mu.t(), d_ls.t() if per_row else d_ls, d_head[:, 0]]
 
     _check(loss, stats, grads, (loss_c, stats_c, grads_c), _same(dtype))
-    _check(loss, stats, grads, expected, _tol(dtype))
+    _check(loss, stats, grads, expected, oracle_tol(dtype))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -261,12 +199,13 @@ def test_single_positive_weight_centres_without_scaling(backend):
         w = torch.zeros(6, dtype=torch.float64)
         w[positive] = torch.tensor([0.3, 0.9][:len(positive)], dtype=torch.float64)
         data = rows[:5] + [w]
-        expected = oracle_categorical(logits, actions, data, **COEFS)
+        expected = oracle_categorical(logits, actions, *data, **COEFS)
         z = logits.clone().requires_grad_()
         v = data[2].clone().requires_grad_()
         loss, stats = ppo_loss(z, actions, data[0], data[1], v, data[3], data[4], weights=w,
                                backend=backend, **COEFS)
-        _check(loss, stats, torch.autograd.grad(loss, [z, v]), expected, _tol(torch.float64))
+        _check(loss, stats, torch.autograd.grad(loss, [z, v]), expected,
+               oracle_tol(torch.float64))
         if len(positive) == 1:  # the only counted row's advantage is centred to 0
             assert abs(float(stats["pg_loss"])) < 1e-12
         else:
@@ -295,13 +234,13 @@ def test_triton_offsets_beyond_int32(policy):
     scalars = (0.2, 0.5, 0.01, True, True)
     grad = torch.ones((), dtype=torch.float32)
     if policy == "categorical":
-        expected = oracle_categorical(policy_out, actions, rows, **COEFS)
+        expected = oracle_categorical(policy_out, actions, *rows, **COEFS)
         loss, stats, row_stats = T.forward_categorical(policy_out, actions, *rows, *scalars)
         grads = T.backward_categorical(grad, policy_out, actions, *rows, stats, row_stats,
                                        *scalars)
     else:
         ls = log_std.expand(batch, width)
-        expected = oracle_gaussian(policy_out, log_std, actions, rows, **COEFS)
+        expected = oracle_gaussian(policy_out, log_std, actions, *rows, **COEFS)
         loss, stats, row_stats = T.forward_gaussian(policy_out, ls, actions, *rows, *scalars)
         d_mean, d_log_std, d_values = T.backward_gaussian(grad, policy_out, ls, actions, *rows,
                                                           stats, row_stats, *scalars)
@@ -358,16 +297,16 @@ def test_triton_new_coefficients_reuse_the_compiled_kernel(policy, dtype, monkey
         v = rows[2].clone().requires_grad_()
         data = [rows[0], rows[1], v, *rows[3:5]]
         if policy == "categorical":
-            expected = oracle_categorical(logits, actions, rows, **coefs)
+            expected = oracle_categorical(logits, actions, *rows, **coefs)
             loss, stats = ppo_loss(z, actions, *data, weights=rows[5], backend="triton", **coefs)
             grads = torch.autograd.grad(loss, [z, v])
         else:
             ls = log_std.clone().requires_grad_()
-            expected = oracle_gaussian(logits, log_std, actions, rows, **coefs)
+            expected = oracle_gaussian(logits, log_std, actions, *rows, **coefs)
             loss, stats = ppo_loss_gaussian(z, ls.expand(9, 3), actions, *data, weights=rows[5],
                                             backend="triton", **coefs)
             grads = torch.autograd.grad(loss, [z, ls, v])
-        _check(loss, stats, grads, expected, _tol(dtype))
+        _check(loss, stats, grads, expected, oracle_tol(dtype))
     for name, rec in recorders.items():
         assert len(rec.calls) == 2, name
         first, second = (_specialization(rec.kernel, *call) for call in rec.calls)
@@ -501,7 +440,7 @@ def test_triton_wide_rows_loop_over_chunks(policy):
     assert block_b == 1 and block_a < width < 3 * block_a
     if policy == "categorical":
         logits, actions, rows = categorical_inputs(3, width, torch.float64, "column", seed=6)
-        expected = oracle_categorical(logits, actions, rows, **COEFS)
+        expected = oracle_categorical(logits, actions, *rows, **COEFS)
         z = logits.clone().requires_grad_()
         v = rows[2].clone().requires_grad_()
         loss, stats = ppo_loss(z, actions, rows[0], rows[1], v, *rows[3:5], weights=rows[5],
@@ -510,10 +449,10 @@ def test_triton_wide_rows_loop_over_chunks(policy):
     else:
         mean, log_std, actions, rows = gaussian_inputs(3, width, torch.float64, "column", True,
                                                        seed=6)
-        expected = oracle_gaussian(mean, log_std, actions, rows, **COEFS)
+        expected = oracle_gaussian(mean, log_std, actions, *rows, **COEFS)
         mu, ls = mean.clone().requires_grad_(), log_std.clone().requires_grad_()
         v = rows[2].clone().requires_grad_()
         loss, stats = ppo_loss_gaussian(mu, ls, actions, rows[0], rows[1], v, *rows[3:5],
                                         weights=rows[5], backend="triton", **COEFS)
         grads = torch.autograd.grad(loss, [mu, ls, v])
-    _check(loss, stats, grads, expected, _tol(torch.float64))
+    _check(loss, stats, grads, expected, oracle_tol(torch.float64))

@@ -84,18 +84,8 @@ def test_resume_with_fresh_envs_continues_counters(tmp_path):
     assert len(trainer.env_actions) == 2
 
 
-def _wrap_minibatch_step(monkeypatch, wrap):
-    """Route every minibatch step of the loop through ``wrap(step, idx, adv, weight)``."""
-    from fastppo.hotpath import MinibatchStep
-
-    call = MinibatchStep.__call__
-    monkeypatch.setattr(MinibatchStep, "__call__",
-                        lambda self, *args: wrap(lambda: call(self, *args)))
-
-
 @pytest.mark.parametrize("policy_kernel", ["numba", "torch"])
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
-                                                              policy_kernel):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, policy_kernel):
     config = _config("CartPole-v1", policy_kernel=policy_kernel)
     per_update = config.num_minibatches * config.update_epochs
     calls = {"n": 0}
@@ -107,25 +97,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
             loss = loss * float("nan")
         return loss, stats, grad_norm
 
-    _wrap_minibatch_step(monkeypatch, poisoned)
     with pytest.raises(NonFiniteError) as err:
-        train(config, tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False, minibatch_hook=poisoned)
     message = str(err.value)
     assert "non-finite loss" in message and "global step 384" in message
     assert "update 3, epoch 1, minibatch 3" in message
     assert latest_checkpoint_path(tmp_path / "run").name == "ckpt_000000000256.pt"
 
 
-def test_target_kl_stops_the_epochs_early(tmp_path, monkeypatch):
+def test_target_kl_stops_the_epochs_early(tmp_path):
     calls = []
 
     def counting(step):
         calls.append(1)
         return step()
 
-    _wrap_minibatch_step(monkeypatch, counting)
     config = _config("CartPole-v1", target_kl=1e-12)
-    train(config, tmp_path / "run", progress=False)
+    train(config, tmp_path / "run", progress=False, minibatch_hook=counting)
     # Any policy change exceeds the target: one epoch of each update, not update_epochs.
     assert len(calls) == config.num_updates * config.num_minibatches
 

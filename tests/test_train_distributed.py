@@ -65,6 +65,9 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
 def test_run_dir_refused_by_rank_0_ends_every_rank(tmp_path):
     """Rank 0 alone checks the run dir; its refusal reaches the other rank (no hang)."""
     (tmp_path / "old.txt").write_text("x")
+    # timeout=120: rank 1 gets rank 0's verdict through a collective that gives up after the
+    # 30 s --dist-timeout at worst; 120 s covers that plus both ranks' startup, so only a rank
+    # left hanging (the bug this test guards against) ends in TimeoutExpired
     proc = _torchrun_train("CartPole-v1", "--run-dir", str(tmp_path), "--dist-timeout", "30",
                            timeout=120, check=False)
     assert proc.returncode != 0

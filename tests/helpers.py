@@ -1,0 +1,121 @@
+"""Shared helpers of the ppo_loss tests: the float64 oracle, input generators, tolerances.
+
+Not a test module (pytest collects only ``test_*.py``). Test modules import it as ``helpers``:
+tests/ has no ``__init__.py``, so pytest's default "prepend" import mode puts tests/ on
+``sys.path`` (for conftest.py and for every test module in it), the same way a test module
+could see another one by name before.
+"""
+
+import torch
+from torch.distributions import Categorical, Normal
+
+STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
+                clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
+    """CleanRL's loss from composite ops; weighted means as in DESIGN.md. Advantages are
+    normalized with the n positive-weight rows as the sample size:
+    ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` for ``n >= 2``, no scaling below.
+    Returns (loss, {statistic: detached value})."""
+    w = torch.ones_like(values) if weights is None else weights
+    mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
+    adv = advantages
+    if normalize_advantages:
+        centered = adv - mean(adv)
+        n = int((w > 0).sum())
+        if n >= 2:
+            adv = centered / (torch.sqrt(mean(centered**2) * n / (n - 1)) + 1e-8)
+        else:
+            adv = centered
+    logratio = logp - old_logprobs
+    ratio = logratio.exp()
+    pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
+    v_unclipped = (values - returns) ** 2
+    if clip_vloss:
+        v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
+        v_loss = 0.5 * mean(torch.max(v_unclipped, (v_clipped - returns) ** 2))
+    else:
+        v_loss = 0.5 * mean(v_unclipped)
+    ent = mean(entropy)
+    loss = pg_loss - ent_coef * ent + vf_coef * v_loss
+    stats = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
+                 approx_kl=mean((ratio - 1) - logratio), old_approx_kl=mean(-logratio),
+                 clipfrac=mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype)))
+    return loss, {k: s.detach() for k, s in stats.items()}
+
+
+def _f64(rows):
+    return [None if t is None else t.detach().double() for t in rows]
+
+
+def oracle_categorical(logits, actions, *rows, **kw):
+    """Return (loss, stats, [d_logits, d_values]) in float64; ``rows`` are old_logprobs,
+    advantages, values, old_values, returns, weights (None for unweighted)."""
+    logits = logits.detach().double().requires_grad_()
+    rows = _f64(rows)
+    rows[2].requires_grad_()  # values
+    dist = Categorical(logits=logits, validate_args=False)  # NaN logits are a test case
+    loss, stats = oracle_head(dist.log_prob(actions), dist.entropy(), *rows, **kw)
+    return loss.detach(), stats, torch.autograd.grad(loss, [logits, rows[2]])
+
+
+def oracle_gaussian(mean, log_std, actions, *rows, **kw):
+    """Return (loss, stats, [d_mean, d_log_std, d_values]) in float64; log_std (D,) or (B, D)."""
+    mean = mean.detach().double().requires_grad_()
+    log_std = log_std.detach().double().requires_grad_()
+    rows = _f64(rows)
+    rows[2].requires_grad_()
+    dist = Normal(mean, log_std.expand_as(mean).exp())
+    actions = actions.double()
+    loss, stats = oracle_head(dist.log_prob(actions).sum(1), dist.entropy().sum(1), *rows, **kw)
+    return loss.detach(), stats, torch.autograd.grad(loss, [mean, log_std, rows[2]])
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _rows(gen, batch, logp, dtype, weighted):
+    """old_logprobs, advantages, values, old_values, returns, weights for B rows: the log-ratio
+    spreads over about [-1, 1] so ratios fall inside and well beyond a 0.2 clip range."""
+    r = lambda: torch.randn(batch, generator=gen, dtype=torch.float64)  # noqa: E731
+    old_logprobs = logp.detach().double() + 0.5 * r()
+    values = r()
+    old_values = values + 0.3 * r()
+    weights = None
+    if weighted:
+        weights = torch.rand(batch, generator=gen, dtype=torch.float64)
+        weights[::3] = 0.0  # masked rows
+        weights[0] = 1.0
+    rows = [old_logprobs, 1.5 * r() + 0.3, values, old_values, values + r(), weights]
+    return [None if t is None else t.to(dtype) for t in rows]
+
+
+def categorical_inputs(batch, num_actions, dtype, weighted, seed=0):
+    """[logits, actions, old_logprobs, advantages, values, old_values, returns, weights]."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(batch, num_actions, generator=gen, dtype=torch.float64)).to(dtype)
+    actions = torch.randint(0, num_actions, (batch,), generator=gen)
+    logp = Categorical(logits=logits.double()).log_prob(actions)
+    return [logits, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
+    """[mean, log_std (D,), actions, old_logprobs, advantages, values, old_values, returns,
+    weights]."""
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+    log_std = (0.5 * torch.randn(dim, generator=gen, dtype=torch.float64)).to(dtype)
+    noise = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    actions = (mean.double() + noise).to(dtype)
+    logp = Normal(mean.double(), log_std.double().exp()).log_prob(actions.double()).sum(1)
+    return [mean, log_std, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+# ----------------------------------------------------------------------------- tolerances
+
+def oracle_tol(dtype):
+    """Tolerance of a backend's result against the float64 oracle."""
+    return dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
