@@ -65,6 +65,16 @@ def use_async_envs(config: PPOConfig, device: torch.device) -> bool:
     return config.async_envs == "on"
 
 
+def numba_cached(dispatcher) -> bool:
+    """Whether Numba's on-disk cache holds a compiled version of ``dispatcher`` for its current
+    source (the index of cached overloads, read as the dispatcher reads it). Unknown (another
+    Numba layout, no usable cache) counts as cached: it only decides a message."""
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())
+    except (AttributeError, OSError):
+        return True
+
+
 def _mlp_layers(net: torch.nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(m.weight, m.bias) for m in net if isinstance(m, torch.nn.Linear)]
 
@@ -123,14 +133,15 @@ class MinibatchStep:
                           normalize_advantages=loss_fn.normalize_advantages)
         self.batch: dict[str, torch.Tensor] = {}
         self._numba, self._advantages = None, (None, None)
-        self.warmup = None  # a background compile of the Numba kernels (fastppo.warmup)
+        self.compiles = False  # whether the first call compiles the Numba kernels
         if numba:
+            from fastppo.kernels import mlp_step_numba
             from fastppo.kernels.mlp_step_numba import MLPLossStep
             from fastppo.kernels.optim_numba import ClipAdam
 
-            from . import warmup
-
-            self.warmup = warmup.start(agent.continuous)
+            kernel = mlp_step_numba._gaussian_step if agent.continuous else \
+                mlp_step_numba._categorical_step
+            self.compiles = not numba_cached(kernel)
 
             self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
                                       activation=_activation(agent),
@@ -179,9 +190,6 @@ class MinibatchStep:
         return loss.detach(), stats
 
     def _grads_numba(self, idx, advantages):
-        if self.warmup is not None:  # the first call: load what the background process compiled
-            self.warmup.wait()
-            self.warmup = None
         a = self._arrays
         if advantages is not self._advantages[0]:  # the same arrays each call: checked once
             self._advantages = advantages, advantages.numpy()

@@ -493,7 +493,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
         if os.environ.get("FASTPPO_PARAM_HASHES") == "1" else None
     stopped_by = None
     throughput = _Throughput()
-    if trainer.step.warmup is not None and ctx.is_main and progress is not False:
+    if trainer.step.compiles and ctx.is_main and progress is not False:
         print("fastppo: compiling the Numba kernels (first run on this machine only; cached "
               "afterwards)", flush=True)
     try:

@@ -1,6 +1,10 @@
 """The hot paths: async env parts == one synchronous batch, Numba == torch, compiled == eager
 with no recompiles across updates."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +176,31 @@ def test_minibatches_of_reset_steps_only_are_skipped(policy_kernel):
     assert calls == [] and np.isnan(metrics["losses/policy_loss"])
     assert all(torch.equal(p, q) for p, q in zip(before, trainer.agent.parameters()))
     trainer.envs.close()
+
+
+NUMBA_CACHED_SCRIPT = """
+import numpy as np
+from numba import njit
+from fastppo.hotpath import numba_cached
+
+@njit(cache=True)
+def twice(x):
+    return 2 * x
+
+before = numba_cached(twice)
+twice(np.ones(3))
+print(before, numba_cached(twice))
+"""
+
+
+def test_numba_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
+    """What decides train's "compiling the Numba kernels" line: false before the first compile
+    on a machine (a fresh cache), true once the compiled code is on disk, also for a new
+    process."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    script = tmp_path / "script.py"  # Numba caches functions of files, not of -c strings
+    script.write_text(NUMBA_CACHED_SCRIPT)
+    runs = [subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=120) for _ in range(2)]
+    assert [r.stdout.split() for r in runs] == [["False", "True"], ["True", "True"]], \
+        runs[0].stderr[-2000:]
