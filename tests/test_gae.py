@@ -188,8 +188,8 @@ def use_path(monkeypatch, path, n_steps, n_envs):
 
 
 TRITON_SHAPES = {
-    "envs": [(1, 1), (7, 13), (300, 3), (40, 130)],
-    "scan": [(1, 1), (7, 13), (300, 3), (40, 130)],
+    "envs": [(1, 1), (7, 13), (300, 3), (10, 70)],
+    "scan": [(1, 1), (7, 13), (300, 3), (10, 70)],
     # Chunk counts below their power of two, a ragged last chunk, one env, N < 8 and N > 32.
     "chunked": [(100, 3), (257, 1), (50, 40), (64, 5)],
     "chunked-steps": [(2, 1), (7, 13), (20, 3)],
