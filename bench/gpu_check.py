@@ -70,8 +70,7 @@ def dname(dtype) -> str:
 def plan(smoke: bool) -> dict:
     """GAE (T, N) shapes, categorical (B, A), Gaussian B and D."""
     if smoke:
-        return dict(gae=[(16, 8), (64, 1)], gauss_b=40, dims=(1, 17),
-                    cat=[(48, 2), (3, 2100)])
+        return dict(gae=[(16, 8)], gauss_b=24, dims=(3,), cat=[(24, 5)])
     return dict(gae=[(128, 4096), (32, 16384), (2048, 1)], gauss_b=65536, dims=(1, 6, 17),
                 cat=[(65536, 2), (65536, 18), (65536, 257), (65536, 4096), (64, 131072)])
 
