@@ -52,7 +52,7 @@ from .checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_s
     save_checkpoint
 from .config import PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
-    broadcast_module, kl_early_stop, normalize_advantages, rank_seed
+    broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
 from .envs import VecEnv
 from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_compile, \
     use_numba_policy
@@ -64,14 +64,6 @@ METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/inf; the run stops and keeps its last good checkpoint."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was requested but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def seed_everything(seed: int) -> None:
