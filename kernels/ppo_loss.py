@@ -1,4 +1,4 @@
-"""The fused PPO-clip loss: public functions, argument checks, backend dispatch, custom ops.
+"""The fused PPO loss (clipped surrogate, KL penalty): public functions, checks, custom ops.
 
     loss, stats = ppo_loss(logits, actions, old_logprobs, advantages, values, old_values,
                            returns, clip_coef=0.1, vf_coef=0.5, ent_coef=0.01)
@@ -11,26 +11,27 @@ Math (CleanRL's PPO loss; means are weighted means over rows with weights ``w``,
                std**2 = sum(w (adv - mean)^2) / sum(w) * n / (n - 1), n = #{rows: w > 0}
                (adv - mean(adv)) unscaled when n < 2
     pg_loss  = mean(max(-adv ratio, -adv clamp(ratio, 1 - clip, 1 + clip)))
+               (mean(-adv ratio) with clip_coef=None: the unclipped surrogate of PPO-penalty)
     v_loss   = 0.5 mean(max((v - R)^2, (old_v + clamp(v - old_v, -clip, clip) - R)^2))
                (0.5 mean((v - R)^2) without clip_vloss)
-    loss     = pg_loss - ent_coef mean(entropy) + vf_coef v_loss
+    kl       = mean(KL(pi_old || pi))                       when the old policy is given
+    loss     = pg_loss - ent_coef mean(entropy) + vf_coef v_loss + kl_coef kl
 
-Categorical: ``logp = log_softmax(logits)[action]``, ``entropy = -sum p log p``. Diagonal
-Gaussian: ``logp = sum_d -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2``,
-``entropy = sum_d 1/2 + log(2 pi) / 2 + log sigma``. Gradients flow to the policy outputs and
+Categorical: ``logp = log_softmax(logits)[action]``, ``entropy = -sum p log p``,
+``KL = sum_a q_a (log q_a - log p_a)`` with ``q = softmax(old_logits)``. Diagonal Gaussian:
+``logp = sum_d -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2``,
+``entropy = sum_d 1/2 + log(2 pi) / 2 + log sigma``, ``KL = sum_d log(sigma / sigma_old) +
+(sigma_old^2 + (mu_old - mu)^2) / (2 sigma^2) - 1/2``. Gradients flow to the policy outputs and
 ``values`` only; at ties of a max the gradient is split as torch autograd splits it.
 
-Each policy type is one pair of ``torch.library`` custom ops (forward, backward) with fake
-implementations and ``register_autograd``, so the loss works under
-``torch.compile(fullgraph=True)``; eager calls skip the dispatcher layers through an
-``autograd.Function`` running the same implementation (at CleanRL's minibatch sizes those
-layers cost about as much as the fused kernels). The forward returns ``(loss, stats,
-row_stats)``: ``stats`` packs the statistics (unpacked here into detached 0-dim tensors, no host
-sync) and ``row_stats`` the per-row values the backward needs (logsumexp and entropy, or the
-Gaussian log-prob; the Numba categorical kernel adds the row's head gradients), so no (B, A)
-intermediate is kept. Backends (``ppo_loss_torch``,
-``ppo_loss_numba``, ``ppo_loss_triton``) share one interface, documented in ``ppo_loss_torch``,
-and are imported on first use.
+Backends (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) share the contract of
+``ppo_loss_contract`` and are imported on first use. Each policy type is one pair of
+``torch.library`` custom ops (forward, backward) with fake implementations and
+``register_autograd``, so the loss works under ``torch.compile(fullgraph=True)``; eager calls
+skip the dispatcher layers through one ``autograd.Function`` running the same implementation
+(at CleanRL's minibatch sizes those layers cost about as much as the fused kernels). The forward
+returns ``(loss, stats, row_stats)``: ``stats`` packs the statistics (unpacked here into
+detached 0-dim tensors, no host sync) and ``row_stats`` the per-row values the backward needs.
 
 Value checks that need the data (actions in [0, A), weights nonnegative and not all zero) run
 inside the forward op, never adding a host sync: the torch and Numba backends on the CPU raise
@@ -51,11 +52,20 @@ from torch import Tensor
 from ._backend import resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_ndim, expect_same_device, \
     expect_shape, expect_tensor
+from .ppo_loss_contract import NUM_STATS, STAT_NAMES, Coefs, Rows, categorical_row_stats
 
-STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
-_NUM_STATS = 9  # STAT_NAMES, then adv_mean, adv_scale, weight_sum (for the backward)
 _MODULES = {"torch": "ppo_loss_torch", "numba": "ppo_loss_numba", "triton": "ppo_loss_triton"}
 _loaded: dict = {}
+
+# Each policy's op arguments: its distribution tensors (``DIST``), the six ``Rows``, the six
+# ``Coefs``, the backend name. ``GRADS``: positions of the differentiable inputs; ``DATA``:
+# distribution tensors that are data, cast to the compute dtype like the rows.
+# categorical: logits, actions, old_logits; gaussian: mean, log_std, actions, old_mean, old_log_std
+DIST = {"categorical": 3, "gaussian": 5}
+GRADS = {"categorical": (0, 3 + Rows._fields.index("values")),
+         "gaussian": (0, 1, 5 + Rows._fields.index("values"))}
+DATA = {"categorical": (2,), "gaussian": (2, 3, 4)}
+_ROWS = len(Rows._fields)
 
 
 def _impl(backend: str):
@@ -69,300 +79,253 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _cast(dtype, *tensors):
-    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+def _cast(dtype, t):
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
-def _row_major(grads):
-    """Gradients as every backend's custom op promises them (and the fakes describe them):
-    contiguous, whatever the layout of the policy outputs (a no-op when already contiguous)."""
+def _unpack(policy: str, args):
+    """(dist, rows, coefs, backend) from an op's flat arguments, the data in the compute dtype."""
+    n = DIST[policy]
+    dtype = _compute_dtype(args[0])
+    dist = [_cast(dtype, t) if i in DATA[policy] else t for i, t in enumerate(args[:n])]
+    rows = Rows(*(t if name == "values" else _cast(dtype, t)
+                  for name, t in zip(Rows._fields, args[n:n + _ROWS])))
+    return dist, rows, Coefs(*args[n + _ROWS:-1]), args[-1]
+
+
+def _forward(policy: str, args):
+    """(loss, stats, row_stats) of one policy's flat op arguments."""
+    dist, rows, coefs, backend = _unpack(policy, args)
+    return getattr(_impl(backend), f"forward_{policy}")(*dist, rows, coefs)
+
+
+def _backward(policy: str, grad_loss, args, stats, row_stats):
+    """Gradients of the differentiable inputs, contiguous whatever the layout of the policy
+    outputs (as every backend's custom op promises, and the fakes describe them)."""
+    dist, rows, coefs, backend = _unpack(policy, args)
+    grads = getattr(_impl(backend), f"backward_{policy}")(grad_loss, *dist, rows, coefs, stats,
+                                                          row_stats)
     return tuple(g.contiguous() for g in grads)
 
 
-def _empty_row_major(x):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+def _input_grads(policy: str, num_args: int, grads):
+    """Autograd's per-input tuple: ``grads`` at the differentiable positions, None elsewhere."""
+    out = [None] * num_args
+    for i, g in zip(GRADS[policy], grads):
+        out[i] = g
+    return tuple(out)
 
 
-# ----------------------------------------------------------------------------- implementations
-# One forward and one backward per policy type, shared by the custom ops (what torch.compile
-# sees) and by the eager autograd.Functions below.
-
-def _categorical_forward(logits, actions, old_logprobs, advantages, values, old_values, returns,
-                         weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages,
-                         backend):
-    data = _cast(_compute_dtype(logits), old_logprobs, advantages, old_values, returns, weights)
-    old_logprobs, advantages, old_values, returns, weights = data
-    return _impl(backend).forward_categorical(
-        logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
-        clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-
-
-def _categorical_backward(grad_loss, logits, actions, old_logprobs, advantages, values,
-                          old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                          ent_coef, clip_vloss, normalize_advantages, backend):
-    data = _cast(_compute_dtype(logits), old_logprobs, advantages, old_values, returns, weights)
-    old_logprobs, advantages, old_values, returns, weights = data
-    grads = _impl(backend).backward_categorical(
-        grad_loss, logits, actions, old_logprobs, advantages, values, old_values, returns,
-        weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-    return _row_major(grads)
-
-
-def _gaussian_forward(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                      returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                      normalize_advantages, backend):
-    data = _cast(_compute_dtype(mean), actions, old_logprobs, advantages, old_values, returns,
-                 weights)
-    actions, old_logprobs, advantages, old_values, returns, weights = data
-    return _impl(backend).forward_gaussian(
-        mean, log_std, actions, old_logprobs, advantages, values, old_values, returns, weights,
-        clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-
-
-def _gaussian_backward(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
-                       old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                       ent_coef, clip_vloss, normalize_advantages, backend):
-    data = _cast(_compute_dtype(mean), actions, old_logprobs, advantages, old_values, returns,
-                 weights)
-    actions, old_logprobs, advantages, old_values, returns, weights = data
-    grads = _impl(backend).backward_gaussian(
-        grad_loss, mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
-        weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-    return _row_major(grads)
-
-
-# ----------------------------------------------------------------------------- categorical ops
+# ----------------------------------------------------------------------------- custom ops
+# One (forward, backward) pair per policy type; the schemas are spelled out once, here.
 
 @torch.library.custom_op("fastppo::ppo_loss_categorical", mutates_args=())
 def _categorical_fwd(
-    logits: Tensor, actions: Tensor, old_logprobs: Tensor, advantages: Tensor, values: Tensor,
-    old_values: Tensor, returns: Tensor, weights: Tensor | None, clip_coef: float,
-    vf_coef: float, ent_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
+    logits: Tensor, actions: Tensor, old_logits: Tensor | None, old_logprobs: Tensor,
+    advantages: Tensor, values: Tensor, old_values: Tensor, returns: Tensor,
+    weights: Tensor | None, clip_coef: float | None, vf_coef: float, ent_coef: float,
+    kl_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _categorical_forward(logits, actions, old_logprobs, advantages, values, old_values,
-                                returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                                normalize_advantages, backend)
-
-
-@_categorical_fwd.register_fake
-def _(logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
-      clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages, backend):
-    dtype = _compute_dtype(logits)
-    # Numba also saves each row's head gradients (see ppo_loss_numba.CATEGORICAL_ROW_STATS)
-    columns = 4 if backend == "numba" else 2
-    return (logits.new_empty((), dtype=dtype), logits.new_empty((_NUM_STATS,), dtype=dtype),
-            logits.new_empty((logits.shape[0], columns), dtype=dtype))
+    return _forward("categorical", (logits, actions, old_logits, old_logprobs, advantages,
+                                    values, old_values, returns, weights, clip_coef, vf_coef,
+                                    ent_coef, kl_coef, clip_vloss, normalize_advantages, backend))
 
 
 @torch.library.custom_op("fastppo::ppo_loss_categorical_backward", mutates_args=())
 def _categorical_bwd(
-    grad_loss: Tensor, logits: Tensor, actions: Tensor, old_logprobs: Tensor,
-    advantages: Tensor, values: Tensor, old_values: Tensor, returns: Tensor,
-    weights: Tensor | None, stats: Tensor, row_stats: Tensor, clip_coef: float, vf_coef: float,
-    ent_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
+    grad_loss: Tensor, stats: Tensor, row_stats: Tensor, logits: Tensor, actions: Tensor,
+    old_logits: Tensor | None, old_logprobs: Tensor, advantages: Tensor, values: Tensor,
+    old_values: Tensor, returns: Tensor, weights: Tensor | None, clip_coef: float | None,
+    vf_coef: float, ent_coef: float, kl_coef: float, clip_vloss: bool,
+    normalize_advantages: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    return _categorical_backward(grad_loss, logits, actions, old_logprobs, advantages, values,
-                                 old_values, returns, weights, stats, row_stats, clip_coef,
-                                 vf_coef, ent_coef, clip_vloss, normalize_advantages, backend)
+    return _backward("categorical", grad_loss, (
+        logits, actions, old_logits, old_logprobs, advantages, values, old_values, returns,
+        weights, clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+        backend), stats, row_stats)
 
-
-@_categorical_bwd.register_fake
-def _(grad_loss, logits, actions, old_logprobs, advantages, values, old_values, returns,
-      weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages,
-      backend):
-    return _empty_row_major(logits), _empty_row_major(values)
-
-
-def _categorical_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8], output[1], output[2])
-    ctx.scalars = inputs[8:]
-
-
-def _categorical_grad(ctx, grad_loss, _grad_stats, _grad_row_stats):
-    # stats and row_stats leave the public function detached: only the loss carries gradient.
-    saved = ctx.saved_tensors
-    d_logits, d_values = _categorical_bwd(grad_loss, *saved, *ctx.scalars)
-    return (d_logits, None, None, None, d_values) + (None,) * 9
-
-
-torch.library.register_autograd(
-    "fastppo::ppo_loss_categorical", _categorical_grad, setup_context=_categorical_setup)
-
-
-# ----------------------------------------------------------------------------- Gaussian ops
 
 @torch.library.custom_op("fastppo::ppo_loss_gaussian", mutates_args=())
 def _gaussian_fwd(
-    mean: Tensor, log_std: Tensor, actions: Tensor, old_logprobs: Tensor, advantages: Tensor,
-    values: Tensor, old_values: Tensor, returns: Tensor, weights: Tensor | None,
-    clip_coef: float, vf_coef: float, ent_coef: float, clip_vloss: bool,
+    mean: Tensor, log_std: Tensor, actions: Tensor, old_mean: Tensor | None,
+    old_log_std: Tensor | None, old_logprobs: Tensor, advantages: Tensor, values: Tensor,
+    old_values: Tensor, returns: Tensor, weights: Tensor | None, clip_coef: float | None,
+    vf_coef: float, ent_coef: float, kl_coef: float, clip_vloss: bool,
     normalize_advantages: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _gaussian_forward(mean, log_std, actions, old_logprobs, advantages, values,
-                             old_values, returns, weights, clip_coef, vf_coef, ent_coef,
-                             clip_vloss, normalize_advantages, backend)
-
-
-@_gaussian_fwd.register_fake
-def _(mean, log_std, actions, old_logprobs, advantages, values, old_values, returns, weights,
-      clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages, backend):
-    dtype = _compute_dtype(mean)
-    return (mean.new_empty((), dtype=dtype), mean.new_empty((_NUM_STATS,), dtype=dtype),
-            mean.new_empty((mean.shape[0],), dtype=dtype))
+    return _forward("gaussian", (mean, log_std, actions, old_mean, old_log_std, old_logprobs,
+                                 advantages, values, old_values, returns, weights, clip_coef,
+                                 vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                                 backend))
 
 
 @torch.library.custom_op("fastppo::ppo_loss_gaussian_backward", mutates_args=())
 def _gaussian_bwd(
-    grad_loss: Tensor, mean: Tensor, log_std: Tensor, actions: Tensor, old_logprobs: Tensor,
+    grad_loss: Tensor, stats: Tensor, row_stats: Tensor, mean: Tensor, log_std: Tensor,
+    actions: Tensor, old_mean: Tensor | None, old_log_std: Tensor | None, old_logprobs: Tensor,
     advantages: Tensor, values: Tensor, old_values: Tensor, returns: Tensor,
-    weights: Tensor | None, stats: Tensor, row_stats: Tensor, clip_coef: float, vf_coef: float,
-    ent_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
+    weights: Tensor | None, clip_coef: float | None, vf_coef: float, ent_coef: float,
+    kl_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _gaussian_backward(grad_loss, mean, log_std, actions, old_logprobs, advantages,
-                              values, old_values, returns, weights, stats, row_stats, clip_coef,
-                              vf_coef, ent_coef, clip_vloss, normalize_advantages, backend)
+    return _backward("gaussian", grad_loss, (
+        mean, log_std, actions, old_mean, old_log_std, old_logprobs, advantages, values,
+        old_values, returns, weights, clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss,
+        normalize_advantages, backend), stats, row_stats)
 
 
-@_gaussian_bwd.register_fake
-def _(grad_loss, mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
-      weights, stats, row_stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages,
-      backend):
-    return _empty_row_major(mean), _empty_row_major(log_std), _empty_row_major(values)
+def _register(policy: str, fwd, bwd) -> None:
+    """Fakes and autograd of one policy's op pair."""
+
+    @fwd.register_fake
+    def _(*args):
+        policy_out, dtype = args[0], _compute_dtype(args[0])
+        batch = policy_out.shape[0]
+        if policy == "categorical":
+            row_stats = (batch, categorical_row_stats(args[-1], args[2] is not None))
+        else:
+            row_stats = (batch,)
+        return (policy_out.new_empty((), dtype=dtype),
+                policy_out.new_empty((NUM_STATS,), dtype=dtype),
+                policy_out.new_empty(row_stats, dtype=dtype))
+
+    @bwd.register_fake
+    def _(grad_loss, stats, row_stats, *args):
+        return tuple(torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
+                     for i in GRADS[policy])
+
+    def setup_context(ctx, inputs, output):
+        n = DIST[policy] + _ROWS  # the tensors, then the scalars
+        ctx.save_for_backward(output[1], output[2], *inputs[:n])
+        ctx.scalars = inputs[n:]
+
+    def backward(ctx, grad_loss, _grad_stats, _grad_row_stats):
+        # stats and row_stats leave the public function detached: only the loss has gradient
+        args = (*ctx.saved_tensors, *ctx.scalars)
+        return _input_grads(policy, len(args) - 2, bwd(grad_loss, *args))
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
 
-def _gaussian_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:9], output[1], output[2])
-    ctx.scalars = inputs[9:]
-
-
-def _gaussian_grad(ctx, grad_loss, _grad_stats, _grad_row_stats):
-    saved = ctx.saved_tensors
-    d_mean, d_log_std, d_values = _gaussian_bwd(grad_loss, *saved, *ctx.scalars)
-    return (d_mean, d_log_std, None, None, None, d_values) + (None,) * 9
-
-
-torch.library.register_autograd(
-    "fastppo::ppo_loss_gaussian", _gaussian_grad, setup_context=_gaussian_setup)
+_register("categorical", _categorical_fwd, _categorical_bwd)
+_register("gaussian", _gaussian_fwd, _gaussian_bwd)
+_OPS = {"categorical": _categorical_fwd, "gaussian": _gaussian_fwd}
 
 
 # ----------------------------------------------------------------------------- eager path
-# Outside torch.compile the public functions call these autograd.Functions directly: same
+# Outside torch.compile the public functions call this autograd.Function directly: same
 # implementations and saved tensors as the custom ops, without the dispatcher layers of
 # torch.library (about 2x the cost of the whole fused op at CleanRL's minibatch sizes).
 
-class _CategoricalLoss(torch.autograd.Function):
+class _Loss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, actions, old_logprobs, advantages, values, old_values, returns,
-                weights, *scalars):
-        ctx.prepared = None
-        if scalars[-1] == "numba":
+    def forward(ctx, policy, *args):
+        ctx.policy, ctx.prepared, ctx.num_args = policy, None, len(args)
+        grad_inputs = [args[i] for i in GRADS[policy]]
+        if args[-1] == "numba":
             # the Numba backend hands back its converted inputs: the backward reuses them
-            data = _cast(_compute_dtype(logits), old_logprobs, advantages, old_values, returns,
-                         weights)
-            (loss, stats, _), ctx.prepared = _impl("numba").forward_categorical_prepared(
-                logits, actions, *data[:2], values, *data[2:], *scalars[:-1])
-            ctx.dtypes = logits.dtype, values.dtype
-            ctx.save_for_backward(logits, values)  # autograd's in-place modification check
-            ctx.mark_non_differentiable(stats)
-            return loss, stats
-        loss, stats, row_stats = _categorical_forward(
-            logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
-            *scalars)
-        ctx.save_for_backward(logits, actions, old_logprobs, advantages, values, old_values,
-                              returns, weights, stats, row_stats)
-        ctx.scalars = scalars
+            dist, rows, coefs, _ = _unpack(policy, args)
+            forward = getattr(_impl("numba"), f"forward_{policy}_prepared")
+            (loss, stats, _), ctx.prepared = forward(*dist, rows, coefs)
+            ctx.dtypes = tuple(t.dtype for t in grad_inputs)
+            ctx.save_for_backward(*grad_inputs)  # autograd's in-place modification check
+        else:
+            loss, stats, row_stats = _forward(policy, args)
+            ctx.save_for_backward(stats, row_stats, *args[:DIST[policy] + _ROWS])
+            ctx.scalars = args[DIST[policy] + _ROWS:]
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
+        saved = ctx.saved_tensors  # raises if an input was changed in place
         if ctx.prepared is not None:
-            ctx.saved_tensors  # noqa: B018 - raises if logits or values changed in place
-            d_logits, d_values = _impl("numba").backward_categorical_prepared(
-                grad_loss, ctx.prepared, *ctx.dtypes)
-            return (d_logits, None, None, None, d_values) + (None,) * 9
-        d_logits, d_values = _categorical_backward(grad_loss, *ctx.saved_tensors, *ctx.scalars)
-        return (d_logits, None, None, None, d_values) + (None,) * 9
-
-
-class _GaussianLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                returns, weights, *scalars):
-        ctx.prepared = None
-        if scalars[-1] == "numba":
-            # the Numba backend hands back its converted inputs: the backward reuses them
-            data = _cast(_compute_dtype(mean), actions, old_logprobs, advantages, old_values,
-                         returns, weights)
-            (loss, stats, _), ctx.prepared = _impl("numba").forward_gaussian_prepared(
-                mean, log_std, data[0], *data[1:3], values, *data[3:], *scalars[:-1])
-            ctx.dtypes = mean.dtype, log_std.dtype, values.dtype
-            ctx.save_for_backward(mean, log_std, values)  # autograd's in-place modification check
-            ctx.mark_non_differentiable(stats)
-            return loss, stats
-        loss, stats, row_stats = _gaussian_forward(
-            mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
-            weights, *scalars)
-        ctx.save_for_backward(mean, log_std, actions, old_logprobs, advantages, values,
-                              old_values, returns, weights, stats, row_stats)
-        ctx.scalars = scalars
-        ctx.mark_non_differentiable(stats)
-        return loss, stats
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
-        if ctx.prepared is not None:
-            ctx.saved_tensors  # noqa: B018 - raises if mean, log_std or values changed in place
-            d_mean, d_log_std, d_values = _impl("numba").backward_gaussian_prepared(
-                grad_loss, ctx.prepared, *ctx.dtypes)
-            return (d_mean, d_log_std, None, None, None, d_values) + (None,) * 9
-        d_mean, d_log_std, d_values = _gaussian_backward(grad_loss, *ctx.saved_tensors,
-                                                         *ctx.scalars)
-        return (d_mean, d_log_std, None, None, None, d_values) + (None,) * 9
+            backward = getattr(_impl("numba"), f"backward_{ctx.policy}_prepared")
+            grads = backward(grad_loss, ctx.prepared, ctx.dtypes)
+        else:
+            grads = _backward(ctx.policy, grad_loss, (*saved[2:], *ctx.scalars), *saved[:2])
+        return (None, *_input_grads(ctx.policy, ctx.num_args, grads))
 
 
 # ----------------------------------------------------------------------------- public API
 
-def _check_common(batch, device, old_logprobs, advantages, values, old_values, returns, weights,
-                  clip_coef, vf_coef, ent_coef, backend):
-    """Metadata-only checks shared by both policy types; returns the resolved backend."""
-    rows = {"old_logprobs": old_logprobs, "advantages": advantages, "values": values,
-            "old_values": old_values, "returns": returns}
-    if weights is not None:
-        rows["weights"] = weights
-    for name, x in rows.items():
+def _check_rows(batch, rows: Rows):
+    named = {name: t for name, t in rows._asdict().items() if t is not None}
+    for name, x in named.items():
         expect_tensor(name, x)
         expect_shape(name, x, (batch,), "one value per row")
         expect_floating(name, x)
-    expect_in_range("clip_coef", clip_coef, 0.0, math.inf, low_open=True)
-    expect_in_range("vf_coef", vf_coef, -math.inf, math.inf)
-    expect_in_range("ent_coef", ent_coef, -math.inf, math.inf)
-    return rows, resolve_backend(backend, device)
+    return named
 
 
-def _unpack(loss, stats):
-    # zip stops after the six public statistics; the rest of ``stats`` is for the backward
-    return loss, dict(zip(STAT_NAMES, stats.detach().unbind()))
+def _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+           has_old: bool) -> Coefs:
+    """Checked and converted coefficients (metadata only)."""
+    if clip_coef is not None:
+        clip_coef = expect_in_range("clip_coef", clip_coef, 0.0, math.inf, low_open=True)
+    elif clip_vloss:
+        raise ValueError("clip_vloss: expected False with clip_coef=None (no clip range), "
+                         "got True")
+    kl_coef = expect_in_range("kl_coef", kl_coef, 0.0, math.inf)
+    if kl_coef > 0 and not has_old:
+        raise ValueError(f"kl_coef: expected 0 without the old policy's parameters, got "
+                         f"{kl_coef!r}")
+    return Coefs(clip_coef, expect_in_range("vf_coef", vf_coef, -math.inf, math.inf),
+                 expect_in_range("ent_coef", ent_coef, -math.inf, math.inf), kl_coef,
+                 bool(clip_vloss), bool(normalize_advantages))
+
+
+def _run(policy: str, args):
+    if torch.compiler.is_compiling():
+        loss, stats, _ = _OPS[policy](*args)
+    else:
+        loss, stats = _Loss.apply(policy, *args)
+    has_old = args[DIST[policy] - 1] is not None
+    names = STAT_NAMES + ("kl",) if has_old else STAT_NAMES
+    # zip stops after the public statistics; the rest of ``stats`` is for the backward
+    return loss, dict(zip(names, stats.detach().unbind()))
+
+
+def _expect_like(name, x, shape, what):
+    expect_tensor(name, x)
+    expect_floating(name, x)
+    expect_shape(name, x, shape, what)
+
+
+def _broadcast_log_std(name, log_std, batch, dim):
+    """(B, D) log-std: a (D,) / (1, D) one is expanded (its gradient sums back)."""
+    expect_tensor(name, log_std)
+    expect_floating(name, log_std)
+    if log_std.shape != (batch, dim):
+        if log_std.dim() > 2 or log_std.shape[-1:] != (dim,) or log_std.numel() != dim:
+            raise ValueError(f"{name}: expected shape {(batch, dim)} or ({dim},), "
+                             f"got {tuple(log_std.shape)}")
+        log_std = log_std.expand(batch, dim)
+    return log_std
 
 
 def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, returns, *,
-             clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True,
-             weights=None, backend="auto"):
-    """PPO-clip loss of a categorical policy over one minibatch of B rows.
+             clip_coef, vf_coef, ent_coef, kl_coef=0.0, old_logits=None, clip_vloss=True,
+             normalize_advantages=True, weights=None, backend="auto"):
+    """PPO loss of a categorical policy over one minibatch of B rows.
 
     Args:
         logits: (B, A) floating policy logits (gradient flows here).
         actions: (B,) integer actions in [0, A).
         old_logprobs, advantages, old_values, returns: (B,) floating data (no gradient).
         values: (B,) floating value predictions (gradient flows here).
-        clip_coef: > 0, the ratio and value clip range. vf_coef, ent_coef: loss coefficients.
+        clip_coef: > 0, the ratio and value clip range; None for the unclipped surrogate
+            (then ``clip_vloss`` must be False). vf_coef, ent_coef: loss coefficients.
+        kl_coef: >= 0, the weight of ``mean(KL(pi_old || pi))``; > 0 needs ``old_logits``.
+        old_logits: optional (B, A) logits of the policy that collected the data (no
+            gradient); with them the stats hold ``kl``.
         clip_vloss, normalize_advantages: as in CleanRL (both on by default).
         weights: optional (B,) nonnegative row weights (0 masks a row); means become weighted.
         backend: "auto" | "torch" | "numba" | "triton".
 
     Returns:
         (loss, stats): ``loss`` a 0-dim tensor with autograd, ``stats`` a dict of detached
-        0-dim tensors ``pg_loss, v_loss, entropy, approx_kl, old_approx_kl, clipfrac``.
+        0-dim tensors ``pg_loss, v_loss, entropy, approx_kl, old_approx_kl, clipfrac`` (and
+        ``kl`` when ``old_logits`` is given).
     """
     expect_tensor("logits", logits)
     expect_tensor("actions", actions)
@@ -375,54 +338,51 @@ def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, retu
     expect_shape("actions", actions, (batch,), "one action per row of logits")
     if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
         raise TypeError(f"actions: expected an integer tensor, got dtype {actions.dtype}")
-    rows, backend = _check_common(batch, logits.device, old_logprobs, advantages, values,
-                                  old_values, returns, weights, clip_coef, vf_coef, ent_coef,
-                                  backend)
-    expect_same_device("logits", logits, actions=actions, **rows)
-    args = (logits, actions, old_logprobs, advantages, values, old_values, returns, weights,
-            float(clip_coef), float(vf_coef), float(ent_coef), bool(clip_vloss),
-            bool(normalize_advantages), backend)
-    if torch.compiler.is_compiling():
-        loss, stats, _ = _categorical_fwd(*args)
-    else:
-        loss, stats = _CategoricalLoss.apply(*args)
-    return _unpack(loss, stats)
+    if old_logits is not None:
+        _expect_like("old_logits", old_logits, (batch, num_actions), "same as logits")
+    rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
+    named = _check_rows(batch, rows)
+    coefs = _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                   old_logits is not None)
+    backend = resolve_backend(backend, logits.device)
+    expect_same_device("logits", logits, actions=actions, old_logits=old_logits, **named)
+    return _run("categorical", (logits, actions, old_logits, *rows, *coefs, backend))
 
 
 def ppo_loss_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                      returns, *, clip_coef, vf_coef, ent_coef, clip_vloss=True,
-                      normalize_advantages=True, weights=None, backend="auto"):
-    """PPO-clip loss of a diagonal Gaussian policy over one minibatch of B rows.
+                      returns, *, clip_coef, vf_coef, ent_coef, kl_coef=0.0, old_mean=None,
+                      old_log_std=None, clip_vloss=True, normalize_advantages=True,
+                      weights=None, backend="auto"):
+    """PPO loss of a diagonal Gaussian policy over one minibatch of B rows.
 
     ``mean`` (B, D) and ``log_std`` ((B, D), or (D,) / (1, D), broadcast; an ``expand`` view of
     a (D,) parameter is fine and its gradient sums back to the parameter) carry gradient;
-    ``actions`` is (B, D) floating data. Everything else is as in :func:`ppo_loss`.
+    ``actions`` is (B, D) floating data. ``old_mean`` (B, D) and ``old_log_std`` (shaped as
+    ``log_std`` may be) are the old policy's parameters, given together or not at all (needed
+    for ``kl_coef > 0``; they add ``kl`` to the stats). Everything else is as in
+    :func:`ppo_loss`.
     """
     expect_tensor("mean", mean)
-    expect_tensor("log_std", log_std)
-    expect_tensor("actions", actions)
     expect_ndim("mean", mean, 2, "(B, D)")
     expect_floating("mean", mean)
-    expect_floating("log_std", log_std)
-    expect_floating("actions", actions)
     batch, dim = mean.shape
     if batch == 0 or dim == 0:
         raise ValueError(f"mean: expected a non-empty (B, D) tensor, got shape {tuple(mean.shape)}")
-    if log_std.shape != mean.shape:
-        if log_std.dim() > 2 or log_std.shape[-1:] != (dim,) or log_std.numel() != dim:
-            raise ValueError(f"log_std: expected shape {(batch, dim)} or ({dim},), "
-                             f"got {tuple(log_std.shape)}")
-        log_std = log_std.expand(batch, dim)
-    expect_shape("actions", actions, (batch, dim), "same as mean")
-    rows, backend = _check_common(batch, mean.device, old_logprobs, advantages, values,
-                                  old_values, returns, weights, clip_coef, vf_coef, ent_coef,
-                                  backend)
-    expect_same_device("mean", mean, log_std=log_std, actions=actions, **rows)
-    args = (mean, log_std, actions, old_logprobs, advantages, values, old_values, returns,
-            weights, float(clip_coef), float(vf_coef), float(ent_coef), bool(clip_vloss),
-            bool(normalize_advantages), backend)
-    if torch.compiler.is_compiling():
-        loss, stats, _ = _gaussian_fwd(*args)
-    else:
-        loss, stats = _GaussianLoss.apply(*args)
-    return _unpack(loss, stats)
+    log_std = _broadcast_log_std("log_std", log_std, batch, dim)
+    _expect_like("actions", actions, (batch, dim), "same as mean")
+    if (old_mean is None) != (old_log_std is None):
+        given, missing = ("old_mean", "old_log_std") if old_log_std is None else \
+            ("old_log_std", "old_mean")
+        raise ValueError(f"{missing}: expected a tensor together with {given}, got None")
+    if old_mean is not None:
+        _expect_like("old_mean", old_mean, (batch, dim), "same as mean")
+        old_log_std = _broadcast_log_std("old_log_std", old_log_std, batch, dim)
+    rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
+    named = _check_rows(batch, rows)
+    coefs = _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                   old_mean is not None)
+    backend = resolve_backend(backend, mean.device)
+    expect_same_device("mean", mean, log_std=log_std, actions=actions, old_mean=old_mean,
+                       old_log_std=old_log_std, **named)
+    return _run("gaussian", (mean, log_std, actions, old_mean, old_log_std, *rows, *coefs,
+                             backend))

@@ -4,22 +4,9 @@ Runs on any device; the fallback when neither Numba nor Triton imports, and the 
 compiled backends follow. Both policy types live here because they share the whole "head"
 (ratio, clipped surrogate, value loss, statistics); only log-prob and entropy differ.
 
-Interface (the same for every backend; inputs arrive validated by ``fastppo.kernels.ppo_loss``,
-with the data tensors ``old_logprobs, advantages, old_values, returns, weights`` already in the
-compute dtype, float64 for float64 policy outputs and float32 otherwise)::
-
-    forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
-                        weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-        -> loss (), stats (9,), row_stats (B, 2) = [logsumexp, entropy] per row
-    backward_categorical(grad_loss, <forward inputs>, stats, row_stats, <scalars>)
-        -> d_logits (B, A), d_values (B,)
-    forward_gaussian(mean, log_std, actions, ...)   -> loss, stats, row_stats (B,) = log-prob
-    backward_gaussian(grad_loss, ...)               -> d_mean, d_log_std (B, D), d_values
-
-``stats = [pg_loss, v_loss, entropy, approx_kl, old_approx_kl, clipfrac,
-adv_mean, adv_scale, weight_sum]``: the six public statistics, then what the backward needs to
-rebuild the normalized advantage ``(adv - adv_mean) / adv_scale`` and the row weights
-``w / weight_sum``.
+Interface: ``ppo_loss_contract`` (the same for every backend). The categorical ``row_stats``
+are ``[logsumexp, entropy]`` per row, then the old logits' logsumexp when they are given; the
+Gaussian ones the log-prob.
 
 Backward math. With ``c_i = w_i / sum(w)`` and ``G`` the incoming gradient of ``loss``:
 
@@ -34,6 +21,11 @@ Backward math. With ``c_i = w_i / sum(w)`` and ``G`` the incoming gradient of ``
   ``d H_i / d z_ij = -p_ij (log p_ij + H_i)``.
 * Gaussian: ``d logp_i / d mu_id = (x - mu) / sigma^2``,
   ``d logp_i / d log_sigma_id = (x - mu)^2 / sigma^2 - 1``, ``d H_i / d log_sigma_id = 1``.
+* unclipped surrogate (``clip_coef=None``): ``d pg_i / d r = -a``.
+* KL penalty, ``d loss / d KL_i = G kl_coef c_i``: categorical with ``q = softmax(old_logits)``,
+  ``d KL_i / d z_ij = p_ij - q_ij`` (``sum_j q_ij = 1``); Gaussian with ``s = sigma_old``,
+  ``d KL_i / d mu_id = (mu - mu_old) / sigma^2``,
+  ``d KL_i / d log_sigma_id = 1 - (s^2 + (mu_old - mu)^2) / sigma^2``.
 """
 
 from __future__ import annotations
@@ -41,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import HALF_LOG_2PI
+from .ppo_loss_contract import Stat
 
 
 def _check_values(actions, num_actions, weights):
@@ -99,127 +92,150 @@ def _wmean(x, weights, wsum):
     return x.mean() if weights is None else (weights * x).sum() / wsum
 
 
-def _head_forward(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
-                  clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
-    """Everything after log-prob and entropy: return (loss, stats (9,))."""
+def _head_forward(logp, entropy, kl, rows, coefs):
+    """Everything after log-prob, entropy and KL (None without the old policy): return
+    (loss, stats (NUM_STATS,))."""
+    old_logprobs, advantages, values, old_values, returns, weights = rows
+    clip = coefs.clip_coef
     adv, adv_mean, adv_scale, wsum = _normalized_advantages(advantages, weights,
-                                                            normalize_advantages)
+                                                            coefs.normalize_advantages)
     logratio = logp - old_logprobs
     ratio = torch.exp(logratio)
-    pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
+    if clip is None:
+        pg = -adv * ratio
+        clipfrac = torch.zeros_like(ratio)
+    else:
+        pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip))
+        clipfrac = ((ratio - 1.0).abs() > clip).to(logp.dtype)
     v = values.to(logp.dtype)
     v_loss_unclipped = (v - returns) ** 2
-    if clip_vloss:
-        v_clipped = old_values + torch.clamp(v - old_values, -clip_coef, clip_coef)
+    if coefs.clip_vloss:
+        v_clipped = old_values + torch.clamp(v - old_values, -clip, clip)
         v_loss_rows = 0.5 * torch.max(v_loss_unclipped, (v_clipped - returns) ** 2)
     else:
         v_loss_rows = 0.5 * v_loss_unclipped
     pg_loss = _wmean(pg, weights, wsum)
     v_loss = _wmean(v_loss_rows, weights, wsum)
     ent = _wmean(entropy, weights, wsum)
-    loss = pg_loss - ent_coef * ent + vf_coef * v_loss
-    stats = torch.stack([
-        pg_loss, v_loss, ent,
-        _wmean((ratio - 1) - logratio, weights, wsum),
-        _wmean(-logratio, weights, wsum),
-        _wmean(((ratio - 1.0).abs() > clip_coef).to(logp.dtype), weights, wsum),
-        adv_mean, adv_scale, wsum.to(logp.dtype),
-    ])
-    return loss, stats
+    loss = pg_loss - coefs.ent_coef * ent + coefs.vf_coef * v_loss
+    kl_mean = logp.new_zeros(()) if kl is None else _wmean(kl, weights, wsum)
+    if coefs.kl_coef != 0:
+        loss = loss + coefs.kl_coef * kl_mean
+    stats = [None] * len(Stat)
+    stats[Stat.PG_LOSS], stats[Stat.V_LOSS], stats[Stat.ENTROPY] = pg_loss, v_loss, ent
+    stats[Stat.APPROX_KL] = _wmean((ratio - 1) - logratio, weights, wsum)
+    stats[Stat.OLD_APPROX_KL] = _wmean(-logratio, weights, wsum)
+    stats[Stat.CLIPFRAC] = _wmean(clipfrac, weights, wsum)
+    stats[Stat.KL] = kl_mean
+    stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE] = adv_mean, adv_scale
+    stats[Stat.WEIGHT_SUM] = wsum.to(logp.dtype)
+    return loss, torch.stack(stats)
 
 
-def _head_backward(grad_loss, logp, old_logprobs, advantages, values, old_values, returns,
-                   weights, stats, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
-    """Return (d loss / d logp, d loss / d entropy, d loss / d values), each (B,)."""
-    adv_mean, adv_scale, wsum = stats[6], stats[7], stats[8]
-    adv = (advantages - adv_mean) / adv_scale if normalize_advantages else advantages
+def _head_backward(grad_loss, logp, rows, coefs, stats):
+    """Return (d loss / d logp, d loss / d entropy, d loss / d KL, d loss / d values), (B,)."""
+    old_logprobs, advantages, values, old_values, returns, weights = rows
+    clip = coefs.clip_coef
+    adv_mean, adv_scale, wsum = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE], stats[Stat.WEIGHT_SUM]
+    adv = (advantages - adv_mean) / adv_scale if coefs.normalize_advantages else advantages
     c = grad_loss / wsum if weights is None else grad_loss * weights / wsum
     ratio = torch.exp(logp - old_logprobs)
-    clipped = torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    kx, ky = _max_weights(-adv * ratio, -adv * clipped)
-    inside = ((ratio >= 1 - clip_coef) & (ratio <= 1 + clip_coef)).to(ratio.dtype)
-    d_logp = c * (-adv) * (kx + ky * inside) * ratio
-    d_entropy = -ent_coef * c
+    if clip is None:
+        d_logp = c * (-adv) * ratio
+    else:
+        clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
+        kx, ky = _max_weights(-adv * ratio, -adv * clipped)
+        inside = ((ratio >= 1 - clip) & (ratio <= 1 + clip)).to(ratio.dtype)
+        d_logp = c * (-adv) * (kx + ky * inside) * ratio
     v = values.to(logp.dtype)
-    if clip_vloss:
+    if coefs.clip_vloss:
         dv = v - old_values
-        v_clipped = old_values + torch.clamp(dv, -clip_coef, clip_coef)
+        v_clipped = old_values + torch.clamp(dv, -clip, clip)
         kx, ky = _max_weights((v - returns) ** 2, (v_clipped - returns) ** 2)
-        inside_v = ((dv >= -clip_coef) & (dv <= clip_coef)).to(v.dtype)
+        inside_v = ((dv >= -clip) & (dv <= clip)).to(v.dtype)
         d_v = kx * (v - returns) + ky * (v_clipped - returns) * inside_v
     else:
         d_v = v - returns
-    return d_logp, d_entropy, (vf_coef * c * d_v).to(values.dtype)
+    ones = torch.ones_like(d_logp)
+    return (d_logp, -coefs.ent_coef * c * ones, coefs.kl_coef * c * ones,
+            (coefs.vf_coef * c * d_v).to(values.dtype))
 
 
 # ----------------------------------------------------------------------------- categorical
 
-def forward_categorical(logits, actions, old_logprobs, advantages, values, old_values, returns,
-                        weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
-    _check_values(actions, logits.shape[1], weights)
-    z = logits.to(old_logprobs.dtype)
+def _log_softmax(logits, dtype):
+    z = logits.to(dtype)
     lse = torch.logsumexp(z, dim=1)
-    log_p = z - lse[:, None]
+    return z - lse[:, None], lse
+
+
+def _plogq(p, log_q):
+    """p log q with p = 0 (a -inf logit) counted as 0, as in torch.distributions.Categorical;
+    NaN stays NaN."""
+    return torch.where(p == 0, 0, p * log_q)
+
+
+def forward_categorical(logits, actions, old_logits, rows, coefs):
+    _check_values(actions, logits.shape[1], rows.weights)
+    log_p, lse = _log_softmax(logits, rows.old_logprobs.dtype)
     p = torch.exp(log_p)
-    # p log p with p = 0 (a -inf logit) counts as 0, as in torch.distributions.Categorical;
-    # a NaN logit makes the row's entropy NaN, as on the other backends.
-    entropy = -torch.where(p == 0, 0, p * log_p).sum(dim=1)
-    logp = z.gather(1, actions[:, None].long())[:, 0] - lse
-    loss, stats = _head_forward(logp, entropy, old_logprobs, advantages, values, old_values,
-                                returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                                normalize_advantages)
-    return loss, stats, torch.stack([lse, entropy], dim=1)
+    entropy = -_plogq(p, log_p).sum(dim=1)
+    logp = log_p.gather(1, actions[:, None].long())[:, 0]
+    row_stats = [lse, entropy]
+    kl = None
+    if old_logits is not None:
+        log_q, old_lse = _log_softmax(old_logits, log_p.dtype)
+        q = torch.exp(log_q)
+        kl = (_plogq(q, log_q) - _plogq(q, log_p)).sum(dim=1)
+        row_stats.append(old_lse)
+    loss, stats = _head_forward(logp, entropy, kl, rows, coefs)
+    return loss, stats, torch.stack(row_stats, dim=1)
 
 
-def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
-                         old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                         ent_coef, clip_vloss, normalize_advantages):
-    z = logits.to(old_logprobs.dtype)
+def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats):
+    z = logits.to(rows.old_logprobs.dtype)
     lse, entropy = row_stats[:, 0], row_stats[:, 1]
     log_p = z - lse[:, None]  # softmax recomputed from the logits and the saved logsumexp
     p = torch.exp(log_p)
     idx = actions[:, None].long()
     logp = z.gather(1, idx)[:, 0] - lse
-    d_logp, d_entropy, d_values = _head_backward(
-        grad_loss, logp, old_logprobs, advantages, values, old_values, returns, weights, stats,
-        clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
-    d_entropy = d_entropy * torch.ones_like(d_logp)
-    d_z = -d_logp[:, None] * p - d_entropy[:, None] * torch.where(
-        p == 0, 0, p * (log_p + entropy[:, None]))
+    d_logp, d_entropy, d_kl, d_values = _head_backward(grad_loss, logp, rows, coefs, stats)
+    d_z = -d_logp[:, None] * p - d_entropy[:, None] * _plogq(p, log_p + entropy[:, None])
+    if coefs.kl_coef != 0:
+        q = torch.exp(old_logits.to(z.dtype) - row_stats[:, 2:3])
+        d_z = d_z + d_kl[:, None] * (p - q)
     d_z.scatter_add_(1, idx, d_logp[:, None])
     return d_z.to(logits.dtype), d_values
 
 
 # ----------------------------------------------------------------------------- Gaussian
 
-def _gaussian_logp(mean, log_std, actions):
-    dtype = actions.dtype
-    mu, ls = mean.to(dtype), log_std.to(dtype)
-    var = torch.exp(2 * ls)
-    return (-((actions - mu) ** 2) / (2 * var) - ls - HALF_LOG_2PI).sum(dim=1), mu, ls, var
-
-
-def forward_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                     returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                     normalize_advantages):
-    _check_values(None, 0, weights)
-    logp, _, ls, _ = _gaussian_logp(mean, log_std, actions)
+def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
+    _check_values(None, 0, rows.weights)
+    mu, ls = mean.to(actions.dtype), log_std.to(actions.dtype)
+    logp = (-((actions - mu) ** 2) / (2 * torch.exp(2 * ls)) - ls - HALF_LOG_2PI).sum(dim=1)
     entropy = (0.5 + HALF_LOG_2PI + ls).sum(dim=1)
-    loss, stats = _head_forward(logp, entropy, old_logprobs, advantages, values, old_values,
-                                returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                                normalize_advantages)
+    kl = None
+    if old_mean is not None:
+        var_ratio = torch.exp(2 * (old_log_std - ls))  # sigma_old^2 / sigma^2
+        kl = ((ls - old_log_std) + 0.5 * (var_ratio + (old_mean - mu) ** 2 * torch.exp(-2 * ls))
+              - 0.5).sum(dim=1)
+    loss, stats = _head_forward(logp, entropy, kl, rows, coefs)
     return loss, stats, logp
 
 
-def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
-                      old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                      ent_coef, clip_vloss, normalize_advantages):
+def backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
+                      stats, row_stats):
     logp = row_stats
-    d_logp, d_entropy, d_values = _head_backward(
-        grad_loss, logp, old_logprobs, advantages, values, old_values, returns, weights, stats,
-        clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages)
+    d_logp, d_entropy, d_kl, d_values = _head_backward(grad_loss, logp, rows, coefs, stats)
     mu, ls = mean.to(actions.dtype), log_std.to(actions.dtype)
-    z = (actions - mu) * torch.exp(-ls)  # standardized action
-    d_mean = d_logp[:, None] * z * torch.exp(-ls)
-    d_log_std = d_logp[:, None] * (z * z - 1) + (d_entropy * torch.ones_like(d_logp))[:, None]
+    inv_sigma = torch.exp(-ls)
+    z = (actions - mu) * inv_sigma  # standardized action
+    d_mean = d_logp[:, None] * z * inv_sigma
+    d_log_std = d_logp[:, None] * (z * z - 1) + d_entropy[:, None]
+    if coefs.kl_coef != 0:
+        diff = (mu - old_mean) * inv_sigma
+        d_mean = d_mean + d_kl[:, None] * diff * inv_sigma
+        d_log_std = d_log_std + d_kl[:, None] * (
+            1 - torch.exp(2 * (old_log_std - ls)) - diff * diff)
     return d_mean.to(mean.dtype), d_log_std.to(log_std.dtype), d_values

@@ -7,7 +7,7 @@ could see another one by name before.
 """
 
 import torch
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical, Normal, kl_divergence
 
 STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
 COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
@@ -16,10 +16,13 @@ COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
 # ----------------------------------------------------------------------------- the oracle
 
 def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
-                clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True):
+                clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True,
+                kl=None, kl_coef=0.0):
     """CleanRL's loss from composite ops; weighted means as in DESIGN.md. Advantages are
     normalized with the n positive-weight rows as the sample size:
     ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` for ``n >= 2``, no scaling below.
+    ``clip_coef=None``: the unclipped surrogate ``-adv ratio``; ``kl`` (B,), the per-row
+    KL(pi_old || pi), adds ``kl_coef mean(kl)`` and the ``kl`` statistic.
     Returns (loss, {statistic: detached value})."""
     w = torch.ones_like(values) if weights is None else weights
     mean = lambda x: (w * x).sum() / w.sum()  # noqa: E731
@@ -33,7 +36,13 @@ def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, ret
             adv = centered
     logratio = logp - old_logprobs
     ratio = logratio.exp()
-    pg_loss = mean(torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)))
+    if clip_coef is None:
+        pg_loss = mean(-adv * ratio)
+        clipfrac = torch.zeros((), dtype=ratio.dtype)
+    else:
+        clipped = torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+        pg_loss = mean(torch.max(-adv * ratio, -adv * clipped))
+        clipfrac = mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype))
     v_unclipped = (values - returns) ** 2
     if clip_vloss:
         v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
@@ -44,7 +53,10 @@ def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, ret
     loss = pg_loss - ent_coef * ent + vf_coef * v_loss
     stats = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
                  approx_kl=mean((ratio - 1) - logratio), old_approx_kl=mean(-logratio),
-                 clipfrac=mean(((ratio - 1).abs() > clip_coef).to(ratio.dtype)))
+                 clipfrac=clipfrac)
+    if kl is not None:
+        stats["kl"] = mean(kl)
+        loss = loss + kl_coef * stats["kl"]
     return loss, {k: s.detach() for k, s in stats.items()}
 
 
@@ -52,24 +64,31 @@ def _f64(rows):
     return [None if t is None else t.detach().double() for t in rows]
 
 
-def oracle_categorical(logits, actions, *rows, **kw):
+def oracle_categorical(logits, actions, *rows, old_logits=None, **kw):
     """Return (loss, stats, [d_logits, d_values]) in float64; ``rows`` are old_logprobs,
     advantages, values, old_values, returns, weights (None for unweighted)."""
     logits = logits.detach().double().requires_grad_()
     rows = _f64(rows)
     rows[2].requires_grad_()  # values
     dist = Categorical(logits=logits, validate_args=False)  # NaN logits are a test case
+    if old_logits is not None:
+        old = Categorical(logits=old_logits.detach().double(), validate_args=False)
+        kw["kl"] = kl_divergence(old, dist)
     loss, stats = oracle_head(dist.log_prob(actions), dist.entropy(), *rows, **kw)
     return loss.detach(), stats, torch.autograd.grad(loss, [logits, rows[2]])
 
 
-def oracle_gaussian(mean, log_std, actions, *rows, **kw):
+def oracle_gaussian(mean, log_std, actions, *rows, old_mean=None, old_log_std=None, **kw):
     """Return (loss, stats, [d_mean, d_log_std, d_values]) in float64; log_std (D,) or (B, D)."""
     mean = mean.detach().double().requires_grad_()
     log_std = log_std.detach().double().requires_grad_()
     rows = _f64(rows)
     rows[2].requires_grad_()
     dist = Normal(mean, log_std.expand_as(mean).exp())
+    if old_mean is not None:
+        old = Normal(old_mean.detach().double(), old_log_std.detach().double().exp()
+                     .expand_as(mean))
+        kw["kl"] = kl_divergence(old, dist).sum(1)
     actions = actions.double()
     loss, stats = oracle_head(dist.log_prob(actions).sum(1), dist.entropy().sum(1), *rows, **kw)
     return loss.detach(), stats, torch.autograd.grad(loss, [mean, log_std, rows[2]])
@@ -112,6 +131,14 @@ def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
     actions = (mean.double() + noise).to(dtype)
     logp = Normal(mean.double(), log_std.double().exp()).log_prob(actions.double()).sum(1)
     return [mean, log_std, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+def old_policy(policy_out, scale=0.3, seed=1):
+    """The old policy's parameters: ``policy_out`` plus noise of ``scale`` (a KL of the order
+    of the ones PPO sees), in the same dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(policy_out.shape, generator=gen, dtype=torch.float64)
+    return (policy_out.detach().double() + scale * noise).to(policy_out.dtype)
 
 
 # ----------------------------------------------------------------------------- tolerances

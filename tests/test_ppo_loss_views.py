@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
+from fastppo.kernels.ppo_loss_contract import Coefs, Rows, Stat
 
 from helpers import COEFS, STATS, oracle_categorical, oracle_gaussian, oracle_tol
 
@@ -231,23 +232,25 @@ def test_triton_offsets_beyond_int32(policy):
     policy_out.copy_(logits)
     values.copy_(rows[2])
     rows = [rows[0], rows[1], values, *rows[3:]]
-    scalars = (0.2, 0.5, 0.01, True, True)
+    rows, coefs = Rows(*rows), Coefs(**COEFS, kl_coef=0.0, clip_vloss=True,
+                                     normalize_advantages=True)
     grad = torch.ones((), dtype=torch.float32)
     if policy == "categorical":
         expected = oracle_categorical(policy_out, actions, *rows, **COEFS)
-        loss, stats, row_stats = T.forward_categorical(policy_out, actions, *rows, *scalars)
-        grads = T.backward_categorical(grad, policy_out, actions, *rows, stats, row_stats,
-                                       *scalars)
+        loss, stats, row_stats = T.forward_categorical(policy_out, actions, None, rows, coefs)
+        grads = T.backward_categorical(grad, policy_out, actions, None, rows, coefs, stats,
+                                       row_stats)
     else:
         ls = log_std.expand(batch, width)
         expected = oracle_gaussian(policy_out, log_std, actions, *rows, **COEFS)
-        loss, stats, row_stats = T.forward_gaussian(policy_out, ls, actions, *rows, *scalars)
-        d_mean, d_log_std, d_values = T.backward_gaussian(grad, policy_out, ls, actions, *rows,
-                                                          stats, row_stats, *scalars)
+        head = (policy_out, ls, actions, None, None)
+        loss, stats, row_stats = T.forward_gaussian(*head, rows, coefs)
+        d_mean, d_log_std, d_values = T.backward_gaussian(grad, *head, rows, coefs, stats,
+                                                          row_stats)
         grads = [d_mean, d_log_std.sum(0), d_values]  # autograd sums the expand back
     assert grads[0].is_contiguous() and grads[0].dtype == torch.float16
     assert grads[-1].dtype == torch.float16  # d_values in the dtype of values
-    named = dict(zip(STATS, stats[:6]))
+    named = dict(zip(STATS, stats))
     _check(loss, named, grads, expected, dict(rtol=2e-3, atol=2e-3))
 
 
@@ -332,17 +335,18 @@ def _nan_case(policy, change):
     T = _triton()
     if policy == "categorical":
         logits, actions, rows = categorical_inputs(6, 4, torch.float32, "column", seed=4)
-        head = (logits, actions)
+        head = (logits, actions, None)
     else:
         mean, log_std, actions, rows = gaussian_inputs(6, 2, torch.float32, "column", False,
                                                        seed=4)
-        head = (mean, log_std.expand(6, 2), actions)
+        head = (mean, log_std.expand(6, 2), actions, None, None)
     change(head, rows)
-    scalars = (0.2, 0.5, 0.01, True, True)
+    rows = Rows(*rows)
+    coefs = Coefs(**COEFS, kl_coef=0.0, clip_vloss=True, normalize_advantages=True)
     forward = T.forward_categorical if policy == "categorical" else T.forward_gaussian
     backward = T.backward_categorical if policy == "categorical" else T.backward_gaussian
-    loss, stats, row_stats = forward(*head, *rows, *scalars)
-    grads = backward(torch.ones(()), *head, *rows, stats, row_stats, *scalars)
+    loss, stats, row_stats = forward(*head, rows, coefs)
+    grads = backward(torch.ones(()), *head, rows, coefs, stats, row_stats)
     return loss, stats, grads
 
 
@@ -369,9 +373,9 @@ def test_triton_out_of_range_action_gives_nan_not_a_crash(change):
     the policy statistics and that row's gradients are NaN; other rows' gradients are not."""
     loss, stats, (d_logits, d_values) = _nan_case("categorical", change)
     assert torch.isnan(loss)
-    for i in (0, 3, 4):  # pg_loss, approx_kl, old_approx_kl read the log-prob
-        assert torch.isnan(stats[i]), STATS[i]
-    assert torch.isfinite(stats[1]) and torch.isfinite(stats[2])  # v_loss, entropy: no log-prob
+    for i in (Stat.PG_LOSS, Stat.APPROX_KL, Stat.OLD_APPROX_KL):  # these read the log-prob
+        assert torch.isnan(stats[i]), i.name
+    assert torch.isfinite(stats[Stat.V_LOSS]) and torch.isfinite(stats[Stat.ENTROPY])
     assert torch.isnan(d_logits[3]).all()
     assert torch.isfinite(d_logits[[0, 1, 2, 4, 5]]).all() and torch.isfinite(d_values).all()
 
@@ -384,7 +388,7 @@ def test_triton_bad_weights_give_nan_not_a_crash(policy, change):
     weight sum) are NaN, and so are the loss, every statistic and every gradient."""
     loss, stats, grads = _nan_case(policy, change)
     assert torch.isnan(loss)
-    assert torch.isnan(stats).all()
+    assert torch.isnan(stats[[s for s in Stat if s != Stat.KL]]).all()  # no KL asked for
     for g in grads:
         assert torch.isnan(g).all()
 

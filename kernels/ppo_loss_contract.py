@@ -1,0 +1,80 @@
+"""What every PPO-loss backend receives and returns: the row data, the coefficients, the stats.
+
+A backend (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) implements::
+
+    forward_categorical(logits, actions, old_logits, rows, coefs) -> loss (), stats, row_stats
+    backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats)
+        -> d_logits (B, A), d_values (B,)
+    forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
+        -> loss (), stats, row_stats (B,) = the log-prob of each row
+    backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
+                      stats, row_stats) -> d_mean (B, D), d_log_std (B, D), d_values (B,)
+
+``old_logits`` / ``old_mean``, ``old_log_std`` are the old policy's parameters, or ``None``
+when no KL is asked for. Inputs arrive validated by ``fastppo.kernels.ppo_loss``, with every
+data tensor (``rows`` but ``values``, the Gaussian actions, the old policy's parameters) in the
+compute dtype: float64 for float64 policy outputs, float32 otherwise. ``stats`` is
+``(NUM_STATS,)`` in the compute dtype, laid out as ``Stat``; ``row_stats`` is whatever the
+backward needs per row (``categorical_row_stats`` gives its width), so no (B, A) intermediate
+is kept.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class Rows(NamedTuple):
+    """The (B,) row data. ``values`` carries gradient; ``weights`` may be None (all ones)."""
+
+    old_logprobs: Tensor
+    advantages: Tensor
+    values: Tensor
+    old_values: Tensor
+    returns: Tensor
+    weights: Tensor | None
+
+
+class Coefs(NamedTuple):
+    """The loss's scalars. ``clip_coef=None``: the unclipped surrogate (then clip_vloss is off);
+    ``kl_coef > 0`` needs the old policy's parameters."""
+
+    clip_coef: float | None
+    vf_coef: float
+    ent_coef: float
+    kl_coef: float
+    clip_vloss: bool
+    normalize_advantages: bool
+
+
+class Stat(IntEnum):
+    """Slots of a backend's ``stats``: the public statistics (``STAT_NAMES``, then ``kl``), then
+    what the backward needs to rebuild the normalized advantage ``(adv - ADV_MEAN) / ADV_SCALE``
+    and the row weights ``w / WEIGHT_SUM``. ``KL`` is 0 when no old parameters are given."""
+
+    PG_LOSS = 0
+    V_LOSS = 1
+    ENTROPY = 2
+    APPROX_KL = 3
+    OLD_APPROX_KL = 4
+    CLIPFRAC = 5
+    KL = 6
+    ADV_MEAN = 7
+    ADV_SCALE = 8
+    WEIGHT_SUM = 9
+
+
+NUM_STATS = len(Stat)
+# the statistics every call returns; "kl" joins them when the old policy's parameters are given
+STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+assert STAT_NAMES + ("kl",) == tuple(s.name.lower() for s in Stat)[:Stat.KL + 1]
+
+
+def categorical_row_stats(backend: str, has_old_logits: bool) -> int:
+    """Columns of the categorical ``row_stats``: logsumexp and entropy (the Numba backend adds
+    the row's head gradients d pg/d logp and d v_loss/d values, so its backward only scales
+    them), then the old logits' logsumexp when ``old_logits`` is given."""
+    return (4 if backend == "numba" else 2) + int(has_old_logits)
