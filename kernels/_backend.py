@@ -7,6 +7,8 @@ reference when that compiler does not import. ``"triton"`` on CPU tensors is all
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import math
 import os
@@ -63,3 +65,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"backend: 'triton' needs CUDA tensors, got tensors on {device}")
     return backend
+
+
+@functools.cache
+def backend_module(op: str, backend: str):
+    """The module ``<op>_<backend>`` of this package (``ppo_loss_numba``, ``gae_triton``, ...),
+    imported on first use: Numba and Triton load only when a call needs them."""
+    return importlib.import_module(f".{op}_{backend}", __package__)

@@ -9,11 +9,9 @@ without a graph break.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ._backend import BACKENDS, resolve_backend
+from ._backend import BACKENDS, backend_module, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_shape, expect_tensor
 
 __all__ = ["gae"]
@@ -112,7 +110,7 @@ def gae(
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     # Eager calls go straight to the op's implementation (the dispatcher round trip costs about
     # 10 us, 5% of a 4096 x 128 rollout); torch.compile sees the custom op.
-    op = torch.ops.fastppo.gae.default if torch.compiler.is_compiling() else _gae_impl
+    op = _gae_op if torch.compiler.is_compiling() else _gae_impl
     return op(
         rewards.detach(),
         values.detach(),
@@ -182,18 +180,6 @@ def _check_finite(**tensors) -> None:
             raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or inf")
 
 
-@functools.cache
-def _kernel(name: str):
-    """The backend's entry point, imported on first use (Numba and Triton load lazily)."""
-    if name == "numba":
-        from .gae_numba import gae_numba as kernel
-    elif name == "triton":
-        from .gae_triton import gae_triton as kernel
-    else:
-        from .gae_torch import gae_torch as kernel
-    return kernel
-
-
 def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
               lam, backend, check_finite):
     """The op's kernel (any device): casts, runs the backend, returns (advantages, returns)."""
@@ -206,7 +192,7 @@ def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, v
     # Triton loads any float dtype and accumulates in float32 (float64 in float64); the other
     # backends get float32 or float64 tensors.
     cdt = None if name == "triton" else _COMPUTE_DTYPE.get(out_dtype, torch.float32)
-    advantages, returns = _kernel(name)(
+    advantages, returns = getattr(backend_module("gae", name), f"gae_{name}")(
         _dense(rewards, cdt),
         _dense(values, cdt),
         _flags(terminated),
@@ -224,20 +210,19 @@ def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, v
 
 _COMPUTE_DTYPE = {torch.float32: torch.float32, torch.float64: torch.float64}
 
-# The custom op fastppo::gae. Defined through torch.library.Library rather than the
-# torch.library.custom_op decorator: its Python wrapper layers cost ~10 us per call, a third
-# of the whole op on a small rollout. The kernel is registered for every device
-# (CompositeExplicitAutograd); the fake kernel gives torch.compile the output metadata.
-_lib = torch.library.Library("fastppo", "FRAGMENT")
-_lib.define(
-    "gae(Tensor rewards, Tensor values, Tensor terminated, Tensor truncated, "
-    "Tensor next_value, Tensor? next_values, Tensor? valid, float gamma, float lam, "
-    "str backend, bool check_finite) -> (Tensor, Tensor)"
-)
-_lib.impl("gae", _gae_impl, "CompositeExplicitAutograd")
+# The custom op fastppo::gae (what torch.compile sees; eager calls run its implementation
+# directly), with a fake giving the output metadata.
+@torch.library.custom_op("fastppo::gae", mutates_args=())
+def _gae_op(
+    rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor,
+    truncated: torch.Tensor, next_value: torch.Tensor, next_values: torch.Tensor | None,
+    valid: torch.Tensor | None, gamma: float, lam: float, backend: str, check_finite: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid,
+                     gamma, lam, backend, check_finite)
 
 
-@torch.library.register_fake("fastppo::gae", lib=_lib)
-def _gae_fake(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
-              lam, backend, check_finite):
+@_gae_op.register_fake
+def _(rewards, values, terminated, truncated, next_value, next_values, valid, gamma, lam,
+      backend, check_finite):
     return values.new_empty(values.shape), values.new_empty(values.shape)

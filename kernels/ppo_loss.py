@@ -43,19 +43,16 @@ engine's non-finite-loss check reports. Everything else is checked here from met
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 from torch import Tensor
 
-from ._backend import resolve_backend
+from ._backend import backend_module, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_ndim, expect_same_device, \
     expect_shape, expect_tensor
 from .ppo_loss_contract import NUM_STATS, STAT_NAMES, Coefs, Rows, categorical_row_stats
 
-_MODULES = {"torch": "ppo_loss_torch", "numba": "ppo_loss_numba", "triton": "ppo_loss_triton"}
-_loaded: dict = {}
 
 # Each policy's op arguments: its distribution tensors (``DIST``), the six ``Rows``, the six
 # ``Coefs``, the backend name. ``GRADS``: positions of the differentiable inputs; ``DATA``:
@@ -69,10 +66,7 @@ _ROWS = len(Rows._fields)
 
 
 def _impl(backend: str):
-    module = _loaded.get(backend)
-    if module is None:
-        module = _loaded[backend] = importlib.import_module(f".{_MODULES[backend]}", __package__)
-    return module
+    return backend_module("ppo_loss", backend)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
