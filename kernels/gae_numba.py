@@ -5,20 +5,20 @@ Layout: (T, N) time-major, C-contiguous, so one time step of all envs is a conti
 Many envs (``_scan_block``): the backward scan over time runs with the envs as the innermost
 loop, on row views (``x[t, lo:hi]``) indexed from 0, free of branches (selects only), with the
 carry ``A[t+1]`` read back from the advantages row written the step before (a zeroed row of N
-values for the last step; the loops allocate nothing; keeping a separate carry row cost 15%).
+values for the last step; the loops allocate nothing, and keep no separate carry row).
 The row views matter: with ``x[t, lo + i]`` Numba's negative-index wraparound hides
-the addresses from LLVM ("cannot identify array bounds") and the loop stays scalar, about 6x
-slower; as written LLVM vectorizes it (16 float32 lanes on AVX-512).
+the addresses from LLVM ("cannot identify array bounds") and the loop stays scalar; as written
+LLVM vectorizes it.
 
 Few envs (``_scan_envs``, fewer than ``_MIN_VECTOR_ENVS``: 8 x 128, 1 x 2048): too few to fill
 a vector, so each env runs its own scan with a scalar carry and no per-step row views.
 
 Threads: rollouts of ``PARALLEL_MIN_ELEMENTS`` (T * N) or more split the envs into one block
 per thread with ``prange``; smaller ones run on one core. Vectorized, one core streams a
-4096 x 128 rollout in about 0.16 ms, so a fork/join buys little there, and it can cost a lot:
-torch ships its own libgomp, Numba's OpenMP layer loads the system one, and right after a
-torch op the two pools spin-wait against each other; on this oversubscribed 2-core machine a
-static ``prange`` split of 4096 x 128 was measured 20-60x slower than one core.
+CleanRL-sized rollout in a fraction of a millisecond, so a fork/join buys little there, and it
+can cost a lot: torch ships its own libgomp, Numba's OpenMP layer loads the system one, and
+right after a torch op the two pools spin-wait against each other, worst on a shared machine
+(the measurements behind these choices: bench/README.md, "Design measurements").
 The equations are in the docstring of ``fastppo.kernels.gae``.
 
 Non-finite inputs: every flag acts through a select (``x if flag else 0``), never a
