@@ -40,6 +40,8 @@ def expect_same_device(reference_name: str, reference: torch.Tensor, **others) -
 
 def expect_in_range(name: str, value, low: float, high: float, low_open: bool = False) -> float:
     try:
+        if isinstance(value, (str, bytes)):  # float("0.2") would pass
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None

@@ -65,8 +65,9 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from .ppo_loss_contract import NUM_STATS, Stat
 from .ppo_loss_numba import (
-    _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
+    _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
     _advantage_stats, _categorical_backward_rows, _categorical_forward_rows, _finish,
     _gaussian_backward_rows, _gaussian_forward_rows, exp32,
 )
@@ -379,7 +380,7 @@ def _to_features(a, out):
 @njit(cache=True, error_model="numpy")
 def _write_result(loss, stats, result):
     result[0] = loss[0]
-    for k in range(6):
+    for k in range(Stat.CLIPFRAC + 1):  # the public stats but kl (the step has no KL term)
         result[k + 1] = stats[k]
 
 
@@ -389,7 +390,7 @@ def _fail(err, plan, layers, stats, result):
     _zero_grads(plan, layers)
     result[:] = 0.0
     if err == _ZERO_WEIGHTS:
-        stats[8] = 0.0
+        stats[Stat.WEIGHT_SUM] = 0.0
     return err
 
 
@@ -401,7 +402,7 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
 
     Arguments: obs (R, obs_dim), actions (R, D) float32, the (R,) rollout arrays (weights a
     dummy unless has_weights), idx (n,) int64; plan/layers/ws the step's tables and float32
-    workspace; stats (9,) float32 as in ppo_loss_numba; result (7,) float64 out."""
+    workspace; stats (NUM_STATS,) float32 as in ppo_loss_numba; result (7,) float64 out."""
     n = idx.shape[0]
     d_dim = plan[_P_OUT_DIM]
     if actions.shape[0] != obs.shape[0] or actions.shape[1] != d_dim:
@@ -416,8 +417,8 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
         for d in range(d_dim):
             x[r, d] = src[d]
     rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
-    coefs = (clip_coef, vf_coef, ent_coef)
-    flags = (has_weights, clip_vloss, normalize)
+    coefs = (clip_coef, vf_coef, ent_coef, 0.0)  # kl_coef 0: the clip loss only
+    flags = (has_weights, clip_vloss, normalize, False)  # no old policy parameters
     n_actor = plan[_P_ACTOR_LAYERS]
     values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
     rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
@@ -429,14 +430,15 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     ls = _at(plan[_P_LOG_STD], 1, d_dim)
     logp = _ws(ws, plan[_P_ROW_STATS], 1, n)[0]  # the row_stats of the Gaussian loss
     d_v = rb[5]
-    sums = np.zeros((1, 6))
+    sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
-    _gaussian_forward_rows(0, n, mu, ls, x, rows, coefs, flags, stats, sums[0], logp)
+    # mu, ls also stand in for the (unread: flags[3] False) old mean and log-std
+    _gaussian_forward_rows(0, n, mu, ls, x, mu, ls, rows, coefs, flags, stats, sums[0], logp)
     _finish(sums, coefs, loss, stats)
     d_mu = _ws(ws, plan[_P_D_OUT], n, d_dim)
     d_ls = _ws(ws, plan[_P_D_LOG_STD], n, d_dim)
-    _gaussian_backward_rows(0, n, 1.0, mu, ls, x, rows, coefs, flags, stats, logp, d_mu, d_ls,
-                            d_v)
+    _gaussian_backward_rows(0, n, 1.0, mu, ls, x, mu, ls, rows, coefs, flags, stats, logp, d_mu,
+                            d_ls, d_v)
     g_ls = _at(plan[_P_LOG_STD_GRAD], 1, d_dim)[0]
     for d in range(d_dim):
         s = 0.0
@@ -471,8 +473,8 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     for r in range(n):
         act[r] = actions[idx[r]]
     rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
-    coefs = (clip_coef, vf_coef, ent_coef)
-    flags = (has_weights, clip_vloss, normalize)
+    coefs = (clip_coef, vf_coef, ent_coef, 0.0)  # kl_coef 0: the clip loss only
+    flags = (has_weights, clip_vloss, normalize, False)  # no old policy parameters
     n_actor = plan[_P_ACTOR_LAYERS]
     values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
     rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
@@ -482,13 +484,15 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     z = _ws(ws, plan[_P_OUT_ROWS], n, a_dim)
     _to_rows(_mlp_forward(n, plan, layers, 0, n_actor, ws), z)
     row_stats = _ws(ws, plan[_P_ROW_STATS], n, CATEGORICAL_ROW_STATS)
-    sums = np.zeros((1, 6))
+    sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
-    _categorical_forward_rows(0, n, z, act, rows, coefs, flags, stats, sums[0], row_stats)
+    # z also stands in for the (unread: flags[3] False) old logits
+    _categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
     _finish(sums, coefs, loss, stats)
     d_z = _ws(ws, plan[_P_D_OUT], n, a_dim)
     d_v = rb[5]
-    _categorical_backward_rows(0, n, 1.0, z, act, rows, coefs, flags, stats, row_stats, d_z, d_v)
+    _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
+                               d_v)
     g0 = _ws(ws, plan[_P_G0], 1, n)
     g0[0, :] = d_v
     _mlp_backward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws, g0)
@@ -597,7 +601,7 @@ class MLPLossStep:
         self._shapes = shapes
         self.rebind()
         self._ones = np.ones(1, np.float32)
-        self._stats = np.zeros(9, np.float32)  # as ppo_loss_numba's float32 path
+        self._stats = np.zeros(NUM_STATS, np.float32)  # as ppo_loss_numba's float32 path
         self._checked = (None,) * 7
 
     @classmethod
@@ -678,7 +682,7 @@ class MLPLossStep:
     def weight_sum(self) -> float:
         """sum(weights[idx]) of the last call (the row count without weights; 0.0 for a
         minibatch of zero weight)."""
-        return float(self._stats[8])
+        return float(self._stats[Stat.WEIGHT_SUM])
 
     def _check_data(self, obs, actions, old_logprobs, advantages, old_values, returns, weights):
         """The full checks of the rollout arrays (dtype, layout, shapes), raising on the first

@@ -44,6 +44,7 @@ engine's non-finite-loss check reports. Everything else is checked here from met
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -259,7 +260,7 @@ def _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantag
     elif clip_vloss:
         raise ValueError("clip_vloss: expected False with clip_coef=None (no clip range), "
                          "got True")
-    kl_coef = expect_in_range("kl_coef", kl_coef, 0.0, math.inf)
+    kl_coef = expect_in_range("kl_coef", kl_coef, 0.0, sys.float_info.max)  # finite
     if kl_coef > 0 and not has_old:
         raise ValueError(f"kl_coef: expected 0 without the old policy's parameters, got "
                          f"{kl_coef!r}")

@@ -65,6 +65,9 @@ class Stat(IntEnum):
     ADV_MEAN = 7
     ADV_SCALE = 8
     WEIGHT_SUM = 9
+    # The Numba kernels compile these slots in as constants, and Numba's on-disk cache is keyed
+    # on the kernel file's timestamp: after changing the layout, touch ppo_loss_numba.py and
+    # mlp_step_numba.py (or clear NUMBA_CACHE_DIR) so no stale kernel is loaded.
 
 
 NUM_STATS = len(Stat)

@@ -1,9 +1,10 @@
 """PPO loss, Numba backend (CPU): ``@njit(cache=True)`` row kernels, ``prange`` over row blocks.
 
-Same interface and math as ``ppo_loss_torch`` (read its docstring for the backward
-derivation). Categorical and Gaussian share this file because they share the per-row "head"
-(``_head_row`` / ``_head_grad_terms``: ratio, clipped surrogate, value loss and their gradients);
-only the log-prob/entropy loops differ.
+Implements the backend contract of ``ppo_loss_contract`` (``Rows``, ``Coefs``, ``Stat``), with
+the math of ``ppo_loss_torch`` (read its docstring for the backward derivation). Categorical and
+Gaussian share this file because they share the per-row "head" (``_head_row`` /
+``_head_grad_terms``: ratio, clipped surrogate, value loss and their gradients); only the
+log-prob/entropy/KL loops differ.
 
 Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
 makes one pass over the (B,) rows for the weight sum, the advantage mean and the value checks
@@ -12,13 +13,41 @@ they cost no extra pass) and a second for the weighted variance (sample size: th
 positive-weight rows); ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
 loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
-loss terms and weighted sums of the six statistics (float64 accumulators; for the categorical
+loss terms and weighted sums of the seven statistics (float64 accumulators; for the categorical
 policy also across the tile's rows, with a vectorizable float32 log and exp), and ``_finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
 gradients, recomputing the softmax from the logits. The categorical forward also saves each
 row's head gradients (d pg/d logp, d v_loss/d values, before the row weight), so its backward
 only scales them: no second ratio exp and no clip branches per row.
+
+PPO-penalty. ``loss = pg_loss - ent_coef entropy + vf_coef v_loss + kl_coef kl`` with
+``kl = mean_w(KL(old || new)_i)`` (the ``Stat.KL`` slot; 0 without old parameters, and the term
+is left out of the loss and the gradient when ``kl_coef == 0``, so an infinite KL cannot turn
+them into NaN).
+
+* Categorical: with ``m, mo`` the row maxima of the new and old logits, ``d_j = z_j - m``,
+  ``do_j = oz_j - mo``, ``S = sum_j exp(d_j)``, ``So = sum_j exp(do_j)``,
+  ``KL_i = sum_j q_j (log q_j - log p_j) = (1/So) sum_j exp(do_j) (do_j - d_j) + log S - log So``
+  (a term with ``exp(do_j) == 0``, an old logit of -inf, counts 0). The old logits go through
+  the same transposed tile as the new ones: their max loop, then ``So`` and the KL sum in the
+  same loop over the columns as ``S`` and the entropy sum. The old logsumexp ``mo + log So`` is
+  saved as the last ``row_stats`` column (``categorical_row_stats("numba", True)``, 5 columns);
+  the backward recomputes ``q_j = exp(oz_j - old_lse)`` in its one loop over the row and adds
+  ``kl_coef c_i (p_j - q_j)`` to d_logits (``c_i = G w_i / sum w``). No (B, A) intermediate.
+* Gaussian, per dimension with ``sn = exp(ls)``, ``so = exp(old_ls)``, ``lr = 2 (old_ls - ls)``:
+  ``KL = (exp(lr) - 1 - lr) / 2 + (old_mu - mu)^2 / (2 sn^2)`` summed over D (a constant per
+  row plus the mean term when both log-stds are shared by all rows);
+  ``d/d mu = (mu - old_mu) / sn^2``, ``d/d ls = 1 - exp(lr) - (old_mu - mu)^2 / sn^2``. Nothing
+  more is saved (row_stats stays the log-prob): the backward re-reads old_mean, old_log_std.
+* ``clip_coef=None`` (the unclipped surrogate ``-adv ratio``) runs the clipped code with
+  ``clip = inf``: the clamp is then the identity, ``max(x, y)`` of two equal (or, in float32,
+  rounding-apart) terms gives ``-adv ratio`` and the gradient share 1, and the clip fraction is
+  0, so the clip-only head is the one compiled head.
+
+The new features are per-call uniform flags (``flags[3]``: old parameters given), tested
+outside the loops over A / D: without old parameters the kernels run the clip-only loops (the
+old parameters are then a (1, 1) dummy array, as ``weights`` is a one-element one).
 
 Host side: the custom ops convert their tensors to numpy views in each direction; the eager
 path (``ppo_loss``'s autograd.Function) calls ``forward_*_prepared``, keeps the converted
@@ -28,10 +57,10 @@ Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; 
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
 row of partial sums. The exp over A is ``_exp``: for float32 a branch-free polynomial that LLVM
 vectorizes (this Numba build has no SVML, so ``math.exp`` would be one libm call per element),
-for float64 ``math.exp``. The kernels specialize on the compute dtype only: rows arrive
-contiguous, ``weights=None`` becomes a one-element array and a flag, half-precision logits are
-upcast. Float32 inputs are computed in float32 element-wise (exp, log-prob) with float64
-accumulators.
+for float64 ``math.exp``. The kernels specialize on the compute dtype only: every array arrives
+C-contiguous (a strided ``old_logits`` is copied once by the host), ``weights=None`` becomes a
+one-element array and a flag, half-precision logits are upcast. Float32 inputs are computed in
+float32 element-wise (exp, log-prob, KL terms) with float64 accumulators.
 """
 
 from __future__ import annotations
@@ -46,16 +75,24 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ._backend import HALF_LOG_2PI
+from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_stats
+
 # Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
 PARALLEL_MIN_ELEMENTS = 1 << 18
-# the categorical row_stats columns: logsumexp, entropy, and the gradients of the row's loss
-# terms before the row weight (d pg/d logp, d v_loss/d values), so the backward only scales them
-CATEGORICAL_ROW_STATS = 4
+# the categorical row_stats columns without old logits: logsumexp, entropy, and the gradients of
+# the row's loss terms before the row weight (d pg/d logp, d v_loss/d values), so the backward
+# only scales them; with old logits their logsumexp follows as column _OLD_LSE
+CATEGORICAL_ROW_STATS = categorical_row_stats("numba", False)
+_OLD_LSE = CATEGORICAL_ROW_STATS
+assert categorical_row_stats("numba", True) == _OLD_LSE + 1
+_NUM_SUMS = int(Stat.KL) + 1  # the weighted sums of the row kernels: Stat slots 0 .. KL
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _SUM_CHUNK = 16  # columns summed in the dtype of z before adding into the float64 row sums
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
+_NO_OLD = {torch.float32: np.zeros((1, 1), np.float32),  # no old policy parameters
+           torch.float64: np.zeros((1, 1), np.float64)}
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
 
@@ -71,7 +108,7 @@ _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actio
 # Below log(2^-126) the result is 0 (no subnormal results, which would be slow and are below
 # float32 resolution next to the sum of a softmax), above log(FLT_MAX) inf, NaN stays NaN.
 # LLVM may fuse its multiply-adds (fastmath "contract" only, nothing else): same accuracy,
-# about 20% faster loss kernels at 65536 x 18. float64 keeps ``math.exp``: it is the testing
+# fewer instructions. float64 keeps ``math.exp``: it is the testing
 # precision.
 
 _F = np.float32
@@ -203,13 +240,14 @@ def _max_shares(x, y):
     return (0.0 if x < y else 1.0), (0.0 if x > y else 1.0)
 
 
+
 # error codes the drivers return (raised as exceptions by the host functions)
 _BAD_ACTION, _NEGATIVE_WEIGHT, _ZERO_WEIGHTS = 1, 2, 3
 
 
 @njit(cache=True, error_model="numpy")
 def _advantage_stats(actions, num_actions, rows, flags, stats):
-    """Write adv_mean, adv_scale, weight_sum into stats[6:9]; return 0 or an error code.
+    """Write the ADV_MEAN, ADV_SCALE, WEIGHT_SUM slots of stats; return 0 or an error code.
 
     Two passes over the rows: weight sum, weighted mean, positive-weight count, value checks;
     then the weighted variance with that count as the sample size (ppo_loss_torch's rule).
@@ -241,26 +279,31 @@ def _advantage_stats(actions, num_actions, rows, flags, stats):
             scale = math.sqrt(sq / wsum * positive / (positive - 1.0)) + 1e-8
     else:
         mean = 0.0
-    stats[6] = mean
-    stats[7] = scale
-    stats[8] = wsum
+    stats[Stat.ADV_MEAN] = mean
+    stats[Stat.ADV_SCALE] = scale
+    stats[Stat.WEIGHT_SUM] = wsum
     return 0
 
 
 @njit(cache=True, error_model="numpy")
 def _finish(sums, coefs, loss, stats):
-    """loss and stats[0:6] from the per-block weighted sums (blocks, 6)."""
-    for k in range(6):
+    """loss and the stats slots 0 .. KL from the per-block weighted sums (blocks, _NUM_SUMS).
+    The KL term enters the loss only for kl_coef != 0 (0 * an infinite KL would be NaN)."""
+    for k in range(_NUM_SUMS):
         total = 0.0
         for b in range(sums.shape[0]):
             total += sums[b, k]
-        stats[k] = total / stats[8]
-    loss[0] = stats[0] - coefs[2] * stats[2] + coefs[1] * stats[1]
+        stats[k] = total / stats[Stat.WEIGHT_SUM]
+    total = stats[Stat.PG_LOSS] - coefs[2] * stats[Stat.ENTROPY] + coefs[1] * stats[Stat.V_LOSS]
+    if coefs[3] != 0.0:
+        total += coefs[3] * stats[Stat.KL]
+    loss[0] = total
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
-    """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w)."""
+    """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w).
+    ``clip = inf`` (clip_coef None): d pg/d logp = -adv ratio (see the module docstring)."""
     kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
     inside = 1.0 if (ratio >= 1.0 - clip and ratio <= 1.0 + clip) else 0.0
     h_logp = (-adv) * (kx + ky * inside) * ratio
@@ -291,14 +334,17 @@ def _head_row(logratio, ratio, adv, v, ov, ret, clip, clip_vloss):
 
 # ----------------------------------------------------------------------------- categorical
 # ``rows = (old_logprobs, advantages, values, old_values, returns, weights)``;
-# ``coefs = (clip_coef, vf_coef, ent_coef)``; ``flags = (has_weights, clip_vloss,
-# normalize_advantages)``; ``stats`` (9,) as in ppo_loss_torch. A ``*_rows`` kernel handles
-# rows [lo, hi); the ``*_serial`` / ``*_parallel`` drivers run the whole forward (statistics,
-# rows, means) on the calling thread or with one block of rows per thread.
+# ``coefs = (clip_coef, vf_coef, ent_coef, kl_coef)`` (clip_coef inf for the unclipped
+# surrogate); ``flags = (has_weights, clip_vloss, normalize_advantages, has_old)``; ``stats``
+# (NUM_STATS,) laid out as ``Stat``. ``oz`` are the old logits ((1, 1) dummy unless has_old).
+# A ``*_rows`` kernel handles rows [lo, hi); the ``*_serial`` / ``*_parallel`` drivers run the
+# whole forward (statistics, rows, means) on the calling thread or with one block of rows per
+# thread.
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write row_stats and the weighted sums of the loss terms (6,).
+def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats, sums,
+                              row_stats):
+    """Rows [lo, hi): write row_stats and the weighted sums of the loss terms (_NUM_SUMS,).
 
     Rows go ``_ROW_TILE`` at a time through a transposed tile ``zt`` (A, tile), so that the
     max, exp and sums over A run across rows: contiguous, one row per SIMD lane. Each row is
@@ -306,10 +352,14 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
     z (full float32 SIMD width; at most 16 terms, so within 16 ulp) and added into float64
     row sums. The per-row part (log of the sum, ratio, head) then runs across the tile's rows
     too (``log32``/``exp32``, selects), its weighted terms added with ``_sum_add`` into float64
-    sums, the one place where the order of additions is left to LLVM."""
+    sums, the one place where the order of additions is left to LLVM. With old logits they go
+    through their own transposed tile ``ot``, their max loop next to the new one and their exp
+    sum and KL sum in the same column loop as the new sums (see the module docstring)."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip, clip_vloss = stats[6], stats[7], coefs[0], flags[1]
+    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
+    clip, clip_vloss, has_old = coefs[0], flags[1], flags[3]
     a_dim = z.shape[1]
+    n_cols = row_stats.shape[1]
     cdt = z.dtype.type
     zt = np.empty((a_dim, _ROW_TILE), z.dtype)
     m = np.empty(_ROW_TILE, z.dtype)
@@ -318,10 +368,18 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
     t = np.empty(_ROW_TILE)
     s_c = np.empty(_ROW_TILE, z.dtype)  # the same over one chunk of columns, in the dtype of z
     t_c = np.empty(_ROW_TILE, z.dtype)
+    # the old logits' tile, max, sum_j exp(oz - mo) and sum_j exp(oz - mo) ((oz - mo) - (z - m))
+    ot = np.empty((a_dim if has_old else 1, _ROW_TILE), z.dtype)
+    mo = np.empty(_ROW_TILE, z.dtype)
+    so = np.empty(_ROW_TILE)
+    u = np.empty(_ROW_TILE)
+    so_c = np.empty(_ROW_TILE, z.dtype)
+    u_c = np.empty(_ROW_TILE, z.dtype)
     zero = cdt(0.0)
     wt = np.ones(_ROW_TILE)  # the tile's row weights
-    out = np.empty((CATEGORICAL_ROW_STATS, _ROW_TILE))
-    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0  # locals: no false sharing
+    out = np.empty((_OLD_LSE + 1, _ROW_TILE))
+    # the weighted sums, locals: no false sharing between threads
+    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = sum_pen = 0.0
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
         # views from row r0: indices from 0 are provably nonnegative (no wraparound selects),
@@ -342,16 +400,46 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
         for j in range(1, a_dim):
             for r in range(n):
                 m[r] = zt[j, r] if zt[j, r] > m[r] else m[r]
+        if has_old:
+            ob = oz[r0:r0 + n]
+            for j in range(a_dim):
+                for r in range(n):
+                    ot[j, r] = ob[r, j]
+            for r in range(n):
+                mo[r] = ot[0, r]
+                so[r] = 0.0
+                u[r] = 0.0
+            for j in range(1, a_dim):
+                for r in range(n):
+                    mo[r] = ot[j, r] if ot[j, r] > mo[r] else mo[r]
         for j0 in range(0, a_dim, _SUM_CHUNK):
             for r in range(n):
                 s_c[r] = zero
                 t_c[r] = zero
-            for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
+            if has_old:
                 for r in range(n):
-                    d = zt[j, r] - m[r]
-                    e = _exp(d)
-                    s_c[r] += e
-                    t_c[r] += e * d if e > zero else zero  # p log p -> 0 for a -inf logit
+                    so_c[r] = zero
+                    u_c[r] = zero
+                for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
+                    for r in range(n):
+                        d = zt[j, r] - m[r]
+                        e = _exp(d)
+                        s_c[r] += e
+                        t_c[r] += e * d if e > zero else zero
+                        do = ot[j, r] - mo[r]
+                        eo = _exp(do)
+                        so_c[r] += eo
+                        u_c[r] += eo * (do - d) if eo > zero else zero  # q_j = 0: the term is 0
+                for r in range(n):
+                    so[r] += so_c[r]
+                    u[r] += u_c[r]
+            else:
+                for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
+                    for r in range(n):
+                        d = zt[j, r] - m[r]
+                        e = _exp(d)
+                        s_c[r] += e
+                        t_c[r] += e * d if e > zero else zero  # p log p -> 0 for a -inf logit
             for r in range(n):
                 s[r] += s_c[r]
                 t[r] += t_c[r]
@@ -374,23 +462,33 @@ def _categorical_forward_rows(lo, hi, z, actions, rows, coefs, flags, stats, sum
             sum_kl = _sum_add(sum_kl, wi * kl)
             sum_okl = _sum_add(sum_okl, wi * okl)
             sum_cf = _sum_add(sum_cf, wi * cf)
+        if has_old:  # KL_i = u / So + log S - log So; the old logsumexp saved
+            for r in range(n):
+                log_s = _log(cdt(s[r]))
+                log_so = _log(cdt(so[r]))
+                out[_OLD_LSE, r] = mo[r] + log_so
+                sum_pen = _sum_add(sum_pen, wt[r] * (u[r] / so[r] + (log_s - log_so)))
         for r in range(n):
-            for k in range(CATEGORICAL_ROW_STATS):
+            for k in range(n_cols):
                 rs_t[r, k] = out[k, r]
-    sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
-    sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
+    sums[Stat.PG_LOSS], sums[Stat.V_LOSS], sums[Stat.ENTROPY] = sum_pg, sum_vl, sum_ent
+    sums[Stat.APPROX_KL], sums[Stat.OLD_APPROX_KL], sums[Stat.CLIPFRAC] = sum_kl, sum_okl, sum_cf
+    sums[Stat.KL] = sum_pen
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats, row_stats, d_z,
-                               d_v):
+def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, stats, row_stats,
+                               d_z, d_v):
     """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss
-    (the per-row head gradients come saved in row_stats[:, 2:4])."""
+    (the per-row head gradients come saved in row_stats[:, 2:4]; with old logits and
+    kl_coef != 0, q is recomputed from them and their saved logsumexp)."""
     w = rows[5]
-    vf_coef, ent_coef = coefs[1], coefs[2]
-    g = g / stats[8]
+    vf_coef, ent_coef, kl_coef = coefs[1], coefs[2], coefs[3]
+    use_kl = flags[3] and kl_coef != 0.0
+    g = g / stats[Stat.WEIGHT_SUM]
     a_dim = z.shape[1]
-    zero = z.dtype.type(0.0)
+    cdt = z.dtype.type
+    zero = cdt(0.0)
     for i in range(lo, hi):
         c = g * (w[i] if flags[0] else 1.0)
         lse = row_stats[i, 0]
@@ -398,79 +496,102 @@ def _categorical_backward_rows(lo, hi, g, z, actions, rows, coefs, flags, stats,
         act = actions[i]
         d_logp = c * row_stats[i, 2]
         d_v[i] = vf_coef * (c * row_stats[i, 3])
-        # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act], in the dtype of z so
-        # that the loop over A vectorizes at full float32 width
-        k_logp = z.dtype.type(-d_logp)
-        k_ent = z.dtype.type(ent_coef * c)  # -d_ent
-        for j in range(a_dim):
-            log_p = z[i, j] - lse
-            p = _exp(log_p)
-            d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
+        # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act] (+ kl_coef c (p - q)), in
+        # the dtype of z so that the loop over A vectorizes at full float32 width
+        k_ent = cdt(ent_coef * c)  # -d_ent
+        if use_kl:
+            k_kl = cdt(kl_coef * c)
+            k_p = cdt(kl_coef * c - d_logp)
+            old_lse = row_stats[i, _OLD_LSE]
+            for j in range(a_dim):
+                log_p = z[i, j] - lse
+                p = _exp(log_p)
+                q = _exp(oz[i, j] - old_lse)
+                d_z[i, j] = (p * k_p - q * k_kl
+                             + (p * k_ent * (log_p + ent) if p > zero else zero))
+        else:
+            k_logp = cdt(-d_logp)
+            for j in range(a_dim):
+                log_p = z[i, j] - lse
+                p = _exp(log_p)
+                d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
         d_z[i, act] += d_logp
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_forward_serial(z, actions, rows, coefs, flags, loss, stats, row_stats):
+def _categorical_forward_serial(z, oz, actions, rows, coefs, flags, loss, stats, row_stats):
     err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
     if err == 0:
-        sums = np.zeros((1, 6))
-        _categorical_forward_rows(0, z.shape[0], z, actions, rows, coefs, flags, stats, sums[0],
-                                  row_stats)
+        sums = np.zeros((1, _NUM_SUMS))
+        _categorical_forward_rows(0, z.shape[0], z, oz, actions, rows, coefs, flags, stats,
+                                  sums[0], row_stats)
         _finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_forward_parallel(blocks, z, actions, rows, coefs, flags, loss, stats,
+def _categorical_forward_parallel(blocks, z, oz, actions, rows, coefs, flags, loss, stats,
                                   row_stats):
     err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
     if err == 0:
         n = z.shape[0]
         size = -(-n // blocks)
-        sums = np.zeros((blocks, 6))
+        sums = np.zeros((blocks, _NUM_SUMS))
         for b in prange(blocks):
-            _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, actions, rows, coefs,
-                                      flags, stats, sums[b], row_stats)
+            _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, oz, actions, rows,
+                                      coefs, flags, stats, sums[b], row_stats)
         _finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _categorical_backward_parallel(blocks, g, z, actions, rows, coefs, flags, stats, row_stats,
-                                   d_z, d_v):
+def _categorical_backward_parallel(blocks, g, z, oz, actions, rows, coefs, flags, stats,
+                                   row_stats, d_z, d_v):
     n = z.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
-        _categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, actions, rows, coefs,
-                                   flags, stats, row_stats, d_z, d_v)
+        _categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, oz, actions, rows,
+                                   coefs, flags, stats, row_stats, d_z, d_v)
 
 
 # ----------------------------------------------------------------------------- Gaussian
 # ``ls`` is (B, D), or (1, D) for a log-std shared by all rows (then 1/sigma is computed once
-# per column instead of once per element).
+# per column instead of once per element); the same for ``ols``, the old log-std. ``omu, ols``
+# are (1, 1) dummies unless has_old.
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, row_stats):
-    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (6,).
+def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stats, sums,
+                           row_stats):
+    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (_NUM_SUMS,).
 
     As in the categorical forward, ``_ROW_TILE`` rows at a time with one row per SIMD lane:
     the loop over D adds each element into its row's float64 log-prob (in order d = 0 .. D-1;
     for a shared log-std only zd^2, the rest being the same for every row), then the per-row
-    head runs across the tile's rows."""
+    head runs across the tile's rows. With old parameters a loop over D of the same shape adds
+    the KL terms (for two shared log-stds only the mean term, the rest a per-call constant)."""
     old, adv, v, ov, ret, w = rows
-    adv_mean, adv_scale, clip, clip_vloss = stats[6], stats[7], coefs[0], flags[1]
+    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
+    clip, clip_vloss, has_old = coefs[0], flags[1], flags[3]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
+    old_shared = ols.shape[0] == 1
+    ls_step, ols_step = (0 if shared else 1), (0 if old_shared else 1)
     cdt = mu.dtype.type
     inv_std_shared = np.exp(-ls[0])
     ls_sum_shared = 0.0
     for d in range(d_dim):
         ls_sum_shared += ls[0, d]
     ent_shared = d_dim * (0.5 + HALF_LOG_2PI) + ls_sum_shared  # every row's entropy
+    kl_shared = 0.0  # sum_d (exp(lr) - 1 - lr) / 2 of two shared log-stds
+    if has_old and shared and old_shared:
+        for d in range(d_dim):
+            lr = 2.0 * (float(ols[0, d]) - float(ls[0, d]))
+            kl_shared += 0.5 * ((math.exp(lr) - 1.0) - lr)
     logp = np.empty(_ROW_TILE)
     ent = np.empty(_ROW_TILE)
+    pen = np.empty(_ROW_TILE)
     wt = np.ones(_ROW_TILE)  # the tile's row weights
-    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = 0.0
+    sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = sum_pen = 0.0
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
         # views from row r0 (see the categorical forward)
@@ -512,23 +633,53 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, rows, coefs, flags, stats, sums, r
             sum_kl = _sum_add(sum_kl, wi * kl)
             sum_okl = _sum_add(sum_okl, wi * okl)
             sum_cf = _sum_add(sum_cf, wi * cf)
-    sums[0], sums[1], sums[2] = sum_pg, sum_vl, sum_ent
-    sums[3], sums[4], sums[5] = sum_kl, sum_okl, sum_cf
+        if has_old:
+            omu_b = omu[r0:r0 + n]
+            ols_b = ols[0:1] if old_shared else ols[r0:r0 + n]
+            if shared and old_shared:
+                for r in range(n):
+                    pen[r] = 0.0
+                for d in range(d_dim):
+                    for r in range(n):
+                        dm = (omu_b[r, d] - mu_b[r, d]) * inv_std_shared[d]
+                        pen[r] += dm * dm
+                for r in range(n):
+                    pen[r] = 0.5 * pen[r] + kl_shared
+            else:
+                for r in range(n):
+                    pen[r] = 0.0
+                for d in range(d_dim):
+                    for r in range(n):
+                        ls_rd = ls_b[r * ls_step, d]
+                        dm = (omu_b[r, d] - mu_b[r, d]) * _exp(-ls_rd)
+                        lr = ols_b[r * ols_step, d] - ls_rd
+                        lr = lr + lr
+                        pen[r] += 0.5 * ((_exp(lr) - 1.0) - lr) + 0.5 * dm * dm
+            for r in range(n):
+                sum_pen = _sum_add(sum_pen, wt[r] * pen[r])
+    sums[Stat.PG_LOSS], sums[Stat.V_LOSS], sums[Stat.ENTROPY] = sum_pg, sum_vl, sum_ent
+    sums[Stat.APPROX_KL], sums[Stat.OLD_APPROX_KL], sums[Stat.CLIPFRAC] = sum_kl, sum_okl, sum_cf
+    sums[Stat.KL] = sum_pen
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, stats, row_stats, d_mu,
-                            d_ls, d_v):
+def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, stats,
+                            row_stats, d_mu, d_ls, d_v):
     """Rows [lo, hi): write d_mean, d_log_std, d_values for an incoming gradient g.
 
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
-    saved log-prob), then the elements are written row by row."""
+    saved log-prob), then the elements are written row by row (with old parameters and
+    kl_coef != 0, plus the KL gradient from the re-read old mean and log-std)."""
     old, adv, v, ov, ret, w = rows
-    clip, vf_coef, ent_coef = coefs
+    clip, vf_coef, ent_coef, kl_coef = coefs[0], coefs[1], coefs[2], coefs[3]
     clip_vloss = flags[1]
-    g = g / stats[8]
+    use_kl = flags[3] and kl_coef != 0.0
+    g = g / stats[Stat.WEIGHT_SUM]
+    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
+    old_shared = ols.shape[0] == 1
+    ls_step, ols_step = (0 if shared else 1), (0 if old_shared else 1)
     inv_std_shared = np.exp(-ls[0])
     d_logp = np.empty(_ROW_TILE)
     wt = np.ones(_ROW_TILE)  # the tile's row weights
@@ -543,55 +694,74 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, rows, coefs, flags, stats, row
         for r in range(n):
             c = g * wt[r]
             logratio = rs_t[r] - old_t[r]
-            a = (adv_t[r] - stats[6]) / stats[7]
+            a = (adv_t[r] - adv_mean) / adv_scale
             h_logp, h_v = _head_grad_terms(_exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
                                            clip_vloss)
             d_logp[r] = c * h_logp
             d_v_t[r] = vf_coef * (c * h_v)
         d_ent = -ent_coef * g
-        for r in range(n):
-            dl = d_logp[r]
-            de = d_ent * wt[r]
-            for d in range(d_dim):
-                inv_std = inv_std_shared[d] if shared else _exp(-ls_b[r, d])
-                zd = (x_b[r, d] - mu_b[r, d]) * inv_std
-                d_mu_b[r, d] = dl * zd * inv_std
-                d_ls_b[r, d] = dl * (zd * zd - 1.0) + de
+        if use_kl:
+            omu_b = omu[r0:r0 + n]
+            ols_b = ols[0:1] if old_shared else ols[r0:r0 + n]
+            d_pen = kl_coef * g
+            for r in range(n):
+                dl = d_logp[r]
+                de = d_ent * wt[r]
+                dk = d_pen * wt[r]
+                for d in range(d_dim):
+                    ls_rd = ls_b[r * ls_step, d]
+                    inv_std = inv_std_shared[d] if shared else _exp(-ls_rd)
+                    zd = (x_b[r, d] - mu_b[r, d]) * inv_std
+                    dm = (mu_b[r, d] - omu_b[r, d]) * inv_std
+                    lr = ols_b[r * ols_step, d] - ls_rd
+                    vr = _exp(lr + lr)  # old variance / variance
+                    d_mu_b[r, d] = (dl * zd + dk * dm) * inv_std
+                    d_ls_b[r, d] = dl * (zd * zd - 1.0) + de + dk * ((1.0 - vr) - dm * dm)
+        else:
+            for r in range(n):
+                dl = d_logp[r]
+                de = d_ent * wt[r]
+                for d in range(d_dim):
+                    inv_std = inv_std_shared[d] if shared else _exp(-ls_b[r, d])
+                    zd = (x_b[r, d] - mu_b[r, d]) * inv_std
+                    d_mu_b[r, d] = dl * zd * inv_std
+                    d_ls_b[r, d] = dl * (zd * zd - 1.0) + de
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_forward_serial(mu, ls, x, rows, coefs, flags, loss, stats, row_stats):
+def _gaussian_forward_serial(mu, ls, x, omu, ols, rows, coefs, flags, loss, stats, row_stats):
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err == 0:
-        sums = np.zeros((1, 6))
-        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, rows, coefs, flags, stats, sums[0],
-                               row_stats)
+        sums = np.zeros((1, _NUM_SUMS))
+        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, omu, ols, rows, coefs, flags, stats,
+                               sums[0], row_stats)
         _finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_forward_parallel(blocks, mu, ls, x, rows, coefs, flags, loss, stats, row_stats):
+def _gaussian_forward_parallel(blocks, mu, ls, x, omu, ols, rows, coefs, flags, loss, stats,
+                               row_stats):
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err == 0:
         n = mu.shape[0]
         size = -(-n // blocks)
-        sums = np.zeros((blocks, 6))
+        sums = np.zeros((blocks, _NUM_SUMS))
         for b in prange(blocks):
-            _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, rows, coefs,
-                                   flags, stats, sums[b], row_stats)
+            _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, omu, ols, rows,
+                                   coefs, flags, stats, sums[b], row_stats)
         _finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _gaussian_backward_parallel(blocks, g, mu, ls, x, rows, coefs, flags, stats, row_stats, d_mu,
-                                d_ls, d_v):
+def _gaussian_backward_parallel(blocks, g, mu, ls, x, omu, ols, rows, coefs, flags, stats,
+                                row_stats, d_mu, d_ls, d_v):
     n = mu.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
-        _gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, rows, coefs,
-                                flags, stats, row_stats, d_mu, d_ls, d_v)
+        _gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, omu, ols, rows,
+                                coefs, flags, stats, row_stats, d_mu, d_ls, d_v)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -625,10 +795,19 @@ def _blocks(elements):
     return 1 if elements < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
 
 
-def _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights):
+def _kernel_rows(dtype, rows: Rows):
     """The (B,) inputs as one tuple of arrays in the compute dtype (weights: a dummy if None)."""
-    return (_np(old_logprobs), _np(advantages), _np(values, dtype), _np(old_values),
-            _np(returns), _np(weights) if weights is not None else _ONE[dtype])
+    return (_np(rows.old_logprobs), _np(rows.advantages), _np(rows.values, dtype),
+            _np(rows.old_values), _np(rows.returns),
+            _np(rows.weights) if rows.weights is not None else _ONE[dtype])
+
+
+def _kernel_scalars(rows: Rows, coefs: Coefs, has_old: bool):
+    """The kernels' ``coefs`` and ``flags`` tuples (uniform types: one specialization)."""
+    clip = math.inf if coefs.clip_coef is None else float(coefs.clip_coef)
+    return ((clip, float(coefs.vf_coef), float(coefs.ent_coef), float(coefs.kl_coef)),
+            (rows.weights is not None, bool(coefs.clip_vloss), bool(coefs.normalize_advantages),
+             has_old))
 
 
 def _raise(err, num_actions):
@@ -640,28 +819,28 @@ def _raise(err, num_actions):
 
 
 def _outputs(dtype, *row_stats_shape):
-    """loss (), stats (9,), row_stats, and numpy views of them for the kernels."""
+    """loss (), stats (NUM_STATS,), row_stats, and numpy views of them for the kernels."""
     loss = torch.empty((), dtype=dtype)
-    stats = torch.empty(9, dtype=dtype)
+    stats = torch.empty(NUM_STATS, dtype=dtype)
     row_stats = torch.empty(row_stats_shape, dtype=dtype)
     return (loss, stats, row_stats), (loss.view(1).numpy(), stats.numpy(), row_stats.numpy())
 
 
-def _categorical_args(logits, actions, old_logprobs, advantages, values, old_values, returns,
-                      weights, clip_coef, vf_coef, ent_coef, clip_vloss, normalize_advantages):
+def _categorical_args(logits, actions, old_logits, rows, coefs):
     """The kernel arguments shared by the categorical forward and backward (numpy views)."""
-    dtype = old_logprobs.dtype
-    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    return (_np(logits, dtype), _np(actions, torch.int64), rows, (clip_coef, vf_coef, ent_coef),
-            (weights is not None, clip_vloss, normalize_advantages))
+    dtype = rows.old_logprobs.dtype
+    has_old = old_logits is not None
+    kcoefs, flags = _kernel_scalars(rows, coefs, has_old)
+    return (_np(logits, dtype), _np(old_logits, dtype) if has_old else _NO_OLD[dtype],
+            _np(actions, torch.int64), _kernel_rows(dtype, rows), kcoefs, flags)
 
 
-def forward_categorical_prepared(*inputs):
+def forward_categorical_prepared(logits, actions, old_logits, rows, coefs):
     """``forward_categorical``, also returning the kernel arguments for
     ``backward_categorical_prepared`` (the eager path keeps them on its autograd context)."""
-    args = _categorical_args(*inputs)
-    logits = inputs[0]
-    result, outs = _outputs(inputs[2].dtype, logits.shape[0], CATEGORICAL_ROW_STATS)
+    args = _categorical_args(logits, actions, old_logits, rows, coefs)
+    width = categorical_row_stats("numba", old_logits is not None)
+    result, outs = _outputs(rows.old_logprobs.dtype, logits.shape[0], width)
     blocks = _blocks(logits.numel())
     if blocks == 1:
         err = _categorical_forward_serial(*args, *outs)
@@ -672,12 +851,13 @@ def forward_categorical_prepared(*inputs):
     return result, (args, outs[1], outs[2])
 
 
-def forward_categorical(*inputs):
-    return forward_categorical_prepared(*inputs)[0]
+def forward_categorical(logits, actions, old_logits, rows, coefs):
+    return forward_categorical_prepared(logits, actions, old_logits, rows, coefs)[0]
 
 
-def backward_categorical_prepared(grad_loss, prepared, logits_dtype, values_dtype):
-    """d_logits, d_values from the arguments ``forward_categorical_prepared`` returned."""
+def backward_categorical_prepared(grad_loss, prepared, grad_dtypes):
+    """(d_logits, d_values) in ``grad_dtypes`` = (logits dtype, values dtype), from the
+    arguments ``forward_categorical_prepared`` returned."""
     args, stats, row_stats = prepared
     z = args[0]
     dtype = _TORCH_DTYPE[z.dtype.type]  # torch allocations: the profiler sees the memory
@@ -688,36 +868,33 @@ def backward_categorical_prepared(grad_loss, prepared, logits_dtype, values_dtyp
         _categorical_backward_rows(0, z.shape[0], *call)
     else:
         _categorical_backward_parallel(blocks, *call)
-    return _as(d_z, logits_dtype), _as(d_v, values_dtype)
+    return _as(d_z, grad_dtypes[0]), _as(d_v, grad_dtypes[1])
 
 
-def backward_categorical(grad_loss, logits, actions, old_logprobs, advantages, values,
-                         old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                         ent_coef, clip_vloss, normalize_advantages):
-    args = _categorical_args(logits, actions, old_logprobs, advantages, values, old_values,
-                             returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                             normalize_advantages)
-    return backward_categorical_prepared(grad_loss, (args, stats.numpy(), row_stats.numpy()),
-                                         logits.dtype, values.dtype)
+def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats):
+    args = _categorical_args(logits, actions, old_logits, rows, coefs)
+    return backward_categorical_prepared(grad_loss, (args, _np(stats), _np(row_stats)),
+                                         (logits.dtype, rows.values.dtype))
 
 
-def _gaussian_args(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                   returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                   normalize_advantages):
+def _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
     """The kernel arguments shared by the Gaussian forward and backward (numpy views)."""
-    dtype = old_logprobs.dtype
-    rows = _rows(dtype, old_logprobs, advantages, values, old_values, returns, weights)
-    return (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), rows,
-            (clip_coef, vf_coef, ent_coef), (weights is not None, clip_vloss,
-                                             normalize_advantages))
+    dtype = rows.old_logprobs.dtype
+    has_old = old_mean is not None
+    kcoefs, flags = _kernel_scalars(rows, coefs, has_old)
+    if has_old:
+        old = (_np(old_mean, dtype), _np(_log_std_rows(old_log_std), dtype))
+    else:
+        old = (_NO_OLD[dtype], _NO_OLD[dtype])
+    return (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), *old,
+            _kernel_rows(dtype, rows), kcoefs, flags)
 
 
-def forward_gaussian_prepared(*inputs):
+def forward_gaussian_prepared(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
     """``forward_gaussian``, also returning the kernel arguments for ``backward_gaussian_prepared``
     (the eager path keeps them on its autograd context: the backward converts nothing again)."""
-    args = _gaussian_args(*inputs)
-    mean = inputs[0]
-    result, outs = _outputs(inputs[3].dtype, mean.shape[0])  # old_logprobs: compute dtype
+    args = _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
+    result, outs = _outputs(rows.old_logprobs.dtype, mean.shape[0])
     blocks = _blocks(mean.numel())
     if blocks == 1:
         err = _gaussian_forward_serial(*args, *outs)
@@ -728,12 +905,14 @@ def forward_gaussian_prepared(*inputs):
     return result, (args, outs[1], outs[2])
 
 
-def forward_gaussian(*inputs):
-    return forward_gaussian_prepared(*inputs)[0]
+def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
+    return forward_gaussian_prepared(mean, log_std, actions, old_mean, old_log_std, rows,
+                                     coefs)[0]
 
 
-def backward_gaussian_prepared(grad_loss, prepared, mean_dtype, log_std_dtype, values_dtype):
-    """d_mean, d_log_std, d_values from the arguments ``forward_gaussian_prepared`` returned."""
+def backward_gaussian_prepared(grad_loss, prepared, grad_dtypes):
+    """(d_mean, d_log_std, d_values) in ``grad_dtypes`` = (mean, log_std, values dtypes), from
+    the arguments ``forward_gaussian_prepared`` returned."""
     args, stats, row_stats = prepared
     mu = args[0]
     dtype = _TORCH_DTYPE[mu.dtype.type]  # torch allocations: the profiler sees the memory
@@ -745,14 +924,11 @@ def backward_gaussian_prepared(grad_loss, prepared, mean_dtype, log_std_dtype, v
         _gaussian_backward_rows(0, mu.shape[0], *call)
     else:
         _gaussian_backward_parallel(blocks, *call)
-    return _as(d_mu, mean_dtype), _as(d_ls, log_std_dtype), _as(d_v, values_dtype)
+    return _as(d_mu, grad_dtypes[0]), _as(d_ls, grad_dtypes[1]), _as(d_v, grad_dtypes[2])
 
 
-def backward_gaussian(grad_loss, mean, log_std, actions, old_logprobs, advantages, values,
-                      old_values, returns, weights, stats, row_stats, clip_coef, vf_coef,
-                      ent_coef, clip_vloss, normalize_advantages):
-    args = _gaussian_args(mean, log_std, actions, old_logprobs, advantages, values, old_values,
-                          returns, weights, clip_coef, vf_coef, ent_coef, clip_vloss,
-                          normalize_advantages)
-    return backward_gaussian_prepared(grad_loss, (args, stats.numpy(), row_stats.numpy()),
-                                      mean.dtype, log_std.dtype, values.dtype)
+def backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
+                      stats, row_stats):
+    args = _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
+    return backward_gaussian_prepared(grad_loss, (args, _np(stats), _np(row_stats)),
+                                      (mean.dtype, log_std.dtype, rows.values.dtype))
