@@ -3,7 +3,8 @@
     python bench/gpu_check.py --out bench/results/        # one H100/H200
     python bench/gpu_check.py --smoke --out /tmp/gc       # the same logic on the CPU, tiny shapes
 
-Sections: 1. correctness of gae/ppo_loss/ppo_loss_gaussian at large shapes against a float64
+Sections: 1. correctness of gae/ppo_loss/ppo_loss_gaussian (the clipped loss, with the KL
+penalty, and the penalty with the unclipped surrogate) at large shapes against a float64
 oracle written here from DESIGN.md (Triton and torch on CUDA; Numba on CPU copies of at most 2^21
 elements, in a process beside the others); 2. torch.library.opcheck on CUDA tensors; 3. a
 torch.compile(mode="reduce-overhead") train step against eager; 4. set_sync_debug_mode around
@@ -50,6 +51,9 @@ STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac
 CLIP, VF, ENT = 0.2, 0.5, 0.01
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 OPTIONS = [(True, True, False), (True, True, True), (False, True, True), (False, False, False)]
+# the loss: "" the clipped surrogate; "kl" plus the KL penalty; "kl noclip" the penalty and the
+# unclipped surrogate (clip_coef=None, no clip_vloss); (clip_coef, kl_coef) of each
+PENALTY = {"": (CLIP, 0.0), "kl": (CLIP, 0.5), "kl noclip": (None, 0.5)}
 # loss/stats (rtol, atol); gradients (rtol, atol as a fraction of max|ref|, absolute floor)
 LOSS_TOL = {"float64": (1e-9, 1e-10, 1e-8, 1e-10, 0.0), "float32": (1e-4, 1e-5, 1e-4, 1e-5, 0.0),
             "bfloat16": (1e-4, 1e-5, 1e-2, 1e-4, 0.0), "float16": (1e-4, 1e-5, 2e-3, 1e-4, 6e-8)}
@@ -147,8 +151,23 @@ def gauss_logp_ent(mean, log_std, x):
     return logp, (0.5 + HALF_LOG_2PI + log_std).sum(1)
 
 
-def head(logp, ent, old, adv, v, old_v, ret, w, clip_vloss=True, norm_adv=True):
-    """DESIGN.md's PPO-clip loss, weighted means; returns (loss, the six statistics stacked).
+def cat_kl(old_z, z):
+    """KL(softmax(old_z) || softmax(z)) per row; a term with old probability 0 counts 0."""
+    log_q, log_p = torch.log_softmax(old_z, 1), torch.log_softmax(z, 1)
+    q = log_q.exp()
+    return torch.where(q == 0, 0.0, q * (log_q - log_p)).sum(1)
+
+
+def gauss_kl(old_mean, old_log_std, mean, log_std):
+    """DESIGN.md's KL(N(old_mu, s_old) || N(mu, s)) summed over the dimensions, per row."""
+    s2, so2 = torch.exp(2 * log_std.expand_as(mean)), torch.exp(2 * old_log_std.expand_as(mean))
+    return ((log_std - old_log_std) + (so2 + (old_mean - mean) ** 2) / (2 * s2) - 0.5).sum(1)
+
+
+def head(logp, ent, old, adv, v, old_v, ret, w, clip_vloss=True, norm_adv=True, clip=CLIP,
+         kl=None, kl_coef=0.0):
+    """DESIGN.md's PPO loss, weighted means; returns (loss, the statistics stacked: the six,
+    then the mean KL when ``kl`` (per row) is given). ``clip=None``: the unclipped surrogate.
     Advantages: std^2 = sum(w c^2) / sum(w) * n / (n - 1), n positive weights; unscaled if n < 2."""
     w = torch.ones_like(v) if w is None else w
     total = w.sum()
@@ -160,14 +179,21 @@ def head(logp, ent, old, adv, v, old_v, ret, w, clip_vloss=True, norm_adv=True):
                           centred)
     logratio = logp - old
     ratio = logratio.exp()
-    pg = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - CLIP, 1 + CLIP)))
+    if clip is None:
+        pg, clipfrac = mean(-adv * ratio), torch.zeros((), dtype=ratio.dtype, device=ratio.device)
+    else:
+        pg = mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)))
+        clipfrac = mean(((ratio - 1).abs() > clip).to(ratio.dtype))
     vl = (v - ret) ** 2
     if clip_vloss:
-        vl = torch.max(vl, (old_v + (v - old_v).clamp(-CLIP, CLIP) - ret) ** 2)
+        vl = torch.max(vl, (old_v + (v - old_v).clamp(-clip, clip) - ret) ** 2)
     vl, h = 0.5 * mean(vl), mean(ent)
-    stats = torch.stack([pg, vl, h, mean((ratio - 1) - logratio), mean(-logratio),
-                         mean(((ratio - 1).abs() > CLIP).to(ratio.dtype))])
-    return pg - ENT * h + VF * vl, stats
+    stats = [pg, vl, h, mean((ratio - 1) - logratio), mean(-logratio), clipfrac]
+    loss = pg - ENT * h + VF * vl
+    if kl is not None:
+        stats.append(mean(kl))
+        loss = loss + kl_coef * stats[-1]
+    return loss, torch.stack(stats)
 
 
 def oracle_loss(c):
@@ -179,14 +205,22 @@ def oracle_loss(c):
     leaves = [t.requires_grad_() for t in (*pol, d(c["values"]))]
     logp, ent = cat_logp_ent(leaves[0], c["actions"]) if c["kind"] == "cat" else \
         gauss_logp_ent(leaves[0], leaves[1], d(c["actions"]))
+    kl = None
+    if c["old_pol"] is not None:
+        old_pol = [d(t) for t in c["old_pol"]]
+        kl = cat_kl(old_pol[0], leaves[0]) if c["kind"] == "cat" else \
+            gauss_kl(*old_pol, leaves[0], leaves[1])
     loss, stats = head(logp, ent, d(c["old"]), d(c["adv"]), leaves[-1], d(c["old_v"]),
-                       d(c["ret"]), d(c["w"]), c["clip_vloss"], c["norm_adv"])
+                       d(c["ret"]), d(c["w"]), c["clip_vloss"], c["norm_adv"], c["clip"], kl,
+                       c["kl_coef"])
     return loss.detach(), stats.detach(), torch.autograd.grad(loss, leaves)
 
 
-def loss_case(kind, batch, width, dtype, index, device, full_log_std=False):
+def loss_case(kind, batch, width, dtype, index, device, full_log_std=False, penalty=""):
     """Inputs of one loss case. Log-ratios and value deltas stay 1e-3 away from the clip edges,
-    so float32 rounding cannot flip a clip decision (a jump in the gradient)."""
+    so float32 rounding cannot flip a clip decision (a jump in the gradient). ``penalty``: a
+    ``PENALTY`` key; with "kl" the old policy's parameters (old logits, or old mean and a
+    log-std shaped like ``log_std``) are the policy's perturbed, in the data dtype."""
     g, u, rn = sampler(device, 1000 + index)
     data = torch.float64 if dtype == torch.float64 else torch.float32
     if kind == "cat":
@@ -206,6 +240,11 @@ def loss_case(kind, batch, width, dtype, index, device, full_log_std=False):
     old_v = values.double() + 0.3 * rn(batch)
     old_v = torch.where(((values - old_v).abs() - CLIP).abs() < 1e-3, old_v + 5e-3, old_v)
     clip_vloss, norm_adv, weighted = OPTIONS[index % len(OPTIONS)]
+    clip, kl_coef = PENALTY[penalty]
+    clip_vloss = clip_vloss and clip is not None
+    old_pol = None
+    if penalty:
+        old_pol = [(t.double() + s * rn(*t.shape)).to(data) for t, s in zip(policy, (0.3, 0.1))]
     w = None
     if weighted:  # reset rows (0), whole rows (1) and fractional weights
         x = u(batch)
@@ -214,7 +253,8 @@ def loss_case(kind, batch, width, dtype, index, device, full_log_std=False):
     return dict(kind=kind, policy=policy, actions=actions, values=values, old=old.to(data),
                 adv=(1.5 * rn(batch) + 0.3).to(data), old_v=old_v.to(data),
                 ret=(values.double() + rn(batch)).to(data), w=None if w is None else w.to(data),
-                clip_vloss=clip_vloss, norm_adv=norm_adv)
+                clip_vloss=clip_vloss, norm_adv=norm_adv, old_pol=old_pol, clip=clip,
+                kl_coef=kl_coef)
 
 
 def check_loss(c, backend, ref):
@@ -222,8 +262,12 @@ def check_loss(c, backend, ref):
 
     leaves = [t.detach().clone().requires_grad_() for t in (*c["policy"], c["values"])]
     rest = (c["old"], c["adv"], leaves[-1], c["old_v"], c["ret"])
-    kw = dict(clip_coef=CLIP, vf_coef=VF, ent_coef=ENT, clip_vloss=c["clip_vloss"],
-              normalize_advantages=c["norm_adv"], weights=c["w"], backend=backend)
+    kw = dict(clip_coef=c["clip"], vf_coef=VF, ent_coef=ENT, kl_coef=c["kl_coef"],
+              clip_vloss=c["clip_vloss"], normalize_advantages=c["norm_adv"], weights=c["w"],
+              backend=backend)
+    if c["old_pol"] is not None:
+        kw.update(zip(("old_logits",) if c["kind"] == "cat" else ("old_mean", "old_log_std"),
+                      c["old_pol"]))
     loss, stats = ppo_loss(leaves[0], c["actions"], *rest, **kw) if c["kind"] == "cat" else \
         ppo_loss_gaussian(leaves[0], leaves[1], c["actions"], *rest, **kw)
     grads = torch.autograd.grad(loss, leaves)
@@ -232,7 +276,10 @@ def check_loss(c, backend, ref):
     if loss.dtype != (torch.float64 if dtype == torch.float64 else torch.float32):
         raise AssertionError(f"loss dtype {loss.dtype} for {dtype} policy outputs")
     errs = {"loss": err_ratio(loss, ref[0], crt, 0.0, cat)}
-    errs.update({k: err_ratio(stats[k], ref[1][i], crt, 0.0, cat) for i, k in enumerate(STATS)})
+    names = STATS + (("kl",) if c["old_pol"] is not None else ())
+    if set(stats) != set(names):
+        raise AssertionError(f"stats {sorted(stats)}, expected {sorted(names)}")
+    errs.update({k: err_ratio(stats[k], ref[1][i], crt, 0.0, cat) for i, k in enumerate(names)})
     names = ["d_logits"] if c["kind"] == "cat" else ["d_mean", "d_log_std"]
     for name, got, want, leaf in zip(names + ["d_values"], grads, ref[2], leaves):
         if got.dtype != leaf.dtype:
@@ -326,11 +373,13 @@ def part_correctness(ctx: Ctx) -> None:
             for B, width in shapes:
                 index += 1
                 rows = min(B, max(64, NUMBA_MAX_ELEMENTS // width)) if numba else B
-                opts = "".join(f for f, on in zip("VNW", OPTIONS[index % 4]) if on) or "-"
+                penalty = list(PENALTY)[index % len(PENALTY)]
+                opts = "".join(f for f, on in zip("VNW", OPTIONS[index % 4])
+                               if on and not (f == "V" and PENALTY[penalty][0] is None)) or "-"
                 case(f"loss {kind} {rows}x{width}" + (f" (of {B} rows)" if rows < B else "")
-                     + f" {dname(dtype)} opts {opts}",
+                     + f" {dname(dtype)} opts {opts}" + (f" {penalty}" if penalty else ""),
                      lambda: loss_case(kind, rows, width, dtype, index, device,
-                                       index % 2 == 0),
+                                       index % 2 == 0, penalty),
                      oracle_loss, check_loss)
         if ctx.cuda:
             torch.cuda.empty_cache()
@@ -343,18 +392,18 @@ def part_opcheck(ctx: Ctx) -> None:
 
     B, A, D = (64, 18, 6) if ctx.cuda else (7, 5, 3)
 
-    def loss_args(kind, dtype, backend, grad=True):
-        c = loss_case(kind, B, A if kind == "cat" else D, dtype, 1, ctx.device, True)
+    def loss_args(kind, dtype, backend, grad=True, penalty=""):
+        c = loss_case(kind, B, A if kind == "cat" else D, dtype, 1, ctx.device, True, penalty)
         pol = [t.detach().clone().requires_grad_(grad) for t in (*c["policy"], c["values"])]
-        return (*pol[:-1], c["actions"], c["old"], c["adv"], pol[-1], c["old_v"], c["ret"],
-                c["w"], CLIP, VF, ENT, True, True, backend)
+        old = c["old_pol"] or [None] * len(c["policy"])  # old logits, or old mean and log-std
+        return (*pol[:-1], c["actions"], *old, c["old"], c["adv"], pol[-1], c["old_v"],
+                c["ret"], c["w"], c["clip"], VF, ENT, c["kl_coef"], c["clip_vloss"], True,
+                backend)
 
-    def backward_args(fwd, kind, backend):
-        args = loss_args(kind, torch.float64, backend, grad=False)
+    def backward_args(fwd, kind, backend, penalty):
+        args = loss_args(kind, torch.float64, backend, grad=False, penalty=penalty)
         _, stats, row_stats = fwd(*args)
-        n = 8 if kind == "cat" else 9  # the forward's tensors, then its scalars
-        return (torch.ones((), dtype=stats.dtype, device=ctx.device), *args[:n], stats,
-                row_stats, *args[n:])
+        return (torch.ones((), dtype=stats.dtype, device=ctx.device), stats, row_stats, *args)
 
     def gae_op_args(variant, backend):
         c = gae_case(16, 8, torch.float32, variant, 1, ctx.device)
@@ -365,15 +414,19 @@ def part_opcheck(ctx: Ctx) -> None:
         return "PASS", "schema, autograd registration, fake tensor, aot dispatch", {}
 
     for backend in ("triton", "torch"):
-        for dtype in (torch.float32, torch.bfloat16):
-            ctx.run(f"ppo_loss_categorical {dname(dtype)} [{backend}]",
-                    lambda: check(_categorical_fwd, loss_args, "cat", dtype, backend))
-            ctx.run(f"ppo_loss_gaussian {dname(dtype)} [{backend}]",
-                    lambda: check(_gaussian_fwd, loss_args, "gauss", dtype, backend))
-        ctx.run(f"ppo_loss_categorical_backward float64 [{backend}]", lambda: check(
-            _categorical_bwd, backward_args, _categorical_fwd, "cat", backend))
-        ctx.run(f"ppo_loss_gaussian_backward float64 [{backend}]", lambda: check(
-            _gaussian_bwd, backward_args, _gaussian_fwd, "gauss", backend))
+        # the clipped loss in float32, the unclipped penalty in bfloat16, the backward with both
+        for dtype, penalty in ((torch.float32, ""), (torch.bfloat16, "kl noclip")):
+            name = dname(dtype) + (f" {penalty}" if penalty else "")
+            ctx.run(f"ppo_loss_categorical {name} [{backend}]",
+                    lambda: check(_categorical_fwd, loss_args, "cat", dtype, backend, True,
+                                  penalty))
+            ctx.run(f"ppo_loss_gaussian {name} [{backend}]",
+                    lambda: check(_gaussian_fwd, loss_args, "gauss", dtype, backend, True,
+                                  penalty))
+        ctx.run(f"ppo_loss_categorical_backward float64 kl [{backend}]", lambda: check(
+            _categorical_bwd, backward_args, _categorical_fwd, "cat", backend, "kl"))
+        ctx.run(f"ppo_loss_gaussian_backward float64 kl [{backend}]", lambda: check(
+            _gaussian_bwd, backward_args, _gaussian_fwd, "gauss", backend, "kl"))
         for variant in ("next-step", "same-step"):
             ctx.run(f"gae {variant} [{backend}]", lambda: check(
                 torch.ops.fastppo.gae.default, gae_op_args, variant, backend))

@@ -406,92 +406,108 @@ def _gae_calls(quick: bool):
         yield f"gae {dt} T={t} N={n}{' next_values' if nv else ''}{' valid' if vd else ''}", call
 
 
-def _ppo_impl():
-    """The backend calls of the public face (``ppo_loss._categorical_forward`` & co., which cast
-    the row data to the compute dtype), else the bare host functions. The calls below pass the
-    row data in the compute dtype already, so both see the same tensors."""
-    from fastppo.kernels import ppo_loss as face
-    from fastppo.kernels import ppo_loss_triton as tri
-
-    fns = {}
-    for kind in ("categorical", "gaussian"):
-        for way in ("forward", "backward"):
-            wrapper = getattr(face, f"_{kind}_{way}", None)
-            host = getattr(tri, f"{way}_{kind}")
-            if wrapper is not None:
-                fns[f"{way}_{kind}"] = lambda *a, _w=wrapper: _w(*a, "triton")
-            else:
-                fns[f"{way}_{kind}"] = host
-    return fns
+# the loss variants beside the clipped surrogate (label suffix: clip_coef, old params, kl_coef)
+PENALTY = {"": (0.2, False, 0.0), "kl": (0.2, True, 0.5), "kl noclip": (None, True, 0.5),
+           "noclip": (None, False, 0.0), "kl=0": (0.2, True, 0.0)}
 
 
-def _rows(b, dtype, cdt):
-    """old_logprobs, advantages, values, old_values, returns as the public face passes them on:
-    values in the input dtype, the rest in the compute dtype."""
+def _rows(b, dtype, cdt, weighted):
+    """The ``Rows`` as the public face passes them on: values in the input dtype, the rest in
+    the compute dtype."""
     import torch
+    from fastppo.kernels.ppo_loss_contract import Rows
 
-    return [torch.empty(b, dtype=dtype if i == 2 else cdt) for i in range(5)]
+    return Rows(*(torch.empty(b, dtype=dtype if i == 2 else cdt) for i in range(5)),
+                torch.ones(b, dtype=cdt) if weighted else None)
+
+
+def _coefs(cv, nz, mode):
+    from fastppo.kernels.ppo_loss_contract import Coefs
+
+    clip, _, kl = PENALTY[mode]
+    return Coefs(clip, 0.5, 0.01, kl, cv and clip is not None, nz)  # CleanRL's vf, ent
 
 
 def _ppo_calls(quick: bool):
-    """(label, thunk) per PPO-loss host call pair (forward, then backward)."""
+    """(label, thunk) per PPO-loss host call pair (forward, then backward), calling the backend
+    functions (``ppo_loss_contract``'s interface) with data as the public face casts it: old
+    policy parameters and row data in the compute dtype."""
     import torch
+    from fastppo.kernels import ppo_loss_triton as tri
 
-    fns = _ppo_impl()
-    coefs = (0.2, 0.5, 0.01)  # clip, vf, ent: CleanRL's defaults
+    pen = ("kl", "kl noclip", "noclip")  # each a new HAS_OLD/KL/CLIP variant of both kernels
     if quick:
-        cat = [("bf16", 131072, 16, True, True, True), ("fp64", 18, 16, False, False, False),
-               ("fp32", 18, 2048, False, True, True)]
-        gau = [("fp32", 6, 16, True, True, True, True), ("fp16", 17, 16, False, False, False,
-                                                          False)]
+        cat = [("bf16", 131072, 16, True, True, True, ""),
+               ("fp64", 18, 16, False, False, False, "kl noclip"),
+               ("fp32", 18, 2048, False, True, True, "kl")]
+        gau = [("fp32", 6, 16, True, True, True, True, ""),
+               ("fp16", 17, 16, False, False, False, False, "kl noclip"),
+               ("fp32", 6, 64, True, True, True, True, "kl")]
     else:
-        cat = [(dt, a, 16, w, cv, nz) for dt in DTYPES for a in (2, 18, 257, 4096, 131072)
+        widths = (2, 18, 257, 4096, 131072)
+        cat = [(dt, a, 16, w, cv, nz, "") for dt in DTYPES for a in widths
                for w in (False, True) for cv in (False, True) for nz in (False, True)]
-        cat += [("fp32", 18, 2048, w, cv, nz) for w in (False, True) for cv in (False, True)
+        cat += [("fp32", 18, 2048, w, cv, nz, "") for w in (False, True) for cv in (False, True)
                 for nz in (False, True)]  # an engine minibatch (Atari), the prepare block
-        gau = [(dt, d, 16, w, cv, nz, ex) for dt in DTYPES for d in (1, 6, 17)
+        # the penalty: KL on/off, clip on/off, with and without weights; kl_coef=0 (the KL
+        # statistic, no gradient term) and the penalty with clip_vloss once per shape
+        cat += [(dt, a, 16, w, False, True, m) for dt in DTYPES for a in widths
+                for m in pen for w in (False, True)]
+        cat += [(dt, a, 16, True, True, True, m) for dt in DTYPES for a in widths
+                for m in ("kl", "kl=0")]
+        cat += [("fp32", 18, 2048, True, False, True, m) for m in pen]
+        gau = [(dt, d, 16, w, cv, nz, ex, "") for dt in DTYPES for d in (1, 6, 17)
                for w in (False, True) for cv in (False, True) for nz in (False, True)
                for ex in (False, True)]
-        gau += [("fp32", 6, 64, w, cv, nz, True) for w in (False, True) for cv in (False, True)
-                for nz in (False, True)]  # HalfCheetah's minibatch, an expanded log-std
-    for dt, a, b, w, cv, nz in cat:
+        gau += [("fp32", 6, 64, w, cv, nz, True, "") for w in (False, True)
+                for cv in (False, True) for nz in (False, True)]  # HalfCheetah, expanded log-std
+        # old mean full, old log-std full or expanded like the log-std
+        gau += [(dt, d, 16, w, False, True, ex, m) for dt in DTYPES for d in (1, 6, 17)
+                for m in pen for w in (False, True) for ex in (False, True)]
+        gau += [(dt, d, 16, True, True, True, True, m) for dt in DTYPES for d in (1, 6, 17)
+                for m in ("kl", "kl=0")]
+        gau += [("fp32", 6, 64, True, False, True, True, m) for m in pen]
+    for dt, a, b, w, cv, nz, mode in cat:
         dtype = getattr(torch, DTYPES[dt])
         cdt = torch.float64 if dtype == torch.float64 else torch.float32
 
-        def call(dtype=dtype, cdt=cdt, a=a, b=b, w=w, cv=cv, nz=nz):
+        def call(dtype=dtype, cdt=cdt, a=a, b=b, w=w, cv=cv, nz=nz, mode=mode):
             logits = torch.empty(b, a, dtype=dtype)
             actions = torch.zeros(b, dtype=torch.int64)
-            rows = _rows(b, dtype, cdt)
-            weights = torch.ones(b, dtype=cdt) if w else None
-            flags = (*coefs, cv, nz)
-            _, stats, row_stats = fns["forward_categorical"](
-                logits, actions, *rows, weights, *flags)
-            fns["backward_categorical"](torch.ones((), dtype=cdt), logits, actions, *rows,
-                                        weights, stats, row_stats, *flags)
+            old_logits = torch.empty(b, a, dtype=cdt) if PENALTY[mode][1] else None
+            rows, coefs = _rows(b, dtype, cdt, w), _coefs(cv, nz, mode)
+            _, stats, row_stats = tri.forward_categorical(logits, actions, old_logits, rows,
+                                                          coefs)
+            tri.backward_categorical(torch.ones((), dtype=cdt), logits, actions, old_logits,
+                                     rows, coefs, stats, row_stats)
 
         label = (f"categorical {dt} B={b} A={a}{' weights' if w else ''}"
-                 f"{' clip_vloss' if cv else ''}{' normalize' if nz else ''}")
+                 f"{' clip_vloss' if cv else ''}{' normalize' if nz else ''}"
+                 f"{' ' + mode if mode else ''}")
         yield label, call
-    for dt, d, b, w, cv, nz, ex in gau:
+    for dt, d, b, w, cv, nz, ex, mode in gau:
         dtype = getattr(torch, DTYPES[dt])
         cdt = torch.float64 if dtype == torch.float64 else torch.float32
 
-        def call(dtype=dtype, cdt=cdt, d=d, b=b, w=w, cv=cv, nz=nz, ex=ex):
+        def call(dtype=dtype, cdt=cdt, d=d, b=b, w=w, cv=cv, nz=nz, ex=ex, mode=mode):
             mean = torch.empty(b, d, dtype=dtype)
             log_std = torch.empty(d, dtype=dtype).expand(b, d) if ex else torch.empty(
                 b, d, dtype=dtype)
             actions = torch.empty(b, d, dtype=cdt)
-            rows = _rows(b, dtype, cdt)
-            weights = torch.ones(b, dtype=cdt) if w else None
-            flags = (*coefs, cv, nz)
-            _, stats, row_stats = fns["forward_gaussian"](
-                mean, log_std, actions, *rows, weights, *flags)
-            fns["backward_gaussian"](torch.ones((), dtype=cdt), mean, log_std, actions, *rows,
-                                     weights, stats, row_stats, *flags)
+            old_mean = old_log_std = None
+            if PENALTY[mode][1]:
+                old_mean = torch.empty(b, d, dtype=cdt)
+                old_log_std = torch.empty(d, dtype=cdt).expand(b, d) if ex else torch.empty(
+                    b, d, dtype=cdt)
+            rows, coefs = _rows(b, dtype, cdt, w), _coefs(cv, nz, mode)
+            _, stats, row_stats = tri.forward_gaussian(mean, log_std, actions, old_mean,
+                                                       old_log_std, rows, coefs)
+            tri.backward_gaussian(torch.ones((), dtype=cdt), mean, log_std, actions, old_mean,
+                                  old_log_std, rows, coefs, stats, row_stats)
 
         label = (f"gaussian {dt} B={b} D={d}{' weights' if w else ''}"
                  f"{' clip_vloss' if cv else ''}{' normalize' if nz else ''}"
-                 f"{' log_std=expanded' if ex else ''}")
+                 f"{' log_std=expanded' if ex else ''}{' ' + mode if mode else ''}")
         yield label, call
 
 
@@ -535,7 +551,20 @@ def _s(v):
     return "" if v is None else str(v)
 
 
-_FLAGS = {"weights", "clip_vloss", "normalize", "next_values", "valid", "log_std=expanded"}
+_FLAGS = {"weights", "clip_vloss", "normalize", "next_values", "valid", "log_std=expanded",
+          "kl", "noclip", "kl=0"}
+
+
+def _loss_variant(r: Row) -> str:
+    """Which PPO loss a row kernel variant computes, from its constexprs: ``clip`` (the clipped
+    surrogate), ``clip+kl`` (with the KL penalty), ``kl`` (the penalty, unclipped),
+    ``unclipped``; empty for the other kernels."""
+    c = r.constexprs
+    if "CLIP" not in c:
+        return ""
+    clip = c["CLIP"] == "True"
+    kl = c.get("HAS_OLD", c.get("KL")) == "True"
+    return ("clip+kl" if clip else "kl") if kl else ("clip" if clip else "unclipped")
 
 
 def _grouped(rows: list[Row]) -> str:
@@ -548,9 +577,10 @@ def _grouped(rows: list[Row]) -> str:
             continue
         consts = tuple((k, v) for k, v in r.constexprs.items()
                        if k.isupper() and v not in ("True", "False"))
-        groups.setdefault((r.kernel, consts, r.signature, r.num_warps), []).append(r)
-    out = [_header("kernel", "first variant", "constexprs", "warps", "variants", "regs",
-                   "spill st/ld B", "stack B", "smem B", left=3)]
+        groups.setdefault((r.kernel, _loss_variant(r), consts, r.signature, r.num_warps),
+                          []).append(r)
+    out = [_header("kernel", "loss", "first variant", "constexprs", "warps", "variants", "regs",
+                   "spill st/ld B", "stack B", "smem B", left=4)]
 
     def rng(vals):
         vals = [v for v in vals if v is not None]
@@ -558,31 +588,34 @@ def _grouped(rows: list[Row]) -> str:
             return ""
         return str(vals[0]) if min(vals) == max(vals) else f"{min(vals)}-{max(vals)}"
 
-    for (kernel, consts, _, warps), rs in groups.items():
+    for (kernel, loss, consts, _, warps), rs in sorted(groups.items(), key=lambda g: g[0][:2]):
         label = " ".join(t for t in rs[0].variant.split() if t not in _FLAGS)
         c = " ".join(f"{k}={v}" for k, v in consts)
         st = rng([r.spill_stores for r in rs])
         ld = rng([r.spill_loads for r in rs])
-        out.append(f"| {kernel} | {label} | {c} | {warps} | {len(rs)} | "
+        out.append(f"| {kernel} | {loss} | {label} | {c} | {warps} | {len(rs)} | "
                    f"{rng([r.registers for r in rs])} | {st}/{ld} | {rng([r.stack for r in rs])} | "
                    f"{rng([r.shared for r in rs])} |")
     return "\n".join(out)
 
 
 def _summary(rows: list[Row]) -> str:
-    out = [_header("kernel", "variants", "errors", "warps", "regs min-max", "max spill st/ld B",
-                   "max smem B", left=1)]
-    for name in dict.fromkeys(r.kernel for r in rows):
-        rs = [r for r in rows if r.kernel == name and not r.error]
-        errs = sum(1 for r in rows if r.kernel == name and r.error)
+    """One line per kernel and loss variant (``_loss_variant``; a compile error has no
+    constexprs, so it counts on a line of its own, loss left empty)."""
+    out = [_header("kernel", "loss", "variants", "errors", "warps", "regs min-max",
+                   "max spill st/ld B", "max smem B", left=2)]
+    for name, loss in sorted({(r.kernel, _loss_variant(r)) for r in rows}):
+        group = [r for r in rows if r.kernel == name and _loss_variant(r) == loss]
+        rs = [r for r in group if not r.error]
+        errs = len(group) - len(rs)
         regs = [r.registers for r in rs if r.registers is not None]
         warps = sorted({r.num_warps for r in rs if r.num_warps is not None})
         st = max((r.spill_stores or 0 for r in rs), default=0)
         ld = max((r.spill_loads or 0 for r in rs), default=0)
         sm = max((r.shared or 0 for r in rs), default=0)
         rr = f"{min(regs)}-{max(regs)}" if regs else ""
-        out.append(f"| {name} | {len(rs) + errs} | {errs} | {','.join(map(str, warps))} | "
-                   f"{rr} | {st}/{ld} | {sm} |")
+        out.append(f"| {name} | {loss} | {len(group)} | {errs} | "
+                   f"{','.join(map(str, warps))} | {rr} | {st}/{ld} | {sm} |")
     return "\n".join(out)
 
 

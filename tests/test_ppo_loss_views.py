@@ -316,7 +316,7 @@ def test_triton_new_coefficients_reuse_the_compiled_kernel(policy, dtype, monkey
         assert first == second, name
     # the coefficients did reach the kernels, as runtime values
     floats = [[a for a in args if isinstance(a, float)] for args, _ in recorders[names[1]].calls]
-    assert len(floats[0]) == 10 and floats[0] != floats[1]
+    assert len(floats[0]) == 12 and floats[0] != floats[1]  # 6 coefficients as float32 pairs
 
 
 def test_triton_clip_bounds_are_float32_exact_for_float32():
