@@ -83,6 +83,11 @@ class Agent(nn.Module):
             return (out, self.log_std.expand_as(out)), value
         return (out,), value
 
+    def actor_output(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy head alone: the logits, or the Gaussian's mean (its log-std is the
+        parameter ``log_std``, the same for every observation)."""
+        return self.actor(self._features(obs))
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self._features(obs)).squeeze(-1)
 

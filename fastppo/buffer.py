@@ -7,6 +7,14 @@ reset step whose action was ignored, so it gets weight 0 in the loss. The done f
 step is carried into the next rollout (``valid[0]`` of the next rollout). ``noise[t]`` is the
 sampling noise of row ``t`` (drawn for the whole rollout before it starts).
 
+With ``old_policy`` (PPO-penalty) the buffer also keeps the distribution parameters of the
+policy that collected the rollout, for the KL term: ``old_logits`` (T, N, A) for a categorical
+policy, or ``old_mean`` (T, N, D) and ``old_log_std`` (D,) (a parameter, the same for every
+row) for a Gaussian one. :meth:`RolloutBuffer.record_old_policy` fills them after the rollout,
+with one batched no-grad forward over ``obs`` (the policy has not changed since the actions were
+sampled); :meth:`RolloutBuffer.policy_kl` measures the KL to them after the update. Without
+``old_policy`` these are None and take no memory.
+
 The rollout loop works through ``slots[t][part]``: views of row ``t`` for the envs of one part
 (``VecEnv.slices``), made once, so a step slices nothing. On the CPU each slot also holds NumPy
 views of the same memory: the env kernels and the Numba policy write into the buffer directly.
@@ -20,13 +28,17 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from torch.distributions import Categorical, Normal, kl_divergence
 
 
 class RolloutBuffer:
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...],
                  obs_dtype: torch.dtype, action_shape: tuple[int, ...],
                  action_dtype: torch.dtype, device: torch.device,
-                 noise_shape: tuple[int, ...] = (), parts: list[slice] | None = None):
+                 noise_shape: tuple[int, ...] = (), parts: list[slice] | None = None,
+                 old_policy: tuple[str, int] | None = None):
+        """``old_policy``: ``("categorical", A)`` or ``("gaussian", D)`` to keep the old
+        policy's parameters (module docstring); None (the default) keeps none."""
         T, N = num_steps, num_envs
         self.num_steps, self.num_envs, self.device = T, N, torch.device(device)
         self.pinned = self.device.type == "cuda"
@@ -43,6 +55,17 @@ class RolloutBuffer:
         self.truncated = alloc((), torch.bool)
         self.valid = alloc((), torch.bool)
         self.noise = alloc(noise_shape, torch.float32)
+        self.old_logits = self.old_mean = self.old_log_std = None
+        if old_policy is not None:
+            kind, dim = old_policy
+            if kind == "categorical":
+                self.old_logits = alloc((dim,), torch.float32)
+            elif kind == "gaussian":
+                self.old_mean = alloc((dim,), torch.float32)
+                self.old_log_std = torch.zeros(dim, dtype=torch.float32, device=self.device)
+            else:
+                raise ValueError(f"old_policy: expected ('categorical', A) or ('gaussian', D), "
+                                 f"got {old_policy!r}")
         # Pinned host staging for env outputs, one slot per step so that an in-flight
         # non-blocking copy is never overwritten within a rollout.
         if self.pinned:
@@ -118,6 +141,51 @@ class RolloutBuffer:
         """``name`` reshaped to (T * N, ...), a view for minibatch indexing."""
         tensor = getattr(self, name)
         return tensor.reshape(self.num_steps * self.num_envs, *tensor.shape[2:])
+
+    def record_old_policy(self, agent, chunk_rows: int) -> None:
+        """Store ``agent``'s distribution parameters at every ``obs`` row (no gradient), in
+        batches of at most ``chunk_rows`` rows (bounding the activations' memory, e.g. the
+        CNN's). A no-op for a buffer made without ``old_policy``."""
+        out = self.old_logits if self.old_logits is not None else self.old_mean
+        if out is None:
+            return
+        rows, obs = self.num_steps * self.num_envs, self.flat("obs")
+        flat = out.view(rows, -1)
+        with torch.no_grad():
+            for start in range(0, rows, chunk_rows):
+                flat[start:start + chunk_rows] = agent.actor_output(obs[start:start + chunk_rows])
+            if self.old_log_std is not None:
+                self.old_log_std.copy_(agent.log_std.reshape(-1))
+
+    def policy_kl(self, agent, chunk_rows: int) -> torch.Tensor:
+        """``[sum_i valid_i KL_i, sum_i valid_i]`` over the rows, ``KL_i`` = KL(pi_old || pi) at
+        row i with ``agent`` as pi (no gradient; chunks as in :meth:`record_old_policy`)."""
+        rows, obs = self.num_steps * self.num_envs, self.flat("obs")
+        valid, old = self.flat("valid").to(torch.float32), self.old_policy_batch()
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            for start in range(0, rows, chunk_rows):
+                part = slice(start, start + chunk_rows)
+                out = agent.actor_output(obs[part])
+                if self.old_logits is not None:
+                    kl = kl_divergence(Categorical(logits=old["old_logits"][part]),
+                                       Categorical(logits=out))
+                else:
+                    std, old_std = agent.log_std.exp(), old["old_log_std"].exp()
+                    kl = kl_divergence(Normal(old["old_mean"][part], old_std),
+                                       Normal(out, std)).sum(-1)
+                total += (valid[part] * kl).sum()
+        return torch.stack([total, valid.sum()])
+
+    def old_policy_batch(self) -> dict[str, torch.Tensor]:
+        """The old policy's parameters for the minibatches: ``old_logits`` (R, A), or
+        ``old_mean`` (R, D) and ``old_log_std`` (D,) (shared by every row); empty without
+        ``old_policy``."""
+        if self.old_logits is not None:
+            return {"old_logits": self.flat("old_logits")}
+        if self.old_mean is not None:
+            return {"old_mean": self.flat("old_mean"), "old_log_std": self.old_log_std}
+        return {}
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue: the carried observation and done flag."""

@@ -36,6 +36,14 @@ from .config import DEVICES, PRESET_SETTINGS, PRESETS, RESUME_OVERRIDES, PPOConf
 # What resuming reads of a checkpoint (``Trainer.state_dict``).
 RESUME_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_step", "update",
                "recent_returns", "env_actions")
+
+
+def resume_keys(config: PPOConfig) -> tuple[str, ...]:
+    """What resuming a run of ``config`` reads of its checkpoint: :data:`RESUME_KEYS`, and the
+    adapted KL coefficient of a --loss penalty run."""
+    return RESUME_KEYS + (("kl_coef",) if config.loss == "penalty" else ())
+
+
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
@@ -210,6 +218,28 @@ def _check_engine(config: PPOConfig) -> None:
         raise ValueError(f"--kernels: {err}") from None
 
 
+_PENALTY_ONLY = ("kl_coef", "kl_target")
+
+
+def _check_loss_options(overrides: dict) -> None:
+    """Options given for the other objective than the run's ``--loss`` (no preset sets it)
+    would be silently unused: ``--kl-coef``/``--kl-target`` without ``--loss penalty``,
+    ``--clip-coef``/``--clip-vloss`` with it."""
+    loss = overrides.get("loss", PPOConfig.__dataclass_fields__["loss"].default)
+    if loss == "penalty":
+        unused = [k for k in ("clip_coef", "clip_vloss")
+                  if k in overrides and overrides[k] is not False]  # --no-clip-vloss agrees
+        if unused:
+            raise ValueError(f"{_option(unused[0])}: --loss penalty has no clipping (the "
+                             "unclipped surrogate and value loss); leave it out or use --loss "
+                             "clip")
+    else:
+        unused = [k for k in _PENALTY_ONLY if k in overrides]
+        if unused:
+            raise ValueError(f"{_option(unused[0])}: only used with --loss penalty (this run "
+                             f"has --loss {loss})")
+
+
 def _resolve_train(args: argparse.Namespace) -> _Plan:
     """What ``train`` will do; ValueError (one line, naming the option or file) for anything
     unusable. Option values are checked first, before torch or EnvPool is imported.
@@ -227,6 +257,7 @@ def _resolve_train(args: argparse.Namespace) -> _Plan:
         raise _as_option_error(err) from None
     if args.resume is not None:
         return _resolve_resume(args, overrides)
+    _check_loss_options(overrides)
 
     if args.env_id is None:
         raise ValueError("ENV_ID: expected an EnvPool task id (or --resume DIR)")
@@ -287,7 +318,7 @@ def _resolve_resume(args: argparse.Namespace, overrides: dict) -> _Plan:
 
         plan.checkpoint, plan.state = found
         try:
-            check_checkpoint(saved, plan.checkpoint, plan.state, RESUME_KEYS)
+            check_checkpoint(saved, plan.checkpoint, plan.state, resume_keys(saved))
         except ValueError as err:
             raise ValueError(f"--resume: {err}") from None
     _check_engine(config)

@@ -40,10 +40,15 @@ DEVICES = ("auto", "cpu", "cuda")  # what fastppo.distributed.resolve_device acc
 POLICY_KERNELS = ("auto", "torch", "numba")
 SWITCHES = ("auto", "on", "off")
 NETWORKS = ("mlp", "nature_cnn")
+LOSSES = ("clip", "penalty")
 MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
 # Settings a resumed run may change; everything else must stay as the run was started.
 RESUME_OVERRIDES = frozenset({"total_timesteps", "kernels", "device", "checkpoint_every",
                               "torch_threads", "tensorboard", "dist_timeout"})
+# Settings added after runs were first saved: a config.json written before one existed (an old
+# run to resume or evaluate) lacks it and gets its default, which is what such a run did. Every
+# other setting must be in a config.json.
+ADDED_SETTINGS = ("loss", "kl_coef", "kl_target")
 
 
 def _opt(default, help: str, **kw):
@@ -74,11 +79,22 @@ class PPOConfig:
     # PPO loss
     gamma: float = _opt(0.99, "discount factor")
     gae_lambda: float = _opt(0.95, "GAE lambda")
-    clip_coef: float = _opt(0.2, "PPO surrogate (and value) clipping coefficient")
-    clip_vloss: bool = _opt(True, "clip the value loss around the old values")
+    clip_coef: float = _opt(0.2, "PPO surrogate (and value) clipping coefficient (unused with "
+                                 "--loss penalty)")
+    clip_vloss: bool = _opt(True, "clip the value loss around the old values (unused with --loss "
+                                  "penalty, whose value loss is unclipped)")
     norm_adv: bool = _opt(True, "normalize advantages per minibatch")
     ent_coef: float = _opt(0.0, "entropy bonus coefficient")
     vf_coef: float = _opt(0.5, "value loss coefficient")
+    loss: str = _opt("clip", "PPO objective: clip (the clipped surrogate and value loss) or "
+                             "penalty (PPO-penalty: the unclipped surrogate plus kl_coef * "
+                             "KL(pi_old || pi) and the unclipped value loss; clip_coef and "
+                             "clip_vloss are unused)", choices=LOSSES)
+    kl_coef: float = _opt(1.0, "--loss penalty: the initial KL coefficient beta; after each "
+                               "update beta is halved if the update's mean KL is below "
+                               "kl_target / 1.5 and doubled if above 1.5 * kl_target (0 stays 0)")
+    kl_target: float = _opt(0.01, "--loss penalty: the KL per update that beta adapts towards "
+                                  "(d_targ)")
     # environment processing
     episodic_life: bool = _opt(False, "Atari: a lost life ends the training episode")
     reward_clip: bool = _opt(False, "Atari: clip rewards to their sign")
@@ -157,14 +173,15 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PPOConfig":
-        """The config of ``data`` (e.g. a run's config.json), which must name every setting."""
+        """The config of ``data`` (e.g. a run's config.json), which must name every setting but
+        those of :data:`ADDED_SETTINGS` (missing ones take their default)."""
         if not isinstance(data, dict):
             raise ValueError(f"config: expected an object of settings, got {_json_kind(data)}")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}")
-        missing = [name for name in known if name not in data]
+        missing = [name for name in known if name not in data and name not in ADDED_SETTINGS]
         if missing:
             raise ValueError(f"config: missing settings {missing}")
         return cls(**data)
@@ -175,8 +192,8 @@ _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "
 _NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
-                    "dist_timeout", "target_kl")
-_NONNEGATIVE_FLOATS = ("ent_coef", "vf_coef")
+                    "dist_timeout", "target_kl", "kl_target")
+_NONNEGATIVE_FLOATS = ("ent_coef", "vf_coef", "kl_coef")
 _KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

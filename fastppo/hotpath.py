@@ -20,6 +20,14 @@ each path is built by the compiler that wins on the device (DESIGN.md, "The hot 
   policy call, the forward + loss (whose backward AOTAutograd compiles too) and the clip + Adam
   step are compiled separately; the learning rate is a tensor, so annealing never recompiles.
 
+PPO-penalty (``--loss penalty``) takes the generic path for the minibatch step (the fused Numba
+step is PPO-clip only; the Numba policy call still serves the rollout): the agent's forward,
+then the fused op with the old policy's parameters and ``kl_coef=beta``. The op takes its
+coefficients as Python floats, which ``torch.compile`` bakes into the graph (measured: every new
+beta compiled a new graph), so under ``torch.compile`` the penalty step compiles the agent's
+forward (and its backward) alone and calls the fused op eagerly after it: beta changes every
+update without a recompile.
+
 The sampling noise is an input (``Agent.noise``, drawn for the whole rollout from torch's
 generator), so every path samples the same actions for the same noise and a resumed run
 replays the same stream.
@@ -115,11 +123,16 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
 
 class MinibatchStep:
     """``step(idx, advantages, weight)`` over the flat rollout ``batch`` (a dict of (R, ...)
-    tensors: obs, actions, logprobs, values, returns, weights).
+    tensors: obs, actions, logprobs, values, returns, weights; with --loss penalty also the old
+    policy's ``old_logits`` (R, A), or ``old_mean`` (R, D) and ``old_log_std`` (D,)).
 
     ``advantages`` is the (R,) tensor the loss reads at ``idx`` (raw, or normalized across ranks
     by the caller); ``weight`` the minibatch's total weight (0-dim), handed to
     ``reduce_gradients(params, weight)``, the seam where a data-parallel run all-reduces.
+    ``loss_fn(*dist, actions, ..., weights=w)`` is the fused op with the config's coefficients;
+    with the penalty it is also given the old policy's parameters and ``kl_coef``, the beta of
+    :meth:`set_batch`. ``numba`` asks for the fused Numba step, which serves PPO-clip only
+    (``self.numba`` says whether it is used).
     """
 
     def __init__(self, agent: Agent, optimizer: torch.optim.Optimizer, config: PPOConfig,
@@ -128,13 +141,18 @@ class MinibatchStep:
         self.reduce_gradients = reduce_gradients
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_grad_norm = config.max_grad_norm
+        self.penalty = config.loss == "penalty"
+        self.numba = numba and not self.penalty
+        self.kl_coef = config.kl_coef
         self.coefs = dict(clip_coef=config.clip_coef, vf_coef=config.vf_coef,
                           ent_coef=config.ent_coef, clip_vloss=config.clip_vloss,
                           normalize_advantages=loss_fn.normalize_advantages)
         self.batch: dict[str, torch.Tensor] = {}
+        self._old: dict[str, torch.Tensor] = {}
         self._numba, self._advantages = None, (None, None)
+        self._policy = agent
         self.compiles = False  # whether the first call compiles the Numba kernels
-        if numba:
+        if self.numba:
             from fastppo.kernels import mlp_step_numba
             from fastppo.kernels.mlp_step_numba import MLPLossStep
             from fastppo.kernels.optim_numba import ClipAdam
@@ -154,12 +172,21 @@ class MinibatchStep:
             self._grads, self._apply = self._grads_torch, self._clip_and_step
             if compiled:
                 mode = "reduce-overhead" if self.params[0].device.type == "cuda" else None
-                self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
+                if self.penalty:  # the op's float kl_coef would be a graph constant
+                    self._policy = torch.compile(agent, fullgraph=True, mode=mode)
+                else:
+                    self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
                 self._apply = torch.compile(self._clip_and_step, mode=mode)
 
-    def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        """The rollout the next minibatches come from (NumPy views kept for the Numba path)."""
+    def set_batch(self, batch: dict[str, torch.Tensor], kl_coef: float | None = None) -> None:
+        """The rollout the next minibatches come from (NumPy views kept for the Numba path)
+        and, with the penalty, the KL coefficient beta of this update (None: unchanged)."""
         self.batch = batch
+        self._old = {k: v for k, v in batch.items() if k.startswith("old_")}
+        if self.penalty and not self._old:
+            raise ValueError("--loss penalty: the batch lacks the old policy's parameters")
+        if kl_coef is not None:
+            self.kl_coef = float(kl_coef)
         if self._numba is not None:
             self._arrays = {k: v.numpy() for k, v in batch.items()}
 
@@ -169,10 +196,11 @@ class MinibatchStep:
         return loss, stats, self._apply()
 
     # ------------------------------------------------------------------ paths
-    def _forward(self, obs, actions, logprobs, advantages, values, returns, weights):
-        dist, new_values = self.agent(obs)
+    def _forward(self, obs, actions, logprobs, advantages, values, returns, weights, old):
+        dist, new_values = self._policy(obs)
+        extra = dict(old, kl_coef=self.kl_coef) if self.penalty else {}
         loss, stats = self.loss_fn(*dist, actions, logprobs, advantages, new_values, values,
-                                   returns, weights=weights)
+                                   returns, weights=weights, **extra)
         return loss, torch.stack([stats[k] for k in STAT_NAMES])
 
     def _grads_torch(self, idx, advantages):
@@ -181,9 +209,11 @@ class MinibatchStep:
         # A minibatch of reset steps only (weight 0; only a data-parallel run takes one) must
         # still produce gradients for the all-reduce, which counts them with weight 0.
         weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
+        # the old policy's rows (its log-std is one (D,) row for all)
+        old = {k: v if k == "old_log_std" else v[idx] for k, v in self._old.items()}
         loss, stats = self._forward(b["obs"][idx], b["actions"][idx], b["logprobs"][idx],
                                     advantages[idx], b["values"][idx], b["returns"][idx],
-                                    weights)
+                                    weights, old)
         for p in self.params:
             p.grad = None
         loss.backward()

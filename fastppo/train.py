@@ -14,7 +14,7 @@ RNG states, counters, the carried observation/done flag, and the log of actions 
 received. EnvPool cannot serialize its environments, so resuming remakes them with the run's seed
 and replays that log (env steps only, no inference): a resumed run then continues exactly as the
 uninterrupted run would have (bit-identical on CPU). Replay costs env-only stepping of the steps
-already done.
+already done. With ``--loss penalty`` the adapted KL coefficient is part of the checkpoint too.
 
 Data-parallel (``torchrun``, a distributed ``DistContext``): every rank steps its own
 ``num_envs`` environments (seeded with ``rank_seed``), ``global_step`` counts all ranks' steps,
@@ -35,6 +35,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import signal
@@ -60,6 +61,20 @@ from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_co
 METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
                 "entropy": "losses/entropy", "approx_kl": "losses/approx_kl",
                 "old_approx_kl": "losses/old_approx_kl", "clipfrac": "losses/clipfrac"}
+# --loss penalty: KL(pi_old || pi) after the update (what beta adapts to), and the beta it used
+KL_METRIC, KL_COEF_METRIC = "losses/kl", "losses/kl_coef"
+
+
+def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
+    """PPO-penalty's adaptive beta (Schulman et al. 2017, section 4), once per update from
+    ``kl``, the mean KL(pi_old || pi) of the update's batch after its epochs: halved when ``kl < kl_target / 1.5``, doubled when ``kl > 1.5 *
+    kl_target``, else kept. A NaN KL keeps it. Halving and doubling are
+    exact in floating point, so a resumed run adapts exactly as the uninterrupted one."""
+    if kl < kl_target / 1.5:
+        return kl_coef / 2
+    if kl > 1.5 * kl_target:
+        return kl_coef * 2
+    return kl_coef
 
 
 class NonFiniteError(RuntimeError):
@@ -106,14 +121,22 @@ class Trainer:
         else:
             action_shape, action_dtype = (), torch.int64
             self.env_action_dtype = np.uint8 if act_space.n <= 256 else np.int32
+        # PPO-penalty: the buffer keeps the old policy's parameters for the KL term, and beta
+        # (checkpointed) adapts after every update.
+        self.penalty = config.loss == "penalty"
+        self.kl_coef = config.kl_coef
+        old_policy = None
+        if self.penalty:
+            old_policy = ("gaussian", act_space.shape[0]) if self.envs.continuous else \
+                ("categorical", int(act_space.n))
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, obs_space.shape,
                                     obs_dtype, action_shape, action_dtype, self.device,
-                                    noise_shape=action_shape, parts=self.envs.slices)
+                                    noise_shape=action_shape, parts=self.envs.slices,
+                                    old_policy=old_policy)
         # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
         # normalizes advantages with cross-rank statistics and all-reduces the gradients.
         numba, compiled = use_numba_policy(config, self.agent, self.device), \
             use_compile(config, self.device)
-        self.hot_paths = "numba" if numba else "torch.compile" if compiled else "torch"
         self.act = make_act(self.agent, numba, compiled)
         reduce_gradients = functools.partial(allreduce_gradients, ctx=self.ctx) \
             if self.ctx.distributed else _no_reduction
@@ -121,6 +144,9 @@ class Trainer:
                                   _make_loss_fn(config, self.envs.continuous,
                                                 not self.ctx.distributed and config.norm_adv),
                                   reduce_gradients, numba, compiled)
+        torch_paths = "torch.compile" if compiled else "torch"
+        self.hot_paths = ("numba" if self.step.numba else f"numba (policy) and {torch_paths}") \
+            if numba else torch_paths
         # None, or ``hook(step)`` called in place of each minibatch step, ``step()`` being the
         # step itself; it returns what the step returns (train's ``minibatch_hook``).
         self.minibatch_hook: Callable | None = None
@@ -136,7 +162,7 @@ class Trainer:
         self.buffer.set_next_obs(self.envs.reset())
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "config": self.config.to_dict(),
             "agent": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -149,6 +175,9 @@ class Trainer:
             "recent_returns": list(self.recent_returns),
             "env_actions": [torch.from_numpy(a) for a in self.env_actions],
         }
+        if self.penalty:
+            state["kl_coef"] = self.kl_coef  # the adapted beta the next update uses
+        return state
 
     def load_state_dict(self, state: dict, fresh_envs: bool = False) -> None:
         """Continue from a checkpoint: replay the logged env actions so the envs are where the
@@ -170,6 +199,8 @@ class Trainer:
             self.envs.load_state_dict(state["env"])
             self.buffer.load_state_dict(state["buffer"])
         self.global_step, self.update = int(state["global_step"]), int(state["update"])
+        if self.penalty:
+            self.kl_coef = float(state["kl_coef"])
         self.recent_returns.extend(state["recent_returns"])
         restore_rng_state(state["rng"])
 
@@ -244,18 +275,32 @@ class Trainer:
         (means over the minibatches taken, weighted by their rows; data-parallel: by the rows of
         all ranks) under CleanRL's metric names. Explained variance is that of this rank's batch.
 
+        With --loss penalty the old policy's parameters are recorded first (the policy is still
+        the one that collected the rollout), every minibatch adds beta times its KL, and after
+        the epochs beta adapts (:func:`adapt_kl_coef`) to ``losses/kl``, the mean
+        KL(pi_old || pi) over the batch's valid rows with the updated policy, as in the PPO
+        paper (one no-grad forward over the batch; over all ranks' rows, so every rank adapts
+        alike). ``losses/kl_coef`` is the beta this update used.
+
         A minibatch made only of reset steps (weight 0) teaches nothing: a single process skips
         it; a data-parallel rank still joins the gradient all-reduce with weight 0.
         """
         cfg, buf, ctx = self.config, self.buffer, self.ctx
+        if self.penalty:
+            buf.record_old_policy(self.agent, cfg.minibatch_size)
         b_weights = buf.flat("valid").float()
         b_adv = advantages.reshape(-1)
         self.step.set_batch({"obs": buf.flat("obs"), "actions": buf.flat("actions"),
                              "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
-                             "returns": returns.reshape(-1), "weights": b_weights})
+                             "returns": returns.reshape(-1), "weights": b_weights,
+                             **buf.old_policy_batch()},
+                            kl_coef=self.kl_coef if self.penalty else None)
         M, mb_size = cfg.num_minibatches, cfg.minibatch_size
-        # one row per minibatch taken: loss, grad norm, the six statistics, weight, position
-        records = torch.zeros(cfg.update_epochs * M, 10, device=self.device)
+        names = STAT_NAMES
+        S = len(names)
+        W, POS, APPROX_KL = 2 + S, 3 + S, 2 + names.index("approx_kl")  # columns of records
+        # one row per minibatch taken: loss, grad norm, the S statistics, weight, position
+        records = torch.zeros(cfg.update_epochs * M, S + 4, device=self.device)
         taken = 0
         for epoch in range(cfg.update_epochs):
             perm = torch.randperm(cfg.batch_size, device=self.device)
@@ -273,20 +318,20 @@ class Trainer:
                     loss, stats, grad_norm = self.minibatch_hook(
                         functools.partial(self.step, idx, adv, mb_weights[m]))
                 row = records[taken]
-                row[0], row[1], row[8], row[9] = loss, grad_norm, mb_weights[m], epoch * M + m
-                row[2:8] = stats
+                row[0], row[1], row[W], row[POS] = loss, grad_norm, mb_weights[m], epoch * M + m
+                row[2:W] = stats
                 taken += 1
             if cfg.target_kl is not None and taken:
-                kl = records[taken - 1, 5]
+                kl = records[taken - 1, APPROX_KL]
                 if ctx.distributed:
-                    if kl_early_stop(kl, records[taken - 1, 8], cfg.target_kl, ctx):
+                    if kl_early_stop(kl, records[taken - 1, W], cfg.target_kl, ctx):
                         break  # sync (once per epoch), the same decision on every rank
                 elif float(kl) > cfg.target_kl:  # sync (once per epoch)
                     break
         records = records[:taken]
         ev = explained_variance(buf.flat("values"), returns.reshape(-1), buf.flat("valid"))
-        weight = records[:, 8]
-        totals = torch.cat([(records[:, 2:8] * weight[:, None]).sum(0), weight.sum()[None]])
+        weight = records[:, W]
+        totals = torch.cat([(records[:, 2:W] * weight[:, None]).sum(0), weight.sum()[None]])
         totals = allreduce_sum(totals, ctx)
         means = totals[:-1] / totals[-1]
         finite = records[:, :2].isfinite()
@@ -295,13 +340,18 @@ class Trainer:
         if bad.numel():
             first = int(bad[0, 0])
             quantity = "loss" if not bool(finite[first, 0]) else "gradient norm"
-            epoch, minibatch = divmod(int(records[first, 9]), M)
+            epoch, minibatch = divmod(int(records[first, POS]), M)
             raise NonFiniteError(
                 f"non-finite {quantity} at global step {self.global_step} (update "
                 f"{self.update + 1}, epoch {epoch + 1}, minibatch {minibatch + 1}); training "
                 "stopped, the last good checkpoint is kept")
-        metrics = {METRIC_NAMES[k]: v for k, v in zip(STAT_NAMES, values)}
+        metrics = {METRIC_NAMES[k]: v for k, v in zip(names, values)}
         metrics["losses/explained_variance"] = values[-1]
+        if self.penalty:
+            kl_sum, weight_sum = allreduce_sum(buf.policy_kl(self.agent, mb_size), ctx).tolist()
+            metrics[KL_METRIC] = kl = kl_sum / weight_sum if weight_sum > 0 else math.nan
+            metrics[KL_COEF_METRIC] = self.kl_coef
+            self.kl_coef = adapt_kl_coef(self.kl_coef, kl, cfg.kl_target)
         return metrics
 
 
@@ -333,9 +383,13 @@ def _make_loss_fn(config: PPOConfig, continuous: bool, normalize_advantages: boo
     kwargs = dict(clip_coef=config.clip_coef, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
                   clip_vloss=config.clip_vloss, normalize_advantages=normalize_advantages,
                   backend=config.kernels)
+    if config.loss == "penalty":  # the unclipped surrogate and value loss, plus beta * KL
+        kwargs.update(clip_coef=None, clip_vloss=False)
 
-    def loss_fn(*args, weights):
-        return op(*args, weights=weights, **kwargs)
+    def loss_fn(*args, weights, **penalty):
+        """``penalty``: the old policy's parameters (``old_logits``, or ``old_mean`` and
+        ``old_log_std``) and ``kl_coef``, with --loss penalty."""
+        return op(*args, weights=weights, **kwargs, **penalty)
 
     loss_fn.normalize_advantages = normalize_advantages
     return loss_fn

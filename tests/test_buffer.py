@@ -1,5 +1,7 @@
 """Rollout buffer: time-major layout, reset-step masking, done carried across rollouts."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -74,4 +76,88 @@ def test_trainer_masks_reset_steps_with_zero_weight():
     rows = sorted(zip(old_values.tolist(), weights.tolist()))
     expected = sorted(zip(buf.flat("values").tolist(), buf.flat("valid").float().tolist()))
     assert rows == expected
+    trainer.envs.close()
+
+
+def test_old_policy_storage_only_with_the_penalty():
+    """The old policy's parameters take memory only when asked for: logits (T, N, A), or the
+    Gaussian's mean (T, N, D) and one (D,) log-std; record_old_policy fills them from the
+    agent at every observation, in chunks of any size."""
+    from fastppo.agent import Agent
+
+    cpu = torch.device("cpu")
+    plain = RolloutBuffer(T, N, (4,), torch.float32, (), torch.int64, cpu)
+    assert plain.old_logits is None and plain.old_mean is None and plain.old_log_std is None
+    assert plain.old_policy_batch() == {}
+    plain.record_old_policy(None, 4)  # nothing to record
+
+    torch.manual_seed(0)
+    for kind, continuous in (("categorical", False), ("gaussian", True)):
+        agent = Agent("mlp", (4,), 3, continuous)
+        if continuous:
+            agent.log_std.data.copy_(torch.tensor([[0.1, -0.2, 0.3]]))
+        buf = RolloutBuffer(T, N, (4,), torch.float32, (3,) if continuous else (),
+                            torch.float32 if continuous else torch.int64, cpu,
+                            old_policy=(kind, 3))
+        buf.obs.copy_(torch.randn(T, N, 4))
+        buf.record_old_policy(agent, chunk_rows=4)  # 15 rows: chunks of 4, 4, 4, 3
+        with torch.no_grad():
+            expected = agent(buf.flat("obs"))[0][0]
+        batch = buf.old_policy_batch()
+        if continuous:
+            assert buf.old_logits is None and buf.old_mean.shape == (T, N, 3)
+            assert set(batch) == {"old_mean", "old_log_std"}
+            torch.testing.assert_close(batch["old_mean"], expected, rtol=1e-6, atol=1e-7)
+            assert batch["old_log_std"].shape == (3,)
+            assert torch.equal(batch["old_log_std"], agent.log_std.detach().reshape(-1))
+        else:
+            assert buf.old_mean is None and buf.old_log_std is None
+            assert buf.old_logits.shape == (T, N, 3) and set(batch) == {"old_logits"}
+            torch.testing.assert_close(batch["old_logits"], expected, rtol=1e-6, atol=1e-7)
+        assert not batch[next(iter(batch))].requires_grad
+
+
+def test_penalty_trainer_hands_each_row_its_old_logits_and_beta():
+    """--loss penalty: the trainer records the policy that collected the rollout (the agent
+    before the update), and each minibatch's loss gets the old logits of its own rows, the
+    current beta, no clipping; a clip trainer keeps no old policy at all."""
+    import copy
+
+    clip = Trainer(make_config("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
+                               update_epochs=1, tensorboard=False), "unused")
+    assert clip.buffer.old_logits is None and clip.buffer.old_mean is None
+    clip.envs.close()
+    config = make_config("CartPole-v1", num_envs=4, num_steps=16, num_minibatches=2,
+                         update_epochs=1, tensorboard=False, loss="penalty", kl_coef=0.3)
+    trainer = Trainer(config, "unused")
+    assert trainer.buffer.old_logits.shape == (16, 4, 2)
+    trainer.start()
+    trainer.collect_rollout()
+    before = copy.deepcopy(trainer.agent)
+    seen = []
+    inner = trainer.step.loss_fn
+
+    def recording_loss_fn(*args, weights, **penalty):
+        seen.append((args[-2].clone(), penalty["old_logits"].clone(), penalty["kl_coef"]))
+        return inner(*args, weights=weights, **penalty)
+
+    trainer.step.loss_fn = recording_loss_fn
+    metrics = trainer.update_policy(*trainer.compute_advantages())
+    assert metrics["losses/kl_coef"] == 0.3 and metrics["losses/kl"] >= 0
+    assert metrics["losses/clipfrac"] == 0.0
+    with torch.no_grad():
+        expected = before.actor(trainer.buffer.flat("obs"))
+    by_value = dict(zip(trainer.buffer.flat("values").tolist(), expected))
+    assert len(seen) == 2 and all(beta == 0.3 for _, _, beta in seen)
+    for old_values, old_logits, _ in seen:
+        for value, row in zip(old_values.tolist(), old_logits):
+            torch.testing.assert_close(row, by_value[value], rtol=1e-6, atol=1e-7)
+    # losses/kl: KL(pi_old || pi) of the updated agent, a mean over the valid rows
+    with torch.no_grad():
+        new = trainer.agent.actor(trainer.buffer.flat("obs"))
+    kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=expected),
+                                           torch.distributions.Categorical(logits=new))
+    valid = trainer.buffer.flat("valid")
+    assert float(kl[valid].mean()) > 0
+    assert math.isclose(metrics["losses/kl"], float(kl[valid].mean()), rel_tol=1e-5)
     trainer.envs.close()

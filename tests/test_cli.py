@@ -50,6 +50,7 @@ def test_unknown_env_id_suggests_closest_and_creates_nothing(tmp_path, capsys):
     (["CartPole-v1", "--gamma", "2"], ["gamma"]),
     (["CartPole-v1", "--device", "cuda"], ["--device"]),
     (["CartPole-v1", "--ent-coef", "nan"], ["--ent-coef"]),
+    (["CartPole-v1", "--loss", "kl"], ["--loss", "invalid choice: 'kl'"]),
 ])
 def test_impossible_settings_fail_before_work(tmp_path, capsys, argv, needles):
     if "--device" in argv:
@@ -247,7 +248,8 @@ def test_eval_falls_back_from_a_corrupted_checkpoint(tmp_path, capsys, monkeypat
         run / "checkpoints" / "ckpt_000000000096.pt")
     ckpt = run / "checkpoints" / "ckpt_000000000096.pt"
     data = bytearray(ckpt.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    for i in range(len(data) // 2, len(data) // 2 + 64):  # flipped, so never the same bytes
+        data[i] ^= 0xFF
     ckpt.write_bytes(bytes(data))
     seen = {}
 
@@ -286,6 +288,37 @@ def test_resume_says_which_global_step_it_continues_from(tmp_path, capsys, monke
     assert call["config"].total_timesteps == 128
 
 
+def test_penalty_runs_and_runs_from_before_the_penalty_settings_resume(tmp_path, capsys,
+                                                                       monkeypatch):
+    """A --loss penalty checkpoint must hold its adapted beta (kl_coef); a run whose config.json
+    and checkpoint predate the penalty settings resumes as the clip run it was."""
+    from fastppo.checkpoint import save_checkpoint
+    from fastppo.config import ADDED_SETTINGS
+
+    calls = _fake_train(monkeypatch)
+    run, state = _fake_run(tmp_path, "penalty", loss="penalty", kl_coef=0.5)
+    _one_line(_fails(["train", "--resume", str(run)], capsys, "--resume: ",
+                     "['kl_coef'] are missing"))
+    save_checkpoint(run, {**state, "kl_coef": 0.25}, 64)
+    assert main(["train", "--resume", str(run), "--total-timesteps", "128"]) == 0
+    assert calls[-1]["config"].loss == "penalty" and calls[-1]["state"]["kl_coef"] == 0.25
+    _fails(["train", "--resume", str(run), "--kl-target", "0.02"], capsys,
+           "--kl-target cannot change when resuming")
+
+    old, state = _fake_run(tmp_path, "old")
+    _edit_config(old, **{k: dataclasses.MISSING for k in ADDED_SETTINGS})
+    save_checkpoint(old, {**state, "config": {k: v for k, v in state["config"].items()
+                                              if k not in ADDED_SETTINGS}}, 64)
+    assert main(["train", "--resume", str(old), "--total-timesteps", "128"]) == 0
+    assert calls[-1]["config"].loss == "clip"
+    # a new penalty run may turn value clipping off (it has none anyway)
+    assert main(["train", "CartPole-v1", "--loss", "penalty", "--no-clip-vloss", "--kl-coef",
+                 "2", "--run-dir", str(tmp_path / "new")]) == 0
+    config = calls[-1]["config"]
+    assert (config.loss, config.kl_coef, config.kl_target, config.clip_vloss) == \
+        ("penalty", 2.0, 0.01, False)
+
+
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, capsys,
                                                                           monkeypatch):
     calls = _fake_train(monkeypatch)
@@ -320,6 +353,22 @@ def test_start_over_drops_the_old_metrics(tmp_path):
     (["train", "CartPole-v1", "--max-grad-norm", "inf"], ["--max-grad-norm: expected a finite"]),
     (["train", "CartPole-v1", "--target-kl", "nan"], ["--target-kl: expected a finite number"]),
     (["train", "CartPole-v1", "--seed", "-1"], ["--seed: expected an integer in [0, 2**30)"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--kl-coef", "-1"],
+     ["--kl-coef: expected a nonnegative number, got -1.0"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--kl-coef", "inf"],
+     ["--kl-coef: expected a finite number, got inf"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--kl-target", "0"],
+     ["--kl-target: expected a positive number, got 0.0"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--kl-target", "nan"],
+     ["--kl-target: expected a finite number, got nan"]),
+    (["train", "CartPole-v1", "--kl-coef", "0.5"],
+     ["--kl-coef: only used with --loss penalty (this run has --loss clip)"]),
+    (["train", "CartPole-v1", "--loss", "clip", "--kl-target", "0.02"],
+     ["--kl-target: only used with --loss penalty (this run has --loss clip)"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--clip-coef", "0.1"],
+     ["--clip-coef: --loss penalty has no clipping"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--clip-vloss"],
+     ["--clip-vloss: --loss penalty has no clipping"]),
     (["train", "CartPole-v1", "--episodic-life"], ["--episodic-life: only EnvPool's Atari"]),
     (["train", "CartPole-v1", "--reward-clip"], ["--reward-clip: only EnvPool's Atari"]),
     (["train", "CartPole-v1", "--run-dir", "/proc/fastppo-run"],

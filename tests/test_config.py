@@ -122,6 +122,45 @@ def test_from_dict_needs_every_setting():
         PPOConfig.from_dict(data)
 
 
+def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path):
+    """Settings added later (ADDED_SETTINGS) take their default when a config.json written
+    before them lacks them: an old run resumes and evaluates as the clip run it was. Every
+    other setting stays required."""
+    from fastppo.config import ADDED_SETTINGS, read_run_config
+
+    assert ADDED_SETTINGS == ("loss", "kl_coef", "kl_target")
+    old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = read_run_config(tmp_path)
+    assert config == make_config("Pong-v5")
+    assert (config.loss, config.kl_coef, config.kl_target) == ("clip", 1.0, 0.01)
+    partial = {**old, "loss": "penalty"}  # present ones are kept and checked
+    assert PPOConfig.from_dict(partial).loss == "penalty"
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        PPOConfig.from_dict({**old, "loss": "kl"})
+    del old["clip_coef"]
+    with pytest.raises(ValueError, match=r"missing settings \['clip_coef'\]"):
+        PPOConfig.from_dict(old)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    (dict(loss="kl"), "loss: expected one of ('clip', 'penalty'), got 'kl'"),
+    (dict(kl_coef=-0.5), "kl_coef: expected a nonnegative number, got -0.5"),
+    (dict(kl_coef=float("nan")), "kl_coef: expected a finite number, got nan"),
+    (dict(kl_coef=float("inf")), "kl_coef: expected a finite number, got inf"),
+    (dict(kl_coef="1"), "kl_coef: expected a number, got '1' (a str)"),
+    (dict(kl_target=0.0), "kl_target: expected a positive number, got 0.0"),
+    (dict(kl_target=-0.01), "kl_target: expected a positive number, got -0.01"),
+    (dict(kl_target=float("inf")), "kl_target: expected a finite number, got inf"),
+])
+def test_ppo_penalty_settings_are_checked(settings, needle):
+    with pytest.raises(ValueError) as info:
+        PPOConfig(**{"loss": "penalty", **settings})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert PPOConfig(loss="penalty", kl_coef=0.0).kl_coef == 0.0  # 0: the unclipped surrogate
+    assert type(PPOConfig(kl_coef=2).kl_coef) is float
+
+
 @pytest.mark.parametrize("text, needle", [
     ("null", "config.json: expected an object of settings, got null"),
     ("[1]", "config.json: expected an object of settings, got a list"),
@@ -155,7 +194,8 @@ RESOLVED_PRESETS = {
         env_id="CartPole-v1", preset="classic", seed=1, total_timesteps=200_000, num_envs=8,
         num_steps=128, learning_rate=0.0025, anneal_lr=True, num_minibatches=4, update_epochs=4,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
-        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, episodic_life=False,
+        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
+        kl_coef=1.0, kl_target=0.01, episodic_life=False,
         reward_clip=False, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
         network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
@@ -165,7 +205,8 @@ RESOLVED_PRESETS = {
         env_id="HalfCheetah-v4", preset="mujoco", seed=1, total_timesteps=1_000_000, num_envs=1,
         num_steps=2048, learning_rate=0.0003, anneal_lr=True, num_minibatches=32, update_epochs=10,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
-        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, episodic_life=False,
+        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
+        kl_coef=1.0, kl_target=0.01, episodic_life=False,
         reward_clip=False, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
         network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
@@ -175,7 +216,8 @@ RESOLVED_PRESETS = {
         env_id="Pong-v5", preset="atari", seed=1, total_timesteps=10_000_000, num_envs=8,
         num_steps=128, learning_rate=0.00025, anneal_lr=True, num_minibatches=4, update_epochs=4,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
-        clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, episodic_life=True,
+        clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, loss="clip",
+        kl_coef=1.0, kl_target=0.01, episodic_life=True,
         reward_clip=True, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
         network="nature_cnn", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=0, checkpoint_every=50, tensorboard=True,

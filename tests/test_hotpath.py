@@ -125,6 +125,84 @@ def test_compiled_step_equals_eager_and_never_recompiles():
     np.testing.assert_array_equal(eager.env_actions[0], compiled.env_actions[0])
 
 
+@pytest.mark.slow
+def test_compiled_penalty_step_equals_eager_and_beta_never_recompiles(tmp_path):
+    """--loss penalty under torch.compile: the fused op takes kl_coef as a Python float, which a
+    compiled graph would hold as a constant (measured: one graph per beta), so the step compiles
+    the agent's forward alone and calls the op eagerly. Beta changes from update to update here
+    (kl_target 1e-5), and nothing recompiles after the first update; the numbers are eager's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fastppo.logger import read_metrics
+    from fastppo.train import train
+
+    def run(compile, name):
+        config = make_config("CartPole-v1", num_envs=4, num_steps=32, num_minibatches=2,
+                             update_epochs=2, total_timesteps=4 * 128, tensorboard=False,
+                             checkpoint_every=0, policy_kernel="torch", compile=compile,
+                             loss="penalty", kl_target=1e-5)
+        trainer = train(config, tmp_path / name, progress=False)["trainer"]
+        return trainer, [r["losses/kl_coef"] for r in read_metrics(tmp_path / name)
+                         if "losses/kl_coef" in r]
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, eager_betas = run("off", "eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled, betas = run("on", "compiled")
+    assert compiled.hot_paths == "torch.compile" and not compiled.step.numba
+    assert betas == eager_betas and betas[1] != betas[0]  # a new beta after the first update
+    assert counters["stats"]["unique_graphs"] >= 3  # policy call, forward, clip + Adam
+    for p, q in zip(eager.agent.parameters(), compiled.agent.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_gaussian_penalty_gradients_equal_eager():
+    """The compiled forward hands the op an expand of the log-std parameter (an output that
+    aliases a graph input): the gradients of one penalty minibatch, from the same parameters
+    and a changed policy (so the KL term has gradient), are eager's. (Whole runs are not
+    compared: Adam turns rounding in the near-zero early log-std gradients into whole steps.)"""
+    grads = []
+    for compile in ("off", "on"):
+        torch.manual_seed(0)
+        trainer = _trainer("HalfCheetah-v4", num_envs=2, num_steps=32, num_minibatches=2,
+                           policy_kernel="torch", compile=compile, loss="penalty",
+                           norm_obs=False, norm_reward=False)
+        trainer.collect_rollout()
+        advantages, returns = trainer.compute_advantages()
+        buf = trainer.buffer
+        buf.record_old_policy(trainer.agent, 32)
+        with torch.no_grad():
+            trainer.agent.actor[0].weight.mul_(1.1)
+            trainer.agent.log_std.add_(0.1)
+        trainer.step.set_batch({"obs": buf.flat("obs"), "actions": buf.flat("actions"),
+                                "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
+                                "returns": returns.reshape(-1),
+                                "weights": buf.flat("valid").float(), **buf.old_policy_batch()},
+                               kl_coef=3.0)
+        kl_sum, weight_sum = buf.policy_kl(trainer.agent, 32)
+        assert kl_sum / weight_sum > 1e-3  # the KL of the changed policy
+        loss, stats = trainer.step._grads(torch.arange(32), advantages.reshape(-1))
+        grads.append([loss, stats, *(p.grad.clone() for p in trainer.agent.parameters())])
+        trainer.envs.close()
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fused_numba_step_is_clip_only():
+    """--loss penalty keeps the Numba policy call for the rollout but takes the generic
+    minibatch step (agent forward + the fused op with the old policy)."""
+    clip, penalty = _trainer(), _trainer(loss="penalty")
+    assert clip.hot_paths == "numba" and clip.step.numba
+    assert penalty.hot_paths == "numba (policy) and torch" and not penalty.step.numba
+    penalty.collect_rollout()
+    metrics = penalty.update_policy(*penalty.compute_advantages())
+    assert metrics["losses/kl"] > 0 and metrics["losses/kl_coef"] == 1.0
+    clip.envs.close(), penalty.envs.close()
+
+
 def test_policy_kernel_and_async_settings_are_checked():
     with pytest.raises(ValueError, match="policy_kernel"):
         _trainer("Pong-v5", policy_kernel="numba", num_envs=2, num_steps=8)

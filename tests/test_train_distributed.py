@@ -62,6 +62,25 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
     assert obs_count > 5 * steps_per_update
 
 
+def test_two_ranks_adapt_the_same_kl_coef(tmp_path):
+    """--loss penalty: beta adapts from the update's KL averaged over both ranks' rows, so both
+    ranks use the same beta and keep bitwise-equal parameters; rank 0 logs and saves it."""
+    run_dir = tmp_path / "run"
+    steps_per_update = 2 * 4 * 32
+    _torchrun_train("CartPole-v1", "--run-dir", str(run_dir), "--num-envs", "4",
+                    "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2",
+                    "--loss", "penalty", "--kl-target", "1e-4", "--no-tensorboard",
+                    "--total-timesteps", str(3 * steps_per_update), FASTPPO_PARAM_HASHES="1")
+    rank0, rank1 = _hashes(run_dir, 0), _hashes(run_dir, 1)
+    assert [u for u, _ in rank0] == [1, 2, 3] and rank0 == rank1
+    updates = [m for m in read_metrics(run_dir) if "charts/SPS" in m]
+    betas = [m["losses/kl_coef"] for m in updates]
+    assert betas[0] == 1.0 and len(set(betas)) > 1, betas  # adapted (and identically so)
+    assert all(m["losses/kl"] > 0 for m in updates)
+    assert load_latest_checkpoint(run_dir)["kl_coef"] in (betas[-1] / 2, betas[-1],
+                                                          betas[-1] * 2)
+
+
 def test_run_dir_refused_by_rank_0_ends_every_rank(tmp_path):
     """Rank 0 alone checks the run dir; its refusal reaches the other rank (no hang)."""
     (tmp_path / "old.txt").write_text("x")
