@@ -319,6 +319,26 @@ def _accumulate(rmask, c, ent, pg, vl, kl, okl, cf, pkl, stats_ptr, loss_ptr, vf
 
 
 @triton.jit
+def _forward_head(logp, ent, pkl, r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                  ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr, loss_ptr, clip_hi,
+                  clip_lo, lo_hi, lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo, kl_hi,
+                  kl_lo, CLIP: tl.constexpr, CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr,
+                  HAS_OLD: tl.constexpr, COMPUTE: tl.constexpr):
+    """The end of both forwards, once a block's log-prob, entropy and KL (``pkl``) are known:
+    load its rows, the per-row head, and add the weighted sums into loss and stats."""
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
+    clip = _coef(clip_hi, clip_lo, COMPUTE)
+    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, clip,
+                                    _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                    CLIP, CLIP_VLOSS)
+    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, pkl, stats_ptr, loss_ptr,
+                _coef(vf_hi, vf_lo, COMPUTE), _coef(ent_hi, ent_lo, COMPUTE),
+                _coef(kl_hi, kl_lo, COMPUTE), CLIP, HAS_OLD)
+
+
+@triton.jit
 def _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE: tl.constexpr):
     """(logit of the taken action, action in [0, A)) per row; an out-of-range action is never
     dereferenced."""
@@ -414,16 +434,10 @@ def _categorical_forward_kernel(
 
     za, _, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
     logp = tl.where(ok, za - lse, float("nan"))
-    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
-                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
-                                          HAS_W, COMPUTE)
-    clip = _coef(clip_hi, clip_lo, COMPUTE)
-    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, clip,
-                                    _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
-                                    CLIP, CLIP_VLOSS)
-    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, pkl, stats_ptr, loss_ptr,
-                _coef(vf_hi, vf_lo, COMPUTE), _coef(ent_hi, ent_lo, COMPUTE),
-                _coef(kl_hi, kl_lo, COMPUTE), CLIP, HAS_OLD)
+    _forward_head(logp, ent, pkl, r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr,
+                  s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr, loss_ptr, clip_hi, clip_lo, lo_hi,
+                  lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo, kl_hi, kl_lo, CLIP,
+                  CLIP_VLOSS, HAS_W, HAS_OLD, COMPUTE)
 
 
 @triton.jit
@@ -536,16 +550,10 @@ def _gaussian_forward_kernel(
             kterm = (ls - ols) + 0.5 * (r * r + dm * dm) - 0.5
             pkl += tl.sum(tl.where(mask, kterm, 0.0), 1)
     tl.store(rows_ptr + r64, logp, mask=rmask)
-    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
-                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
-                                          HAS_W, COMPUTE)
-    clip = _coef(clip_hi, clip_lo, COMPUTE)
-    pg, vl, kl, okl, cf = _head_row(logp, old, adv, v, ov, ret, clip,
-                                    _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
-                                    CLIP, CLIP_VLOSS)
-    _accumulate(rmask, cw, ent, pg, vl, kl, okl, cf, pkl, stats_ptr, loss_ptr,
-                _coef(vf_hi, vf_lo, COMPUTE), _coef(ent_hi, ent_lo, COMPUTE),
-                _coef(kl_hi, kl_lo, COMPUTE), CLIP, HAS_OLD)
+    _forward_head(logp, ent, pkl, r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr,
+                  s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr, loss_ptr, clip_hi, clip_lo, lo_hi,
+                  lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo, kl_hi, kl_lo, CLIP,
+                  CLIP_VLOSS, HAS_W, HAS_OLD, COMPUTE)
 
 
 @triton.jit
