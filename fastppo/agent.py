@@ -55,9 +55,8 @@ class Agent(nn.Module):
             self.actor = layer_init(nn.Linear(512, action_dim), std=0.01)
             self.critic = layer_init(nn.Linear(512, 1), std=1.0)
             self.scale = 1.0 / 255.0
-            # channels_last (NHWC), oneDNN's and cuDNN's preferred conv layout: on the CPU it
-            # measured faster for the minibatch step and no slower for the policy call
-            # (bench/cnn_cpu.py)
+            # channels_last (NHWC), oneDNN's and cuDNN's preferred conv layout (bench/cnn_cpu.py
+            # compares it with NCHW)
             self.to(memory_format=torch.channels_last)
         elif network == "mlp":
             (in_dim,) = obs_shape

@@ -11,8 +11,8 @@ Presets (published settings, see the README for citations):
   lr 3e-4 annealed, clip 0.2, ent 0, 64-64 tanh MLPs, observation normalization and reward
   scaling (clipped to +-10), actions clipped to the action space, 1M steps.
 * ``classic`` a small 64-64 tanh MLP tuned so that CartPole-v1 reaches a return of 500 within
-  200k steps in about a minute on two CPU cores: 8 envs x 128 steps, 4 minibatches, 4 epochs,
-  lr 2.5e-3 annealed, clip 0.2, ent 0, one torch thread.
+  200k steps: 8 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-3 annealed, clip 0.2, ent 0,
+  one torch thread (runs and times: bench/README.md).
 
 The dataclass defaults are the ``classic`` preset; :data:`PRESET_SETTINGS` holds what each other
 preset changes. A preset only supplies defaults: what a run does follows its settings (e.g.
@@ -334,7 +334,7 @@ PRESET_SETTINGS: dict[str, dict] = {
         total_timesteps=1_000_000, num_envs=1, num_steps=2048, learning_rate=3e-4,
         num_minibatches=32, update_epochs=10, norm_obs=True, norm_reward=True,
     ),
-    # Tuned here for CartPole-class tasks (see the README for the measurement): the defaults.
+    # Tuned here for CartPole-class tasks (the runs: bench/README.md, learning.py): the defaults.
     "classic": dict(),
 }
 

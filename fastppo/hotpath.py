@@ -23,10 +23,10 @@ each path is built by the compiler that wins on the device (DESIGN.md, "The hot 
 PPO-penalty (``--loss penalty``) takes the generic path for the minibatch step (the fused Numba
 step is PPO-clip only; the Numba policy call still serves the rollout): the agent's forward,
 then the fused op with the old policy's parameters and ``kl_coef=beta``. The op takes its
-coefficients as Python floats, which ``torch.compile`` bakes into the graph (measured: every new
-beta compiled a new graph), so under ``torch.compile`` the penalty step compiles the agent's
-forward (and its backward) alone and calls the fused op eagerly after it: beta changes every
-update without a recompile.
+coefficients as Python floats, which ``torch.compile`` bakes into the graph as constants (a new
+beta would compile a new graph), so under ``torch.compile`` the penalty step compiles the
+agent's forward (and its backward) alone and calls the fused op eagerly after it: beta changes
+every update without a recompile (``tests/test_hotpath.py`` checks it).
 
 The sampling noise is an input (``Agent.noise``, drawn for the whole rollout from torch's
 generator), so every path samples the same actions for the same noise and a resumed run
@@ -54,9 +54,11 @@ def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> b
 
 
 def use_compile(config: PPOConfig, device: torch.device) -> bool:
-    """Whether ``torch.compile`` builds the torch paths (``--compile``). Auto: on for CUDA, and
-    for the CNN on the CPU, where it measured faster end to end (bench/e2e.py); off for MLPs on
-    the CPU, whose compiled calls cost more than eager ones (the Numba kernels serve them)."""
+    """Whether ``torch.compile`` builds the torch paths (``--compile``). Auto: on for CUDA (under
+    CUDA graphs), and for the CNN on the CPU, where the compiled policy call also fuses the uint8
+    conversion and the sampling; off for MLPs on the CPU, whose ops are too small for a compiled
+    call's fixed cost to pay off (the Numba kernels serve them). bench/README.md, "Design
+    measurements", has the end-to-end numbers."""
     if config.compile == "auto":
         return device.type == "cuda" or config.network == "nature_cnn"
     return config.compile == "on"
@@ -65,7 +67,8 @@ def use_compile(config: PPOConfig, device: torch.device) -> bool:
 def use_async_envs(config: PPOConfig, device: torch.device) -> bool:
     """Whether the envs are stepped as two alternating parts (``--async-envs``). Auto: with 2
     or more envs, unless a CNN runs on the CPU (there its inference wants every core, and
-    EnvPool's threads stepping beside it measured slower than the synchronous loop)."""
+    EnvPool's threads stepping beside it would compete for them; bench/README.md, "Design
+    measurements")."""
     if config.async_envs == "on" and config.num_envs < 2:
         raise ValueError(f"async_envs: 'on' needs at least 2 envs, got num_envs={config.num_envs}")
     if config.async_envs == "auto":

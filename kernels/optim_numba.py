@@ -1,11 +1,12 @@
 """Gradient-norm clipping and an Adam step for small CPU models, one Numba call.
 
-For a network of a dozen small tensors, ``clip_grad_norm_`` and ``Adam.step`` cost tens of
-microseconds each in dispatch alone (per-tensor kernels, Python bookkeeping), more than the
-arithmetic of a whole minibatch. ``ClipAdam`` takes a ``torch.optim.Adam`` as it is and updates
-its parameters and its state (``step``, ``exp_avg``, ``exp_avg_sq``) in place, so torch keeps
-owning both: checkpoints, ``load_state_dict`` and a later ``optimizer.step()`` see the same
-tensors. The math is torch's Adam (no weight decay, no amsgrad), after clipping::
+For a network of a dozen small tensors, ``clip_grad_norm_`` and ``Adam.step`` are dominated by
+dispatch (per-tensor kernels, Python bookkeeping), not by their arithmetic, which is smaller than
+a minibatch's (bench/README.md, "Design measurements"). ``ClipAdam`` takes a
+``torch.optim.Adam`` as it is and updates its parameters and its state (``step``, ``exp_avg``,
+``exp_avg_sq``) in place, so torch keeps owning both: checkpoints, ``load_state_dict`` and a
+later ``optimizer.step()`` see the same tensors. The math is torch's Adam (no weight decay, no
+amsgrad), after clipping::
 
     norm  = sqrt(sum over all grads of g^2)
     g    *= min(1, max_norm / (norm + 1e-6))                      (clip_grad_norm_)

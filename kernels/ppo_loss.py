@@ -29,9 +29,10 @@ Backends (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) share the
 ``torch.library`` custom ops (forward, backward) with fake implementations and
 ``register_autograd``, so the loss works under ``torch.compile(fullgraph=True)``; eager calls
 skip the dispatcher layers through one ``autograd.Function`` running the same implementation
-(at CleanRL's minibatch sizes those layers cost about as much as the fused kernels). The forward
-returns ``(loss, stats, row_stats)``: ``stats`` packs the statistics (unpacked here into
-detached 0-dim tensors, no host sync) and ``row_stats`` the per-row values the backward needs.
+(at CleanRL's minibatch sizes a call is mostly fixed per-call cost, and those layers add to it;
+bench/README.md, "Design measurements"). The forward returns ``(loss, stats, row_stats)``:
+``stats`` packs the statistics (unpacked here into detached 0-dim tensors, no host sync) and
+``row_stats`` the per-row values the backward needs.
 
 Value checks that need the data (actions in [0, A), weights nonnegative and not all zero) run
 inside the forward op, never adding a host sync: the torch and Numba backends on the CPU raise
@@ -209,7 +210,7 @@ _OPS = {"categorical": _categorical_fwd, "gaussian": _gaussian_fwd}
 # ----------------------------------------------------------------------------- eager path
 # Outside torch.compile the public functions call this autograd.Function directly: same
 # implementations and saved tensors as the custom ops, without the dispatcher layers of
-# torch.library (about 2x the cost of the whole fused op at CleanRL's minibatch sizes).
+# torch.library, whose per-call cost small minibatches would otherwise pay on every call.
 
 class _Loss(torch.autograd.Function):
     @staticmethod
