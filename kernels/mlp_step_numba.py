@@ -65,11 +65,12 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from .ppo_loss_contract import NUM_STATS, Stat
+from .math32_numba import exp32
+from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
     _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
-    _advantage_stats, _categorical_backward_rows, _categorical_forward_rows, _finish,
-    _gaussian_backward_rows, _gaussian_forward_rows, exp32,
+    KernelCoefs, KernelFlags, _advantage_stats, _categorical_backward_rows,
+    _categorical_forward_rows, _finish, _gaussian_backward_rows, _gaussian_forward_rows,
 )
 
 STAT_NAMES = ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
@@ -417,11 +418,12 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
         for d in range(d_dim):
             x[r, d] = src[d]
     rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
-    coefs = (clip_coef, vf_coef, ent_coef, 0.0)  # kl_coef 0: the clip loss only
-    flags = (has_weights, clip_vloss, normalize, False)  # no old policy parameters
+    coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
+    flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     n_actor = plan[_P_ACTOR_LAYERS]
     values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
-    rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
+    rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
+                returns=rb[3], weights=rb[4])
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
@@ -432,7 +434,7 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     d_v = rb[5]
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
-    # mu, ls also stand in for the (unread: flags[3] False) old mean and log-std
+    # mu, ls also stand in for the (unread: flags.has_old False) old mean and log-std
     _gaussian_forward_rows(0, n, mu, ls, x, mu, ls, rows, coefs, flags, stats, sums[0], logp)
     _finish(sums, coefs, loss, stats)
     d_mu = _ws(ws, plan[_P_D_OUT], n, d_dim)
@@ -473,11 +475,12 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     for r in range(n):
         act[r] = actions[idx[r]]
     rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
-    coefs = (clip_coef, vf_coef, ent_coef, 0.0)  # kl_coef 0: the clip loss only
-    flags = (has_weights, clip_vloss, normalize, False)  # no old policy parameters
+    coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
+    flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     n_actor = plan[_P_ACTOR_LAYERS]
     values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
-    rows = (rb[0], rb[1], values, rb[2], rb[3], rb[4])
+    rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
+                returns=rb[3], weights=rb[4])
     err = _advantage_stats(act, a_dim, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
@@ -486,7 +489,7 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     row_stats = _ws(ws, plan[_P_ROW_STATS], n, CATEGORICAL_ROW_STATS)
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
-    # z also stands in for the (unread: flags[3] False) old logits
+    # z also stands in for the (unread: flags.has_old False) old logits
     _categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
     _finish(sums, coefs, loss, stats)
     d_z = _ws(ws, plan[_P_D_OUT], n, a_dim)

@@ -53,9 +53,9 @@ product per output for one row, ``_dense_tile`` the same for TILE = 4 rows at on
 element loaded once for the four rows); rows go in tiles of four, the last N % 4 one at a time.
 ``fastmath`` (reassociation and contraction) is on those two loops only, so LLVM sums them in
 SIMD lanes; everything else keeps IEEE order. Hidden tanh is ``tanh32``, branch-free float32
-arithmetic that vectorizes (within 2.2 ulp). The kernel runs on the calling thread (no
-``prange``: at these sizes a fork/join costs more than the work). Timings beside
-``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
+arithmetic that vectorizes (within 2.5 ulp, as tests/test_mlp_step_numba.py checks). The
+kernel runs on the calling thread (no ``prange``: at these sizes a fork/join costs more than the
+work). Timings beside ``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from ._backend import HALF_LOG_2PI
-from .ppo_loss_numba import exp32
+from .math32_numba import exp32
 
 __all__ = ["MLPPolicyKernel", "policy_noise"]
 

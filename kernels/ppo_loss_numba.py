@@ -3,8 +3,8 @@
 Implements the backend contract of ``ppo_loss_contract`` (``Rows``, ``Coefs``, ``Stat``), with
 the math of ``ppo_loss_torch`` (read its docstring for the backward derivation). Categorical and
 Gaussian share this file because they share the per-row "head" (``_head_row`` /
-``_head_grad_terms``: ratio, clipped surrogate, value loss and their gradients); only the
-log-prob/entropy/KL loops differ.
+``_head_grad_row``, the names of its Triton twins: ratio, clipped surrogate, value loss and their
+gradients); only the log-prob/entropy/KL loops differ.
 
 Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
 makes one pass over the (B,) rows for the weight sum, the advantage mean and the value checks
@@ -45,36 +45,42 @@ them into NaN).
   rounding-apart) terms gives ``-adv ratio`` and the gradient share 1, and the clip fraction is
   0, so the clip-only head is the one compiled head.
 
-The new features are per-call uniform flags (``flags[3]``: old parameters given), tested
+The new features are per-call uniform flags (``flags.has_old``: old parameters given), tested
 outside the loops over A / D: without old parameters the kernels run the clip-only loops (the
 old parameters are then a (1, 1) dummy array, as ``weights`` is a one-element one).
 
 Host side: the custom ops convert their tensors to numpy views in each direction; the eager
 path (``ppo_loss``'s autograd.Function) calls ``forward_*_prepared``, keeps the converted
 arguments on its context and hands them to ``backward_*_prepared``, which converts nothing again.
+Both policies go through the same ``_args`` / ``_forward`` / ``_backward``; the kernels receive
+``rows`` as a ``Rows`` of arrays and the scalars as ``KernelCoefs`` and ``KernelFlags`` (named
+tuples: fields by name, typed and cached by Numba as tuples).
 
 Threads: below ``PARALLEL_MIN_ELEMENTS`` everything runs on the calling thread; above, a
 ``parallel=True`` driver hands one block of rows to each thread, each block adding into its own
-row of partial sums. The exp over A is ``_exp``: for float32 a branch-free polynomial that LLVM
-vectorizes (this Numba build has no SVML, so ``math.exp`` would be one libm call per element),
-for float64 ``math.exp``. The kernels specialize on the compute dtype only: every array arrives
-C-contiguous (a strided ``old_logits`` is copied once by the host), ``weights=None`` becomes a
-one-element array and a flag, half-precision logits are upcast. Float32 inputs are computed in
-float32 element-wise (exp, log-prob, KL terms) with float64 accumulators.
+row of partial sums. The exp over A is ``math32_numba.exp``: for float32 a branch-free
+polynomial that LLVM vectorizes (this Numba build has no SVML, so ``math.exp`` would be one libm
+call per element), for float64 ``math.exp``; the same for ``log``. ``math32_numba`` is compiled
+into these kernels' cache entries: after editing it, touch this file (see its docstring).
+
+The kernels specialize on the compute dtype only: every array arrives C-contiguous (a strided
+``old_logits`` is copied once by the host), ``weights=None`` becomes a one-element array and a
+flag, half-precision logits are upcast. Float32 inputs are computed in float32 element-wise
+(exp, log-prob, KL terms) with float64 accumulators.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
 from ._backend import HALF_LOG_2PI
+from .math32_numba import exp, log, sum_add
 from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_stats
 
 # Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
@@ -97,119 +103,27 @@ _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
 
 
-# ----------------------------------------------------------------------------- exp over A
-# ``math.exp`` is a libm call per element (this Numba build has no SVML), which keeps LLVM from
-# vectorizing the loops over A. ``_exp`` of a float32 is instead plain arithmetic that LLVM
-# turns into SIMD code: exp(x) = 2^n exp(r) with n = round(x / ln 2) and r = x - n ln 2 in
-# [-ln(2)/2, ln(2)/2] (Cody-Waite: ln 2 split into a 9-bit head, so n * head is exact, and a
-# tail), exp(r) = 1 + r + r^2 (1/2! + r/3! + ... + r^5/7!) (Taylor, truncation error < 1e-8,
-# so float32 rounding dominates: within 1.2e-7 relative), and 2^n built from exponent bits as
-# 2^(n//2) 2^(n - n//2) (each factor a normal float for every n in [-126, 128]).
-# Below log(2^-126) the result is 0 (no subnormal results, which would be slow and are below
-# float32 resolution next to the sum of a softmax), above log(FLT_MAX) inf, NaN stays NaN.
-# LLVM may fuse its multiply-adds (fastmath "contract" only, nothing else): same accuracy,
-# fewer instructions. float64 keeps ``math.exp``: it is the testing
-# precision.
+# The kernels' arguments besides the policy outputs: ``rows`` is a ``Rows`` of (B,) numpy arrays
+# in the compute dtype (``weights`` a one-element dummy unless ``flags.has_weights``), and the
+# scalars of ``Coefs`` arrive split by type, so each tuple is uniform (NamedUniTuple: one
+# specialization per compute dtype). Numba types and caches all three as named tuples.
 
-_F = np.float32
-_LOG2E, _LN2_HI, _LN2_LO = _F(1.4426950408889634), _F(0.693359375), _F(-2.1219444e-4)
-_EXP_LO, _EXP_HI = _F(-87.33654), _F(88.72283)  # log(2^-126), log(FLT_MAX)
-_ROUND = _F(1.5 * 2**23)  # (y + _ROUND) - _ROUND rounds y to the nearest integer (|y| < 2^22)
-_C2, _C3, _C4, _C5, _C6, _C7 = (_F(1 / math.factorial(k)) for k in range(2, 8))
+class KernelCoefs(NamedTuple):
+    """``Coefs``' numbers (clip inf for ``clip_coef=None``: the unclipped surrogate)."""
+
+    clip: float
+    vf: float
+    ent: float
+    kl: float
 
 
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose IEEE bit pattern is the int32 ``bits``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
+class KernelFlags(NamedTuple):
+    """Per-call uniform switches, tested outside the loops over rows and A / D."""
 
-
-@intrinsic
-def _sum_add(typingctx, total, x):
-    """total + x as an ``fadd reassoc``: a running sum LLVM may split into one partial sum per
-    SIMD lane (the only reassociation allowed; every other operation keeps IEEE order)."""
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc",))
-    return types.float64(types.float64, types.float64), codegen
-
-
-@intrinsic
-def _bits_from_float32(typingctx, x):
-    """The IEEE bit pattern of the float32 ``x``, as an int32."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(types.float32), codegen
-
-
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
-def exp32(x):
-    """exp of a float32, branch-free (see the section comment)."""
-    xc = min(max(x, _EXP_LO), _EXP_HI)
-    n = (xc * _LOG2E + _ROUND) - _ROUND
-    r = (xc - n * _LN2_HI) - n * _LN2_LO
-    q = ((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2
-    k = np.int32(n)
-    half = k >> 1
-    y = ((_F(1.0) + r + r * r * q) * _float32_from_bits((half + 127) << 23)
-         * _float32_from_bits((k - half + 127) << 23))
-    y = _F(0.0) if x < _EXP_LO else y
-    y = _F(np.inf) if x > _EXP_HI else y
-    return x if x != x else y
-
-
-def _in_precision_of_argument(float32_impl, libm_impl):
-    """A function Numba compiles to ``float32_impl`` for a float32 argument and to the libm
-    function ``libm_impl`` otherwise (float64: the testing precision)."""
-    def in_precision(x):
-        return libm_impl(x)
-
-    @overload(in_precision)
-    def _(x):
-        if x == types.float32:
-            return lambda x: float32_impl(x)
-        return lambda x: libm_impl(x)
-
-    return in_precision
-
-
-_exp = _in_precision_of_argument(exp32, math.exp)
-
-
-# ----------------------------------------------------------------------------- log over rows
-# The same reason for the log of each row's softmax sum: ``log32`` is branch-free arithmetic.
-# x = 2^e m with m in [sqrt(1/2), sqrt(2)) (exponent and mantissa bits; subnormals are first
-# scaled by 2^24), log(m) = 2 atanh(f) = 2 (f + f^3/3 + ... + f^9/9) with f = (m - 1) / (m + 1),
-# |f| < 0.172 (truncation error < 3e-9 relative), and log(x) = e ln 2 + log(m) (ln 2 split as in
-# exp32). Within 6e-8 absolute for x in (1/2, 2), 1.1e-7 relative elsewhere; log(0) = -inf,
-# log(inf) = inf, negative and NaN inputs give NaN.
-
-_SQRT2, _TWO24, _FLT_MIN = _F(math.sqrt(2.0)), _F(2.0**24), _F(2.0**-126)
-_L3, _L5, _L7, _L9 = _F(1 / 3), _F(1 / 5), _F(1 / 7), _F(1 / 9)
-
-
-@njit(cache=True, error_model="numpy")
-def log32(x):
-    """log of a float32, branch-free (see the section comment)."""
-    tiny = x < _FLT_MIN
-    bits = _bits_from_float32(x * _TWO24 if tiny else x)
-    e = ((bits >> 23) & 0xFF) - (127 + 24 if tiny else 127)
-    m = _float32_from_bits((bits & 0x7FFFFF) | 0x3F800000)  # [1, 2)
-    big = m > _SQRT2
-    m = m * _F(0.5) if big else m
-    e = e + 1 if big else e
-    f = (m - _F(1.0)) / (m + _F(1.0))
-    f2 = f * f
-    log_m = _F(2.0) * f + _F(2.0) * f * f2 * (_L3 + f2 * (_L5 + f2 * (_L7 + f2 * _L9)))
-    n = _F(e)
-    y = n * _LN2_HI + (log_m + n * _LN2_LO)
-    y = _F(-np.inf) if x == _F(0.0) else y
-    y = _F(np.inf) if x == _F(np.inf) else y
-    return _F(np.nan) if (x < _F(0.0) or x != x) else y
-
-
-_log = _in_precision_of_argument(log32, math.log)
+    has_weights: bool
+    clip_vloss: bool
+    normalize: bool  # Coefs.normalize_advantages
+    has_old: bool  # the old policy's parameters are given (else (1, 1) dummies)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -252,8 +166,8 @@ def _advantage_stats(actions, num_actions, rows, flags, stats):
     Two passes over the rows: weight sum, weighted mean, positive-weight count, value checks;
     then the weighted variance with that count as the sample size (ppo_loss_torch's rule).
     ``num_actions = 0`` skips the action check (Gaussian policy)."""
-    adv, w = rows[1], rows[5]
-    has_w, normalize = flags[0], flags[2]
+    adv, w = rows.advantages, rows.weights
+    has_w = flags.has_weights
     wsum = 0.0
     wadv = 0.0
     positive = 0
@@ -270,7 +184,7 @@ def _advantage_stats(actions, num_actions, rows, flags, stats):
         return _ZERO_WEIGHTS
     mean = wadv / wsum
     scale = 1.0
-    if normalize:
+    if flags.normalize:
         if positive >= 2:
             sq = 0.0
             for i in range(adv.shape[0]):
@@ -294,16 +208,36 @@ def _finish(sums, coefs, loss, stats):
         for b in range(sums.shape[0]):
             total += sums[b, k]
         stats[k] = total / stats[Stat.WEIGHT_SUM]
-    total = stats[Stat.PG_LOSS] - coefs[2] * stats[Stat.ENTROPY] + coefs[1] * stats[Stat.V_LOSS]
-    if coefs[3] != 0.0:
-        total += coefs[3] * stats[Stat.KL]
+    total = stats[Stat.PG_LOSS] - coefs.ent * stats[Stat.ENTROPY] + coefs.vf * stats[Stat.V_LOSS]
+    if coefs.kl != 0.0:
+        total += coefs.kl * stats[Stat.KL]
     loss[0] = total
 
 
+# The per-row head: the same two functions, by the same names, in ppo_loss_triton (``_head_row``,
+# ``_head_grad_row``, over a block of rows); ppo_loss_torch computes the same over whole (B,)
+# tensors in ``_head_forward`` (loss terms and the means) and ``_head_backward`` (gradients).
+# Here both are inlined and selects only (``clip_vloss`` is the same for every row): LLVM
+# vectorizes a loop of them across rows. ``clip = inf`` (clip_coef None) gives the unclipped
+# surrogate (see the module docstring).
+
 @njit(cache=True, error_model="numpy", inline="always")
-def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
-    """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w).
-    ``clip = inf`` (clip_coef None): d pg/d logp = -adv ratio (see the module docstring)."""
+def _head_row(logratio, ratio, adv, v, ov, ret, clip, clip_vloss):
+    """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) from the log-ratio and
+    ratio = exp(logratio) of the row, its normalized advantage, value, old value and return."""
+    pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
+    vl = (v - ret) * (v - ret)
+    if clip_vloss:
+        vc = ov + _tclamp(v - ov, -clip, clip) - ret
+        vl = _tmax(vl, vc * vc)
+    clipped = 1.0 if abs(ratio - 1.0) > clip else 0.0
+    return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _head_grad_row(ratio, adv, v, ov, ret, clip, clip_vloss):
+    """(d pg/d logp, d v_loss/d values) of one row, before the row weight G w_i / sum(w) (the
+    Triton twin multiplies by it). ``clip = inf``: d pg/d logp = -adv ratio."""
     kx, ky = _max_shares(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
     inside = 1.0 if (ratio >= 1.0 - clip and ratio <= 1.0 + clip) else 0.0
     h_logp = (-adv) * (kx + ky * inside) * ratio
@@ -316,27 +250,10 @@ def _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss):
     return h_logp, v - ret
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _head_row(logratio, ratio, adv, v, ov, ret, clip, clip_vloss):
-    """Per-row loss terms (pg, v_loss, approx_kl, old_approx_kl, clipped) and, sharing the
-    ratio = exp(logratio), their gradients ``_head_grad_terms`` (the categorical forward saves
-    them). Inlined, and selects only (``clip_vloss`` is the same for every row): LLVM
-    vectorizes a loop of these across rows."""
-    pg = _tmax(-adv * ratio, -adv * _tclamp(ratio, 1.0 - clip, 1.0 + clip))
-    vl = (v - ret) * (v - ret)
-    if clip_vloss:
-        vc = ov + _tclamp(v - ov, -clip, clip) - ret
-        vl = _tmax(vl, vc * vc)
-    clipped = 1.0 if abs(ratio - 1.0) > clip else 0.0
-    h_logp, h_v = _head_grad_terms(ratio, adv, v, ov, ret, clip, clip_vloss)
-    return pg, 0.5 * vl, (ratio - 1.0) - logratio, -logratio, clipped, h_logp, h_v
-
-
 # ----------------------------------------------------------------------------- categorical
-# ``rows = (old_logprobs, advantages, values, old_values, returns, weights)``;
-# ``coefs = (clip_coef, vf_coef, ent_coef, kl_coef)`` (clip_coef inf for the unclipped
-# surrogate); ``flags = (has_weights, clip_vloss, normalize_advantages, has_old)``; ``stats``
-# (NUM_STATS,) laid out as ``Stat``. ``oz`` are the old logits ((1, 1) dummy unless has_old).
+# ``rows``: a ``Rows`` of numpy arrays; ``coefs``: ``KernelCoefs``; ``flags``: ``KernelFlags``;
+# ``stats`` (NUM_STATS,) laid out as ``Stat``. ``oz`` are the old logits ((1, 1) dummy unless
+# flags.has_old).
 # A ``*_rows`` kernel handles rows [lo, hi); the ``*_serial`` / ``*_parallel`` drivers run the
 # whole forward (statistics, rows, means) on the calling thread or with one block of rows per
 # thread.
@@ -351,13 +268,14 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
     summed in order j = 0 .. A-1 in chunks of ``_SUM_CHUNK`` columns, each chunk in the dtype of
     z (full float32 SIMD width; at most 16 terms, so within 16 ulp) and added into float64
     row sums. The per-row part (log of the sum, ratio, head) then runs across the tile's rows
-    too (``log32``/``exp32``, selects), its weighted terms added with ``_sum_add`` into float64
+    too (``log32``/``exp32``, selects), its weighted terms added with ``sum_add`` into float64
     sums, the one place where the order of additions is left to LLVM. With old logits they go
     through their own transposed tile ``ot``, their max loop next to the new one and their exp
     sum and KL sum in the same column loop as the new sums (see the module docstring)."""
-    old, adv, v, ov, ret, w = rows
+    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
+    ov, ret, w = rows.old_values, rows.returns, rows.weights
     adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
-    clip, clip_vloss, has_old = coefs[0], flags[1], flags[3]
+    clip, clip_vloss, has_old = coefs.clip, flags.clip_vloss, flags.has_old
     a_dim = z.shape[1]
     n_cols = row_stats.shape[1]
     cdt = z.dtype.type
@@ -395,7 +313,7 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             z_act[r] = zb[r, act_t[r]]
             s[r] = 0.0
             t[r] = 0.0
-        if flags[0]:
+        if flags.has_weights:
             wt[:n] = w[r0:r0 + n]
         for j in range(1, a_dim):
             for r in range(n):
@@ -423,11 +341,11 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
                 for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
                     for r in range(n):
                         d = zt[j, r] - m[r]
-                        e = _exp(d)
+                        e = exp(d)
                         s_c[r] += e
                         t_c[r] += e * d if e > zero else zero
                         do = ot[j, r] - mo[r]
-                        eo = _exp(do)
+                        eo = exp(do)
                         so_c[r] += eo
                         u_c[r] += eo * (do - d) if eo > zero else zero  # q_j = 0: the term is 0
                 for r in range(n):
@@ -437,37 +355,39 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
                 for j in range(j0, min(j0 + _SUM_CHUNK, a_dim)):
                     for r in range(n):
                         d = zt[j, r] - m[r]
-                        e = _exp(d)
+                        e = exp(d)
                         s_c[r] += e
                         t_c[r] += e * d if e > zero else zero  # p log p -> 0 for a -inf logit
             for r in range(n):
                 s[r] += s_c[r]
                 t[r] += t_c[r]
         for r in range(n):
-            log_s = _log(cdt(s[r]))
+            log_s = log(cdt(s[r]))
             lse = m[r] + log_s
             logratio = (z_act[r] - lse) - old_t[r]
             a = (adv_t[r] - adv_mean) / adv_scale
-            pg, vl, kl, okl, cf, h_logp, h_v = _head_row(logratio, _exp(logratio), a, v_t[r],
-                                                         ov_t[r], ret_t[r], clip, clip_vloss)
+            ratio = exp(logratio)
+            pg, vl, kl, okl, cf = _head_row(logratio, ratio, a, v_t[r], ov_t[r], ret_t[r], clip,
+                                            clip_vloss)
+            h_logp, h_v = _head_grad_row(ratio, a, v_t[r], ov_t[r], ret_t[r], clip, clip_vloss)
             ent = log_s - t[r] / s[r]
             out[0, r] = lse
             out[1, r] = ent
             out[2, r] = h_logp
             out[3, r] = h_v
             wi = wt[r]
-            sum_pg = _sum_add(sum_pg, wi * pg)
-            sum_vl = _sum_add(sum_vl, wi * vl)
-            sum_ent = _sum_add(sum_ent, wi * ent)
-            sum_kl = _sum_add(sum_kl, wi * kl)
-            sum_okl = _sum_add(sum_okl, wi * okl)
-            sum_cf = _sum_add(sum_cf, wi * cf)
+            sum_pg = sum_add(sum_pg, wi * pg)
+            sum_vl = sum_add(sum_vl, wi * vl)
+            sum_ent = sum_add(sum_ent, wi * ent)
+            sum_kl = sum_add(sum_kl, wi * kl)
+            sum_okl = sum_add(sum_okl, wi * okl)
+            sum_cf = sum_add(sum_cf, wi * cf)
         if has_old:  # KL_i = u / So + log S - log So; the old logsumexp saved
             for r in range(n):
-                log_s = _log(cdt(s[r]))
-                log_so = _log(cdt(so[r]))
+                log_s = log(cdt(s[r]))
+                log_so = log(cdt(so[r]))
                 out[_OLD_LSE, r] = mo[r] + log_so
-                sum_pen = _sum_add(sum_pen, wt[r] * (u[r] / so[r] + (log_s - log_so)))
+                sum_pen = sum_add(sum_pen, wt[r] * (u[r] / so[r] + (log_s - log_so)))
         for r in range(n):
             for k in range(n_cols):
                 rs_t[r, k] = out[k, r]
@@ -482,15 +402,15 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
     """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss
     (the per-row head gradients come saved in row_stats[:, 2:4]; with old logits and
     kl_coef != 0, q is recomputed from them and their saved logsumexp)."""
-    w = rows[5]
-    vf_coef, ent_coef, kl_coef = coefs[1], coefs[2], coefs[3]
-    use_kl = flags[3] and kl_coef != 0.0
+    w = rows.weights
+    vf_coef, ent_coef, kl_coef = coefs.vf, coefs.ent, coefs.kl
+    use_kl = flags.has_old and kl_coef != 0.0
     g = g / stats[Stat.WEIGHT_SUM]
     a_dim = z.shape[1]
     cdt = z.dtype.type
     zero = cdt(0.0)
     for i in range(lo, hi):
-        c = g * (w[i] if flags[0] else 1.0)
+        c = g * (w[i] if flags.has_weights else 1.0)
         lse = row_stats[i, 0]
         ent = row_stats[i, 1]
         act = actions[i]
@@ -505,15 +425,15 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
             old_lse = row_stats[i, _OLD_LSE]
             for j in range(a_dim):
                 log_p = z[i, j] - lse
-                p = _exp(log_p)
-                q = _exp(oz[i, j] - old_lse)
+                p = exp(log_p)
+                q = exp(oz[i, j] - old_lse)
                 d_z[i, j] = (p * k_p - q * k_kl
                              + (p * k_ent * (log_p + ent) if p > zero else zero))
         else:
             k_logp = cdt(-d_logp)
             for j in range(a_dim):
                 log_p = z[i, j] - lse
-                p = _exp(log_p)
+                p = exp(log_p)
                 d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
         d_z[i, act] += d_logp
 
@@ -569,9 +489,10 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
     for a shared log-std only zd^2, the rest being the same for every row), then the per-row
     head runs across the tile's rows. With old parameters a loop over D of the same shape adds
     the KL terms (for two shared log-stds only the mean term, the rest a per-call constant)."""
-    old, adv, v, ov, ret, w = rows
+    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
+    ov, ret, w = rows.old_values, rows.returns, rows.weights
     adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
-    clip, clip_vloss, has_old = coefs[0], flags[1], flags[3]
+    clip, clip_vloss, has_old = coefs.clip, flags.clip_vloss, flags.has_old
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
     old_shared = ols.shape[0] == 1
@@ -598,7 +519,7 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
         mu_b, x_b, ls_b = mu[r0:r0 + n], x[r0:r0 + n], ls[0:1] if shared else ls[r0:r0 + n]
         old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
         ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
-        if flags[0]:
+        if flags.has_weights:
             wt[:n] = w[r0:r0 + n]
         if shared:  # log-prob = -sum_d zd^2 / 2 - sum_d log_std_d - D log(2 pi) / 2
             for r in range(n):
@@ -616,23 +537,23 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
                 ent[r] = 0.0
             for d in range(d_dim):
                 for r in range(n):
-                    zd = (x_b[r, d] - mu_b[r, d]) * _exp(-ls_b[r, d])
+                    zd = (x_b[r, d] - mu_b[r, d]) * exp(-ls_b[r, d])
                     logp[r] += -0.5 * zd * zd - ls_b[r, d] - HALF_LOG_2PI
                     ent[r] += 0.5 + HALF_LOG_2PI + ls_b[r, d]
         for r in range(n):
             lp = cdt(logp[r])
             logratio = lp - old_t[r]
             a = (adv_t[r] - adv_mean) / adv_scale
-            pg, vl, kl, okl, cf, _, _ = _head_row(logratio, _exp(logratio), a, v_t[r], ov_t[r],
-                                                  ret_t[r], clip, clip_vloss)
+            pg, vl, kl, okl, cf = _head_row(logratio, exp(logratio), a, v_t[r], ov_t[r],
+                                            ret_t[r], clip, clip_vloss)
             rs_t[r] = lp
             wi = wt[r]
-            sum_pg = _sum_add(sum_pg, wi * pg)
-            sum_vl = _sum_add(sum_vl, wi * vl)
-            sum_ent = _sum_add(sum_ent, wi * ent[r])
-            sum_kl = _sum_add(sum_kl, wi * kl)
-            sum_okl = _sum_add(sum_okl, wi * okl)
-            sum_cf = _sum_add(sum_cf, wi * cf)
+            sum_pg = sum_add(sum_pg, wi * pg)
+            sum_vl = sum_add(sum_vl, wi * vl)
+            sum_ent = sum_add(sum_ent, wi * ent[r])
+            sum_kl = sum_add(sum_kl, wi * kl)
+            sum_okl = sum_add(sum_okl, wi * okl)
+            sum_cf = sum_add(sum_cf, wi * cf)
         if has_old:
             omu_b = omu[r0:r0 + n]
             ols_b = ols[0:1] if old_shared else ols[r0:r0 + n]
@@ -651,12 +572,12 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
                 for d in range(d_dim):
                     for r in range(n):
                         ls_rd = ls_b[r * ls_step, d]
-                        dm = (omu_b[r, d] - mu_b[r, d]) * _exp(-ls_rd)
+                        dm = (omu_b[r, d] - mu_b[r, d]) * exp(-ls_rd)
                         lr = ols_b[r * ols_step, d] - ls_rd
                         lr = lr + lr
-                        pen[r] += 0.5 * ((_exp(lr) - 1.0) - lr) + 0.5 * dm * dm
+                        pen[r] += 0.5 * ((exp(lr) - 1.0) - lr) + 0.5 * dm * dm
             for r in range(n):
-                sum_pen = _sum_add(sum_pen, wt[r] * pen[r])
+                sum_pen = sum_add(sum_pen, wt[r] * pen[r])
     sums[Stat.PG_LOSS], sums[Stat.V_LOSS], sums[Stat.ENTROPY] = sum_pg, sum_vl, sum_ent
     sums[Stat.APPROX_KL], sums[Stat.OLD_APPROX_KL], sums[Stat.CLIPFRAC] = sum_kl, sum_okl, sum_cf
     sums[Stat.KL] = sum_pen
@@ -670,10 +591,11 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
     saved log-prob), then the elements are written row by row (with old parameters and
     kl_coef != 0, plus the KL gradient from the re-read old mean and log-std)."""
-    old, adv, v, ov, ret, w = rows
-    clip, vf_coef, ent_coef, kl_coef = coefs[0], coefs[1], coefs[2], coefs[3]
-    clip_vloss = flags[1]
-    use_kl = flags[3] and kl_coef != 0.0
+    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
+    ov, ret, w = rows.old_values, rows.returns, rows.weights
+    clip, vf_coef, ent_coef, kl_coef = coefs.clip, coefs.vf, coefs.ent, coefs.kl
+    clip_vloss = flags.clip_vloss
+    use_kl = flags.has_old and kl_coef != 0.0
     g = g / stats[Stat.WEIGHT_SUM]
     adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
     d_dim = mu.shape[1]
@@ -689,14 +611,14 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
         old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
         ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
         d_mu_b, d_ls_b, d_v_t = d_mu[r0:r0 + n], d_ls[r0:r0 + n], d_v[r0:r0 + n]
-        if flags[0]:
+        if flags.has_weights:
             wt[:n] = w[r0:r0 + n]
         for r in range(n):
             c = g * wt[r]
             logratio = rs_t[r] - old_t[r]
             a = (adv_t[r] - adv_mean) / adv_scale
-            h_logp, h_v = _head_grad_terms(_exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
-                                           clip_vloss)
+            h_logp, h_v = _head_grad_row(exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
+                                         clip_vloss)
             d_logp[r] = c * h_logp
             d_v_t[r] = vf_coef * (c * h_v)
         d_ent = -ent_coef * g
@@ -710,11 +632,11 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
                 dk = d_pen * wt[r]
                 for d in range(d_dim):
                     ls_rd = ls_b[r * ls_step, d]
-                    inv_std = inv_std_shared[d] if shared else _exp(-ls_rd)
+                    inv_std = inv_std_shared[d] if shared else exp(-ls_rd)
                     zd = (x_b[r, d] - mu_b[r, d]) * inv_std
                     dm = (mu_b[r, d] - omu_b[r, d]) * inv_std
                     lr = ols_b[r * ols_step, d] - ls_rd
-                    vr = _exp(lr + lr)  # old variance / variance
+                    vr = exp(lr + lr)  # old variance / variance
                     d_mu_b[r, d] = (dl * zd + dk * dm) * inv_std
                     d_ls_b[r, d] = dl * (zd * zd - 1.0) + de + dk * ((1.0 - vr) - dm * dm)
         else:
@@ -722,7 +644,7 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
                 dl = d_logp[r]
                 de = d_ent * wt[r]
                 for d in range(d_dim):
-                    inv_std = inv_std_shared[d] if shared else _exp(-ls_b[r, d])
+                    inv_std = inv_std_shared[d] if shared else exp(-ls_b[r, d])
                     zd = (x_b[r, d] - mu_b[r, d]) * inv_std
                     d_mu_b[r, d] = dl * zd * inv_std
                     d_ls_b[r, d] = dl * (zd * zd - 1.0) + de
@@ -795,19 +717,20 @@ def _blocks(elements):
     return 1 if elements < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
 
 
-def _kernel_rows(dtype, rows: Rows):
-    """The (B,) inputs as one tuple of arrays in the compute dtype (weights: a dummy if None)."""
-    return (_np(rows.old_logprobs), _np(rows.advantages), _np(rows.values, dtype),
-            _np(rows.old_values), _np(rows.returns),
-            _np(rows.weights) if rows.weights is not None else _ONE[dtype])
-
-
-def _kernel_scalars(rows: Rows, coefs: Coefs, has_old: bool):
-    """The kernels' ``coefs`` and ``flags`` tuples (uniform types: one specialization)."""
+def _args(rows: Rows, coefs: Coefs, has_old: bool, *dist):
+    """The kernel arguments: the policy's numpy arrays ``dist``, then ``rows`` as a ``Rows`` of
+    numpy arrays in the compute dtype (weights: a dummy if None), ``KernelCoefs`` and
+    ``KernelFlags`` (uniform types: one specialization per compute dtype)."""
+    dtype = rows.old_logprobs.dtype
+    weights = rows.weights
     clip = math.inf if coefs.clip_coef is None else float(coefs.clip_coef)
-    return ((clip, float(coefs.vf_coef), float(coefs.ent_coef), float(coefs.kl_coef)),
-            (rows.weights is not None, bool(coefs.clip_vloss), bool(coefs.normalize_advantages),
-             has_old))
+    return (*dist,
+            Rows(_np(rows.old_logprobs), _np(rows.advantages), _np(rows.values, dtype),
+                 _np(rows.old_values), _np(rows.returns),
+                 _ONE[dtype] if weights is None else _np(weights)),
+            KernelCoefs(clip, float(coefs.vf_coef), float(coefs.ent_coef), float(coefs.kl_coef)),
+            KernelFlags(weights is not None, bool(coefs.clip_vloss),
+                        bool(coefs.normalize_advantages), has_old))
 
 
 def _raise(err, num_actions):
@@ -826,13 +749,61 @@ def _outputs(dtype, *row_stats_shape):
     return (loss, stats, row_stats), (loss.view(1).numpy(), stats.numpy(), row_stats.numpy())
 
 
+class _Policy(NamedTuple):
+    """One policy's compiled drivers, for the shared host functions below. (The drivers stay
+    one per policy: a jitted driver taking the row kernel as an argument would not be cached.)"""
+
+    forward_serial: object
+    forward_parallel: object
+    backward_rows: object
+    backward_parallel: object
+    dist_grads: int  # gradients shaped like the first policy output: d_logits; d_mean, d_log_std
+
+
+_CATEGORICAL = _Policy(_categorical_forward_serial, _categorical_forward_parallel,
+                       _categorical_backward_rows, _categorical_backward_parallel, 1)
+_GAUSSIAN = _Policy(_gaussian_forward_serial, _gaussian_forward_parallel,
+                    _gaussian_backward_rows, _gaussian_backward_parallel, 2)
+
+
+def _forward(policy, args, num_actions, *row_stats_shape):
+    """The forward on the kernel arguments ``args`` (``_args``): ((loss, stats, row_stats),
+    prepared), ``prepared`` = (args, stats, row_stats) as numpy views for ``_backward``."""
+    x = args[0]
+    result, outs = _outputs(_TORCH_DTYPE[x.dtype.type], *row_stats_shape)
+    blocks = _blocks(x.size)
+    if blocks == 1:
+        err = policy.forward_serial(*args, *outs)
+    else:
+        err = policy.forward_parallel(blocks, *args, *outs)
+    if err:
+        _raise(err, num_actions)
+    return result, (args, outs[1], outs[2])
+
+
+def _backward(policy, grad_loss, prepared, grad_dtypes):
+    """The gradients (``policy.dist_grads`` shaped like the first policy output, then d_values)
+    in ``grad_dtypes``, from what ``_forward`` returned as ``prepared``."""
+    args, stats, row_stats = prepared
+    x = args[0]
+    dtype = _TORCH_DTYPE[x.dtype.type]  # torch allocations: the profiler sees the memory
+    grads = [torch.empty(x.shape, dtype=dtype) for _ in range(policy.dist_grads)]
+    grads.append(torch.empty(x.shape[0], dtype=dtype))
+    call = (float(grad_loss), *args, stats, row_stats, *[d.numpy() for d in grads])
+    blocks = _blocks(x.size)
+    if blocks == 1:
+        policy.backward_rows(0, x.shape[0], *call)
+    else:
+        policy.backward_parallel(blocks, *call)
+    return tuple(_as(d, t) for d, t in zip(grads, grad_dtypes))
+
+
 def _categorical_args(logits, actions, old_logits, rows, coefs):
     """The kernel arguments shared by the categorical forward and backward (numpy views)."""
     dtype = rows.old_logprobs.dtype
     has_old = old_logits is not None
-    kcoefs, flags = _kernel_scalars(rows, coefs, has_old)
-    return (_np(logits, dtype), _np(old_logits, dtype) if has_old else _NO_OLD[dtype],
-            _np(actions, torch.int64), _kernel_rows(dtype, rows), kcoefs, flags)
+    return _args(rows, coefs, has_old, _np(logits, dtype),
+                 _np(old_logits, dtype) if has_old else _NO_OLD[dtype], _np(actions, torch.int64))
 
 
 def forward_categorical_prepared(logits, actions, old_logits, rows, coefs):
@@ -840,15 +811,7 @@ def forward_categorical_prepared(logits, actions, old_logits, rows, coefs):
     ``backward_categorical_prepared`` (the eager path keeps them on its autograd context)."""
     args = _categorical_args(logits, actions, old_logits, rows, coefs)
     width = categorical_row_stats("numba", old_logits is not None)
-    result, outs = _outputs(rows.old_logprobs.dtype, logits.shape[0], width)
-    blocks = _blocks(logits.numel())
-    if blocks == 1:
-        err = _categorical_forward_serial(*args, *outs)
-    else:
-        err = _categorical_forward_parallel(blocks, *args, *outs)
-    if err:
-        _raise(err, logits.shape[1])
-    return result, (args, outs[1], outs[2])
+    return _forward(_CATEGORICAL, args, logits.shape[1], logits.shape[0], width)
 
 
 def forward_categorical(logits, actions, old_logits, rows, coefs):
@@ -858,17 +821,7 @@ def forward_categorical(logits, actions, old_logits, rows, coefs):
 def backward_categorical_prepared(grad_loss, prepared, grad_dtypes):
     """(d_logits, d_values) in ``grad_dtypes`` = (logits dtype, values dtype), from the
     arguments ``forward_categorical_prepared`` returned."""
-    args, stats, row_stats = prepared
-    z = args[0]
-    dtype = _TORCH_DTYPE[z.dtype.type]  # torch allocations: the profiler sees the memory
-    d_z, d_v = torch.empty(z.shape, dtype=dtype), torch.empty(z.shape[0], dtype=dtype)
-    call = (float(grad_loss), *args, stats, row_stats, d_z.numpy(), d_v.numpy())
-    blocks = _blocks(z.size)
-    if blocks == 1:
-        _categorical_backward_rows(0, z.shape[0], *call)
-    else:
-        _categorical_backward_parallel(blocks, *call)
-    return _as(d_z, grad_dtypes[0]), _as(d_v, grad_dtypes[1])
+    return _backward(_CATEGORICAL, grad_loss, prepared, grad_dtypes)
 
 
 def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats):
@@ -881,28 +834,19 @@ def _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
     """The kernel arguments shared by the Gaussian forward and backward (numpy views)."""
     dtype = rows.old_logprobs.dtype
     has_old = old_mean is not None
-    kcoefs, flags = _kernel_scalars(rows, coefs, has_old)
     if has_old:
         old = (_np(old_mean, dtype), _np(_log_std_rows(old_log_std), dtype))
     else:
         old = (_NO_OLD[dtype], _NO_OLD[dtype])
-    return (_np(mean, dtype), _np(_log_std_rows(log_std), dtype), _np(actions), *old,
-            _kernel_rows(dtype, rows), kcoefs, flags)
+    return _args(rows, coefs, has_old, _np(mean, dtype), _np(_log_std_rows(log_std), dtype),
+                 _np(actions), *old)
 
 
 def forward_gaussian_prepared(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
     """``forward_gaussian``, also returning the kernel arguments for ``backward_gaussian_prepared``
     (the eager path keeps them on its autograd context: the backward converts nothing again)."""
     args = _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
-    result, outs = _outputs(rows.old_logprobs.dtype, mean.shape[0])
-    blocks = _blocks(mean.numel())
-    if blocks == 1:
-        err = _gaussian_forward_serial(*args, *outs)
-    else:
-        err = _gaussian_forward_parallel(blocks, *args, *outs)
-    if err:
-        _raise(err, 0)
-    return result, (args, outs[1], outs[2])
+    return _forward(_GAUSSIAN, args, 0, mean.shape[0])
 
 
 def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
@@ -913,18 +857,7 @@ def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
 def backward_gaussian_prepared(grad_loss, prepared, grad_dtypes):
     """(d_mean, d_log_std, d_values) in ``grad_dtypes`` = (mean, log_std, values dtypes), from
     the arguments ``forward_gaussian_prepared`` returned."""
-    args, stats, row_stats = prepared
-    mu = args[0]
-    dtype = _TORCH_DTYPE[mu.dtype.type]  # torch allocations: the profiler sees the memory
-    d_mu, d_ls = torch.empty(mu.shape, dtype=dtype), torch.empty(mu.shape, dtype=dtype)
-    d_v = torch.empty(mu.shape[0], dtype=dtype)
-    call = (float(grad_loss), *args, stats, row_stats, d_mu.numpy(), d_ls.numpy(), d_v.numpy())
-    blocks = _blocks(mu.size)
-    if blocks == 1:
-        _gaussian_backward_rows(0, mu.shape[0], *call)
-    else:
-        _gaussian_backward_parallel(blocks, *call)
-    return _as(d_mu, grad_dtypes[0]), _as(d_ls, grad_dtypes[1]), _as(d_v, grad_dtypes[2])
+    return _backward(_GAUSSIAN, grad_loss, prepared, grad_dtypes)
 
 
 def backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,

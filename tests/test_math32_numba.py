@@ -1,4 +1,5 @@
-"""The branch-free float32 exp and log of the Numba PPO loss against float64 exp and log."""
+"""kernels/math32_numba.py: the branch-free float32 exp and log against float64 exp and log, and
+the dispatching ``exp`` / ``log`` (float32 -> exp32 / log32, float64 -> math.exp / math.log)."""
 
 import math
 
@@ -6,19 +7,19 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastppo.kernels.ppo_loss_numba import _EXP_HI, _EXP_LO, _exp, _log, exp32, log32
+from fastppo.kernels.math32_numba import EXP_HI, EXP_LO, exp, exp32, log, log32
 
 
 @njit(cache=True)
 def _apply_exp(x, out):
     for k in range(x.shape[0]):
-        out[k] = _exp(x[k])  # float32 -> exp32, float64 -> math.exp, as in the kernels
+        out[k] = exp(x[k])  # float32 -> exp32, float64 -> math.exp, as in the kernels
 
 
 @njit(cache=True)
 def _apply_log(x, out):
     for k in range(x.shape[0]):
-        out[k] = _log(x[k])  # float32 -> log32, float64 -> math.log
+        out[k] = log(x[k])  # float32 -> log32, float64 -> math.log
 
 
 def _exp_of(x):
@@ -36,9 +37,9 @@ def _log_of(x):
 def test_relative_error_over_the_normal_range():
     # a dense grid over [log(2^-126), log(FLT_MAX)] plus random points near 0
     rng = np.random.default_rng(0)
-    x = np.concatenate([np.linspace(_EXP_LO, _EXP_HI, 2_000_001, dtype=np.float32),
+    x = np.concatenate([np.linspace(EXP_LO, EXP_HI, 2_000_001, dtype=np.float32),
                         rng.uniform(-1, 1, 200_000).astype(np.float32),
-                        np.float32(_EXP_LO), np.float32(_EXP_HI), np.float32(0.0)], axis=None)
+                        np.float32(EXP_LO), np.float32(EXP_HI), np.float32(0.0)], axis=None)
     got = _exp_of(x).astype(np.float64)
     want = np.exp(x.astype(np.float64))
     rel = np.abs(got - want) / want
@@ -64,10 +65,10 @@ def test_nan_stays_nan():
 def test_underflow_cutoff_is_zero_and_overflow_matches_numpy():
     # below log(2^-126) the result is 0 (numpy returns subnormals there); the largest finite
     # result and the first inf fall on the same float32 inputs as numpy's float32 exp
-    below = np.nextafter(np.float32(_EXP_LO), np.float32(-np.inf))
+    below = np.nextafter(np.float32(EXP_LO), np.float32(-np.inf))
     assert _exp_of(np.array([below, -87.4, -90.0], np.float32)).tolist() == [0.0, 0.0, 0.0]
-    near_hi = np.float32(_EXP_HI) + np.arange(-8, 9, dtype=np.float32) * np.spacing(
-        np.float32(_EXP_HI))
+    near_hi = np.float32(EXP_HI) + np.arange(-8, 9, dtype=np.float32) * np.spacing(
+        np.float32(EXP_HI))
     with np.errstate(over="ignore"):
         assert np.array_equal(np.isinf(_exp_of(near_hi)), np.isinf(np.exp(near_hi)))
 
