@@ -339,6 +339,25 @@ def _forward_head(logp, ent, pkl, r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_
 
 
 @triton.jit
+def _backward_head(g_ptr, logp, r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v, ov_ptr,
+                   s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr, dv_ptr, clip_hi, clip_lo, lo_hi,
+                   lo_lo, up_hi, up_lo, vf_hi, vf_lo, ent_hi, ent_lo, CLIP: tl.constexpr,
+                   CLIP_VLOSS: tl.constexpr, HAS_W: tl.constexpr, COMPUTE: tl.constexpr):
+    """The start of both backwards, once a block's log-prob is known: load its rows, write
+    d_values, and return (c = G w / sum(w), d loss / d logp, d loss / d entropy) per row."""
+    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
+                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
+                                          HAS_W, COMPUTE)
+    c = tl.load(g_ptr).to(COMPUTE) * cw
+    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, _coef(clip_hi, clip_lo, COMPUTE),
+                                _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
+                                CLIP, CLIP_VLOSS)
+    tl.store(dv_ptr + r64, (_coef(vf_hi, vf_lo, COMPUTE) * dv).to(dv_ptr.dtype.element_ty),
+             mask=rmask)
+    return c, d_logp, -_coef(ent_hi, ent_lo, COMPUTE) * c
+
+
+@triton.jit
 def _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE: tl.constexpr):
     """(logit of the taken action, action in [0, A)) per row; an out-of-range action is never
     dereferenced."""
@@ -465,16 +484,11 @@ def _categorical_backward_kernel(
     ent = tl.load(rows_ptr + r64 * s_rb + COL_ENT * s_rc, mask=rmask, other=0.0).to(COMPUTE)
     za, act, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
     logp = tl.where(ok, za - lse, float("nan"))
-    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
-                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
-                                          HAS_W, COMPUTE)
-    c = tl.load(g_ptr).to(COMPUTE) * cw
-    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, _coef(clip_hi, clip_lo, COMPUTE),
-                                _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
-                                CLIP, CLIP_VLOSS)
-    tl.store(dv_ptr + r64, (_coef(vf_hi, vf_lo, COMPUTE) * dv).to(dv_ptr.dtype.element_ty),
-             mask=rmask)
-    d_ent = -_coef(ent_hi, ent_lo, COMPUTE) * c
+    c, d_logp, d_ent = _backward_head(g_ptr, logp, r64, rmask, old_ptr, s_old, adv_ptr, s_adv,
+                                      v_ptr, s_v, ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w,
+                                      stats_ptr, dv_ptr, clip_hi, clip_lo, lo_hi, lo_lo, up_hi,
+                                      up_lo, vf_hi, vf_lo, ent_hi, ent_lo, CLIP, CLIP_VLOSS,
+                                      HAS_W, COMPUTE)
     if KL:
         # d (kl_coef KL_i) / d z_ij = kl_coef c_i (p_ij - q_ij), q from the saved old lse
         olse = tl.load(rows_ptr + r64 * s_rb + COL_OLD_LSE * s_rc, mask=rmask,
@@ -579,16 +593,11 @@ def _gaussian_backward_kernel(
     rmask = rows < B
     r64 = rows.to(tl.int64)
     logp = tl.load(rows_ptr + r64 * s_r, mask=rmask, other=0.0).to(COMPUTE)
-    old, adv, v, ov, ret, cw = _load_rows(r64, rmask, old_ptr, s_old, adv_ptr, s_adv, v_ptr, s_v,
-                                          ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w, stats_ptr,
-                                          HAS_W, COMPUTE)
-    c = tl.load(g_ptr).to(COMPUTE) * cw
-    d_logp, dv = _head_grad_row(c, logp, old, adv, v, ov, ret, _coef(clip_hi, clip_lo, COMPUTE),
-                                _coef(lo_hi, lo_lo, COMPUTE), _coef(up_hi, up_lo, COMPUTE),
-                                CLIP, CLIP_VLOSS)
-    tl.store(dv_ptr + r64, (_coef(vf_hi, vf_lo, COMPUTE) * dv).to(dv_ptr.dtype.element_ty),
-             mask=rmask)
-    d_ent = -_coef(ent_hi, ent_lo, COMPUTE) * c
+    c, d_logp, d_ent = _backward_head(g_ptr, logp, r64, rmask, old_ptr, s_old, adv_ptr, s_adv,
+                                      v_ptr, s_v, ov_ptr, s_ov, ret_ptr, s_ret, w_ptr, s_w,
+                                      stats_ptr, dv_ptr, clip_hi, clip_lo, lo_hi, lo_lo, up_hi,
+                                      up_lo, vf_hi, vf_lo, ent_hi, ent_lo, CLIP, CLIP_VLOSS,
+                                      HAS_W, COMPUTE)
     mu_row = mu_ptr + r64 * s_mb
     ls_row = ls_ptr + r64 * s_lb
     x_row = x_ptr + r64 * s_xb
