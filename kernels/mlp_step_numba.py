@@ -70,7 +70,7 @@ from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
     _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
     KernelCoefs, KernelFlags, _advantage_stats, _categorical_backward_rows,
-    _categorical_forward_rows, _finish, _gaussian_backward_rows, _gaussian_forward_rows,
+    _categorical_forward_rows, _copy, _finish, _gaussian_backward_rows, _gaussian_forward_rows,
 )
 
 STAT_NAMES = ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
@@ -86,11 +86,12 @@ _BAD_INDEX, _BAD_SHAPE = 10, 11
 # columns of the int64 layer table (one row per Linear layer: actor layers, then critic layers)
 _LAYER_IN, _LAYER_OUT, _LAYER_W, _LAYER_B, _LAYER_DW, _LAYER_DB, _LAYER_X, _LAYER_Y = range(8)
 _LAYER_COLUMNS = 8
-# slots of the int64 plan: network shape, log-std addresses, float32 workspace offsets
-(_P_ACTOR_LAYERS, _P_CRITIC_LAYERS, _P_RELU, _P_OBS_DIM, _P_OUT_DIM, _P_LOG_STD, _P_LOG_STD_GRAD,
- _P_ROWS, _P_OUT_ROWS, _P_D_OUT, _P_D_LOG_STD, _P_ACTIONS, _P_ROW_STATS, _P_G0, _P_G1,
- _P_MAX_ROWS) = range(16)
-_PLAN_SIZE = 16
+# slots of the int64 plan: network shape (the critic's layers follow the actor's), log-std
+# addresses, float32 workspace offsets
+(_P_ACTOR_LAYERS, _P_RELU, _P_OBS_DIM, _P_OUT_DIM, _P_LOG_STD, _P_LOG_STD_GRAD, _P_ROWS,
+ _P_OUT_ROWS, _P_D_OUT, _P_D_LOG_STD, _P_ACTIONS, _P_ROW_STATS, _P_G0, _P_G1,
+ _P_MAX_ROWS) = range(15)
+_PLAN_SIZE = 15
 _ROW_BUFFERS = 6  # old_logprobs, advantages, old_values, returns, weights, d_values (gathered)
 
 _F = np.float32
@@ -280,37 +281,39 @@ def _linear_backward_input(W, g, h, dh, relu):
 # ----------------------------------------------------------------------------- networks
 
 @njit(cache=True, error_model="numpy")
-def _mlp_forward(n, plan, layers, first, count, ws):
-    """Layers [first, first + count) of the table forward; returns the output (out, n) view."""
+def _mlp_forward(n, plan, net, ws):
+    """The network whose rows of the layer table are ``net``, forward; returns the output
+    (out, n) view."""
     relu = plan[_P_RELU] != 0
-    y = _ws(ws, layers[first, _LAYER_X], layers[first, _LAYER_IN], n)  # (typing; count >= 1)
-    for k in range(first, first + count):
-        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
-        x = _ws(ws, layers[k, _LAYER_X], in_dim, n)
-        y = _ws(ws, layers[k, _LAYER_Y], out_dim, n)
-        W = _at(layers[k, _LAYER_W], out_dim, in_dim)
-        b = _at(layers[k, _LAYER_B], 1, out_dim)[0]
+    count = net.shape[0]
+    y = _ws(ws, net[0, _LAYER_X], net[0, _LAYER_IN], n)  # (typing; count >= 1)
+    for k in range(count):
+        in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
+        x = _ws(ws, net[k, _LAYER_X], in_dim, n)
+        y = _ws(ws, net[k, _LAYER_Y], out_dim, n)
+        W = _at(net[k, _LAYER_W], out_dim, in_dim)
+        b = _at(net[k, _LAYER_B], 1, out_dim)[0]
         _linear_forward(W, b, x, y)
-        if k < first + count - 1:
-            _activate(ws[layers[k, _LAYER_Y]:layers[k, _LAYER_Y] + out_dim * n], relu)
+        if k < count - 1:
+            _activate(ws[net[k, _LAYER_Y]:net[k, _LAYER_Y] + out_dim * n], relu)
     return y
 
 
 @njit(cache=True, error_model="numpy")
-def _mlp_backward(n, plan, layers, first, count, ws, g_out):
-    """Layers [first, first + count) backward from g_out = d loss / d output (out, n), which
-    must be the G0 workspace buffer; writes every dW and db of those layers."""
+def _mlp_backward(n, plan, net, ws, g_out):
+    """The network ``net`` (as in ``_mlp_forward``) backward from g_out = d loss / d output
+    (out, n), which must be the G0 workspace buffer; writes every dW and db of its layers."""
     relu = plan[_P_RELU] != 0
     g = g_out
     ping = True  # g lives in G0; the next input gradient goes to G1, and so on
-    for k in range(first + count - 1, first - 1, -1):
-        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
-        x = _ws(ws, layers[k, _LAYER_X], in_dim, n)
-        _linear_backward_params(g, x, _at(layers[k, _LAYER_DW], out_dim, in_dim),
-                                _at(layers[k, _LAYER_DB], 1, out_dim)[0])
-        if k > first:
+    for k in range(net.shape[0] - 1, -1, -1):
+        in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
+        x = _ws(ws, net[k, _LAYER_X], in_dim, n)
+        _linear_backward_params(g, x, _at(net[k, _LAYER_DW], out_dim, in_dim),
+                                _at(net[k, _LAYER_DB], 1, out_dim)[0])
+        if k > 0:
             dh = _ws(ws, plan[_P_G1] if ping else plan[_P_G0], in_dim, n)
-            _linear_backward_input(_at(layers[k, _LAYER_W], out_dim, in_dim), g, x, dh, relu)
+            _linear_backward_input(_at(net[k, _LAYER_W], out_dim, in_dim), g, x, dh, relu)
             g = dh
             ping = not ping
 
@@ -406,10 +409,10 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     workspace; stats (NUM_STATS,) float32 as in ppo_loss_numba; result (7,) float64 out."""
     n = idx.shape[0]
     d_dim = plan[_P_OUT_DIM]
-    if actions.shape[0] != obs.shape[0] or actions.shape[1] != d_dim:
-        return _fail(_BAD_SHAPE, plan, layers, stats, result)
-    err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, has_weights,
-                  plan, layers, ws)
+    err = _BAD_SHAPE  # one int64 error variable: a literal argument would compile _fail twice
+    if actions.shape[0] == obs.shape[0] and actions.shape[1] == d_dim:
+        err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights,
+                      has_weights, plan, layers, ws)
     if err:
         return _fail(err, plan, layers, stats, result)
     x = _ws(ws, plan[_P_ACTIONS], n, d_dim)
@@ -421,14 +424,14 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     n_actor = plan[_P_ACTOR_LAYERS]
-    values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
+    values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
     rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
                 returns=rb[3], weights=rb[4])
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     mu = _ws(ws, plan[_P_OUT_ROWS], n, d_dim)
-    _to_rows(_mlp_forward(n, plan, layers, 0, n_actor, ws), mu)
+    _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), mu)
     ls = _at(plan[_P_LOG_STD], 1, d_dim)
     logp = _ws(ws, plan[_P_ROW_STATS], 1, n)[0]  # the row_stats of the Gaussian loss
     d_v = rb[5]
@@ -448,11 +451,11 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
             s += d_ls[r, d]
         g_ls[d] = s
     g0 = _ws(ws, plan[_P_G0], 1, n)
-    g0[0, :] = d_v
-    _mlp_backward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws, g0)
+    _copy(d_v, g0[0])
+    _mlp_backward(n, plan, layers[n_actor:], ws, g0)
     g0 = _ws(ws, plan[_P_G0], d_dim, n)
     _to_features(d_mu, g0)
-    _mlp_backward(n, plan, layers, 0, n_actor, ws, g0)
+    _mlp_backward(n, plan, layers[:n_actor], ws, g0)
     _write_result(loss, stats, result)
     return 0
 
@@ -465,10 +468,10 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     (max_rows,) int64 buffer of the gathered actions."""
     n = idx.shape[0]
     a_dim = plan[_P_OUT_DIM]
-    if actions.shape[0] != obs.shape[0]:
-        return _fail(_BAD_SHAPE, plan, layers, stats, result)
-    err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, has_weights,
-                  plan, layers, ws)
+    err = _BAD_SHAPE  # one int64 error variable: a literal argument would compile _fail twice
+    if actions.shape[0] == obs.shape[0]:
+        err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights,
+                      has_weights, plan, layers, ws)
     if err:
         return _fail(err, plan, layers, stats, result)
     act = actions_ws[:n]
@@ -478,14 +481,14 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     n_actor = plan[_P_ACTOR_LAYERS]
-    values = _mlp_forward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws)[0]
+    values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
     rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
                 returns=rb[3], weights=rb[4])
     err = _advantage_stats(act, a_dim, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     z = _ws(ws, plan[_P_OUT_ROWS], n, a_dim)
-    _to_rows(_mlp_forward(n, plan, layers, 0, n_actor, ws), z)
+    _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), z)
     row_stats = _ws(ws, plan[_P_ROW_STATS], n, CATEGORICAL_ROW_STATS)
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
@@ -497,11 +500,11 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
                                d_v)
     g0 = _ws(ws, plan[_P_G0], 1, n)
-    g0[0, :] = d_v
-    _mlp_backward(n, plan, layers, n_actor, plan[_P_CRITIC_LAYERS], ws, g0)
+    _copy(d_v, g0[0])
+    _mlp_backward(n, plan, layers[n_actor:], ws, g0)
     g0 = _ws(ws, plan[_P_G0], a_dim, n)
     _to_features(d_z, g0)
-    _mlp_backward(n, plan, layers, 0, n_actor, ws, g0)
+    _mlp_backward(n, plan, layers[:n_actor], ws, g0)
     _write_result(loss, stats, result)
     return 0
 
@@ -600,7 +603,7 @@ class MLPLossStep:
         if len({p.data_ptr() for p in self._params}) != len(self._params):
             raise ValueError("actor, critic, log_std: expected distinct parameters, got two "
                              "sharing storage (tied weights would need their grads summed)")
-        self._n_actor, self._n_critic = len(actor), len(critic)
+        self._n_actor = len(actor)
         self._shapes = shapes
         self.rebind()
         self._ones = np.ones(1, np.float32)
@@ -657,7 +660,7 @@ class MLPLossStep:
             layers[k, _LAYER_Y] = offset
             offset += out_dim * rows
         plan = np.zeros(_PLAN_SIZE, np.int64)
-        plan[_P_ACTOR_LAYERS], plan[_P_CRITIC_LAYERS] = self._n_actor, self._n_critic
+        plan[_P_ACTOR_LAYERS] = self._n_actor
         plan[_P_RELU] = self.activation == "relu"
         plan[_P_OBS_DIM], plan[_P_OUT_DIM] = self.obs_dim, self.out_dim
         if self.continuous:

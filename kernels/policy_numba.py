@@ -237,6 +237,11 @@ def _layer(table, layer):
             carray(_f32_pointer(table[rec + 1]), (n_out,)))
 
 
+# the actor's first layer record: an int64, as n_actor is (a literal 0 would compile a second
+# specialization of each MLP function)
+_ACTOR = np.int64(0)
+
+
 @njit(cache=True, error_model="numpy")
 def _mlp(table, first, n_layers, activation, x, h0, h1):
     """Layers first .. first + n_layers - 1 of the table on the row x (h0, h1: ping-pong
@@ -377,7 +382,7 @@ def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, nois
                 for k in range(obs_dim):
                     obs_out[r, k] = xt[k]
         if rows == TILE:
-            y = _mlp_tile(table, 0, n_actor, activation, x, h0, h1)
+            y = _mlp_tile(table, _ACTOR, n_actor, activation, x, h0, h1)
             for t in range(TILE):
                 r = r0 + t
                 logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
@@ -388,7 +393,7 @@ def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, nois
         else:
             for t in range(rows):
                 r = r0 + t
-                y1 = _mlp(table, 0, n_actor, activation, x[t], h0[t], h1[t])
+                y1 = _mlp(table, _ACTOR, n_actor, activation, x[t], h0[t], h1[t])
                 logp[r] = _head(y1, r, _row_key(key, r), noise[r] if given else no_noise,
                                 gaussian, deterministic, sigma, log_std, e, act_f, act_i)
                 v1 = _mlp(table, n_actor, n_critic, activation, x[t], h0[t], h1[t])

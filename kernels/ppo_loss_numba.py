@@ -129,6 +129,14 @@ class KernelFlags(NamedTuple):
 # ----------------------------------------------------------------------------- shared pieces
 
 @njit(cache=True, error_model="numpy")
+def _copy(src, dst):
+    """dst[:len(src)] = src, as a loop: a slice assignment would compile Numba's shape-mismatch
+    error path (string formatting, about 3 s of a cold compile)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(cache=True, error_model="numpy")
 def _tmax(x, y):
     """torch.max(x, y): NaN if either is NaN."""
     if x != x or y != y:
@@ -314,7 +322,7 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             s[r] = 0.0
             t[r] = 0.0
         if flags.has_weights:
-            wt[:n] = w[r0:r0 + n]
+            _copy(w[r0:r0 + n], wt)
         for j in range(1, a_dim):
             for r in range(n):
                 m[r] = zt[j, r] if zt[j, r] > m[r] else m[r]
@@ -520,7 +528,7 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
         old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
         ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
         if flags.has_weights:
-            wt[:n] = w[r0:r0 + n]
+            _copy(w[r0:r0 + n], wt)
         if shared:  # log-prob = -sum_d zd^2 / 2 - sum_d log_std_d - D log(2 pi) / 2
             for r in range(n):
                 logp[r] = 0.0
@@ -612,7 +620,7 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
         ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
         d_mu_b, d_ls_b, d_v_t = d_mu[r0:r0 + n], d_ls[r0:r0 + n], d_v[r0:r0 + n]
         if flags.has_weights:
-            wt[:n] = w[r0:r0 + n]
+            _copy(w[r0:r0 + n], wt)
         for r in range(n):
             c = g * wt[r]
             logratio = rs_t[r] - old_t[r]
