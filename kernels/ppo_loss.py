@@ -177,7 +177,7 @@ def _register(policy: str, fwd, bwd) -> None:
         policy_out, dtype = args[0], _compute_dtype(args[0])
         batch = policy_out.shape[0]
         if policy == "categorical":
-            row_stats = (batch, categorical_row_stats(args[-1], args[2] is not None))
+            row_stats = (batch, categorical_row_stats(args[2] is not None))
         else:
             row_stats = (batch,)
         return (policy_out.new_empty((), dtype=dtype),

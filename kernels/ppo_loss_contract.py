@@ -14,9 +14,10 @@ A backend (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) implemen
 when no KL is asked for. Inputs arrive validated by ``fastppo.kernels.ppo_loss``, with every
 data tensor (``rows`` but ``values``, the Gaussian actions, the old policy's parameters) in the
 compute dtype: float64 for float64 policy outputs, float32 otherwise. ``stats`` is
-``(NUM_STATS,)`` in the compute dtype, laid out as ``Stat``; ``row_stats`` is whatever the
-backward needs per row (``categorical_row_stats`` gives its width), so no (B, A) intermediate
-is kept.
+``(NUM_STATS,)`` in the compute dtype, laid out as ``Stat``; ``row_stats``, what the backward
+needs per row, has one layout on every backend: categorical (B, ``categorical_row_stats``)
+(logsumexp, entropy, then the old logsumexp), Gaussian (B,) (the log-prob). No (B, A)
+intermediate is kept.
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "cli
 assert STAT_NAMES + ("kl",) == tuple(s.name.lower() for s in Stat)[:Stat.KL + 1]
 
 
-def categorical_row_stats(backend: str, has_old_logits: bool) -> int:
-    """Columns of the categorical ``row_stats``: logsumexp and entropy (the Numba backend adds
-    the row's head gradients d pg/d logp and d v_loss/d values, so its backward only scales
-    them), then the old logits' logsumexp when ``old_logits`` is given."""
-    return (4 if backend == "numba" else 2) + int(has_old_logits)
+def categorical_row_stats(has_old_logits: bool) -> int:
+    """Columns of the categorical ``row_stats``, on every backend: logsumexp and entropy, then
+    the old logits' logsumexp when ``old_logits`` is given."""
+    return 2 + int(has_old_logits)

@@ -17,9 +17,8 @@ loss terms and weighted sums of the seven statistics (float64 accumulators; for 
 policy also across the tile's rows, with a vectorizable float32 log and exp), and ``_finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
-gradients, recomputing the softmax from the logits. The categorical forward also saves each
-row's head gradients (d pg/d logp, d v_loss/d values, before the row weight), so its backward
-only scales them: no second ratio exp and no clip branches per row.
+gradients, recomputing the softmax from the logits and the row's ratio and head gradients
+from the saved log-prob (the same operations as the forward, so the same float values).
 
 PPO-penalty. ``loss = pg_loss - ent_coef entropy + vf_coef v_loss + kl_coef kl`` with
 ``kl = mean_w(KL(old || new)_i)`` (the ``Stat.KL`` slot; 0 without old parameters, and the term
@@ -32,7 +31,7 @@ them into NaN).
   (a term with ``exp(do_j) == 0``, an old logit of -inf, counts 0). The old logits go through
   the same transposed tile as the new ones: their max loop, then ``So`` and the KL sum in the
   same loop over the columns as ``S`` and the entropy sum. The old logsumexp ``mo + log So`` is
-  saved as the last ``row_stats`` column (``categorical_row_stats("numba", True)``, 5 columns);
+  saved as the last ``row_stats`` column (``categorical_row_stats(True)``, 3 columns);
   the backward recomputes ``q_j = exp(oz_j - old_lse)`` in its one loop over the row and adds
   ``kl_coef c_i (p_j - q_j)`` to d_logits (``c_i = G w_i / sum w``). No (B, A) intermediate.
 * Gaussian, per dimension with ``sn = exp(ls)``, ``so = exp(old_ls)``, ``lr = 2 (old_ls - ls)``:
@@ -87,12 +86,11 @@ from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_sta
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
 PARALLEL_MIN_ELEMENTS = 1 << 18
-# the categorical row_stats columns without old logits: logsumexp, entropy, and the gradients of
-# the row's loss terms before the row weight (d pg/d logp, d v_loss/d values), so the backward
-# only scales them; with old logits their logsumexp follows as column _OLD_LSE
-CATEGORICAL_ROW_STATS = categorical_row_stats("numba", False)
+# the categorical row_stats columns (ppo_loss_contract): logsumexp, entropy, then with old logits
+# their logsumexp as column _OLD_LSE
+CATEGORICAL_ROW_STATS = categorical_row_stats(False)
 _OLD_LSE = CATEGORICAL_ROW_STATS
-assert categorical_row_stats("numba", True) == _OLD_LSE + 1
+assert categorical_row_stats(True) == _OLD_LSE + 1
 _NUM_SUMS = int(Stat.KL) + 1  # the weighted sums of the row kernels: Stat slots 0 .. KL
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _SUM_CHUNK = 16  # columns summed in the dtype of z before adding into the float64 row sums
@@ -377,12 +375,9 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             ratio = exp(logratio)
             pg, vl, kl, okl, cf = _head_row(logratio, ratio, a, v_t[r], ov_t[r], ret_t[r], clip,
                                             clip_vloss)
-            h_logp, h_v = _head_grad_row(ratio, a, v_t[r], ov_t[r], ret_t[r], clip, clip_vloss)
             ent = log_s - t[r] / s[r]
             out[0, r] = lse
             out[1, r] = ent
-            out[2, r] = h_logp
-            out[3, r] = h_v
             wi = wt[r]
             sum_pg = sum_add(sum_pg, wi * pg)
             sum_vl = sum_add(sum_vl, wi * vl)
@@ -408,9 +403,12 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
 def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, stats, row_stats,
                                d_z, d_v):
     """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss
-    (the per-row head gradients come saved in row_stats[:, 2:4]; with old logits and
-    kl_coef != 0, q is recomputed from them and their saved logsumexp)."""
-    w = rows.weights
+    (the ratio and the head gradients recomputed from the saved logsumexp as in the forward;
+    with old logits and kl_coef != 0, q from them and their saved logsumexp)."""
+    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
+    ov, ret, w = rows.old_values, rows.returns, rows.weights
+    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
+    clip, clip_vloss = coefs.clip, flags.clip_vloss
     vf_coef, ent_coef, kl_coef = coefs.vf, coefs.ent, coefs.kl
     use_kl = flags.has_old and kl_coef != 0.0
     g = g / stats[Stat.WEIGHT_SUM]
@@ -422,8 +420,11 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
         lse = row_stats[i, 0]
         ent = row_stats[i, 1]
         act = actions[i]
-        d_logp = c * row_stats[i, 2]
-        d_v[i] = vf_coef * (c * row_stats[i, 3])
+        logratio = (z[i, act] - lse) - old[i]
+        a = (adv[i] - adv_mean) / adv_scale
+        h_logp, h_v = _head_grad_row(exp(logratio), a, v[i], ov[i], ret[i], clip, clip_vloss)
+        d_logp = c * h_logp
+        d_v[i] = vf_coef * (c * h_v)
         # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act] (+ kl_coef c (p - q)), in
         # the dtype of z so that the loop over A vectorizes at full float32 width
         k_ent = cdt(ent_coef * c)  # -d_ent
@@ -818,7 +819,7 @@ def forward_categorical_prepared(logits, actions, old_logits, rows, coefs):
     """``forward_categorical``, also returning the kernel arguments for
     ``backward_categorical_prepared`` (the eager path keeps them on its autograd context)."""
     args = _categorical_args(logits, actions, old_logits, rows, coefs)
-    width = categorical_row_stats("numba", old_logits is not None)
+    width = categorical_row_stats(old_logits is not None)
     return _forward(_CATEGORICAL, args, logits.shape[1], logits.shape[0], width)
 
 

@@ -28,7 +28,7 @@ is ``mean_w(KL_i)`` (0 without the old parameters).
   entropy's sum, so ``KL_i = sum_j q_j (log q_j - log p_j) = t / osum + log s - log osum`` with
   no second pass, no (B, A) intermediate and no cancellation of the rows' common logit offsets. A term with ``q_j = 0`` (old logit -inf, padding) counts 0;
   ``q_j > 0`` with ``z_j = -inf`` gives +inf; NaN propagates. ``row_stats`` gets the old
-  logsumexp as its last column (``categorical_row_stats("triton", True)`` columns: lse,
+  logsumexp as its last column (``categorical_row_stats(True)`` columns: lse,
   entropy, old lse). The backward recomputes ``q_j = exp(oz_j - old_lse)`` in its one pass and
   adds ``kl_coef c_i (p_ij - q_ij)`` (``c_i = G w_i / sum w``).
 * Gaussian, per dimension, ``r = exp(old_ls - ls)``, ``dm = (old_mu - mu) exp(-ls)``:
@@ -130,11 +130,11 @@ S_WEIGHT_SUM = tl.constexpr(int(Stat.WEIGHT_SUM))
 N_STATS = tl.constexpr(NUM_STATS)
 STATS_BLOCK = tl.constexpr(triton.next_power_of_2(NUM_STATS))
 # categorical row_stats columns: logsumexp, entropy, then (with old logits) the old logsumexp
-ROW_COLS = tl.constexpr(categorical_row_stats("triton", False))
-ROW_COLS_OLD = tl.constexpr(categorical_row_stats("triton", True))
+ROW_COLS = tl.constexpr(categorical_row_stats(False))
+ROW_COLS_OLD = tl.constexpr(categorical_row_stats(True))
 COL_LSE = tl.constexpr(0)
 COL_ENT = tl.constexpr(1)
-COL_OLD_LSE = tl.constexpr(categorical_row_stats("triton", True) - 1)
+COL_OLD_LSE = tl.constexpr(categorical_row_stats(True) - 1)
 # tile elements per thread (per live tile-shaped value), by compute dtype
 _ELEMS_PER_THREAD = {torch.float32: 16, torch.float64: 8}
 # rows of the per-row head (some 30 values each) one thread may hold, by compute dtype
@@ -722,7 +722,7 @@ def forward_categorical(logits, actions, old_logits, rows: Rows, coefs: Coefs):
     with _device(logits):
         loss, stats = _prepare(rows.advantages, rows.weights, bool(coefs.normalize_advantages),
                                dtype)
-        row_stats = torch.empty(batch, categorical_row_stats("triton", has_old), dtype=dtype,
+        row_stats = torch.empty(batch, categorical_row_stats(has_old), dtype=dtype,
                                 device=logits.device)
         _categorical_forward_kernel[(triton.cdiv(batch, block_b),)](
             logits, logits.stride(0), logits.stride(1), actions, actions.stride(0),
