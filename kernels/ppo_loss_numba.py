@@ -402,9 +402,11 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, stats, row_stats,
                                d_z, d_v):
-    """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss
-    (the ratio and the head gradients recomputed from the saved logsumexp as in the forward;
-    with old logits and kl_coef != 0, q from them and their saved logsumexp)."""
+    """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss.
+
+    The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
+    saved logsumexp), then the row's softmax gradient is written column by column (with old
+    logits and kl_coef != 0, q from them and their saved logsumexp)."""
     old, adv, v = rows.old_logprobs, rows.advantages, rows.values
     ov, ret, w = rows.old_values, rows.returns, rows.weights
     adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
@@ -415,36 +417,53 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
     a_dim = z.shape[1]
     cdt = z.dtype.type
     zero = cdt(0.0)
-    for i in range(lo, hi):
-        c = g * (w[i] if flags.has_weights else 1.0)
-        lse = row_stats[i, 0]
-        ent = row_stats[i, 1]
-        act = actions[i]
-        logratio = (z[i, act] - lse) - old[i]
-        a = (adv[i] - adv_mean) / adv_scale
-        h_logp, h_v = _head_grad_row(exp(logratio), a, v[i], ov[i], ret[i], clip, clip_vloss)
-        d_logp = c * h_logp
-        d_v[i] = vf_coef * (c * h_v)
-        # d_z = p (-d_logp - d_ent (log p + ent)) + d_logp [j == act] (+ kl_coef c (p - q)), in
-        # the dtype of z so that the loop over A vectorizes at full float32 width
-        k_ent = cdt(ent_coef * c)  # -d_ent
-        if use_kl:
-            k_kl = cdt(kl_coef * c)
-            k_p = cdt(kl_coef * c - d_logp)
-            old_lse = row_stats[i, _OLD_LSE]
-            for j in range(a_dim):
-                log_p = z[i, j] - lse
-                p = exp(log_p)
-                q = exp(oz[i, j] - old_lse)
-                d_z[i, j] = (p * k_p - q * k_kl
-                             + (p * k_ent * (log_p + ent) if p > zero else zero))
-        else:
-            k_logp = cdt(-d_logp)
-            for j in range(a_dim):
-                log_p = z[i, j] - lse
-                p = exp(log_p)
-                d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
-        d_z[i, act] += d_logp
+    logp = np.empty(_ROW_TILE, z.dtype)
+    d_logp = np.empty(_ROW_TILE)
+    wt = np.ones(_ROW_TILE)  # the tile's row weights
+    for r0 in range(lo, hi, _ROW_TILE):
+        n = min(_ROW_TILE, hi - r0)
+        zb, act_t = z[r0:r0 + n], actions[r0:r0 + n]
+        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
+        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
+        d_v_t = d_v[r0:r0 + n]
+        if flags.has_weights:
+            _copy(w[r0:r0 + n], wt)
+        for r in range(n):  # the rows' log-probs, into a dense tile (so the next loop vectorizes)
+            logp[r] = zb[r, act_t[r]] - rs_t[r, 0]
+        for r in range(n):
+            c = g * wt[r]
+            logratio = logp[r] - old_t[r]
+            a = (adv_t[r] - adv_mean) / adv_scale
+            h_logp, h_v = _head_grad_row(exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
+                                         clip_vloss)
+            d_logp[r] = c * h_logp
+            d_v_t[r] = vf_coef * (c * h_v)
+        for r in range(n):
+            i = r0 + r
+            c = g * wt[r]
+            lse = rs_t[r, 0]
+            ent = rs_t[r, 1]
+            dl = d_logp[r]
+            # d_z = p (-dl - d_ent (log p + ent)) + dl [j == act] (+ kl_coef c (p - q)), in the
+            # dtype of z so that the loop over A vectorizes at full float32 width
+            k_ent = cdt(ent_coef * c)  # -d_ent
+            if use_kl:
+                k_kl = cdt(kl_coef * c)
+                k_p = cdt(kl_coef * c - dl)
+                old_lse = rs_t[r, _OLD_LSE]
+                for j in range(a_dim):
+                    log_p = z[i, j] - lse
+                    p = exp(log_p)
+                    q = exp(oz[i, j] - old_lse)
+                    d_z[i, j] = (p * k_p - q * k_kl
+                                 + (p * k_ent * (log_p + ent) if p > zero else zero))
+            else:
+                k_logp = cdt(-dl)
+                for j in range(a_dim):
+                    log_p = z[i, j] - lse
+                    p = exp(log_p)
+                    d_z[i, j] = p * k_logp + (p * k_ent * (log_p + ent) if p > zero else zero)
+            d_z[i, act_t[r]] += dl
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
