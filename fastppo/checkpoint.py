@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import describe, first_line
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt_(\d{12})\.pt$")
 _TMP_PREFIX = ".ckpt_tmp_"
@@ -76,12 +78,6 @@ def _checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _first_line(err: BaseException) -> str:
-    """First line of an exception message (torch's are long)."""
-    text = str(err)
-    return text.splitlines()[0] if text else ""
-
-
 def _refusal(err: BaseException) -> str:
     """What ``weights_only`` refused, without torch's advice to retry with
     ``weights_only=False`` or to allowlist the global (both would run the file's code)."""
@@ -90,7 +86,7 @@ def _refusal(err: BaseException) -> str:
     if marker in text:
         reason = text.split(marker, 1)[1].strip().splitlines()[0]
         return reason.split(". ", 1)[0].rstrip(".")
-    line = _first_line(err)
+    line = first_line(err)
     return "" if "weights_only" in line or "can still be loaded" in line else line
 
 
@@ -189,7 +185,7 @@ def check_integrity(path: str | os.PathLike) -> None:
             bad = archive.testzip()
     except Exception as err:  # noqa: BLE001 - a damaged archive fails in many ways
         raise CorruptCheckpointError(path, f"its zip archive cannot be read "
-                                           f"({type(err).__name__}: {_first_line(err)})") from None
+                                           f"({describe(err)})") from None
     if bad is not None:
         raise CorruptCheckpointError(path, f"member {bad} fails its CRC-32 check")
 
@@ -250,7 +246,7 @@ def latest_checkpoint(run_dir: str | os.PathLike, stacklevel: int = 2) -> tuple[
         except Exception as err:  # noqa: BLE001 - any read failure means "try the previous one"
             reason = f"corrupted: {err.reason}" if isinstance(err, CorruptCheckpointError) \
                 else type(err).__name__
-            failures.append(f"{path.name}: {type(err).__name__}: {_first_line(err)}")
+            failures.append(f"{path.name}: {describe(err)}")
             warnings.warn(
                 f"checkpoint {path} is unreadable ({reason}); falling back to the previous one",
                 RuntimeWarning,

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .config import DEVICES
+from .errors import describe
 
 # Set (unless the user set them) before an NCCL process group is created: a blocking, bounded
 # wait in the calling thread, so a dead or hung peer raises in ``_collective``; the watchdog
@@ -153,7 +154,7 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 300.0) -> Dis
             f"rank {rank}/{world_size}: rendezvous at {where} ({backend}) did not complete within "
             f"{timeout_s:g}s: not all {world_size} ranks started, or they cannot reach each other "
             f"(check MASTER_ADDR/MASTER_PORT, firewalls, and that every node was launched). "
-            f"Cause: {_first_line(err)}") from err
+            f"Cause: {describe(err)}") from err
     return DistContext(rank, world_size, local_rank, device, float(timeout_s))
 
 
@@ -178,11 +179,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence((int(seed), int(rank))).generate_state(1)[0] >> 1)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 @contextlib.contextmanager
 def _collective(ctx: DistContext, what: str) -> Iterator[None]:
     """Turn a backend failure inside a collective into a DistributedError that says what broke."""
@@ -192,7 +188,7 @@ def _collective(ctx: DistContext, what: str) -> Iterator[None]:
         raise DistributedError(
             f"rank {ctx.rank}/{ctx.world_size}: {what} failed: another rank died or did not "
             f"answer within {ctx.timeout_s:g}s. The failing rank's own error and torchrun's "
-            f"summary name the cause. Cause: {_first_line(err)}") from err
+            f"summary name the cause. Cause: {describe(err)}") from err
 
 
 # ----------------------------------------------------------------------------- gradients

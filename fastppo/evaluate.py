@@ -18,6 +18,7 @@ from .agent import Agent, make_agent
 from .checkpoint import latest_checkpoint
 from .config import PPOConfig, config_mismatch, read_run_config
 from .distributed import resolve_device
+from .errors import describe
 from .envs import VecEnv, check_env_id, env_spaces
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never replay the training envs' seeds
@@ -128,7 +129,7 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         envs.close()
         raise ValueError(f"{run.path}: its normalization statistics do not fit {config.env_id} "
-                         f"({type(err).__name__}: {err})") from None
+                         f"({describe(err)})") from None
     agent = run.agent.to(dev)
     agent.eval()
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
