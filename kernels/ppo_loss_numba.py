@@ -256,6 +256,26 @@ def _head_grad_row(ratio, adv, v, ov, ret, clip, clip_vloss):
     return h_logp, v - ret
 
 
+
+@njit(cache=True, error_model="numpy")
+def _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v):
+    """One tile of a backward, rows r0 .. r0 + n - 1, from their log-probs logp[:n] (the ratio
+    as in the forward): d_logp[r] = c_r d pg/d logp and d_v[r0 + r] = vf_coef c_r d v_loss/d v,
+    with c_r = g wt[r] (g already divided by the weight sum), across the rows so the loop
+    vectorizes."""
+    old_t, adv_t = rows.old_logprobs[r0:r0 + n], rows.advantages[r0:r0 + n]
+    v_t, ov_t, ret_t = rows.values[r0:r0 + n], rows.old_values[r0:r0 + n], rows.returns[r0:r0 + n]
+    d_v_t = d_v[r0:r0 + n]
+    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
+    clip, vf_coef, clip_vloss = coefs.clip, coefs.vf, flags.clip_vloss
+    for r in range(n):
+        c = g * wt[r]
+        a = (adv_t[r] - adv_mean) / adv_scale
+        h_logp, h_v = _head_grad_row(exp(logp[r] - old_t[r]), a, v_t[r], ov_t[r], ret_t[r], clip,
+                                     clip_vloss)
+        d_logp[r] = c * h_logp
+        d_v_t[r] = vf_coef * (c * h_v)
+
 # ----------------------------------------------------------------------------- categorical
 # ``rows``: a ``Rows`` of numpy arrays; ``coefs``: ``KernelCoefs``; ``flags``: ``KernelFlags``;
 # ``stats`` (NUM_STATS,) laid out as ``Stat``. ``oz`` are the old logits ((1, 1) dummy unless
@@ -407,11 +427,8 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
     saved logsumexp), then the row's softmax gradient is written column by column (with old
     logits and kl_coef != 0, q from them and their saved logsumexp)."""
-    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
-    ov, ret, w = rows.old_values, rows.returns, rows.weights
-    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
-    clip, clip_vloss = coefs.clip, flags.clip_vloss
-    vf_coef, ent_coef, kl_coef = coefs.vf, coefs.ent, coefs.kl
+    w = rows.weights
+    ent_coef, kl_coef = coefs.ent, coefs.kl
     use_kl = flags.has_old and kl_coef != 0.0
     g = g / stats[Stat.WEIGHT_SUM]
     a_dim = z.shape[1]
@@ -422,22 +439,12 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
     wt = np.ones(_ROW_TILE)  # the tile's row weights
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
-        zb, act_t = z[r0:r0 + n], actions[r0:r0 + n]
-        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
-        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
-        d_v_t = d_v[r0:r0 + n]
+        zb, act_t, rs_t = z[r0:r0 + n], actions[r0:r0 + n], row_stats[r0:r0 + n]
         if flags.has_weights:
             _copy(w[r0:r0 + n], wt)
-        for r in range(n):  # the rows' log-probs, into a dense tile (so the next loop vectorizes)
+        for r in range(n):  # the rows' log-probs, into a dense tile (so the head loop vectorizes)
             logp[r] = zb[r, act_t[r]] - rs_t[r, 0]
-        for r in range(n):
-            c = g * wt[r]
-            logratio = logp[r] - old_t[r]
-            a = (adv_t[r] - adv_mean) / adv_scale
-            h_logp, h_v = _head_grad_row(exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
-                                         clip_vloss)
-            d_logp[r] = c * h_logp
-            d_v_t[r] = vf_coef * (c * h_v)
+        _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v)
         for r in range(n):
             i = r0 + r
             c = g * wt[r]
@@ -619,13 +626,10 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
     saved log-prob), then the elements are written row by row (with old parameters and
     kl_coef != 0, plus the KL gradient from the re-read old mean and log-std)."""
-    old, adv, v = rows.old_logprobs, rows.advantages, rows.values
-    ov, ret, w = rows.old_values, rows.returns, rows.weights
-    clip, vf_coef, ent_coef, kl_coef = coefs.clip, coefs.vf, coefs.ent, coefs.kl
-    clip_vloss = flags.clip_vloss
+    w = rows.weights
+    ent_coef, kl_coef = coefs.ent, coefs.kl
     use_kl = flags.has_old and kl_coef != 0.0
     g = g / stats[Stat.WEIGHT_SUM]
-    adv_mean, adv_scale = stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE]
     d_dim = mu.shape[1]
     shared = ls.shape[0] == 1
     old_shared = ols.shape[0] == 1
@@ -636,19 +640,11 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
     for r0 in range(lo, hi, _ROW_TILE):
         n = min(_ROW_TILE, hi - r0)
         mu_b, x_b, ls_b = mu[r0:r0 + n], x[r0:r0 + n], ls[0:1] if shared else ls[r0:r0 + n]
-        old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
-        ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
-        d_mu_b, d_ls_b, d_v_t = d_mu[r0:r0 + n], d_ls[r0:r0 + n], d_v[r0:r0 + n]
+        d_mu_b, d_ls_b = d_mu[r0:r0 + n], d_ls[r0:r0 + n]
         if flags.has_weights:
             _copy(w[r0:r0 + n], wt)
-        for r in range(n):
-            c = g * wt[r]
-            logratio = rs_t[r] - old_t[r]
-            a = (adv_t[r] - adv_mean) / adv_scale
-            h_logp, h_v = _head_grad_row(exp(logratio), a, v_t[r], ov_t[r], ret_t[r], clip,
-                                         clip_vloss)
-            d_logp[r] = c * h_logp
-            d_v_t[r] = vf_coef * (c * h_v)
+        _head_grad_tile(r0, n, row_stats[r0:r0 + n], rows, coefs, flags, stats, g, wt, d_logp,
+                        d_v)
         d_ent = -ent_coef * g
         if use_kl:
             omu_b = omu[r0:r0 + n]
