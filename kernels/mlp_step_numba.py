@@ -319,6 +319,19 @@ def _mlp_backward(n, plan, net, ws, g_out):
 
 
 @njit(cache=True, error_model="numpy")
+def _nets_backward(n, plan, layers, ws, d_out, d_v):
+    """Both networks backward from d loss/d actor output d_out (n, out) and d loss/d values d_v
+    (n,), through the G0 buffer: writes every dW and db."""
+    n_actor = plan[_P_ACTOR_LAYERS]
+    g0 = _ws(ws, plan[_P_G0], 1, n)
+    _copy(d_v, g0[0])
+    _mlp_backward(n, plan, layers[n_actor:], ws, g0)
+    g0 = _ws(ws, plan[_P_G0], d_out.shape[1], n)
+    _to_features(d_out, g0)
+    _mlp_backward(n, plan, layers[:n_actor], ws, g0)
+
+
+@njit(cache=True, error_model="numpy")
 def _zero_grads(plan, layers):
     for k in range(layers.shape[0]):
         in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
@@ -450,12 +463,7 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
         for r in range(n):
             s += d_ls[r, d]
         g_ls[d] = s
-    g0 = _ws(ws, plan[_P_G0], 1, n)
-    _copy(d_v, g0[0])
-    _mlp_backward(n, plan, layers[n_actor:], ws, g0)
-    g0 = _ws(ws, plan[_P_G0], d_dim, n)
-    _to_features(d_mu, g0)
-    _mlp_backward(n, plan, layers[:n_actor], ws, g0)
+    _nets_backward(n, plan, layers, ws, d_mu, d_v)
     _write_result(loss, stats, result)
     return 0
 
@@ -499,12 +507,7 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     d_v = rb[5]
     _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
                                d_v)
-    g0 = _ws(ws, plan[_P_G0], 1, n)
-    _copy(d_v, g0[0])
-    _mlp_backward(n, plan, layers[n_actor:], ws, g0)
-    g0 = _ws(ws, plan[_P_G0], a_dim, n)
-    _to_features(d_z, g0)
-    _mlp_backward(n, plan, layers[:n_actor], ws, g0)
+    _nets_backward(n, plan, layers, ws, d_z, d_v)
     _write_result(loss, stats, result)
     return 0
 
