@@ -66,6 +66,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from .math32_numba import exp32
+from . import ppo_loss_contract
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
     _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
@@ -73,7 +74,8 @@ from .ppo_loss_numba import (
     _categorical_forward_rows, _copy, _finish, _gaussian_backward_rows, _gaussian_forward_rows,
 )
 
-STAT_NAMES = ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
+# what a call returns: the loss, then the public stats but kl (the step has no KL term)
+STAT_NAMES = ("loss",) + ppo_loss_contract.STAT_NAMES
 
 # The one fastmath switch: the weight-gradient dot products may be reassociated (SIMD partial
 # sums) and multiply-adds fused; nothing else in this file relaxes IEEE semantics but "contract".
