@@ -129,7 +129,8 @@ class KernelFlags(NamedTuple):
 @njit(cache=True, error_model="numpy")
 def _copy(src, dst):
     """dst[:len(src)] = src, as a loop: a slice assignment would compile Numba's shape-mismatch
-    error path (string formatting, about 3 s of a cold compile)."""
+    error path, whose message formatting is a large share of the cold compile of each kernel
+    using it (bench/README.md, "Cold compile")."""
     for i in range(src.shape[0]):
         dst[i] = src[i]
 
@@ -256,7 +257,6 @@ def _head_grad_row(ratio, adv, v, ov, ret, clip, clip_vloss):
     return h_logp, v - ret
 
 
-
 @njit(cache=True, error_model="numpy")
 def _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v):
     """One tile of a backward, rows r0 .. r0 + n - 1, from their log-probs logp[:n] (the ratio
@@ -275,6 +275,7 @@ def _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v):
                                      clip_vloss)
         d_logp[r] = c * h_logp
         d_v_t[r] = vf_coef * (c * h_v)
+
 
 # ----------------------------------------------------------------------------- categorical
 # ``rows``: a ``Rows`` of numpy arrays; ``coefs``: ``KernelCoefs``; ``flags``: ``KernelFlags``;
