@@ -65,8 +65,8 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from .math32_numba import exp32
 from . import ppo_loss_contract
+from .math32_numba import exp32
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
     _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
