@@ -17,8 +17,8 @@ loss terms and weighted sums of the seven statistics (float64 accumulators; for 
 policy also across the tile's rows, with a vectorizable float32 log and exp), and ``_finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
-gradients, recomputing the softmax from the logits and the row's ratio and head gradients
-from the saved log-prob (the same operations as the forward, so the same float values).
+gradients, recomputing the softmax from the logits and the row's ratio (bit for bit the
+forward's) and head gradients from the saved log-prob.
 
 PPO-penalty. ``loss = pg_loss - ent_coef entropy + vf_coef v_loss + kl_coef kl`` with
 ``kl = mean_w(KL(old || new)_i)`` (the ``Stat.KL`` slot; 0 without old parameters, and the term
