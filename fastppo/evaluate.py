@@ -18,8 +18,8 @@ from .agent import Agent, make_agent
 from .checkpoint import latest_checkpoint
 from .config import PPOConfig, config_mismatch, read_run_config
 from .distributed import resolve_device
-from .errors import describe
 from .envs import VecEnv, check_env_id, env_spaces
+from .errors import describe
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never replay the training envs' seeds
 MAX_EVAL_ENVS = 16
