@@ -515,6 +515,18 @@ def _categorical_backward_parallel(blocks, g, z, oz, actions, rows, coefs, flags
 # per column instead of once per element); the same for ``ols``, the old log-std. ``omu, ols``
 # are (1, 1) dummies unless has_old.
 
+@njit(cache=True, error_model="numpy")
+def _scaled_square_sum(a, mu, inv_std, n, out):
+    """out[r] = sum_d ((a[r, d] - mu[r, d]) inv_std[d])^2 for rows r < n (a shared std), summed
+    in order d = 0 .. D-1 across the rows, so the loop over rows vectorizes."""
+    for r in range(n):
+        out[r] = 0.0
+    for d in range(mu.shape[1]):
+        for r in range(n):
+            z = (a[r, d] - mu[r, d]) * inv_std[d]
+            out[r] += z * z
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stats, sums,
                            row_stats):
@@ -558,12 +570,7 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
         if flags.has_weights:
             _copy(w[r0:r0 + n], wt)
         if shared:  # log-prob = -sum_d zd^2 / 2 - sum_d log_std_d - D log(2 pi) / 2
-            for r in range(n):
-                logp[r] = 0.0
-            for d in range(d_dim):
-                for r in range(n):
-                    zd = (x_b[r, d] - mu_b[r, d]) * inv_std_shared[d]
-                    logp[r] += zd * zd
+            _scaled_square_sum(x_b, mu_b, inv_std_shared, n, logp)
             for r in range(n):
                 logp[r] = -0.5 * logp[r] - ls_sum_shared - d_dim * HALF_LOG_2PI
                 ent[r] = ent_shared
@@ -594,12 +601,7 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
             omu_b = omu[r0:r0 + n]
             ols_b = ols[0:1] if old_shared else ols[r0:r0 + n]
             if shared and old_shared:
-                for r in range(n):
-                    pen[r] = 0.0
-                for d in range(d_dim):
-                    for r in range(n):
-                        dm = (omu_b[r, d] - mu_b[r, d]) * inv_std_shared[d]
-                        pen[r] += dm * dm
+                _scaled_square_sum(omu_b, mu_b, inv_std_shared, n, pen)
                 for r in range(n):
                     pen[r] = 0.5 * pen[r] + kl_shared
             else:
