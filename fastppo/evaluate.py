@@ -45,11 +45,17 @@ def _kind(value) -> str:
 def check_checkpoint(config: PPOConfig, path: Path, state: dict,
                      keys: tuple[str, ...] = EVAL_KEYS) -> Agent:
     """The run's network with the weights of the checkpoint ``state`` (read from ``path``);
-    ValueError naming the file when the checkpoint lacks one of ``keys``, was trained with other
-    settings than ``config`` (the run's config.json), or its weights do not fit the network.
+    ValueError naming the file when the checkpoint was trained with other settings than
+    ``config`` (the run's config.json), lacks one of ``keys``, or its weights do not fit the
+    network or are not finite (NaN or inf).
     Makes no environment (EnvPool's spec gives the spaces)."""
     path = Path(path)
     config_file = path.parent.parent / "config.json"
+    if isinstance(state.get("config"), dict):  # before the keys, which depend on the loss
+        mismatch = config_mismatch(config, state["config"])
+        if mismatch:
+            raise ValueError(f"{config_file}: {mismatch} ({path.name}); config.json was edited "
+                             "or the checkpoint is from another run")
     missing = [key for key in keys if key not in state]
     if missing:
         held = sorted(str(key) for key in state)
@@ -63,10 +69,6 @@ def check_checkpoint(config: PPOConfig, path: Path, state: dict,
     if "env" in keys and not isinstance(state["env"].get("norm"), dict):
         raise ValueError(f"{path}: expected 'env' to hold the normalization state 'norm', got "
                          f"{sorted(map(str, state['env']))}")
-    mismatch = config_mismatch(config, state["config"])
-    if mismatch:
-        raise ValueError(f"{config_file}: {mismatch} ({path.name}); config.json was edited or "
-                         "the checkpoint is from another run")
     try:
         check_env_id(config.env_id)
     except ValueError as err:
@@ -83,6 +85,10 @@ def check_checkpoint(config: PPOConfig, path: Path, state: dict,
         raise ValueError(f"{path}: its weights do not fit the network of {config_file} "
                          f"({config.network}, hidden_size {config.hidden_size}): "
                          f"{detail}{more}") from None
+    for name, tensor in agent.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: its weights are not finite ({name} holds NaN or inf); "
+                             "it can be neither played nor resumed")
     return agent
 
 

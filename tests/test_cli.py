@@ -185,6 +185,10 @@ def _corrupt(run, how):
         else:
             state["agent"] = {k: v[:32] for k, v in state["agent"].items()}
         torch.save(state, newer)
+    elif how == "NaN weights":
+        state = torch.load(ckpt, weights_only=True)
+        state["agent"] = {k: v * float("nan") for k, v in state["agent"].items()}
+        torch.save(state, newer)
     elif how == "directory named like a checkpoint":
         newer.mkdir()
     elif how == "config null":
@@ -197,6 +201,8 @@ def _corrupt(run, how):
         _edit_config(run, gamma="0.99")
     elif how == "config num_envs":
         _edit_config(run, num_envs=4)
+    elif how == "config loss":
+        _edit_config(run, loss="penalty")
     elif how == "config without env_id":
         _edit_config(run, env_id=dataclasses.MISSING)
     else:
@@ -209,12 +215,14 @@ CORRUPTIONS = {
     "flipped bytes": ["no readable checkpoint", "CRC-32"],
     "missing keys": ["ckpt_000000000096.pt", "['agent'] are missing"],
     "size mismatch": ["ckpt_000000000096.pt", "size mismatch for actor.0.weight"],
+    "NaN weights": ["ckpt_000000000096.pt", "weights are not finite (actor.0.weight holds NaN"],
     "directory named like a checkpoint": ["ckpt_000000000096.pt", "not a file"],
     "config null": ["config.json", "expected an object of settings, got null"],
     "config list": ["config.json", "expected an object of settings, got a list"],
     "config invalid JSON": ["config.json", "not valid JSON"],
     "config wrong type": ["config.json", "gamma: expected a number, got '0.99'"],
     "config num_envs": ["config.json", "num_envs is 4 but the checkpoint was trained with 2"],
+    "config loss": ["config.json", "loss is 'penalty' but the checkpoint was trained with 'clip'"],
     "config without env_id": ["config.json", "missing settings ['env_id']"],
 }
 
