@@ -49,6 +49,9 @@ RESUME_OVERRIDES = frozenset({"total_timesteps", "kernels", "device", "checkpoin
 # run to resume or evaluate) lacks it and gets its default, which is what such a run did. Every
 # other setting must be in a config.json.
 ADDED_SETTINGS = ("loss", "kl_coef", "kl_target")
+# --loss penalty: beta adapts within these bounds (0 stays 0), so a KL far from kl_target never
+# drives it to 0 or to an overflowing loss.
+KL_COEF_MIN, KL_COEF_MAX = 1e-4, 1e4
 
 
 def _opt(default, help: str, **kw):
@@ -90,9 +93,10 @@ class PPOConfig:
                              "penalty (PPO-penalty: the unclipped surrogate plus kl_coef * "
                              "KL(pi_old || pi) and the unclipped value loss; clip_coef and "
                              "clip_vloss are unused)", choices=LOSSES)
-    kl_coef: float = _opt(1.0, "--loss penalty: the initial KL coefficient beta; after each "
-                               "update beta is halved if the update's mean KL is below "
-                               "kl_target / 1.5 and doubled if above 1.5 * kl_target (0 stays 0)")
+    kl_coef: float = _opt(1.0, "--loss penalty: the initial KL coefficient beta, 0 or in "
+                               "[1e-4, 1e4]; after each update beta is halved if the update's "
+                               "mean KL is below kl_target / 1.5 and doubled if above 1.5 * "
+                               "kl_target, kept within [1e-4, 1e4] (0 stays 0)")
     kl_target: float = _opt(0.01, "--loss penalty: the KL per update that beta adapts towards "
                                   "(d_targ)")
     # environment processing
@@ -280,6 +284,9 @@ def check_setting(name: str, value):
         raise ValueError(f"{name}: expected a positive number{none}, got {value}")
     if name in _NONNEGATIVE_FLOATS and value < 0:
         raise ValueError(f"{name}: expected a nonnegative number, got {value}")
+    if name == "kl_coef" and value != 0 and not KL_COEF_MIN <= value <= KL_COEF_MAX:
+        raise ValueError(f"kl_coef: expected 0 or a number in [{KL_COEF_MIN:g}, "
+                         f"{KL_COEF_MAX:g}], got {value:g}")
     return value
 
 

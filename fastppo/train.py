@@ -49,9 +49,9 @@ from torch import nn
 
 from .agent import make_agent
 from .buffer import RolloutBuffer
-from .checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, \
-    save_checkpoint
-from .config import PPOConfig
+from .checkpoint import capture_rng_state, latest_checkpoint_path, load_latest_checkpoint, \
+    restore_rng_state, save_checkpoint
+from .config import KL_COEF_MAX, KL_COEF_MIN, PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
 from .envs import VecEnv
@@ -67,18 +67,32 @@ KL_METRIC, KL_COEF_METRIC = "losses/kl", "losses/kl_coef"
 
 def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
     """PPO-penalty's adaptive beta (Schulman et al. 2017, section 4), once per update from
-    ``kl``, the mean KL(pi_old || pi) of the update's batch after its epochs: halved when ``kl < kl_target / 1.5``, doubled when ``kl > 1.5 *
-    kl_target``, else kept. A NaN KL keeps it. Halving and doubling are
-    exact in floating point, so a resumed run adapts exactly as the uninterrupted one."""
+    ``kl``, the mean KL(pi_old || pi) of the update's batch after its epochs: halved when
+    ``kl < kl_target / 1.5``, doubled when ``kl > 1.5 * kl_target``, else kept, and held within
+    [KL_COEF_MIN, KL_COEF_MAX] (a converged policy does not drive beta to 0, nor an unreachable
+    target to an overflowing loss); 0 stays 0. A NaN KL keeps it. Halving, doubling and the
+    bounds are exact in floating point, so a resumed run adapts exactly as the uninterrupted
+    one."""
+    if kl_coef == 0:
+        return kl_coef
     if kl < kl_target / 1.5:
-        return kl_coef / 2
+        return max(kl_coef / 2, KL_COEF_MIN)
     if kl > 1.5 * kl_target:
-        return kl_coef * 2
+        return min(kl_coef * 2, KL_COEF_MAX)
     return kl_coef
 
 
 class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN/inf; the run stops and keeps its last good checkpoint."""
+    """A loss or gradient became NaN/inf; the run stops, its message says which checkpoint is
+    left to resume from."""
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    """What a stopped run leaves to resume from, in words."""
+    path = latest_checkpoint_path(run_dir)
+    if path is None:
+        return "no checkpoint was written before it (a resume starts over from step 0)"
+    return f"the last good checkpoint, {path.name}, is kept"
 
 
 def seed_everything(seed: int) -> None:
@@ -341,10 +355,11 @@ class Trainer:
             first = int(bad[0, 0])
             quantity = "loss" if not bool(finite[first, 0]) else "gradient norm"
             epoch, minibatch = divmod(int(records[first, POS]), M)
+            beta = f", --loss penalty's beta {self.kl_coef:g}" if self.penalty else ""
             raise NonFiniteError(
                 f"non-finite {quantity} at global step {self.global_step} (update "
-                f"{self.update + 1}, epoch {epoch + 1}, minibatch {minibatch + 1}); training "
-                "stopped, the last good checkpoint is kept")
+                f"{self.update + 1}, epoch {epoch + 1}, minibatch {minibatch + 1}{beta}); "
+                "training stopped")
         metrics = {METRIC_NAMES[k]: v for k, v in zip(names, values)}
         metrics["losses/explained_variance"] = values[-1]
         if self.penalty:
@@ -586,6 +601,8 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
                     trainer.save()
         if ctx.is_main:
             trainer.save()
+    except NonFiniteError as err:
+        raise NonFiniteError(f"{err}; {_kept_checkpoint(run_dir)}") from None
     finally:
         logger.close()
         trainer.envs.close()

@@ -363,6 +363,8 @@ def test_start_over_drops_the_old_metrics(tmp_path):
     (["train", "CartPole-v1", "--seed", "-1"], ["--seed: expected an integer in [0, 2**30)"]),
     (["train", "CartPole-v1", "--loss", "penalty", "--kl-coef", "-1"],
      ["--kl-coef: expected a nonnegative number, got -1.0"]),
+    (["train", "CartPole-v1", "--loss", "penalty", "--kl-coef", "1e30"],
+     ["--kl-coef: expected 0 or a number in [0.0001, 10000], got 1e+30"]),
     (["train", "CartPole-v1", "--loss", "penalty", "--kl-coef", "inf"],
      ["--kl-coef: expected a finite number, got inf"]),
     (["train", "CartPole-v1", "--loss", "penalty", "--kl-target", "0"],

@@ -149,6 +149,8 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
     (dict(kl_coef=float("nan")), "kl_coef: expected a finite number, got nan"),
     (dict(kl_coef=float("inf")), "kl_coef: expected a finite number, got inf"),
     (dict(kl_coef="1"), "kl_coef: expected a number, got '1' (a str)"),
+    (dict(kl_coef=1e30), "kl_coef: expected 0 or a number in [0.0001, 10000], got 1e+30"),
+    (dict(kl_coef=1e-5), "kl_coef: expected 0 or a number in [0.0001, 10000], got 1e-05"),
     (dict(kl_target=0.0), "kl_target: expected a positive number, got 0.0"),
     (dict(kl_target=-0.01), "kl_target: expected a positive number, got -0.01"),
     (dict(kl_target=float("inf")), "kl_target: expected a finite number, got inf"),

@@ -113,7 +113,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, policy_k
     message = str(err.value)
     assert "non-finite loss" in message and "global step 384" in message
     assert "update 3, epoch 1, minibatch 3" in message
+    assert "the last good checkpoint, ckpt_000000000256.pt, is kept" in message
     assert latest_checkpoint_path(tmp_path / "run").name == "ckpt_000000000256.pt"
+
+
+def test_non_finite_before_any_checkpoint_says_so_and_names_beta(tmp_path):
+    def poisoned(step):
+        loss, stats, grad_norm = step()
+        return loss * float("nan"), stats, grad_norm
+
+    config = _config("CartPole-v1", loss="penalty", kl_coef=2.0)
+    with pytest.raises(NonFiniteError) as err:
+        train(config, tmp_path / "run", progress=False, minibatch_hook=poisoned)
+    message = str(err.value)
+    assert "(update 1, epoch 1, minibatch 1, --loss penalty's beta 2)" in message
+    assert "no checkpoint was written before it" in message and "is kept" not in message
+    assert latest_checkpoint_path(tmp_path / "run") is None
 
 
 def test_target_kl_stops_the_epochs_early(tmp_path):
@@ -175,11 +190,26 @@ def test_adaptive_kl_coef_rule(kl, expected):
     assert adapt_kl_coef(1.0, kl, 0.01) == expected
     assert adapt_kl_coef(0.0, 1.0, 0.01) == 0.0  # 0 stays 0: the unclipped surrogate alone
     beta = 1.0
-    for _ in range(40):  # exact in floating point: back to 1.0 after any halvings/doublings
-        beta = adapt_kl_coef(beta, 0.0, 0.01)
-    for _ in range(40):
+    for _ in range(13):  # exact in floating point: back to 1.0 after halvings and doublings
+        beta = adapt_kl_coef(beta, 0.0, 0.01)  # within the bounds: 2**-13 > KL_COEF_MIN
+    for _ in range(13):
         beta = adapt_kl_coef(beta, 1.0, 0.01)
     assert beta == 1.0
+
+
+def test_adaptive_kl_coef_stays_within_its_bounds():
+    """An unreachable kl_target doubles beta up to KL_COEF_MAX, a converged KL halves it down
+    to KL_COEF_MIN, never to an overflowing loss or to 0."""
+    from fastppo.config import KL_COEF_MAX, KL_COEF_MIN
+    from fastppo.train import adapt_kl_coef
+
+    beta = 1.0
+    for _ in range(100):
+        beta = adapt_kl_coef(beta, 1.0, 1e-9)
+    assert beta == KL_COEF_MAX == 1e4
+    for _ in range(100):
+        beta = adapt_kl_coef(beta, 0.0, 0.01)
+    assert beta == KL_COEF_MIN == 1e-4
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "HalfCheetah-v4"])
