@@ -202,7 +202,8 @@ class _Plan:
 
 
 def _check_engine(config: PPOConfig) -> None:
-    """``--device`` and ``--kernels`` are usable on this machine (imports torch)."""
+    """``--device``, ``--kernels``, ``--policy-kernel`` and ``--async-envs`` are usable for this
+    run on this machine (imports torch)."""
     from fastppo.kernels import resolve_backend
 
     from .distributed import resolve_device
@@ -216,6 +217,12 @@ def _check_engine(config: PPOConfig) -> None:
         resolve_backend(config.kernels, device)
     except ValueError as err:
         raise ValueError(f"--kernels: {err}") from None
+    if config.policy_kernel == "numba" and (config.network != "mlp" or device.type != "cpu"):
+        raise ValueError(f"--policy-kernel: numba serves MLP policies on the CPU, but this run "
+                         f"has --network {config.network} on {device.type}; use auto or torch")
+    if config.async_envs == "on" and config.num_envs < 2:
+        raise ValueError(f"--async-envs: on needs --num-envs 2 or more, got {config.num_envs}; "
+                         "use auto or off")
 
 
 _PENALTY_ONLY = ("kl_coef", "kl_target")

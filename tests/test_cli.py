@@ -51,6 +51,11 @@ def test_unknown_env_id_suggests_closest_and_creates_nothing(tmp_path, capsys):
     (["CartPole-v1", "--device", "cuda"], ["--device"]),
     (["CartPole-v1", "--ent-coef", "nan"], ["--ent-coef"]),
     (["CartPole-v1", "--loss", "kl"], ["--loss", "invalid choice: 'kl'"]),
+    (["CartPole-v1", "--num-envs", "1", "--num-steps", "16", "--async-envs", "on"],
+     ["--async-envs: on needs --num-envs 2 or more, got 1"]),
+    (["HalfCheetah-v4", "--async-envs", "on"], ["--async-envs", "got 1"]),  # the preset's 1 env
+    (["Pong-v5", "--policy-kernel", "numba"],
+     ["--policy-kernel: numba serves MLP policies on the CPU", "--network nature_cnn"]),
 ])
 def test_impossible_settings_fail_before_work(tmp_path, capsys, argv, needles):
     if "--device" in argv:
