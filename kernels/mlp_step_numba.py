@@ -66,6 +66,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from . import ppo_loss_contract
+from .blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
 from .math32_numba import exp32
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
@@ -92,8 +93,8 @@ _LAYER_COLUMNS = 8
 # addresses, float32 workspace offsets
 (_P_ACTOR_LAYERS, _P_RELU, _P_OBS_DIM, _P_OUT_DIM, _P_LOG_STD, _P_LOG_STD_GRAD, _P_ROWS,
  _P_OUT_ROWS, _P_D_OUT, _P_D_LOG_STD, _P_ACTIONS, _P_ROW_STATS, _P_G0, _P_G1,
- _P_MAX_ROWS) = range(15)
-_PLAN_SIZE = 15
+ _P_MAX_ROWS, _P_SGEMM) = range(16)
+_PLAN_SIZE = 16
 _ROW_BUFFERS = 6  # old_logprobs, advantages, old_values, returns, weights, d_values (gathered)
 
 _F = np.float32
@@ -271,13 +272,63 @@ def _linear_backward_input(W, g, h, dh, relu):
             wo, go = W[o, i], g[o]
             for r in range(n):
                 d[r] += wo * go[r]
-        hi = h[i]
-        if relu:  # torch's threshold_backward on the relu output: 0 where it is <= 0
-            for r in range(n):
-                d[r] = _F(0.0) if hi[r] <= _F(0.0) else d[r]
-        else:
-            for r in range(n):
-                d[r] = d[r] * (_F(1.0) - hi[r] * hi[r])
+        _activation_backward(h[i], d, relu)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _activation_backward(h, d, relu):
+    """d *= act'(h) over one feature's row, h the activation's output: tanh' = 1 - h^2;
+    relu: torch's threshold_backward on the relu output, 0 where it is <= 0."""
+    if relu:
+        for r in range(d.shape[0]):
+            d[r] = _F(0.0) if h[r] <= _F(0.0) else d[r]
+    else:
+        for r in range(d.shape[0]):
+            d[r] = d[r] * (_F(1.0) - h[r] * h[r])
+
+
+# The same three products by BLAS sgemm (blas_numba; ``use_blas`` decides which serves a layer).
+# Feature-major (features, n) C arrays are column-major (n, features) matrices with leading
+# dimension n, so each product is written transposed: y^T = x^T W^T, dW^T = x g^T,
+# dh^T = g^T W.
+
+@njit(cache=True, error_model="numpy")
+def _blas_forward(fn, W, b, x, y):
+    """y = W x + b[:, None]: y filled with the bias, then y += W x."""
+    out_dim, in_dim = W.shape
+    n = x.shape[1]
+    for o in range(out_dim):
+        yo, bo = y[o], b[o]
+        for r in range(n):
+            yo[r] = bo
+    sgemm(fn, NO_TRANS, NO_TRANS, n, out_dim, in_dim, x.ctypes.data, n, W.ctypes.data, in_dim,
+          1.0, y.ctypes.data, n)
+
+
+@njit(cache=True, error_model="numpy")
+def _blas_backward_params(fn, g, x, dW, db):
+    """db[o] = sum_r g[o, r]; dW = g x^T."""
+    out_dim, in_dim = dW.shape
+    n = g.shape[1]
+    for o in range(out_dim):
+        go = g[o]
+        s = _F(0.0)
+        for r in range(n):
+            s += go[r]
+        db[o] = s
+    sgemm(fn, TRANS, NO_TRANS, in_dim, out_dim, n, x.ctypes.data, n, g.ctypes.data, n, 0.0,
+          dW.ctypes.data, in_dim)
+
+
+@njit(cache=True, error_model="numpy")
+def _blas_backward_input(fn, W, g, h, dh, relu):
+    """dh = (W.T g) * act'(h), h the layer's input (an activation output)."""
+    out_dim, in_dim = W.shape
+    n = g.shape[1]
+    sgemm(fn, NO_TRANS, TRANS, n, in_dim, out_dim, g.ctypes.data, n, W.ctypes.data, in_dim, 0.0,
+          dh.ctypes.data, n)
+    for i in range(in_dim):
+        _activation_backward(h[i], dh[i], relu)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -295,7 +346,10 @@ def _mlp_forward(n, plan, net, ws):
         y = _ws(ws, net[k, _LAYER_Y], out_dim, n)
         W = _at(net[k, _LAYER_W], out_dim, in_dim)
         b = _at(net[k, _LAYER_B], 1, out_dim)[0]
-        _linear_forward(W, b, x, y)
+        if use_blas(n, out_dim, in_dim):
+            _blas_forward(plan[_P_SGEMM], W, b, x, y)
+        else:
+            _linear_forward(W, b, x, y)
         if k < count - 1:
             _activate(ws[net[k, _LAYER_Y]:net[k, _LAYER_Y] + out_dim * n], relu)
     return y
@@ -311,11 +365,19 @@ def _mlp_backward(n, plan, net, ws, g_out):
     for k in range(net.shape[0] - 1, -1, -1):
         in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
         x = _ws(ws, net[k, _LAYER_X], in_dim, n)
-        _linear_backward_params(g, x, _at(net[k, _LAYER_DW], out_dim, in_dim),
-                                _at(net[k, _LAYER_DB], 1, out_dim)[0])
+        dW, db = _at(net[k, _LAYER_DW], out_dim, in_dim), _at(net[k, _LAYER_DB], 1, out_dim)[0]
+        blas = use_blas(n, out_dim, in_dim)
+        if blas:
+            _blas_backward_params(plan[_P_SGEMM], g, x, dW, db)
+        else:
+            _linear_backward_params(g, x, dW, db)
         if k > 0:
             dh = _ws(ws, plan[_P_G1] if ping else plan[_P_G0], in_dim, n)
-            _linear_backward_input(_at(net[k, _LAYER_W], out_dim, in_dim), g, x, dh, relu)
+            W = _at(net[k, _LAYER_W], out_dim, in_dim)
+            if blas:
+                _blas_backward_input(plan[_P_SGEMM], W, g, x, dh, relu)
+            else:
+                _linear_backward_input(W, g, x, dh, relu)
             g = dh
             ping = not ping
 
@@ -678,6 +740,7 @@ class MLPLossStep:
             plan[slot] = offset
             offset += width * rows
         plan[_P_MAX_ROWS] = rows
+        plan[_P_SGEMM] = sgemm_address()
         self._layers, self._plan = layers, plan
         self._ws = np.zeros(offset, np.float32)
         self._actions_ws = np.zeros(rows, np.int64)

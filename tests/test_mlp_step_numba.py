@@ -27,6 +27,7 @@ from torch import nn
 
 from fastppo.agent import Agent
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
+from fastppo.kernels.blas_numba import BLAS_MIN_ROWS, BLAS_MIN_WIDTH, use_blas
 from fastppo.kernels.mlp_step_numba import STAT_NAMES, MLPLossStep, tanh32
 
 RTOL, ATOL_OF_SCALE, ATOL_OF_NET = 1e-4, 1e-5, 1e-6
@@ -223,6 +224,32 @@ def test_architectures(arch, continuous):
     data = _rollout(net, 300, rng)
     idx = rng.permutation(300)[:61]  # not a multiple of the SIMD width
     _check(net, data, idx)
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["gaussian", "categorical"])
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU], ids=["tanh", "relu"])
+def test_large_minibatch_through_blas(act, continuous):
+    """A large minibatch (odd row count, odd widths): the wide layers' products run through BLAS
+    sgemm, the thin ones (17 inputs would not, 3 outputs, the value head) through the loops,
+    both in one backward, against the float64 oracle. The tolerance model is the same: BLAS
+    sums over the 2,999 rows in float32 too."""
+    hidden = [17, 64, 37]
+    num_out = 3
+    assert use_blas(2999, 64, 17) and use_blas(2999, 37, 64)
+    assert not use_blas(2999, num_out, 37) and not use_blas(2999, 1, 37)
+    net = Net(_seq(hidden + [num_out], act, seed=4), _seq(hidden + [1], act, seed=5), continuous)
+    rng = np.random.default_rng(4)
+    data = _rollout(net, 4000, rng)
+    idx = rng.permutation(4000)[:2999]
+    _check(net, data, idx)
+
+
+def test_blas_crossover():
+    """The one crossover rule: small minibatches and thin layers keep the loops."""
+    assert use_blas(BLAS_MIN_ROWS, BLAS_MIN_WIDTH, BLAS_MIN_WIDTH)
+    assert not use_blas(BLAS_MIN_ROWS - 1, 64, 64)
+    assert not use_blas(8192, BLAS_MIN_WIDTH - 1, 64)
+    assert not use_blas(8192, 64, BLAS_MIN_WIDTH - 1)
 
 
 def test_relu_kink_gets_no_gradient():
