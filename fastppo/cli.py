@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -358,6 +359,13 @@ def _agreed_run_dir(config: PPOConfig, run_dir: Path | None, ctx) -> Path:
     return Path(text)
 
 
+# A run stopped by a signal, after its checkpoint, exits with the shell's code for that signal
+# (128 + its number); a rank stopped because another rank was signalled, as terminated.
+INTERRUPTED = 128 + signal.SIGINT
+STOP_EXIT_CODES = {"SIGINT": INTERRUPTED, "SIGTERM": 128 + signal.SIGTERM,
+                   "SIGNAL (another rank)": 128 + signal.SIGTERM}
+
+
 class UsageError(Exception):
     """Bad command-line input, found before any work starts."""
 
@@ -405,16 +413,23 @@ def _train(args) -> int:
         print(f"fastppo: {err}", file=sys.stderr)
         shutdown(ctx)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C
+        shutdown(ctx)
+        if ctx.is_main:
+            print(f"fastppo: stopped now, during an update; --resume {run_dir} continues from "
+                  "the last checkpoint", file=sys.stderr)
+        return INTERRUPTED
     shutdown(ctx)
+    code = STOP_EXIT_CODES.get(summary["stopped_by"], 0)
     if not ctx.is_main:
-        return 0
+        return code
     recent = summary["recent_mean_return"]
     recent_text = "n/a" if recent is None else f"{recent:.2f}"
     how = f" (stopped by {summary['stopped_by']}; continue with --resume {run_dir})" \
         if summary["stopped_by"] else ""
     print(f"fastppo: {summary['global_step']} steps, mean return of the last 10 episodes "
           f"{recent_text}{how}")
-    return 0
+    return code
 
 
 def _eval(args) -> int:
@@ -487,5 +502,8 @@ def _main(argv: list[str] | None) -> int:
     except UsageError as err:
         text = " ".join(str(err).split("\n"))
         parser.exit(2, f"fastppo {args.command}: error: {text}\n")
+    except KeyboardInterrupt:
+        print(f"fastppo {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     finally:
         warnings.formatwarning = previous

@@ -39,6 +39,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -450,15 +451,20 @@ class _Throughput:
 
 class _StopSignals:
     """While active, SIGINT/SIGTERM ask the loop to checkpoint and stop after the current
-    update (a second SIGINT interrupts at once)."""
+    update, which ``announce`` says at once on stderr; a second SIGINT interrupts at once
+    (KeyboardInterrupt)."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.requested = None
+        self.announce = announce
         self._old = {}
 
     def _handle(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.requested is None and self.announce:
+            print(f"fastppo: {signal.Signals(signum).name}: stopping after this update; Ctrl-C "
+                  "again to stop now", file=sys.stderr, flush=True)
         self.requested = signal.Signals(signum).name
 
     def __enter__(self):
@@ -558,7 +564,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
         print("fastppo: compiling the Numba kernels (first run on this machine only; cached "
               "afterwards)", flush=True)
     try:
-        with _StopSignals() as signals:
+        with _StopSignals(announce=ctx.is_main) as signals:
             while trainer.update < num_updates:
                 update = trainer.update + 1
                 lr = config.learning_rate

@@ -290,6 +290,30 @@ def _fake_train(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("stopped_by, code", [(None, 0), ("SIGINT", 130), ("SIGTERM", 143)])
+def test_exit_code_tells_a_signalled_run_from_a_finished_one(tmp_path, monkeypatch, stopped_by,
+                                                               code):
+    import fastppo.train
+
+    monkeypatch.setattr(fastppo.train, "train", lambda *args, **kwargs: {
+        "global_step": 64, "recent_mean_return": None, "stopped_by": stopped_by})
+    assert main(["train", "CartPole-v1", "--run-dir", str(tmp_path / "run")]) == code
+
+
+def test_a_second_ctrl_c_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    import fastppo.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastppo.train, "train", interrupted)
+    assert main(["train", "CartPole-v1", "--run-dir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"fastppo: stopped now, during an update; --resume " \
+                                   f"{tmp_path / 'run'} continues from the last checkpoint"
+    assert "Traceback" not in err
+
+
 def test_resume_says_which_global_step_it_continues_from(tmp_path, capsys, monkeypatch):
     calls = _fake_train(monkeypatch)
     run, state = _fake_run(tmp_path)

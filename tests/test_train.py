@@ -158,11 +158,26 @@ def test_signal_checkpoints_after_the_current_update(tmp_path, signum):
         time.sleep(0.2)
     proc.send_signal(signum)
     out, errs = proc.communicate(timeout=60)
-    assert proc.returncode == 0, errs
-    assert f"stopped by {signal.Signals(signum).name}" in out
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, errs  # 130 or 143, as the shell reports the signal
+    assert f"stopped by {name}" in out
+    assert f"fastppo: {name}: stopping after this update; Ctrl-C again to stop now\n" in errs
     state = load_latest_checkpoint(run)
     assert state is not None and 1 <= state["update"] < 1562
     assert state["global_step"] == state["update"] * 128
+
+
+def test_first_ctrl_c_says_so_at_once_and_the_second_stops_now(capsys):
+    from fastppo.train import _StopSignals
+
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.requested == "SIGINT"
+        assert capsys.readouterr().err == \
+            "fastppo: SIGINT: stopping after this update; Ctrl-C again to stop now\n"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow
