@@ -10,6 +10,7 @@ amsgrad), after clipping::
 
     norm  = sqrt(sum over all grads of g^2)
     g    *= min(1, max_norm / (norm + 1e-6))                      (clip_grad_norm_)
+            (a NaN or inf in any grad makes every grad, and so every parameter, NaN, as torch's)
     t    += 1
     m     = beta1 m + (1 - beta1) g
     v     = beta2 v + (1 - beta2) g^2
@@ -17,6 +18,8 @@ amsgrad), after clipping::
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 import torch
@@ -53,7 +56,9 @@ def _clip_adam(table, lr, beta1, beta2, eps, max_norm):
             s += g[i] * g[i]
         total += s
     norm = np.sqrt(total)
-    coef = min(1.0, max_norm / (norm + 1e-6))
+    coef = max_norm / (norm + 1e-6)
+    if coef > 1.0:  # torch's clamp(max=1): a NaN norm keeps a NaN coef, so every grad is NaN
+        coef = 1.0
     t = np.float64(step)
     step_size = lr / (1.0 - beta1 ** t)
     root_bias2 = np.sqrt(1.0 - beta2 ** t)
@@ -82,10 +87,16 @@ class ClipAdam:
     ``optimizer``: a ``torch.optim.Adam`` with one parameter group of float32, contiguous CPU
     parameters, no weight decay, amsgrad, maximize or capturable. Its state is created here when
     it has none yet (as torch's first step would); the learning rate may be a tensor (read each
-    step). Every parameter must have a contiguous ``.grad`` that stays the same tensor between
-    steps (e.g. written in place by ``fastppo.kernels.mlp_step_numba.MLPLossStep``); the
-    addresses are taken again when the optimizer's state is loaded or the first parameter's
-    grad is replaced.
+    step). Every parameter needs a contiguous float32 ``.grad`` of its shape.
+
+    Memory safety: the kernel works on raw addresses, so the object holds an alias of every
+    tensor it has an address of (parameter, grad, ``exp_avg``, ``exp_avg_sq``, ``step``): none
+    of them can be freed while the table points into it. Each step checks that every
+    parameter's storage and ``.grad`` (object and storage) and the optimizer's state dict are
+    those the table was made from, and makes the table again if not: a replaced ``.grad``
+    (``zero_grad(set_to_none=True)`` then backward), a replaced ``.data`` or a
+    ``load_state_dict`` is what the next step updates. (A state tensor replaced inside the
+    state dict by hand is not looked for: the held alias keeps its old memory valid.)
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
@@ -96,7 +107,8 @@ class ClipAdam:
             raise ValueError(f"optimizer: expected one parameter group, got "
                              f"{len(optimizer.param_groups)}")
         group = optimizer.param_groups[0]
-        for key, want in (("weight_decay", 0), ("amsgrad", False), ("maximize", False)):
+        for key, want in (("weight_decay", 0), ("amsgrad", False), ("maximize", False),
+                          ("capturable", False)):
             if group.get(key, want) != want:
                 raise ValueError(f"optimizer: expected {key}={want!r}, got {group[key]!r}")
         self.optimizer = optimizer
@@ -105,16 +117,28 @@ class ClipAdam:
             if p.device.type != "cpu" or p.dtype != torch.float32 or not p.is_contiguous():
                 raise ValueError(f"optimizer: parameter {i} must be a contiguous float32 CPU "
                                  f"tensor, got {p.dtype} on {p.device}")
-        self._table = self._keep = None
+        self._table = None
+        self._state = None  # the optimizer's state dict the table was made from
+        self._bound = []  # per parameter: (grad, parameter address, grad address)
+        self._keep = []  # aliases of every tensor in the table: their memory stays allocated
 
     def _bind(self) -> np.ndarray:
         """The address table of parameters, grads, moments and step counts (the state is
-        created if missing)."""
-        rows = []
+        created if missing); every tensor it points into is held in ``self._keep``."""
+        rows, bound, keep = [], [], []
         for i, p in enumerate(self.params):
-            if p.grad is None or not p.grad.is_contiguous() or p.grad.dtype != torch.float32:
-                raise ValueError(f"params[{i}].grad: expected a contiguous float32 tensor, got "
-                                 f"{None if p.grad is None else p.grad.dtype}")
+            if p.grad is None:
+                raise ValueError(f"params[{i}].grad: expected a tensor, got None")
+            for name, t in ((f"params[{i}]", p), (f"params[{i}].grad", p.grad)):
+                if t.device.type != "cpu" or t.dtype != torch.float32:
+                    raise ValueError(f"{name}: expected a float32 CPU tensor, got {t.dtype} on "
+                                     f"{t.device}")
+                if not t.is_contiguous():
+                    raise ValueError(f"{name}: expected a contiguous tensor, got strides "
+                                     f"{t.stride()}")
+            if p.grad.shape != p.shape:
+                raise ValueError(f"params[{i}].grad: expected shape {tuple(p.shape)} (the "
+                                 f"parameter's), got {tuple(p.grad.shape)}")
             state = self.optimizer.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
@@ -126,18 +150,33 @@ class ClipAdam:
                     raise ValueError(f"optimizer: state {name!r} of parameter {i} must be a "
                                      f"contiguous float32 CPU tensor, got {t.dtype}")
             rows.append([t.data_ptr() for t in tensors] + [p.numel()])
-        # what the addresses point into, and what replacing them would change
-        self._keep = (self.optimizer.state, self.params[0].grad, rows)
+            bound.append((p.grad, rows[-1][0], rows[-1][1]))
+            keep += [t.detach() for t in tensors]
+        self._state, self._bound, self._keep = self.optimizer.state, bound, keep
         return np.array(rows, np.int64)
 
+    def _is_bound(self) -> bool:
+        """Whether the table points at the current storage of every parameter and grad and
+        into the current state dict (a few attribute reads per parameter)."""
+        if self._table is None or self._state is not self.optimizer.state:
+            return False
+        for p, (grad, p_address, grad_address) in zip(self.params, self._bound):
+            if p.grad is not grad or p.data_ptr() != p_address \
+                    or grad.data_ptr() != grad_address:
+                return False
+        return True
+
     def step(self, max_grad_norm: float) -> float:
-        keep = self._keep if self._table is not None else None
-        # load_state_dict replaces the state dict; zero_grad(set_to_none) or a new grad the
-        # first parameter's grad: then the addresses are taken again
-        if keep is None or keep[0] is not self.optimizer.state \
-                or keep[1] is not self.params[0].grad:
+        if type(max_grad_norm) is not float:
+            if not isinstance(max_grad_norm, numbers.Real) or isinstance(max_grad_norm, bool):
+                raise TypeError(f"max_grad_norm: expected a number, got "
+                                f"{type(max_grad_norm).__name__}")
+            max_grad_norm = float(max_grad_norm)
+        if not max_grad_norm > 0.0:
+            raise ValueError(f"max_grad_norm: expected a value > 0, got {max_grad_norm}")
+        if not self._is_bound():
             self._table = self._bind()
         group = self.optimizer.param_groups[0]  # load_state_dict replaces the group
         beta1, beta2 = group["betas"]
         return _clip_adam(self._table, float(group["lr"]), float(beta1), float(beta2),
-                          float(group["eps"]), float(max_grad_norm))
+                          float(group["eps"]), max_grad_norm)

@@ -1,6 +1,7 @@
 """ClipAdam: clip_grad_norm_ + torch's Adam in one Numba call, on torch's own state."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -106,4 +107,102 @@ def test_unsupported_optimizers_are_refused():
         ClipAdam(torch.optim.Adam(agent.double().parameters()))
     fused = ClipAdam(torch.optim.Adam(Agent("mlp", (4,), 2, False).parameters()))
     with pytest.raises(ValueError, match=r"params\[0\].grad"):
+        fused.step(0.5)
+
+
+def _reference_step(agent, ref, max_norm=0.5):
+    torch.nn.utils.clip_grad_norm_(list(agent.parameters()), max_norm)
+    ref.step()
+
+
+def test_a_later_parameter_s_replaced_grad_is_the_one_used():
+    # zero_grad(set_to_none=True) + backward gives a new .grad tensor; the old one (held here so
+    # that reading it cannot crash the test) must no longer be read or written
+    agent, ref, other, opt = _pair()
+    fused = ClipAdam(opt)
+    held = []
+    for k in range(4):
+        _set_grads(agent, 1.0, k)
+        if k == 0:
+            _set_grads(other, 1.0, k)
+        else:
+            last = list(other.parameters())[-1]
+            held.append(last.grad)
+            for p, q in zip(agent.parameters(), other.parameters()):
+                if q is last:
+                    q.grad = p.grad.clone()
+                else:
+                    q.grad.copy_(p.grad)
+        _reference_step(agent, ref)
+        fused.step(0.5)
+        for p, q in zip(agent.parameters(), other.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+def test_a_replaced_data_is_the_parameter_updated():
+    agent, ref, other, opt = _pair()
+    fused = ClipAdam(opt)
+    held = []  # the old storage, held so that writing it cannot crash the test
+    for k in range(3):
+        if k == 1:  # e.g. a module moved or loaded by assigning .data
+            for p, q in zip(agent.parameters(), other.parameters()):
+                held.append(q.data)
+                p.data = p.data * 0.5
+                q.data = q.data * 0.5
+        _set_grads(agent, 1.0, k)
+        for p, q in zip(agent.parameters(), other.parameters()):  # the grads written in place
+            if k == 0:
+                q.grad = p.grad.clone()
+            else:
+                q.grad.copy_(p.grad)
+        _reference_step(agent, ref)
+        fused.step(0.5)
+        for p, q in zip(agent.parameters(), other.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+def test_a_nan_in_one_grad_makes_every_parameter_nan_as_torch_does():
+    agent, ref, other, opt = _pair()
+    fused = ClipAdam(opt)
+    _set_grads(agent, 1.0, 0)
+    _set_grads(other, 1.0, 0)
+    for m in (agent, other):
+        next(m.parameters()).grad[0, 0] = float("nan")
+    _reference_step(agent, ref)
+    assert math.isnan(fused.step(0.5))
+    assert all(p.isnan().all() for p in agent.parameters())  # torch's behaviour
+    for p, q in zip(agent.parameters(), other.parameters()):
+        torch.testing.assert_close(q, p, equal_nan=True)
+
+
+def test_capturable_adam_is_refused():
+    agent = Agent("mlp", (4,), 2, continuous=False)
+    with pytest.raises(ValueError, match="capturable=False"):
+        ClipAdam(torch.optim.Adam(agent.parameters(), capturable=True))
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ("0.5", TypeError, r"^max_grad_norm: expected a number, got str$"),
+    (True, TypeError, r"^max_grad_norm: expected a number, got bool$"),
+    (float("nan"), ValueError, r"^max_grad_norm: expected a value > 0, got nan$"),
+    (0.0, ValueError, r"^max_grad_norm: expected a value > 0, got 0.0$"),
+])
+def test_a_bad_max_grad_norm_is_named(bad, error, match):
+    agent = Agent("mlp", (4,), 2, continuous=False)
+    for p in agent.parameters():
+        p.grad = torch.zeros_like(p)
+    fused = ClipAdam(torch.optim.Adam(agent.parameters()))
+    with pytest.raises(error, match=match):
+        fused.step(bad)
+
+
+def test_a_non_contiguous_grad_is_named_as_such():
+    agent = Agent("mlp", (4,), 2, continuous=False)
+    for p in agent.parameters():
+        p.grad = torch.zeros_like(p)
+    weight = next(agent.parameters())
+    weight.grad = torch.zeros(tuple(reversed(weight.shape))).t()
+    fused = ClipAdam(torch.optim.Adam(agent.parameters()))
+    with pytest.raises(ValueError, match=r"^params\[0\].grad: expected a contiguous tensor, "
+                                         r"got strides \(1, 64\)$"):
         fused.step(0.5)
