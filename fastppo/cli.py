@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import signal
 import sys
@@ -113,8 +114,26 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     add_dataclass_options(parser, PPOConfig, skip=("env_id", "preset"), note=_preset_note)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser that takes options only as spelled out (no abbreviations) and reports an error
+    in one line naming its command, without the usage (train's alone is 30 lines)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def unrecognized(self, extra: list[str]):
+        """Fail on the arguments this command does not know, suggesting a close option."""
+        options = [option for action in self._actions for option in action.option_strings]
+        close = difflib.get_close_matches(extra[0].split("=")[0], options, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastppo", description="PPO on EnvPool environments with compiled kernels.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="show a progress bar (default: only when stdout is a terminal)")
     _add_config_options(train)
+    train.set_defaults(command_parser=train)
 
     ev = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR",
@@ -150,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take the policy's mode (argmax / mean) instead of sampling")
     ev.add_argument("--device", choices=DEVICES, default="auto",
                     help="device for the policy (default auto: cuda if available, else cpu)")
+    ev.set_defaults(command_parser=ev)
 
     plot = sub.add_parser("plot", help="plot episodic return of runs against steps and time")
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
@@ -157,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", type=Path, default=Path("curve.png"),
                       help="image file to write; its suffix picks the format (png, pdf, svg, "
                            "...; default curve.png)")
+    plot.set_defaults(command_parser=plot)
     return parser
 
 
@@ -218,9 +240,12 @@ def _check_engine(config: PPOConfig) -> None:
         resolve_backend(config.kernels, device)
     except ValueError as err:
         raise ValueError(f"--kernels: {err}") from None
-    if config.policy_kernel == "numba" and (config.network != "mlp" or device.type != "cpu"):
-        raise ValueError(f"--policy-kernel: numba serves MLP policies on the CPU, but this run "
-                         f"has --network {config.network} on {device.type}; use auto or torch")
+    if config.policy_kernel == "numba" and (config.network != "mlp" or device.type != "cpu"
+                                            or config.precision == "bf16"):
+        raise ValueError(f"--policy-kernel: numba serves float32 MLP policies on the CPU, but "
+                         f"this run has --network {config.network} on {device.type}"
+                         f"{' with --precision bf16' if config.precision == 'bf16' else ''}; "
+                         "use auto or torch")
     if config.async_envs == "on" and config.num_envs < 2:
         raise ValueError(f"--async-envs: on needs --num-envs 2 or more, got {config.num_envs}; "
                          "use auto or off")
@@ -494,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.command_parser.unrecognized(extra)
     command = {"train": _train, "eval": _eval, "plot": _plot}[args.command]
     previous, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:

@@ -55,7 +55,10 @@ def test_unknown_env_id_suggests_closest_and_creates_nothing(tmp_path, capsys):
      ["--async-envs: on needs --num-envs 2 or more, got 1"]),
     (["HalfCheetah-v4", "--async-envs", "on"], ["--async-envs", "got 1"]),  # the preset's 1 env
     (["Pong-v5", "--policy-kernel", "numba"],
-     ["--policy-kernel: numba serves MLP policies on the CPU", "--network nature_cnn"]),
+     ["--policy-kernel: numba serves float32 MLP policies on the CPU", "--network nature_cnn"]),
+    (["CartPole-v1", "--policy-kernel", "numba", "--precision", "bf16"],
+     ["--policy-kernel: numba serves float32 MLP", "with --precision bf16"]),
+    (["CartPole-v1", "--precision", "fp16"], ["--precision", "invalid choice: 'fp16'"]),
 ])
 def test_impossible_settings_fail_before_work(tmp_path, capsys, argv, needles):
     if "--device" in argv:
@@ -457,6 +460,25 @@ def test_plot_skips_unusable_runs_and_fails_in_one_line_when_none_is_left(tmp_pa
     with pytest.warns(RuntimeWarning):
         _one_line(_fails(["plot", str(no_metrics), str(no_episodes), "-o", str(out)], capsys,
                          "none of the 2 run dirs can be plotted"))
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "CartPole-v1", "--learning-rat", "0.001"],
+     "fastppo train: error: unrecognized arguments: --learning-rat 0.001; did you mean "
+     "--learning-rate? (see fastppo train --help)"),
+    (["train", "CartPole-v1", "--num-minibatch", "3"],
+     "fastppo train: error: unrecognized arguments: --num-minibatch 3; did you mean "
+     "--num-minibatches? (see fastppo train --help)"),
+    (["train", "CartPole-v1", "--learning-rate", "abc"],
+     "fastppo train: error: argument --learning-rate: invalid float value: 'abc' (see fastppo "
+     "train --help)"),
+    (["plot", "RUN", "--outpt", "x.png"],
+     "fastppo plot: error: unrecognized arguments: --outpt x.png; did you mean --output? (see "
+     "fastppo plot --help)"),
+])
+def test_option_mistakes_are_one_line_of_their_command_and_never_abbreviations(capsys, argv,
+                                                                                 line):
+    assert _one_line(_fails(argv, capsys)) == line + "\n"
 
 
 def test_cli_warnings_are_one_line():
