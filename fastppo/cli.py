@@ -462,24 +462,26 @@ def _eval(args) -> int:
         raise UsageError(f"--episodes: expected a positive integer, got {args.episodes}")
     from .checkpoint import CheckpointError
     from .distributed import resolve_device
-    from .evaluate import evaluate, open_run
+    from .evaluate import evaluate, next_eval_path, open_run
 
     try:
         resolve_device(args.device)
     except ValueError:
         raise UsageError(f"--device: expected auto or cpu (torch sees no CUDA device here), "
                          f"got {args.device!r}") from None
+    output = next_eval_path(args.run_dir)
     try:
         run = open_run(args.run_dir)
-        result = evaluate(args.run_dir, args.episodes, args.deterministic, args.device, run=run)
+        result = evaluate(args.run_dir, args.episodes, args.deterministic, args.device, run=run,
+                          output=output)
     except (ValueError, CheckpointError) as err:
         raise UsageError(str(err)) from None
     except OSError as err:
-        raise UsageError(f"RUN_DIR: cannot write {args.run_dir / 'eval.json'} "
+        raise UsageError(f"RUN_DIR: cannot write {output} "
                          f"({err.strerror or type(err).__name__})") from None
     n = result["episodes"]
     print(f"{n} episode{'' if n == 1 else 's'}: return {result['mean_return']:.2f} ± "
-          f"{result['std_return']:.2f}  (written to {args.run_dir / 'eval.json'})")
+          f"{result['std_return']:.2f}  (written to {output})")
     return 0
 
 

@@ -20,6 +20,7 @@ from .config import PPOConfig, config_mismatch, read_run_config
 from .distributed import resolve_device
 from .envs import VecEnv, check_env_id, env_spaces
 from .errors import describe
+from .hotpath import use_bf16
 
 EVAL_SEED_OFFSET = 10_000  # evaluation envs never replay the training envs' seeds
 MAX_EVAL_ENVS = 16
@@ -114,11 +115,23 @@ def load_run(run_dir: str | Path) -> tuple[PPOConfig, dict]:
     return run.config, run.state
 
 
+def next_eval_path(run_dir: str | Path) -> Path:
+    """Where the next evaluation of a run is written: RUN_DIR/eval.json, then eval-2.json,
+    eval-3.json, ... (the first name not taken), so no evaluation overwrites an earlier one."""
+    run_dir = Path(run_dir)
+    path, number = run_dir / "eval.json", 1
+    while path.exists():
+        number += 1
+        path = run_dir / f"eval-{number}.json"
+    return path
+
+
 def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = False,
-             device: str = "auto", *, run: LoadedRun | None = None) -> dict:
-    """Run ``episodes`` full episodes; write RUN_DIR/eval.json and return its content:
-    ``mean_return``, ``std_return``, ``episodes`` (the count), ``returns`` and ``lengths``.
-    ``run`` is the run as :func:`open_run` loaded it (loaded here when None)."""
+             device: str = "auto", *, run: LoadedRun | None = None,
+             output: Path | None = None) -> dict:
+    """Run ``episodes`` full episodes; write ``output`` (None: :func:`next_eval_path`) and
+    return its content: ``mean_return``, ``std_return``, ``episodes`` (the count), ``returns``
+    and ``lengths``. ``run`` is the run as :func:`open_run` loaded it (loaded here when None)."""
     if episodes < 1:
         raise ValueError(f"episodes: expected a positive integer, got {episodes}")
     run_dir = Path(run_dir)
@@ -137,6 +150,7 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
         raise ValueError(f"{run.path}: its normalization statistics do not fit {config.env_id} "
                          f"({describe(err)})") from None
     agent = run.agent.to(dev)
+    agent.bf16 = use_bf16(config, dev)  # the arithmetic it trained in, as resolved here
     agent.eval()
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
     results: list[tuple[float, int]] = []
@@ -164,5 +178,5 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
         "deterministic": deterministic,
         "global_step": int(state["global_step"]),
     }
-    (run_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output or next_eval_path(run_dir)).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -269,7 +269,7 @@ def test_eval_falls_back_from_a_corrupted_checkpoint(tmp_path, capsys, monkeypat
     ckpt.write_bytes(bytes(data))
     seen = {}
 
-    def fake_evaluate(run_dir, episodes, deterministic, device, *, run):
+    def fake_evaluate(run_dir, episodes, deterministic, device, *, run, output):
         seen["step"] = run.state["global_step"]
         return {"episodes": 1, "mean_return": 9.0, "std_return": 0.0}
 

@@ -45,7 +45,7 @@ def test_preset_smoke_run_then_eval(tmp_path, capsys, env_id, preset, episodes):
         assert all(n == 1000 for n in result["lengths"])  # HalfCheetah truncates at 1000
 
 
-def test_deterministic_eval_repeats(tmp_path):
+def test_deterministic_eval_repeats_and_keeps_every_evaluation(tmp_path, capsys):
     run = tmp_path / "cartpole"
     assert main(["train", "CartPole-v1", "--run-dir", str(run), "--num-envs", "2",
                  "--num-steps", "16", "--total-timesteps", "32", "--no-tensorboard",
@@ -53,5 +53,10 @@ def test_deterministic_eval_repeats(tmp_path):
     first = evaluate(run, episodes=3, deterministic=True)
     second = evaluate(run, episodes=3, deterministic=True)
     assert first["returns"] == second["returns"] and first["deterministic"]
+    # each evaluation is kept: eval.json, then eval-2.json
+    assert json.loads((run / "eval.json").read_text()) == first
+    assert json.loads((run / "eval-2.json").read_text()) == second
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    assert f"(written to {run / 'eval-3.json'})" in capsys.readouterr().out
     with pytest.raises(ValueError, match="episodes"):
         evaluate(run, episodes=0)
