@@ -395,6 +395,20 @@ class UsageError(Exception):
     """Bad command-line input, found before any work starts."""
 
 
+def _whole_batches(config: PPOConfig, ctx) -> PPOConfig:
+    """``config`` with total_timesteps as trained: whole global batches (at least one), said
+    once on rank 0 when that differs from what was asked; config.json then records it."""
+    updates = config.updates_for(ctx.world_size)
+    steps = updates * ctx.world_size * config.batch_size
+    if steps == config.total_timesteps:
+        return config
+    if ctx.is_main:
+        print(f"fastppo: --total-timesteps {config.total_timesteps} is not a whole number of "
+              f"batches of {ctx.world_size * config.batch_size} steps; training {steps} steps "
+              f"({updates} update{'' if updates == 1 else 's'})", file=sys.stderr)
+    return dataclasses.replace(config, total_timesteps=steps)
+
+
 def _train(args) -> int:
     try:
         plan = _resolve_train(args)
@@ -414,6 +428,7 @@ def _train(args) -> int:
         except ValueError as err:
             shutdown(ctx)
             raise UsageError(str(err)) from None
+    config = _whole_batches(config, ctx)
     if not ctx.is_main:
         args.progress = False
     else:

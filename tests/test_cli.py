@@ -303,6 +303,22 @@ def test_exit_code_tells_a_signalled_run_from_a_finished_one(tmp_path, monkeypat
     assert main(["train", "CartPole-v1", "--run-dir", str(tmp_path / "run")]) == code
 
 
+@pytest.mark.parametrize("asked, trained, note", [
+    (100, 96, "--total-timesteps 100 is not a whole number of batches of 32 steps; training 96 "
+              "steps (3 updates)"),
+    (20, 32, "--total-timesteps 20 is not a whole number of batches of 32 steps; training 32 "
+             "steps (1 update)"),
+    (64, 64, None)])
+def test_total_timesteps_are_whole_batches_said_once_and_recorded(tmp_path, capsys, monkeypatch,
+                                                                  asked, trained, note):
+    calls = _fake_train(monkeypatch)
+    assert main(["train", "CartPole-v1", "--num-envs", "2", "--num-steps", "16",
+                 "--total-timesteps", str(asked), "--run-dir", str(tmp_path / "run")]) == 0
+    assert calls[-1]["config"].total_timesteps == trained  # what train writes to config.json
+    err = capsys.readouterr().err
+    assert (f"fastppo: {note}\n" in err) if note else "whole number" not in err
+
+
 def test_a_second_ctrl_c_stops_in_one_line(tmp_path, capsys, monkeypatch):
     import fastppo.train
 
