@@ -45,8 +45,10 @@ one int64 *parameter table* holding their addresses and shapes. The kernel rebui
 views from the table (``numba.carray``), so any depth and widths are one compiled
 specialization, and a call unboxes 9 arrays instead of one per parameter (unboxing each array
 argument costs about as much as a small layer). The table points into the views the object holds,
-which keep the memory alive; rebinding a parameter's storage (``p.data = ...``) is not seen:
-make a new kernel then. The per-call checks read metadata only.
+which keep the memory alive. Each call compares every parameter's ``data_ptr()`` with its
+address in the table: a parameter whose storage was replaced (``p.data = ...``) is bound again
+automatically (its new storage checked as at construction, its shape unchanged), so a call
+always reads what the parameters hold now. The per-call checks read metadata only.
 
 Speed: the MLPs are matrix-vector products over contiguous weight rows: ``_dense`` is one dot
 product per output for one row, ``_dense_tile`` the same for TILE = 4 rows at once (each weight
@@ -429,11 +431,12 @@ def _param_view(name: str, t, ndim: int) -> np.ndarray:
 
 
 def _layers(name: str, layers, in_dim: int | None):
-    """[(weight view, bias view)] of one MLP, checked to chain; in_dim None: the first sets it."""
+    """([(weight, bias)] tensors, [(weight view, bias view)]) of one MLP, checked to chain;
+    in_dim None: the first sets it."""
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) == 0:
         raise TypeError(f"{name}: expected a non-empty sequence of (weight, bias) pairs, "
                         f"got {type(layers).__name__}")
-    views = []
+    tensors, views = [], []
     for l, layer in enumerate(layers):
         if isinstance(layer, torch.nn.Linear):
             layer = (layer.weight, layer.bias)
@@ -453,9 +456,13 @@ def _layers(name: str, layers, in_dim: int | None):
             what = "the observation width" if l == 0 else f"{name}[{l - 1}]'s out"
             raise ValueError(f"{name}[{l}].weight: expected {in_dim} inputs ({what}), "
                              f"got shape {w.shape}")
+        tensors.append(tuple(layer))
         views.append((w, b))
         in_dim = n_out
-    return views
+    return tensors, views
+
+
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _address(a: np.ndarray) -> int:
@@ -508,9 +515,9 @@ class MLPPolicyKernel:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
-        actor_views = _layers("actor", actor, None)
+        actor_tensors, actor_views = _layers("actor", actor, None)
         obs_dim = actor_views[0][0].shape[1]
-        critic_views = _layers("critic", critic, obs_dim)
+        critic_tensors, critic_views = _layers("critic", critic, obs_dim)
         if critic_views[-1][0].shape[0] != 1:
             raise ValueError(f"critic[{len(critic_views) - 1}].weight: expected 1 output (the "
                              f"value), got shape {critic_views[-1][0].shape}")
@@ -528,12 +535,24 @@ class MLPPolicyKernel:
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
 
         self.obs_dim, self.action_dim, self.activation = obs_dim, head, activation
-        # the views keep the parameters' memory alive as long as the table points into it
-        self._views = (actor_views, critic_views, log_std_view)
         table = [len(actor_views), len(critic_views), ACTIVATIONS[activation],
                  int(self.gaussian), 0 if log_std_view is None else _address(log_std_view)]
-        for w, b in actor_views + critic_views:
-            table += [_address(w), _address(b), w.shape[0], w.shape[1]]
+        # per parameter: (name, tensor, shape, index of its address in the table); its view in
+        # self._views keeps its memory alive as long as the table points into it
+        self._params, self._views = [], []
+        if self.gaussian:
+            self._params.append(("log_std", log_std, tuple(log_std.shape), 4))
+            self._views.append(log_std_view)
+        for net, tensors, views in (("actor", actor_tensors, actor_views),
+                                    ("critic", critic_tensors, critic_views)):
+            for l, ((w, b), (w_view, b_view)) in enumerate(zip(tensors, views)):
+                slot = len(table)
+                self._params += [(f"{net}[{l}].weight", w, w_view.shape, slot),
+                                 (f"{net}[{l}].bias", b, b_view.shape, slot + 1)]
+                self._views += [w_view, b_view]
+                table += [_address(w_view), _address(b_view), w_view.shape[0], w_view.shape[1]]
+        self._tensors = [p[1] for p in self._params]
+        self._addresses = [table[p[3]] for p in self._params]
         self._table = np.array(table, np.int64)
         self._seed = int(seed)
         self._seed64 = _int64(seed)
@@ -546,6 +565,19 @@ class MLPPolicyKernel:
     @property
     def seed(self) -> int:
         return self._seed
+
+    def _rebind(self) -> None:
+        """Point the table at the current storage of every parameter whose ``.data`` was
+        replaced, checked as at construction (same shape)."""
+        for k, (name, t, shape, slot) in enumerate(self._params):
+            if t.data_ptr() == self._addresses[k]:
+                continue
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape} (the kernel's), got "
+                                 f"{tuple(t.shape)} (its .data was replaced)")
+            view = _param_view(name, t, len(shape))
+            self._views[k] = view
+            self._table[slot] = self._addresses[k] = _address(view)
 
     def act(self, obs, *, deterministic=False, obs_mean=None, obs_var=None, clip_obs=10.0,
             eps=1e-8, out=None, obs_out=None, noise=None):
@@ -629,6 +661,8 @@ class MLPPolicyKernel:
         else:
             shape = (n, self.action_dim) if self.gaussian else (n,)
             given = _check_out("noise", noise, shape, _F32).reshape(n, -1)
+        if list(map(_data_ptr, self._tensors)) != self._addresses:
+            self._rebind()
         _act(obs, self._table, mean, var, obs_out, act_f, act_i, logp, value, given,
              deterministic, self._seed64, self.counter, clip_obs, eps)
         if not (deterministic or noise is not None):

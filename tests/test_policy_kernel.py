@@ -264,6 +264,29 @@ def test_agent_and_in_place_updates(continuous):
     compare_with_agent(kernel, agent, obs)
 
 
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_replaced_parameter_storage_is_read(continuous):
+    """Assigning a parameter's ``.data`` (any one of them, ``log_std`` too) gives it new
+    storage: the next call reads it (the kernel's table is made again), as a new kernel would."""
+    torch.manual_seed(0)
+    obs_dim, action_dim = (17, 6) if continuous else (4, 2)
+    agent = Agent("mlp", (obs_dim,), action_dim, continuous)
+    kernel = agent_kernel(agent)
+    obs = make_obs(16, obs_dim, seed=2)
+    for p in agent.parameters():
+        p.data = p.data * 0.5 + 0.01
+        compare_with_agent(kernel, agent, obs)
+
+
+def test_replaced_parameter_storage_of_another_shape_is_refused():
+    torch.manual_seed(0)
+    agent = Agent("mlp", (17,), 6, True)
+    kernel = agent_kernel(agent)
+    agent.critic[2].weight.data = torch.zeros(64, 63)
+    msg = _raises(ValueError, "critic[1].weight", kernel.act, make_obs(2, 17))
+    assert "(64, 64)" in msg and "(64, 63)" in msg
+
 @pytest.mark.parametrize("continuous", [True, False])
 def test_given_noise_samples_as_the_agent_does(continuous):
     """``act(obs, noise=...)`` takes the sample of ``Agent.act(obs, noise)``: the trainer draws
