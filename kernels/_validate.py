@@ -9,7 +9,8 @@ import torch
 
 def expect_tensor(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        got = "None" if x is None else type(x).__name__
+        raise TypeError(f"{name}: expected a torch.Tensor, got {got}")
     return x
 
 

@@ -245,7 +245,9 @@ class _Loss(torch.autograd.Function):
 # ----------------------------------------------------------------------------- public API
 
 def _check_rows(batch, rows: Rows):
-    named = {name: t for name, t in rows._asdict().items() if t is not None}
+    """The rows given (every one but ``weights`` is required), checked, by name."""
+    named = {name: t for name, t in rows._asdict().items()
+             if t is not None or name != "weights"}
     for name, x in named.items():
         expect_tensor(name, x)
         expect_shape(name, x, (batch,), "one value per row")

@@ -349,3 +349,16 @@ def test_bad_gaussian_input_names_the_argument():
         ppo_loss_gaussian(mean, log_std, actions.long(), *rest[:5], **COEFS)
     with pytest.raises(ValueError, match="weights"):
         ppo_loss_gaussian(mean, log_std, actions, *rest[:5], weights=torch.zeros(4), **COEFS)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("name", ["old_logprobs", "advantages", "values", "old_values",
+                                  "returns"])
+def test_a_missing_row_argument_names_it(backend, name):
+    with pytest.raises(TypeError, match=rf"^{name}: expected a torch.Tensor, got None$"):
+        _call(backend=backend, **{name: None})
+    mean, log_std, actions, *rest = gaussian_inputs(4, 2, torch.float32, weighted=False)
+    rows = dict(zip(("old_logprobs", "advantages", "values", "old_values", "returns"), rest))
+    rows[name] = None
+    with pytest.raises(TypeError, match=rf"^{name}: expected a torch.Tensor, got None$"):
+        ppo_loss_gaussian(mean, log_std, actions, *rows.values(), backend=backend, **COEFS)
