@@ -8,10 +8,16 @@
 
 ``Agent.forward(obs)`` returns ``(dist, value)`` where ``dist`` is the tuple ``ppo_loss`` takes:
 ``(logits,)`` or ``(mean, log_std)`` with ``log_std`` broadcast to the mean's shape.
+
+Mixed precision (``bf16=True``, ``--precision``): the network's layers run under bf16 autocast
+(forward, and so backward); the parameters stay float32 (the master weights the optimizer
+updates) and every output is upcast to float32, so sampling, log-probs, values, GAE and the
+loss's reductions are float32 whatever the network computed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -39,9 +45,10 @@ class Agent(nn.Module):
     """Actor-critic. ``continuous`` selects the Gaussian head."""
 
     def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
-                 continuous: bool, hidden_size: int = 64):
+                 continuous: bool, hidden_size: int = 64, bf16: bool = False):
         super().__init__()
         self.continuous = continuous
+        self.bf16 = bf16
         if network == "nature_cnn":
             if continuous:
                 raise ValueError("network: 'nature_cnn' supports Discrete actions only")
@@ -74,10 +81,18 @@ class Agent(nn.Module):
         x = obs.contiguous(memory_format=torch.channels_last).float() * self.scale
         return self.body(x)
 
+    def _autocast(self):
+        """bf16 autocast over the layers when ``bf16``, else nothing."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.parameters()).device.type, torch.bfloat16)
+
     def forward(self, obs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        h = self._features(obs)
-        value = self.critic(h).squeeze(-1)
-        out = self.actor(h)
+        with self._autocast():
+            h = self._features(obs)
+            value = self.critic(h).squeeze(-1)
+            out = self.actor(h)
+        value, out = value.float(), out.float()
         if self.continuous:
             return (out, self.log_std.expand_as(out)), value
         return (out,), value
@@ -85,10 +100,14 @@ class Agent(nn.Module):
     def actor_output(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy head alone: the logits, or the Gaussian's mean (its log-std is the
         parameter ``log_std``, the same for every observation)."""
-        return self.actor(self._features(obs))
+        with self._autocast():
+            out = self.actor(self._features(obs))
+        return out.float()
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(self._features(obs)).squeeze(-1)
+        with self._autocast():
+            value = self.critic(self._features(obs)).squeeze(-1)
+        return value.float()
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, *,
             deterministic: bool = False):
@@ -131,11 +150,12 @@ class Agent(nn.Module):
         return torch.rand(*shape, device=device)
 
 
-def make_agent(config, observation_space, action_space) -> Agent:
-    """The preset's network for these gymnasium spaces."""
+def make_agent(config, observation_space, action_space, bf16: bool = False) -> Agent:
+    """The preset's network for these gymnasium spaces (``bf16``: the resolved ``--precision``,
+    ``fastppo.hotpath.use_bf16``)."""
     from gymnasium import spaces
 
     continuous = isinstance(action_space, spaces.Box)
     action_dim = action_space.shape[0] if continuous else int(action_space.n)
     return Agent(config.network, tuple(observation_space.shape), action_dim, continuous,
-                 config.hidden_size)
+                 config.hidden_size, bf16=bf16)

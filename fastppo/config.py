@@ -41,14 +41,11 @@ POLICY_KERNELS = ("auto", "torch", "numba")
 SWITCHES = ("auto", "on", "off")
 NETWORKS = ("mlp", "nature_cnn")
 LOSSES = ("clip", "penalty")
+PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
 # Settings a resumed run may change; everything else must stay as the run was started.
 RESUME_OVERRIDES = frozenset({"total_timesteps", "kernels", "device", "checkpoint_every",
                               "torch_threads", "tensorboard", "dist_timeout"})
-# Settings added after runs were first saved: a config.json written before one existed (an old
-# run to resume or evaluate) lacks it and gets its default, which is what such a run did. Every
-# other setting must be in a config.json.
-ADDED_SETTINGS = ("loss", "kl_coef", "kl_target")
 # --loss penalty: beta adapts within these bounds (0 stays 0), so a KL far from kl_target never
 # drives it to 0 or to an overflowing loss.
 KL_COEF_MIN, KL_COEF_MAX = 1e-4, 1e4
@@ -125,6 +122,11 @@ class PPOConfig:
                                    "envs, except for a CNN on the CPU)", choices=SWITCHES)
     torch_threads: int = _opt(1, "torch intra-op threads (0: torch's default); 1 is fastest for "
                                  "small MLPs, whose ops are too short to split across threads")
+    precision: str = _opt("auto", "network arithmetic: fp32; bf16 (autocast forward and backward "
+                                  "of the torch-served network; float32 weights, optimizer, GAE "
+                                  "and loss); or auto (bf16 for the CNN where the device has bf16 "
+                                  "matrix units: AMX or AVX512-BF16 CPUs, bf16 CUDA GPUs; fp32 "
+                                  "otherwise)", choices=PRECISIONS)
     checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")
     tensorboard: bool = _opt(True, "write TensorBoard event files")
     dist_timeout: float = _opt(300.0, "torchrun runs: seconds a rank waits for the others (the "
@@ -188,8 +190,15 @@ class PPOConfig:
         missing = [name for name in known if name not in data and name not in ADDED_SETTINGS]
         if missing:
             raise ValueError(f"config: missing settings {missing}")
-        return cls(**data)
+        return cls(**{**ADDED_SETTINGS, **data})
 
+
+# Settings added after runs were first saved, with what a run did before each existed: a
+# config.json written then (an old run to resume or evaluate) lacks the setting and gets this
+# value (the default, but fp32 arithmetic for runs from before --precision). Every other setting
+# must be in a config.json.
+ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
+                  "kl_target": PPOConfig.kl_target, "precision": "fp32"}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
                   "hidden_size")

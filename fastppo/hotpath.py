@@ -44,12 +44,44 @@ from .agent import Agent
 from .config import PPOConfig
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_matrix_units(device: torch.device) -> bool:
+    """Whether the device computes bf16 products natively: a CUDA GPU with bf16 tensor cores
+    (Ampere or later; not an emulation), or a CPU with AMX-BF16 or AVX512-BF16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def use_bf16(config: PPOConfig, device: torch.device) -> bool:
+    """Whether the network computes in bf16 (``--precision``). Auto: for the Nature CNN on a
+    device with bf16 matrix units, where it measured faster (bench/README.md, "Mixed
+    precision"); fp32 for the MLPs, whose 64-wide layers gain nothing from it and whose CPU
+    kernels (Numba) are float32, and on hardware without bf16 units, where it is emulated."""
+    if config.precision == "auto":
+        return config.network == "nature_cnn" and bf16_matrix_units(device)
+    return config.precision == "bf16"
+
+
 def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> bool:
-    """Whether the Numba kernels serve this run's policy (``--policy-kernel``)."""
-    fits = agent.body is None and device.type == "cpu"
+    """Whether the Numba kernels serve this run's policy (``--policy-kernel``): float32 MLPs on
+    the CPU."""
+    fits = agent.body is None and device.type == "cpu" and not agent.bf16
     if config.policy_kernel == "numba" and not fits:
-        raise ValueError("policy_kernel: 'numba' serves MLP policies on the CPU; this run has "
-                         f"network {config.network!r} on {device.type}")
+        raise ValueError("policy_kernel: 'numba' serves float32 MLP policies on the CPU; this run "
+                         f"has network {config.network!r} on {device.type}"
+                         f"{' in bf16' if agent.bf16 else ''}")
     return fits and config.policy_kernel != "torch"
 
 

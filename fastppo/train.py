@@ -56,8 +56,8 @@ from .config import KL_COEF_MAX, KL_COEF_MIN, PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
 from .envs import VecEnv
-from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_compile, \
-    use_numba_policy
+from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_bf16, \
+    use_compile, use_numba_policy
 
 METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
                 "entropy": "losses/entropy", "approx_kl": "losses/approx_kl",
@@ -117,8 +117,8 @@ class Trainer:
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
         self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
                            ctx=self.ctx, parts=2 if use_async_envs(config, self.device) else 1)
-        self.agent = make_agent(config, self.envs.observation_space,
-                                self.envs.action_space).to(self.device)
+        self.agent = make_agent(config, self.envs.observation_space, self.envs.action_space,
+                                bf16=use_bf16(config, self.device)).to(self.device)
         broadcast_module(self.agent, self.ctx)
         if self.ctx.rank > 0:
             seed_everything(self.seed)

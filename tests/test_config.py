@@ -123,16 +123,16 @@ def test_from_dict_needs_every_setting():
 
 
 def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path):
-    """Settings added later (ADDED_SETTINGS) take their default when a config.json written
-    before them lacks them: an old run resumes and evaluates as the clip run it was. Every
-    other setting stays required."""
+    """Settings added later (ADDED_SETTINGS) take what runs did before them when a config.json
+    written then lacks them: an old run resumes and evaluates as the fp32 clip run it was (not
+    as --precision auto, which may pick bf16). Every other setting stays required."""
     from fastppo.config import ADDED_SETTINGS, read_run_config
 
-    assert ADDED_SETTINGS == ("loss", "kl_coef", "kl_target")
+    assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
-    assert config == make_config("Pong-v5")
+    assert config == dataclasses.replace(make_config("Pong-v5"), precision="fp32")
     assert (config.loss, config.kl_coef, config.kl_target) == ("clip", 1.0, 0.01)
     partial = {**old, "loss": "penalty"}  # present ones are kept and checked
     assert PPOConfig.from_dict(partial).loss == "penalty"
@@ -200,8 +200,8 @@ RESOLVED_PRESETS = {
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
         reward_clip=False, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
         network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
-        compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
-        dist_timeout=300.0,
+        compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
+        tensorboard=True, dist_timeout=300.0,
     ),
     "mujoco": dict(
         env_id="HalfCheetah-v4", preset="mujoco", seed=1, total_timesteps=1_000_000, num_envs=1,
@@ -211,8 +211,8 @@ RESOLVED_PRESETS = {
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
         reward_clip=False, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
         network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
-        compile="auto", async_envs="auto", torch_threads=1, checkpoint_every=50, tensorboard=True,
-        dist_timeout=300.0,
+        compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
+        tensorboard=True, dist_timeout=300.0,
     ),
     "atari": dict(
         env_id="Pong-v5", preset="atari", seed=1, total_timesteps=10_000_000, num_envs=8,
@@ -222,8 +222,8 @@ RESOLVED_PRESETS = {
         kl_coef=1.0, kl_target=0.01, episodic_life=True,
         reward_clip=True, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
         network="nature_cnn", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
-        compile="auto", async_envs="auto", torch_threads=0, checkpoint_every=50, tensorboard=True,
-        dist_timeout=300.0,
+        compile="auto", async_envs="auto", torch_threads=0, precision="auto", checkpoint_every=50,
+        tensorboard=True, dist_timeout=300.0,
     ),
 }
 

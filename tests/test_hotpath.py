@@ -282,3 +282,53 @@ def test_numba_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
                            text=True, timeout=120) for _ in range(2)]
     assert [r.stdout.split() for r in runs] == [["False", "True"], ["True", "True"]], \
         runs[0].stderr[-2000:]
+
+
+def test_precision_auto_rule(monkeypatch):
+    """--precision auto: bf16 for the Nature CNN where the CPU has bf16 matrix instructions
+    (AMX-BF16 or AVX512-BF16), fp32 everywhere else; bf16 and fp32 are obeyed as given."""
+    from fastppo import hotpath
+    from fastppo.hotpath import use_bf16
+
+    cpu = torch.device("cpu")
+    pong, cartpole = make_config("Pong-v5"), make_config("CartPole-v1")
+    for flags, bf16_units in [({"avx2"}, False), ({"avx512f", "avx512_bf16"}, True),
+                              ({"amx_tile", "amx_bf16"}, True)]:
+        monkeypatch.setattr(hotpath, "cpu_flags", lambda flags=flags: flags)
+        assert hotpath.bf16_matrix_units(cpu) == bf16_units
+        assert use_bf16(pong, cpu) == bf16_units
+        assert not use_bf16(cartpole, cpu)  # MLPs stay fp32
+        assert not use_bf16(make_config("Pong-v5", precision="fp32"), cpu)
+        assert use_bf16(make_config("CartPole-v1", precision="bf16"), cpu)
+
+
+def test_bf16_runs_the_torch_paths_and_learns_like_fp32():
+    """--precision bf16 on an MLP: the Numba kernels (float32 only) step aside for the torch
+    paths, and a minibatch step on the same data gives the loss, statistics and gradients of
+    fp32 within bf16 rounding."""
+    fp32 = _trainer(precision="fp32", policy_kernel="torch")
+    bf16 = _trainer(precision="bf16")
+    assert bf16.agent.bf16 and not fp32.agent.bf16
+    assert bf16.hot_paths == "torch" and not bf16.step.numba
+    bf16.agent.load_state_dict(fp32.agent.state_dict())
+    fp32.collect_rollout()
+    advantages, returns = fp32.compute_advantages()
+    for trainer in (fp32, bf16):
+        trainer.buffer = fp32.buffer
+        trainer.step.set_batch({"obs": fp32.buffer.flat("obs"),
+                                "actions": fp32.buffer.flat("actions"),
+                                "logprobs": fp32.buffer.flat("logprobs"),
+                                "values": fp32.buffer.flat("values"),
+                                "returns": returns.reshape(-1),
+                                "weights": fp32.buffer.flat("valid").float()})
+    idx = torch.arange(60)
+    w = fp32.buffer.flat("valid").float()[idx].sum()
+    (loss32, stats32, _), (loss16, stats16, _) = (
+        t.step(idx, advantages.reshape(-1), w) for t in (fp32, bf16))
+    assert abs(float(loss16) - float(loss32)) <= 0.05 * abs(float(loss32)) + 1e-3
+    torch.testing.assert_close(stats16, stats32, rtol=0.05, atol=1e-3)
+    for p32, p16 in zip(fp32.agent.parameters(), bf16.agent.parameters()):
+        assert p16.dtype == p16.grad.dtype == torch.float32  # fp32 master weights and grads
+        # the gradients the step took differ by bf16 rounding (tests/test_agent.py's bound)
+        assert float((p16.grad - p32.grad).norm()) <= 0.1 * float(p32.grad.norm())
+    fp32.envs.close(), bf16.envs.close()
