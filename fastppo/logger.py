@@ -1,7 +1,7 @@
 """What a training run shows and keeps: metrics.jsonl, TensorBoard scalars, a progress bar.
 
 ``RUN_DIR/metrics.jsonl`` holds one JSON object per line, each with ``global_step`` (environment
-steps so far) and ``wall_time`` (seconds of training so far), plus either the episode's
+steps so far) and ``wall_time`` (seconds of training so far, compiling the hot paths left out), plus either the episode's
 ``charts/episodic_return`` and ``charts/episodic_length`` or an update's metrics under CleanRL's
 names (``charts/SPS``, ``losses/value_loss``, ...). Every line is flushed as it is written, so a
 killed run keeps all of them; a non-finite value is written as ``null`` (strict JSON).
@@ -165,8 +165,13 @@ class RunLogger:
         return max(times, default=0.0)
 
     def wall_time(self) -> float:
-        """Seconds of training so far (including the time before a resume)."""
+        """Seconds of training so far (including the time before a resume), less the seconds
+        left out (:meth:`leave_out`)."""
         return self._time_offset + time.monotonic() - self._t0
+
+    def leave_out(self, seconds: float) -> None:
+        """Leave the last ``seconds`` (e.g. compiling the hot paths) out of ``wall_time``."""
+        self._t0 += seconds
 
     def _write(self, global_step: int, values: dict[str, float]) -> None:
         record = {"global_step": int(global_step), "wall_time": round(self.wall_time(), 6)}

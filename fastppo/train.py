@@ -35,12 +35,14 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import random
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +60,11 @@ from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_ra
 from .envs import VecEnv
 from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_bf16, \
     use_compile, use_numba_policy
+
+# torch.compile meets the profiler's record_function in torch's Optimizer.step and logs that
+# it ignores it, in every compiled run: library noise, not news for a user.
+logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(
+    lambda record: not record.getMessage().startswith("Profiler record function"))
 
 METRIC_NAMES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
                 "entropy": "losses/entropy", "approx_kl": "losses/approx_kl",
@@ -162,6 +169,19 @@ class Trainer:
         torch_paths = "torch.compile" if compiled else "torch"
         self.hot_paths = ("numba" if self.step.numba else f"numba (policy) and {torch_paths}") \
             if numba else torch_paths
+        if config.compile == "on" and numba and self.ctx.is_main:
+            served = "policy call and minibatch step" if self.step.numba else "policy call"
+            warnings.warn(f"--compile on: the Numba kernels serve this run's {served}, which "
+                          "torch.compile then leaves alone (--policy-kernel torch compiles "
+                          "every hot path)", stacklevel=2)
+        # Whether the first calls of the hot paths compile them: Numba kernels not in its cache
+        # yet, or torch.compile (every run). Those first calls' seconds, compiling or loading
+        # from the cache, are ``compile_seconds``, left out of charts/SPS and wall_time.
+        self.compiles = self.step.compiles or (compiled and not self.step.numba)
+        self.compile_seconds = 0.0
+        self.run_step = self.step
+        self._time_first_call("act")
+        self._time_first_call("run_step")
         # None, or ``hook(step)`` called in place of each minibatch step, ``step()`` being the
         # step itself; it returns what the step returns (train's ``minibatch_hook``).
         self.minibatch_hook: Callable | None = None
@@ -170,6 +190,24 @@ class Trainer:
         self.update = 0  # updates completed
         self.env_actions: list[np.ndarray] = []  # one (T, N, ...) array per rollout
         self.recent_returns: collections.deque = collections.deque(maxlen=10)
+
+    def _time_first_call(self, name: str) -> None:
+        """Wrap the hot path ``self.<name>`` so that its first call is timed into
+        ``compile_seconds`` (and left out of the logger's wall time); that call puts the path
+        itself back."""
+        path = getattr(self, name)
+
+        def first_call(*args):
+            start = time.perf_counter()
+            result = path(*args)
+            seconds = time.perf_counter() - start
+            setattr(self, name, path)
+            self.compile_seconds += seconds
+            if self.logger is not None:
+                self.logger.leave_out(seconds)
+            return result
+
+        setattr(self, name, first_call)
 
     # ------------------------------------------------------------------ state
     def start(self) -> None:
@@ -328,10 +366,10 @@ class Trainer:
                 idx = perm[m * mb_size:(m + 1) * mb_size]
                 adv = self.minibatch_advantages(b_adv, idx, b_weights)
                 if self.minibatch_hook is None:
-                    loss, stats, grad_norm = self.step(idx, adv, mb_weights[m])
+                    loss, stats, grad_norm = self.run_step(idx, adv, mb_weights[m])
                 else:
                     loss, stats, grad_norm = self.minibatch_hook(
-                        functools.partial(self.step, idx, adv, mb_weights[m]))
+                        functools.partial(self.run_step, idx, adv, mb_weights[m]))
                 row = records[taken]
                 row[0], row[1], row[W], row[POS] = loss, grad_norm, mb_weights[m], epoch * M + m
                 row[2:W] = stats
@@ -430,23 +468,16 @@ class Stopwatch:
 
 
 class _Throughput:
-    """Steps per second of a process's run after its first update, which compiles the hot
-    paths (Numba: once per machine, then cached; torch.compile: in every run): wall time from
-    the end of the first update, logging and checkpoints included."""
+    """Steps per second of a process's run so far: wall time, logging and checkpoints
+    included, the first calls of the hot paths (which compile them) left out."""
 
     def __init__(self):
-        self.first_seconds = None
         self.steps, self.since = 0, time.monotonic()
 
-    def add(self, steps: int) -> float:
-        """Count one update of ``steps``; returns the SPS so far (the first update's own while
-        it is the only one)."""
-        now = time.monotonic()
-        if self.first_seconds is None:
-            self.first_seconds, self.since = now - self.since, now
-            return steps / self.first_seconds
+    def add(self, steps: int, compile_seconds: float) -> float:
+        """Count one update of ``steps``; returns the SPS so far."""
         self.steps += steps
-        return self.steps / (now - self.since)
+        return self.steps / (time.monotonic() - self.since - compile_seconds)
 
 
 class _StopSignals:
@@ -491,7 +522,7 @@ class _NoLogger:
     def episode(self, *args) -> None:
         pass
 
-    update = advance = close = episode
+    update = advance = close = leave_out = episode
 
 
 def _param_hash(module: nn.Module) -> str:
@@ -560,9 +591,12 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
         if os.environ.get("FASTPPO_PARAM_HASHES") == "1" else None
     stopped_by = None
     throughput = _Throughput()
-    if trainer.step.compiles and ctx.is_main and progress is not False:
-        print("fastppo: compiling the Numba kernels (first run on this machine only; cached "
-              "afterwards)", flush=True)
+    announce = ctx.is_main and progress is not False
+    if trainer.compiles and announce:
+        why = "not in Numba's cache yet; later runs load them" if trainer.step.compiles else \
+            "torch.compile compiles them in every run"
+        print(f"fastppo: compiling the {trainer.hot_paths} hot paths ({why})", flush=True)
+    first_update = trainer.update + 1
     try:
         with _StopSignals(announce=ctx.is_main) as signals:
             while trainer.update < num_updates:
@@ -583,10 +617,11 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
                     with hash_log.open("a") as f:
                         f.write(f"{update} {_param_hash(trainer.agent)}\n")
                 seconds = watch.seconds
-                sps = throughput.add(config.batch_size * ctx.world_size)
-                if throughput.steps == 0 and ctx.is_main and progress is not False:
-                    print(f"first update (compiles the {trainer.hot_paths} hot paths): "
-                          f"{throughput.first_seconds:.1f} s, not counted in SPS", flush=True)
+                sps = throughput.add(config.batch_size * ctx.world_size,
+                                     trainer.compile_seconds)
+                if trainer.compiles and announce and update == first_update:
+                    print(f"fastppo: compiled in {trainer.compile_seconds:.1f} s (left out of "
+                          "charts/SPS and wall_time)", flush=True)
                 metrics.update({"charts/learning_rate": lr, "charts/SPS": sps,
                                 "perf/rollout_s": seconds["rollout"],
                                 "perf/env_s": seconds.get("env", 0.0),

@@ -141,3 +141,11 @@ def test_starting_a_run_over_from_step_0_hides_its_old_events_and_lines(tmp_path
         log.update(50, {"charts/SPS": -1.0})
     assert _scalars(tmp_path)["charts/SPS"] == [(50, -1.0)]
     assert [r["global_step"] for r in read_metrics(tmp_path)] == [50]
+
+
+def test_left_out_seconds_are_not_wall_time(tmp_path):
+    with RunLogger(tmp_path, total_steps=64, tensorboard=False, progress=False) as log:
+        log.leave_out(100.0)  # as if the last 100 s compiled the hot paths
+        log.episode(8, 1.0, 8)
+    (row,) = read_metrics(tmp_path)
+    assert row["wall_time"] <= 0.0

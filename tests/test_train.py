@@ -180,6 +180,68 @@ def test_first_ctrl_c_says_so_at_once_and_the_second_stops_now(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_compiling_is_left_out_of_sps_and_wall_time(tmp_path, monkeypatch, capsys):
+    """The first call of each hot path compiles it (here: 3 s more); the first update's
+    charts/SPS and every wall_time leave those seconds out, and a run whose kernels are
+    compiled already says nothing about compiling."""
+    import fastppo.train
+
+    make_act = fastppo.train.make_act
+
+    def slow_first_act(*args):
+        act, calls = make_act(*args), []
+
+        def first_slow(slot):
+            if not calls:
+                time.sleep(3.0)
+            calls.append(1)
+            act(slot)
+
+        return first_slow
+
+    monkeypatch.setattr(fastppo.train, "make_act", slow_first_act)
+    config = _config("CartPole-v1")
+    summary = train(config, tmp_path / "run")
+    assert summary["trainer"].compile_seconds >= 3.0
+    rows = read_metrics(tmp_path / "run")
+    assert max(r["wall_time"] for r in rows) < 3.0
+    first_sps = next(r["charts/SPS"] for r in rows if "charts/SPS" in r)
+    assert first_sps > config.batch_size / 3.0
+    assert "compil" not in capsys.readouterr().out  # Numba's cache holds the kernels
+
+
+def test_compile_on_says_when_the_numba_kernels_serve_the_run(tmp_path):
+    from fastppo.train import Trainer
+
+    with pytest.warns(UserWarning, match="--compile on: the Numba kernels serve this run's "
+                                         "policy call and minibatch step"):
+        trainer = Trainer(_config("CartPole-v1", compile="on"), tmp_path)
+    trainer.envs.close()
+
+
+def test_dynamo_profiler_notice_is_silenced():
+    import logging
+
+    import fastppo.train  # noqa: F401 - what installs the filter
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    log, keep = logging.getLogger("torch._dynamo.variables.ctx_manager"), Keep()
+    log.addHandler(keep)
+    try:
+        log.warning("Profiler record function %s will be ignored", "record_function")
+        log.warning("another warning")
+    finally:
+        log.removeHandler(keep)
+    assert keep.messages == ["another warning"]
+
+
 @pytest.mark.slow
 def test_cartpole_learns_to_475(tmp_path):
     """The README's promise: `fastppo train CartPole-v1 --seed 1 --total-timesteps 200000`
