@@ -336,7 +336,7 @@ def _resolve_resume(args: argparse.Namespace, overrides: dict) -> _Plan:
         has = ", ".join(f"{k}={getattr(saved, k)!r}" for k in fixed)
         raise ValueError(f"--resume: {', '.join(_option(k) for k in fixed)} cannot change when "
                          f"resuming (the run has {has}); only "
-                         f"{', '.join(sorted(RESUME_OVERRIDES))} can")
+                         f"{', '.join(_option(k) for k in sorted(RESUME_OVERRIDES))} can")
     try:
         config = PPOConfig.from_dict({**saved.to_dict(), **overrides})
     except ValueError as err:

@@ -106,7 +106,9 @@ def test_train_writes_resolved_config_and_resume_rules(tmp_path, capsys):
     assert saved["target_kl"] == 0.05 and saved["learning_rate"] == 2.5e-3
     assert PPOConfig.from_dict(saved).num_updates == 2
     capsys.readouterr()
-    _fails(["train", "--resume", str(run), "--num-envs", "4"], capsys, "--num-envs")
+    _fails(["train", "--resume", str(run), "--num-envs", "4"], capsys, "--num-envs",
+           "only --checkpoint-every, --device, --dist-timeout, --kernels, --tensorboard, "
+           "--torch-threads, --total-timesteps can")
     _fails(["train", "Pong-v5", "--resume", str(run)], capsys, "CartPole-v1")
     # Extending the run is allowed and continues from the checkpoint.
     assert main(["train", "--resume", str(run), "--total-timesteps", "96", "--no-progress"]) == 0
