@@ -17,6 +17,14 @@ Math (CleanRL's PPO loss; means are weighted means over rows with weights ``w``,
     kl       = mean(KL(pi_old || pi))                       when the old policy is given
     loss     = pg_loss - ent_coef mean(entropy) + vf_coef v_loss + kl_coef kl
 
+Coefficients: ``clip_coef`` in (0, inf] (inf: nothing is clipped); ``vf_coef``, ``ent_coef``
+in [-COEF_MAX, COEF_MAX] and ``kl_coef`` in [0, COEF_MAX], COEF_MAX = 3.4028234663852886e+38,
+float32's largest finite value, checked here (a ValueError naming the coefficient). So every
+coefficient is finite in every compute dtype, and on every backend a term whose value is
+exactly 0 adds exactly 0 to the loss and the gradients (a coefficient that became inf in
+float32 would make it NaN); with ``kl_coef=0`` the KL term is left out (an infinite KL adds
+nothing). Past that, a product that overflows is inf, as IEEE arithmetic makes it.
+
 Categorical: ``logp = log_softmax(logits)[action]``, ``entropy = -sum p log p``,
 ``KL = sum_a q_a (log q_a - log p_a)`` with ``q = softmax(old_logits)``. Diagonal Gaussian:
 ``logp = sum_d -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2``,
@@ -45,7 +53,6 @@ engine's non-finite-loss check reports. Everything else is checked here from met
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 from torch import Tensor
@@ -65,6 +72,8 @@ GRADS = {"categorical": (0, 3 + Rows._fields.index("values")),
          "gaussian": (0, 1, 5 + Rows._fields.index("values"))}
 DATA = {"categorical": (2,), "gaussian": (2, 3, 4)}
 _ROWS = len(Rows._fields)
+# the largest |vf_coef|, |ent_coef|, kl_coef: float32's largest finite value (module docstring)
+COEF_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _impl(backend: str):
@@ -263,12 +272,12 @@ def _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantag
     elif clip_vloss:
         raise ValueError("clip_vloss: expected False with clip_coef=None (no clip range), "
                          "got True")
-    kl_coef = expect_in_range("kl_coef", kl_coef, 0.0, sys.float_info.max)  # finite
+    kl_coef = expect_in_range("kl_coef", kl_coef, 0.0, COEF_MAX)
     if kl_coef > 0 and not has_old:
         raise ValueError(f"kl_coef: expected 0 without the old policy's parameters, got "
                          f"{kl_coef!r}")
-    return Coefs(clip_coef, expect_in_range("vf_coef", vf_coef, -math.inf, math.inf),
-                 expect_in_range("ent_coef", ent_coef, -math.inf, math.inf), kl_coef,
+    return Coefs(clip_coef, expect_in_range("vf_coef", vf_coef, -COEF_MAX, COEF_MAX),
+                 expect_in_range("ent_coef", ent_coef, -COEF_MAX, COEF_MAX), kl_coef,
                  bool(clip_vloss), bool(normalize_advantages))
 
 

@@ -453,20 +453,20 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
             ent = rs_t[r, 1]
             dl = d_logp[r]
             # d_z = p (-dl - d_ent (log p + ent)) + dl [j == act] (+ kl_coef c (p - q)), in the
-            # dtype of z so that the loop over A vectorizes at full float32 width
+            # dtype of z so that the loop over A vectorizes at full float32 width; the KL term
+            # multiplies (p - q), so where p == q it adds exactly 0 whatever kl_coef
             k_ent = cdt(ent_coef * c)  # -d_ent
+            k_logp = cdt(-dl)
             if use_kl:
                 k_kl = cdt(kl_coef * c)
-                k_p = cdt(kl_coef * c - dl)
                 old_lse = rs_t[r, _OLD_LSE]
                 for j in range(a_dim):
                     log_p = z[i, j] - lse
                     p = exp(log_p)
                     q = exp(oz[i, j] - old_lse)
-                    d_z[i, j] = (p * k_p - q * k_kl
+                    d_z[i, j] = (p * k_logp + k_kl * (p - q)
                                  + (p * k_ent * (log_p + ent) if p > zero else zero))
             else:
-                k_logp = cdt(-dl)
                 for j in range(a_dim):
                     log_p = z[i, j] - lse
                     p = exp(log_p)

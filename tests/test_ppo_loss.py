@@ -9,6 +9,7 @@ gets the small shapes only.
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -252,6 +253,56 @@ def test_overflowing_ratio_matches_reference(backend, dtype):
                                    rtol=1e-4, atol=1e-5)
     assert torch.equal(torch.isnan(d_logits), torch.isnan(expected[2][0]))
 
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("name", ["vf_coef", "ent_coef", "kl_coef"])
+@pytest.mark.parametrize("value", [1e39, -1e39, math.inf])
+def test_coefficients_beyond_float32_range_are_refused(backend, name, value):
+    """The coefficients must be finite in every compute dtype (float32 included): a product
+    with a zero term then stays zero on every backend, where 1e39 became inf (inf * 0 = NaN)."""
+    logits, actions, *rest = categorical_inputs(4, 3, torch.float32, weighted=False)
+    kw = dict(COEFS, kl_coef=0.5, old_logits=logits + 0.1, backend=backend)
+    kw[name] = value
+    low = 0.0 if name == "kl_coef" else -F32_MAX
+    expected = f"{name}: expected a value in [{low}, {F32_MAX}], got {value!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        ppo_loss(logits, actions, *rest[:5], **kw)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_largest_kl_coef_times_a_zero_kl_adds_nothing(backend):
+    """float32, kl_coef at the bound, the old policy equal to the new one (KL exactly 0): the
+    loss and gradients are those of kl_coef=0."""
+    logits, actions, *rest = categorical_inputs(5, 3, torch.float32, weighted=False)
+    results = []
+    for kl_coef in (0.0, F32_MAX):
+        z = logits.clone().requires_grad_()
+        loss, stats = ppo_loss(z, actions, *rest[:5], old_logits=logits, kl_coef=kl_coef,
+                               backend=backend, **COEFS)
+        assert stats["kl"] == 0
+        results.append((loss, *torch.autograd.grad(loss, [z])))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("name", ["vf_coef", "ent_coef", "kl_coef"])
+def test_largest_coefficients_match_oracle_in_float64(backend, name):
+    logits, actions, *rest = categorical_inputs(5, 3, torch.float64, weighted=False)
+    old_logits = logits + 0.1 * torch.arange(3, dtype=torch.float64)
+    kw = dict(COEFS, kl_coef=0.5)
+    kw[name] = F32_MAX
+    expected = oracle_categorical(logits, actions, *rest, old_logits=old_logits, **kw)
+    inputs = [logits.requires_grad_(), rest[2].requires_grad_()]
+    loss, _ = ppo_loss(logits, actions, *rest[:5], old_logits=old_logits, backend=backend, **kw)
+    assert math.isfinite(loss)
+    torch.testing.assert_close(loss.double(), expected[0], rtol=1e-9, atol=0)
+    for got, want in zip(torch.autograd.grad(loss, inputs), expected[2]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=want.abs().max().item() * 1e-12)
 
 # ----------------------------------------------------------------------------- gradcheck
 
