@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import numpy as np
 import torch
@@ -653,9 +654,11 @@ def _launch_config(width, batch, dtype):
 
 
 def _split(x: float) -> tuple[float, float]:
-    """x as a float32 pair hi + lo (Triton passes Python floats as float32)."""
+    """x as a float32 pair hi + lo (Triton passes Python floats as float32). An x beyond
+    float32's range (only clip_coef can be: inf, or huge, and its bounds 1 -+ clip; ppo_loss's
+    COEF_MAX bounds the others) is (+-inf, 0): x - inf would make lo, and the sum, NaN."""
     hi = float(np.float32(x))
-    return hi, float(np.float32(x - hi))
+    return hi, float(np.float32(x - hi)) if math.isfinite(hi) else 0.0
 
 
 @functools.lru_cache(maxsize=64)

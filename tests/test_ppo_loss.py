@@ -255,6 +255,28 @@ def test_overflowing_ratio_matches_reference(backend, dtype):
 
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("policy", ["categorical", "gaussian"])
+def test_infinite_clip_coef_matches_oracle(backend, dtype, policy):
+    """clip_coef=inf: nothing is clipped; the value loss's two branches tie, and their split
+    gradients add up to the unclipped one."""
+    kw = dict(COEFS, clip_coef=math.inf)
+    if policy == "categorical":
+        logits, actions, *rest = categorical_inputs(5, 3, dtype, weighted=True)
+        expected = oracle_categorical(logits, actions, *rest, **kw)
+        inputs = [logits.requires_grad_(), rest[2].requires_grad_()]
+        loss, stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5], backend=backend,
+                               **kw)
+    else:
+        mean, log_std, actions, *rest = gaussian_inputs(5, 2, dtype, weighted=True)
+        expected = oracle_gaussian(mean, log_std, actions, *rest, **kw)
+        inputs = [mean.requires_grad_(), log_std.requires_grad_(), rest[2].requires_grad_()]
+        loss, stats = ppo_loss_gaussian(mean, log_std, actions, *rest[:5], weights=rest[5],
+                                        backend=backend, **kw)
+    _check(loss, stats, torch.autograd.grad(loss, inputs), expected, dtype)
+
+
 F32_MAX = float(torch.finfo(torch.float32).max)
 
 
