@@ -320,9 +320,11 @@ def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, retu
         actions: (B,) integer actions in [0, A).
         old_logprobs, advantages, old_values, returns: (B,) floating data (no gradient).
         values: (B,) floating value predictions (gradient flows here).
-        clip_coef: > 0, the ratio and value clip range; None for the unclipped surrogate
-            (then ``clip_vloss`` must be False). vf_coef, ent_coef: loss coefficients.
-        kl_coef: >= 0, the weight of ``mean(KL(pi_old || pi))``; > 0 needs ``old_logits``.
+        clip_coef: in (0, inf], the ratio and value clip range; None for the unclipped
+            surrogate (then ``clip_vloss`` must be False). vf_coef, ent_coef: loss
+            coefficients in [-COEF_MAX, COEF_MAX] (module docstring).
+        kl_coef: in [0, COEF_MAX], the weight of ``mean(KL(pi_old || pi))``; > 0 needs
+            ``old_logits``.
         old_logits: optional (B, A) logits of the policy that collected the data (no
             gradient); with them the stats hold ``kl``.
         clip_vloss, normalize_advantages: as in CleanRL (both on by default).
