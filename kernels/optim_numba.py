@@ -167,6 +167,8 @@ class ClipAdam:
         return True
 
     def step(self, max_grad_norm: float) -> float:
+        """Clip the grads (in place) to ``max_grad_norm`` (> 0) and take one Adam step;
+        return the gradient norm before clipping."""
         if type(max_grad_norm) is not float:
             if not isinstance(max_grad_norm, numbers.Real) or isinstance(max_grad_norm, bool):
                 raise TypeError(f"max_grad_norm: expected a number, got "
