@@ -9,6 +9,11 @@ from fastppo.cli import main
 from fastppo.evaluate import evaluate
 from fastppo.logger import read_metrics
 
+# torch.compile (the atari preset) imports torch.utils.mkldnn, which uses the deprecated
+# torch.jit.script_method: torch's own warning, nothing fastppo calls.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 UPDATE_METRICS = ("losses/value_loss", "losses/policy_loss", "losses/entropy",
                   "losses/approx_kl", "losses/old_approx_kl", "losses/clipfrac",
                   "losses/explained_variance", "charts/SPS", "charts/learning_rate")
