@@ -41,9 +41,15 @@ Argument passing: parameters and grads reach the kernel as addresses in one int6
 once (``_LAYER_*`` columns), so a call unboxes a dozen arrays whatever the depth, and one
 compiled specialization serves every network (one per policy type). The step keeps NumPy views
 of those tensors alive (their storage cannot be freed under the kernel), and checks per call
-that the first parameter still has the same storage and ``.grad``: ``zero_grad(set_to_none=
-True)`` is undone by re-attaching the grads; a replaced ``.data`` (``module.to(...)``,
-``vector_to_parameters``) raises: build a new step (or call ``rebind()``).
+that every parameter still has the storage and ``.grad`` it was bound to (a few attribute reads
+per parameter): a replaced ``.grad`` (``zero_grad(set_to_none=True)``, or a tensor assigned by
+hand) is replaced by the step's own again, and a replaced ``.data`` (``module.to(...)``,
+``vector_to_parameters``) is bound again (``rebind()``, its new storage checked as at
+construction), so a call always reads what the parameters hold now.
+
+Large minibatches: the products of a layer wide enough, over enough rows, go to BLAS ``sgemm``
+(``blas_numba``; ``use_blas`` is the crossover), the tuned kernel that runs near the core's peak
+(and on every core BLAS is given); thin layers and small minibatches keep the loops above.
 
 Zero total weight: a minibatch whose weights are all 0 (reset steps only) raises nothing: every
 grad is set to 0 and the seven returned values are 0.0 (``weight_sum`` is 0.0: the engine skips
@@ -58,6 +64,7 @@ returns an error code, turned into the exception on the slow path. One call at a
 
 from __future__ import annotations
 
+import numbers
 
 import numpy as np
 import torch
@@ -68,6 +75,7 @@ from numba.extending import intrinsic
 from . import ppo_loss_contract
 from .blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
 from .math32_numba import exp32
+from .ppo_loss import check_coefs
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
     _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
@@ -628,7 +636,10 @@ class MLPLossStep:
         activation workspace for ``max_rows`` rows."""
         if activation not in ("tanh", "relu"):
             raise ValueError(f"activation: expected 'tanh' or 'relu', got {activation!r}")
-        if int(max_rows) != max_rows or max_rows < 1:
+        if not isinstance(max_rows, numbers.Integral) or isinstance(max_rows, bool):
+            raise TypeError(f"max_rows: expected a positive integer, got "
+                            f"{type(max_rows).__name__}")
+        if max_rows < 1:
             raise ValueError(f"max_rows: expected a positive integer, got {max_rows!r}")
         actor, critic = [tuple(layer) for layer in actor], [tuple(layer) for layer in critic]
         for name, net in (("actor", actor), ("critic", critic)):
@@ -744,8 +755,7 @@ class MLPLossStep:
         self._layers, self._plan = layers, plan
         self._ws = np.zeros(offset, np.float32)
         self._actions_ws = np.zeros(rows, np.int64)
-        self._first, self._first_grad = self._params[0], self._grads[0]
-        self._first_ptr = self._first.data_ptr()
+        self._addresses = [p.data_ptr() for p in self._params]
 
     @property
     def params(self):
@@ -820,29 +830,31 @@ class MLPLossStep:
         if not (type(idx) is np.ndarray and idx.dtype is _I64 and idx.ndim == 1
                 and idx.flags.c_contiguous and 0 < idx.shape[0] <= self.max_rows):
             self._check_idx(idx)
-        if not clip_coef > 0.0:
-            raise ValueError(f"clip_coef: expected a value > 0, got {clip_coef!r}")
-        first = self._first
-        if first.grad is not self._first_grad:  # zero_grad(set_to_none=True) or a new .grad
-            for p, g in zip(self._params, self._grads):
+        if clip_coef is None:
+            raise TypeError("clip_coef: expected a number > 0 (the step is PPO-clip), got None")
+        coefs = check_coefs(clip_coef, vf_coef, ent_coef, 0.0, clip_vloss,
+                            normalize_advantages, has_old=False)
+        for p, address in zip(self._params, self._addresses):
+            if p.data_ptr() != address:  # a replaced .data
+                self.rebind()
+                break
+        for p, g in zip(self._params, self._grads):
+            if p.grad is not g:  # zero_grad(set_to_none=True) or a new .grad
                 p.grad = g
-        if first.data_ptr() != self._first_ptr:
-            raise RuntimeError("parameters: the first parameter's storage changed since the "
-                               "step was built (its .data was replaced); call rebind()")
         result = np.empty(7)
         has_weights = weights is not None
         if not has_weights:
             weights = self._ones
         if self.continuous:
             err = _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values,
-                                 returns, weights, has_weights, float(clip_coef), float(vf_coef),
-                                 float(ent_coef), bool(clip_vloss), bool(normalize_advantages),
+                                 returns, weights, has_weights, coefs.clip_coef, coefs.vf_coef,
+                                 coefs.ent_coef, coefs.clip_vloss, coefs.normalize_advantages,
                                  self._plan, self._layers, self._ws, self._stats, result)
         else:
             err = _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values,
-                                    returns, weights, has_weights, float(clip_coef),
-                                    float(vf_coef), float(ent_coef), bool(clip_vloss),
-                                    bool(normalize_advantages), self._plan, self._layers,
+                                    returns, weights, has_weights, coefs.clip_coef,
+                                    coefs.vf_coef, coefs.ent_coef, coefs.clip_vloss,
+                                    coefs.normalize_advantages, self._plan, self._layers,
                                     self._ws, self._actions_ws, self._stats, result)
         if err and err != _ZERO_WEIGHTS:
             self._raise(err, data, idx)

@@ -264,9 +264,9 @@ def _check_rows(batch, rows: Rows):
     return named
 
 
-def _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-           has_old: bool) -> Coefs:
-    """Checked and converted coefficients (metadata only)."""
+def check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                has_old: bool) -> Coefs:
+    """Checked and converted coefficients (metadata only; also ``MLPLossStep``'s check)."""
     if clip_coef is not None:
         clip_coef = expect_in_range("clip_coef", clip_coef, 0.0, math.inf, low_open=True)
     elif clip_vloss:
@@ -351,8 +351,8 @@ def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, retu
         _expect_like("old_logits", old_logits, (batch, num_actions), "same as logits")
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
     named = _check_rows(batch, rows)
-    coefs = _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                   old_logits is not None)
+    coefs = check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                        old_logits is not None)
     backend = resolve_backend(backend, logits.device)
     expect_same_device("logits", logits, actions=actions, old_logits=old_logits, **named)
     return _run("categorical", (logits, actions, old_logits, *rows, *coefs, backend))
@@ -388,8 +388,8 @@ def ppo_loss_gaussian(mean, log_std, actions, old_logprobs, advantages, values, 
         old_log_std = _broadcast_log_std("old_log_std", old_log_std, batch, dim)
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
     named = _check_rows(batch, rows)
-    coefs = _coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                   old_mean is not None)
+    coefs = check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
+                        old_mean is not None)
     backend = resolve_backend(backend, mean.device)
     expect_same_device("mean", mean, log_std=log_std, actions=actions, old_mean=old_mean,
                        old_log_std=old_log_std, **named)

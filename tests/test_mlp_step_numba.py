@@ -365,14 +365,28 @@ def test_existing_grads_are_reused():
     assert step.params == list(agent.actor.parameters()) + list(agent.critic.parameters())
 
 
-def test_replaced_parameter_storage_raises_then_rebind():
+@pytest.mark.parametrize("which", [(0, 0), (1, 2), (1, 4)], ids=["actor0", "critic2", "critic4"])
+def test_replaced_parameter_storage_is_bound_again(which):
+    """A parameter's .data replaced after the step was built (any parameter, not only the first)
+    is what the next call reads; before, a later parameter's old storage was read silently."""
     agent = _agent(4, 2, False)
     data = _rollout(agent, 100, np.random.default_rng(9))
     step = _step_for(agent)
-    agent.actor[0].weight.data = agent.actor[0].weight.data.clone() * 0.5
-    with pytest.raises(RuntimeError, match="rebind"):
-        _call(step, data, np.arange(10))
-    step.rebind()
+    net, layer = which
+    linear = (agent.actor, agent.critic)[net][layer]
+    linear.weight.data = linear.weight.data.clone() * 0.5
+    _check_existing(step, agent, data, np.arange(10))
+
+
+def test_replaced_later_grad_is_written():
+    """A later parameter's .grad replaced by hand (or set to None) is the step's own again
+    after a call, holding this call's gradient: the kernel never writes a grad the parameter
+    no longer has."""
+    agent = _agent(4, 2, False)
+    data = _rollout(agent, 100, np.random.default_rng(10))
+    step = _step_for(agent)
+    agent.critic[4].bias.grad = torch.full_like(agent.critic[4].bias, 7.0)
+    agent.actor[2].weight.grad = None
     _check_existing(step, agent, data, np.arange(10))
 
 
@@ -491,8 +505,15 @@ def test_bad_coefficients_raise():
     agent = _agent(4, 2, False)
     data = _rollout(agent, 100, np.random.default_rng(14))
     step = _step_for(agent)
-    with pytest.raises(ValueError, match="clip_coef: .*> 0.*0.0"):
+    with pytest.raises(ValueError, match="clip_coef: .*0.0"):
         _call(step, data, np.arange(10), clip_coef=0.0)
+    for kw, exc, match in [(dict(clip_coef=None), TypeError, "clip_coef: .*got None"),
+                           (dict(vf_coef=float("nan")), ValueError, "vf_coef: .*nan"),
+                           (dict(vf_coef="0.5"), TypeError, "vf_coef: expected a number, got str"),
+                           (dict(ent_coef=None), TypeError, "ent_coef: .*NoneType"),
+                           (dict(ent_coef=1e39), ValueError, r"ent_coef: .*1e\+39")]:
+        with pytest.raises(exc, match=match):
+            _call(step, data, np.arange(10), **kw)
 
 
 def test_bad_construction_raises():
@@ -515,6 +536,8 @@ def test_bad_construction_raises():
         MLPLossStep(pairs, [pairs[0], cpairs[1]])
     with pytest.raises(ValueError, match="max_rows: "):
         MLPLossStep(pairs, cpairs, max_rows=0)
+    with pytest.raises(TypeError, match="max_rows: expected a positive integer, got str"):
+        MLPLossStep(pairs, cpairs, max_rows="x")
     with pytest.raises(ValueError, match="actor: expected Linear"):
         MLPLossStep.from_modules(nn.Sequential(nn.Linear(4, 2), nn.GELU(), nn.Linear(2, 2)),
                                  critic)
