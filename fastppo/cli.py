@@ -428,12 +428,13 @@ def _train(args) -> int:
         except ValueError as err:
             shutdown(ctx)
             raise UsageError(str(err)) from None
+    if ctx.is_main:
+        print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
+              file=sys.stderr)
     config = _whole_batches(config, ctx)
     if not ctx.is_main:
         args.progress = False
     else:
-        print(f"fastppo: training {config.env_id} (preset {config.preset}) in {run_dir}",
-              file=sys.stderr)
         if plan.resume and plan.state is None:
             print(f"fastppo: {run_dir} has no checkpoint (the run stopped before its first "
                   "one); starting it over from step 0", file=sys.stderr)
