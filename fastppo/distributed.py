@@ -64,6 +64,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     timeout_s: float = 300.0
+    local_world_size: int = 1  # the ranks on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -155,7 +156,8 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 300.0) -> Dis
             f"{timeout_s:g}s: not all {world_size} ranks started, or they cannot reach each other "
             f"(check MASTER_ADDR/MASTER_PORT, firewalls, and that every node was launched). "
             f"Cause: {describe(err)}") from err
-    return DistContext(rank, world_size, local_rank, device, float(timeout_s))
+    return DistContext(rank, world_size, local_rank, device, float(timeout_s),
+                       _env_int("LOCAL_WORLD_SIZE") or 1)
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -58,8 +58,8 @@ from .config import KL_COEF_MAX, KL_COEF_MIN, PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
 from .envs import VecEnv
-from .hotpath import STAT_NAMES, MinibatchStep, make_act, use_async_envs, use_bf16, \
-    use_compile, use_numba_policy
+from .hotpath import STAT_NAMES, MinibatchStep, limit_blas_threads, make_act, use_async_envs, \
+    use_bf16, use_compile, use_numba_policy
 
 # torch.compile meets the profiler's record_function in torch's Optimizer.step and logs that
 # it ignores it, in every compiled run: library noise, not news for a user.
@@ -166,6 +166,8 @@ class Trainer:
                                   _make_loss_fn(config, self.envs.continuous,
                                                 not self.ctx.distributed and config.norm_adv),
                                   reduce_gradients, numba, compiled)
+        if self.step.numba:  # its large products run on SciPy's BLAS, loaded by now
+            limit_blas_threads(self.ctx.local_world_size)
         torch_paths = "torch.compile" if compiled else "torch"
         self.hot_paths = ("numba" if self.step.numba else f"numba (policy) and {torch_paths}") \
             if numba else torch_paths

@@ -332,3 +332,32 @@ def test_bf16_runs_the_torch_paths_and_learns_like_fp32():
         # the gradients the step took differ by bf16 rounding (tests/test_agent.py's bound)
         assert float((p16.grad - p32.grad).norm()) <= 0.1 * float(p32.grad.norm())
     fp32.envs.close(), bf16.envs.close()
+
+
+def test_blas_threads_are_shared_among_the_ranks_of_a_machine(monkeypatch):
+    """Each data-parallel rank on a machine gets its share of the cores for BLAS (never fewer
+    than one thread); OPENBLAS_NUM_THREADS, when set, is left as it is."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastppo.hotpath import limit_blas_threads
+    from fastppo.kernels.blas_numba import sgemm_address
+
+    sgemm_address()  # loads SciPy's BLAS, as the Numba step does
+    cores = len(os.sched_getaffinity(0))
+
+    def scipy_blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and "scipy.libs" in lib["filepath"]}
+
+    original = threadpool_limits(None)  # restores the limits on exit below
+    try:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+        for ranks in (1, 2, 64):
+            want = max(1, cores // ranks)
+            assert limit_blas_threads(ranks) == want
+            assert scipy_blas_threads() == {want}
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        limit_blas_threads(64)  # the environment's choice stands
+        assert limit_blas_threads(1) == 1
+    finally:
+        original.restore_original_limits()
