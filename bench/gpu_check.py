@@ -10,7 +10,7 @@ elements, in a process beside the others); 2. torch.library.opcheck on CUDA tens
 torch.compile(mode="reduce-overhead") train step against eager; 4. set_sync_debug_mode around
 each minibatch step of Trainer.update_policy; 5. timings (CUDA events, median) of the fused ops
 vs the eager composite vs its torch.compile; 6. three updates each of CartPole-v1, HalfCheetah-v4
-and Pong-v5 through ``fastppo train``, with their SPS.
+and Pong-v5 (``--precision fp32`` and ``bf16``) through ``fastppo train``, with their SPS.
 
 Each section runs in its own process under a hard timeout (a crash or hang costs that section
 only); each case records FAIL with its error's first line and the run goes on. ``--out`` gets
@@ -42,7 +42,7 @@ import torch  # fastppo.kernels is imported later, after TRITON_INTERPRET is set
 
 # part -> (section, GPU seconds, smoke seconds); part "1n" (Numba, CPU) runs beside the others
 PARTS = {"1": (1, 110, 60), "1n": (1, 150, 90), "2": (2, 25, 40), "3": (3, 45, 40),
-         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 100, 80)}
+         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 150, 80)}
 PARALLEL, QUIET = ("1n",), ("5",)  # the timings wait until the parallel part is done
 SECTIONS = {1: "correctness vs float64", 2: "torch.library.opcheck",
             3: "torch.compile train step", 4: "no host sync per minibatch", 5: "timings",
@@ -711,17 +711,20 @@ def part_timings(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------- 6. CLI runs
-E2E = (("CartPole-v1", 1024), ("HalfCheetah-v4", 2048), ("Pong-v5", 1024))  # preset batches
+# (env id, the preset's batch, options): Pong twice, --precision fp32 beside bf16 (what auto
+# picks for the CNN on a bf16 GPU), same seed: SPS and the run's return side by side
+E2E = (("CartPole-v1", 1024, ()), ("HalfCheetah-v4", 2048, ()),
+       ("Pong-v5", 1024, ("--precision", "fp32")), ("Pong-v5", 1024, ("--precision", "bf16")))
 
 
-def cli_run(ctx: Ctx, env_id: str, batch: int, runs_left: int):
-    extra = ["--device", "cuda"]
+def cli_run(ctx: Ctx, env_id: str, batch: int, options: tuple, runs_left: int):
+    extra = ["--device", "cuda", *options]
     if ctx.smoke:
         extra = ["--device", "cpu", "--num-envs", "2", "--num-steps", "8", "--num-minibatches",
                  "2", "--update-epochs", "1", "--compile", "off"]
         batch = 16
     timeout = max(5.0, (ctx.left() - 2) / runs_left)
-    log = ctx.out / "logs" / f"e2e-{env_id}.log"
+    log = ctx.out / "logs" / f"e2e-{env_id}{''.join(options)}.log"
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "fastppo", "train", env_id, "--total-timesteps",
@@ -747,17 +750,18 @@ def cli_run(ctx: Ctx, env_id: str, batch: int, runs_left: int):
     if len(updates) != 3:
         return "FAIL", f"{len(updates)} update rows in metrics.jsonl, expected 3", {}
     sps = updates[-1]["charts/SPS"]
-    found = re.search(r"first update \(compiles the (.+?) hot paths\): ([\d.]+) s", output)
-    first = f", first update {found.group(2)} s ({found.group(1)})" if found else ""
+    paths = re.search(r"compiling the (.+?) hot paths", output)
+    seconds = re.search(r"compiled in ([\d.]+) s", output)
+    first = f", compiled in {seconds.group(1)} s ({paths.group(1)})" if paths and seconds else ""
     return "PASS", f"{sps:,.0f} SPS over updates 2-3{first}; wall {wall:.1f} s", \
         {"sps": sps, "wall_s": wall}
 
 
 def part_e2e(ctx: Ctx) -> None:
     runs = E2E[:1] if ctx.smoke else E2E  # smoke: the logic once (CartPole), not the envs
-    for i, (env_id, batch) in enumerate(runs):
-        ctx.run(f"fastppo train {env_id}", lambda: cli_run(ctx, env_id, batch,
-                                                           len(runs) - i),
+    for i, (env_id, batch, options) in enumerate(runs):
+        ctx.run(f"fastppo train {' '.join((env_id, *options))}",
+                lambda: cli_run(ctx, env_id, batch, options, len(runs) - i),
                 need=15.0 if ctx.cuda else 5.0)
 
 

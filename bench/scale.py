@@ -1,0 +1,146 @@
+"""fastppo at growing env counts beside raw EnvPool stepping: the share of the env rate it keeps.
+
+    python bench/scale.py                                   # every row (tens of minutes)
+    python bench/scale.py --rows cartpole --envs 8 256      # some rows, some env counts
+    python bench/scale.py --rows halfcheetah --envs 32 --variants default policy_kernel=torch
+    python bench/scale.py --json scale.json
+
+For each env (CartPole-v1 with the ``classic`` preset, HalfCheetah-v4 with ``mujoco``, Pong-v5
+with ``atari``) and env count N, in one process and one sitting:
+
+* ``raw``: the EnvPool pool the run would use (``fastppo.envs.make_envpool``, the preset's
+  options), N envs stepped with uniformly random actions and nothing else: the ceiling for any
+  trainer at N envs (``--raw-seconds`` of stepping after a warm-up second);
+* ``fastppo``: ``fastppo train`` with the preset and ``--num-envs N``, every other setting the
+  preset's (so the minibatch grows with N: num_steps x N / num_minibatches rows), for a fixed
+  number of updates; its steady SPS leaves out the warm-up updates (compilation), as in
+  ``bench/e2e.py``, whose helpers this uses.
+
+Reported: both rates, fastppo's share of the raw rate, and the seconds per steady update spent
+learning (GAE and the epochs) and in the rollout (env stepping and inference). Variants (as in
+e2e.py: ``field=value``, e.g. ``policy_kernel=torch``, ``precision=bf16``) add fastppo rows.
+Check ``uptime`` first: timings on a loaded machine are worthless (a warning is printed when
+the 1-minute load average is above 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import machine_info, parse_variant, run_fastppo, variant_name  # noqa: E402
+
+# name -> (env id, env counts, updates, warm-up updates)
+ROWS = {
+    "cartpole": ("CartPole-v1", (8, 64, 256), 12, 3),
+    "halfcheetah": ("HalfCheetah-v4", (1, 8, 32), 4, 1),
+    "pong": ("Pong-v5", (8, 32), 4, 1),
+}
+
+
+def raw_steps_per_second(env_id: str, num_envs: int, seconds: float, seed: int = 1) -> float:
+    """Env steps per second of the preset's EnvPool pool at ``num_envs`` envs, random actions
+    (one warm-up second, then ``seconds`` of synchronous batched steps)."""
+    import numpy as np
+
+    from fastppo.config import make_config
+    from fastppo.envs import make_envpool
+
+    config = make_config(env_id, num_envs=num_envs)
+    pool = make_envpool(config, num_envs, seed)
+    space = pool.action_space
+    rng = np.random.default_rng(seed)
+
+    def actions():
+        if hasattr(space, "n"):
+            return rng.integers(0, space.n, num_envs)
+        return rng.uniform(space.low, space.high, (num_envs, *space.shape)).astype(np.float32)
+
+    batches = [actions() for _ in range(64)]
+    pool.reset()
+    steps, start, warm = 0, time.perf_counter(), None
+    while True:
+        pool.step(batches[steps % len(batches)])
+        steps += 1
+        now = time.perf_counter()
+        if warm is None and now - start >= 1.0:
+            warm, warm_steps = now, steps
+        elif warm is not None and now - warm >= seconds:
+            break
+    pool.close()
+    return (steps - warm_steps) * num_envs / (now - warm)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--envs", nargs="+", type=int, default=None,
+                        help="env counts (default per row: " + "; ".join(
+                            f"{k} {' '.join(map(str, v[1]))}" for k, v in ROWS.items()) + ")")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="updates per fastppo run (default per row: " + ", ".join(
+                            f"{k} {v[2]}" for k, v in ROWS.items()) + ")")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up updates left out (default per row: " + ", ".join(
+                            f"{k} {v[3]}" for k, v in ROWS.items()) + ")")
+    parser.add_argument("--raw-seconds", type=float, default=5.0)
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=[{}],
+                        help="fastppo runs: 'default' or field=value (default: default)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting")
+
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    load1 = os.getloadavg()[0]
+    machine = machine_info()
+    print(f"command: `{command}`")
+    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {machine['cpu']}; {machine['cpu_count']} cores; AVX-512/AMX flags: "
+          f"{' '.join(machine['simd_flags']) or 'none'}; torch {machine['torch']}, numba "
+          f"{machine['numba']}, envpool {machine['envpool']}")
+    print(f"load average (1 min) at start: {load1:.2f}")
+    if load1 > 0.5:
+        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
+              "these timings are worthless as results.")
+    print()
+    print("| env | envs | variant | raw EnvPool steps/s | fastppo SPS | share of raw | "
+          "learn s / update | rollout s / update |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|", flush=True)
+    results = []
+    for row in args.rows:
+        env_id, counts, updates, warmup = ROWS[row]
+        updates = args.updates or updates
+        warmup = warmup if args.warmup is None else args.warmup
+        for n in args.envs or counts:
+            raw = raw_steps_per_second(env_id, n, args.raw_seconds, args.seed)
+            for variant in args.variants:
+                variant = {"num_envs": n, **variant}
+                r = run_fastppo(env_id, updates, args.seed, warmup, variant)
+                r.update(raw_sps=raw, share=r["steady_sps"] / raw, num_envs=n)
+                results.append(r)
+                name = variant_name({k: v for k, v in variant.items() if k != "num_envs"})
+                print(f"| {env_id} | {n} | {name} | {raw:,.0f} | {r['steady_sps']:,.0f} | "
+                      f"{r['share']:.0%} | {r['learn_s']:.3f} | {r['rollout_s']:.3f} |",
+                      flush=True)
+    print()
+    print("steady SPS: the updates after the warm-up ones; seconds are means per steady update.")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_avg_1min_at_start": load1, "machine": machine, "results": results,
+        }, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
