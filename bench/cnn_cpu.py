@@ -10,9 +10,10 @@ preset's minibatch) of ``fastppo.agent.Agent("nature_cnn", ...)`` for:
 * ``channels_last``: eager, module and inputs in ``torch.channels_last`` (oneDNN's preferred
   layout; what ``Agent`` uses);
 * ``+compile``: ``torch.compile`` of the call (Inductor's CPU backend; compile time excluded);
-* ``channels_last+bf16``: ``torch.autocast("cpu", torch.bfloat16)``, only where the CPU has bf16
-  matrix instructions (AVX512-BF16 or AMX, read from /proc/cpuinfo; skipped otherwise: emulated
-  bf16 is slower than float32).
+* ``+bf16``: the engine's ``--precision bf16`` (``Agent(..., bf16=True)``: bf16 autocast inside
+  the network, float32 outputs), eager and compiled, only where the CPU has bf16 matrix
+  instructions (``fastppo.hotpath.bf16_matrix_units``: AVX512-BF16 or AMX; skipped otherwise:
+  emulated bf16 is slower than float32).
 
 Prints the best of ``--repeats`` timing rounds per row, in ms, beside ``nchw``.
 """
@@ -23,17 +24,6 @@ import argparse
 import time
 
 import torch
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def best_ms(fn, repeats: int, inner: int) -> float:
@@ -56,15 +46,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from fastppo.agent import Agent
+    from fastppo.hotpath import bf16_matrix_units
 
     torch.manual_seed(0)
-    flags = cpu_flags()
-    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    bf16 = bf16_matrix_units(torch.device("cpu"))  # what --precision auto asks of the CPU
     obs8 = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
     obs256 = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8)
 
     def variant(name):
-        agent = Agent("nature_cnn", (4, 84, 84), 6, continuous=False)  # channels_last
+        # channels_last; bf16: the engine's --precision bf16 (autocast inside the Agent)
+        agent = Agent("nature_cnn", (4, 84, 84), 6, continuous=False, bf16="bf16" in name)
         if name.startswith("nchw"):
             agent = agent.to(memory_format=torch.contiguous_format)
 
@@ -73,25 +64,23 @@ def main() -> None:
                 return (agent.actor(h),), agent.critic(h).squeeze(-1)
         else:
             forward = agent
-        if name.endswith("compile"):
+        if "compile" in name:
             forward = torch.compile(forward)
-        autocast = torch.autocast("cpu", torch.bfloat16, enabled=name.endswith("bf16"))
 
         def act():
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode():
                 forward(obs8)
 
         def learn():
-            with autocast:
-                (logits,), value = forward(obs256)
-                loss = logits.float().logsumexp(-1).mean() + value.float().square().mean()
+            (logits,), value = forward(obs256)
+            loss = logits.logsumexp(-1).mean() + value.square().mean()
             agent.zero_grad(set_to_none=True)
             loss.backward()
 
         return act, learn
 
     names = ["nchw", "channels_last", "nchw+compile", "channels_last+compile"] + (
-        ["channels_last+bf16"] if bf16 else [])
+        ["channels_last+bf16", "channels_last+compile+bf16"] if bf16 else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 matrix "
           f"instructions: {'yes' if bf16 else 'no (bf16 row skipped)'}")
     print("| variant | act, 8 obs (ms) | vs nchw | fwd+bwd, 256 rows (ms) | vs nchw |")
