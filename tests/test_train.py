@@ -47,15 +47,18 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     del c
 
 
-@pytest.mark.parametrize("env_id, policy_kernel, loss", [
-    ("CartPole-v1", "numba", "clip"), ("HalfCheetah-v4", "numba", "clip"),
-    ("HalfCheetah-v4", "torch", "clip"), ("CartPole-v1", "numba", "penalty"),
-    ("HalfCheetah-v4", "torch", "penalty")])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id, policy_kernel, loss):
+@pytest.mark.parametrize("env_id, policy_kernel, loss, precision", [
+    ("CartPole-v1", "numba", "clip", "auto"), ("HalfCheetah-v4", "numba", "clip", "auto"),
+    ("HalfCheetah-v4", "torch", "clip", "auto"), ("CartPole-v1", "numba", "penalty", "auto"),
+    ("HalfCheetah-v4", "torch", "penalty", "auto"), ("CartPole-v1", "torch", "clip", "bf16")])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id, policy_kernel, loss,
+                                                          precision):
     """--loss penalty: the adapted beta is checkpointed, so the resumed run's betas (and with
-    them everything else) are the uninterrupted run's; kl_target 1e-4 makes beta change."""
+    them everything else) are the uninterrupted run's; kl_target 1e-4 makes beta change.
+    --precision bf16 on the CPU resumes bit-identically too (same machine and threads: its
+    kernels are deterministic there)."""
     extra = dict(loss="penalty", kl_target=1e-4) if loss == "penalty" else {}
-    config = _config(env_id, policy_kernel=policy_kernel, **extra)
+    config = _config(env_id, policy_kernel=policy_kernel, precision=precision, **extra)
     full = train(config, tmp_path / "full", progress=False)
     part = train(config, tmp_path / "part", stop_after_updates=2, progress=False)
     assert part["stopped_by"] == "stop_after_updates" and part["updates"] == 2
