@@ -53,11 +53,17 @@ always reads what the parameters hold now. The per-call checks read metadata onl
 Speed: the MLPs are matrix-vector products over contiguous weight rows: ``_dense`` is one dot
 product per output for one row, ``_dense_tile`` the same for TILE = 4 rows at once (each weight
 element loaded once for the four rows); rows go in tiles of four, the last N % 4 one at a time.
-``fastmath`` (reassociation and contraction) is on those two loops only, so LLVM sums them in
-SIMD lanes; everything else keeps IEEE order. Hidden tanh is ``tanh32``, branch-free float32
-arithmetic that vectorizes (within 2.5 ulp, as tests/test_mlp_step_numba.py checks). The
-kernel runs on the calling thread (no ``prange``: at these sizes a fork/join costs more than the
-work). Timings beside ``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
+A row's outputs (action, log-prob, value, normalized observation) depend on that row alone, bit
+for bit, whatever the batch size and the row's place in it, given its noise (``noise`` or
+``deterministic``; the stream's draws follow the row's index in the call), so envs acting in
+parts record what one batch would (tests/test_policy_kernel.py checks every split of up to 9
+rows). Both functions sum a dot product in one order written out in 8-lane SIMD vectors
+(``Vec8``: lane k takes the inputs i = k mod 8, the lanes meet in a fixed tree), where
+``fastmath`` reassociation would let LLVM pick an order per loop; the rest is the same code for
+every row. Hidden tanh is ``tanh32``, branch-free float32 arithmetic that vectorizes (within
+2.5 ulp, as tests/test_mlp_step_numba.py checks). The kernel runs on the calling thread (no
+``prange``: at these sizes a fork/join costs more than the work). Timings beside
+``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
 from ._backend import HALF_LOG_2PI
 from .math32_numba import exp32
@@ -159,39 +166,162 @@ def _f32_pointer(typingctx, address):
     return sig, codegen
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# A dot product sums in one order, the same for every row wherever it sits in the batch: lane
+# k of a SIMD vector (8 float32, one AVX register) adds up the products w[i] x[i] with i = k
+# mod 8 in increasing i by multiply-adds (the last vector padded with zeros), and the lanes meet
+# in a fixed tree (``_sum8``). The vectors are LLVM's <8 x float> written out (``Vec8`` and its
+# intrinsics): the compiler can neither reorder them, as it reorders a reduction under fastmath
+# (per loop, so ``_dense`` and ``_dense_tile`` would round a row differently), nor leave them
+# scalar (Numba runs no SLP vectorizer).
+LANES = 8
+_VEC8_IR = ir.VectorType(ir.FloatType(), LANES)
+
+
+class Vec8(types.Type):
+    """Eight float32 lanes in one SIMD register."""
+
+    def __init__(self):
+        super().__init__(name="Vec8")
+
+
+vec8 = Vec8()
+
+
+@register_model(Vec8)
+class _Vec8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC8_IR)
+
+
+@intrinsic
+def _zeros8(typingctx):
+    """A Vec8 of zeros."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_VEC8_IR, None)
+
+    return vec8(), codegen
+
+
+def _is_f32_c(a):
+    return isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.float32
+
+
+def _address8(context, builder, array_type, array, i):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [i]), _VEC8_IR.as_pointer())
+
+
+@intrinsic
+def _load8(typingctx, a, i):
+    """a.flat[i:i + 8] as a Vec8 (a: a C-contiguous float32 array; i + 8 <= a.size)."""
+    if not _is_f32_c(a):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_address8(context, builder, signature.args[0], *args), align=4)
+
+    return vec8(a, types.int64), codegen
+
+
+@intrinsic
+def _load8_last(typingctx, a, i, n):
+    """a.flat[i:n] (n - i <= 8 elements) as a Vec8, zeros in the lanes past n: a masked load,
+    which reads nothing past a.flat[n - 1]."""
+    if not _is_f32_c(a):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a, i, n = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        count = builder.insert_element(ir.Constant(ir.VectorType(i64, LANES), None),
+                                       builder.sub(n, i), ir.Constant(i32, 0))
+        count = builder.shuffle_vector(count, count, ir.Constant(
+            ir.VectorType(i32, LANES), None))  # lane 0 in every lane
+        mask = builder.icmp_signed("<", ir.Constant(count.type, list(range(LANES))), count)
+        address = _address8(context, builder, signature.args[0], a, i)
+        load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC8_IR, [address.type, i32, mask.type, _VEC8_IR]),
+            "llvm.masked.load.v8f32.p0")
+        return builder.call(load, [address, ir.Constant(i32, 4), mask,
+                                   ir.Constant(_VEC8_IR, None)])
+
+    return vec8(a, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _muladd8(typingctx, s, a, b):
+    """s + a * b lane by lane: ``llvm.fmuladd``, one rounding (a fused multiply-add) where the
+    CPU has FMA, else two; the same choice for every call on one machine."""
+    def codegen(context, builder, signature, args):
+        muladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC8_IR, [_VEC8_IR] * 3), "llvm.fmuladd.v8f32")
+        return builder.call(muladd, [args[1], args[2], args[0]])
+
+    return vec8(vec8, vec8, vec8), codegen
+
+
+@intrinsic
+def _sum8(typingctx, s):
+    """The sum of the lanes of s in a fixed tree: halves added lane by lane, 8 -> 4 -> 2 -> 1,
+    i.e. ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        for n in (4, 2, 1):
+            lanes = ir.VectorType(ir.IntType(32), n)
+            lo = builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(n))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(n, 2 * n))))
+            v = builder.fadd(lo, hi)
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(vec8), codegen
+
+
+@njit(cache=True, error_model="numpy")
 def _dense(w, b, x, y):
     """y[j] = b[j] + sum_i w[j, i] x[i] for one row x: one contiguous dot product per output
-    (w (out, in) C-contiguous); reassociation lets LLVM keep one partial sum per SIMD lane."""
-    n_in = w.shape[1]
-    for j in range(w.shape[0]):
-        wj = w[j]
-        acc = np.float32(0.0)
-        for i in range(n_in):
-            acc += wj[i] * x[i]
-        y[j] = acc + b[j]
+    (w (out, in) C-contiguous) in the fixed order above."""
+    n_out, n_in = w.shape
+    n_vec = n_in - n_in % LANES
+    x_last = _load8_last(x, n_vec, n_in)
+    for j in range(n_out):
+        row = j * n_in
+        s = _zeros8()
+        for i in range(0, n_vec, LANES):
+            s = _muladd8(s, _load8(w, row + i), _load8(x, i))
+        if n_vec < n_in:
+            s = _muladd8(s, _load8_last(w, row + n_vec, row + n_in), x_last)
+        y[j] = _sum8(s) + b[j]
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+@njit(cache=True, error_model="numpy")
 def _dense_tile(w, b, x, y):
-    """``_dense`` for the TILE (= 4) rows of x (4, >= in) into y (4, >= out): each weight
-    element is loaded once for the four rows instead of once per row."""
-    n_in = w.shape[1]
+    """``_dense`` for the TILE (= 4) rows of x (4, >= in) into y (4, >= out), each row in the
+    same order: each weight element is loaded once for the four rows."""
+    n_out, n_in = w.shape
+    n_vec = n_in - n_in % LANES
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
-    for j in range(w.shape[0]):
-        wj = w[j]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for i in range(n_in):
-            wji = wj[i]
-            a0 += wji * x0[i]
-            a1 += wji * x1[i]
-            a2 += wji * x2[i]
-            a3 += wji * x3[i]
+    x0_last, x1_last = _load8_last(x0, n_vec, n_in), _load8_last(x1, n_vec, n_in)
+    x2_last, x3_last = _load8_last(x2, n_vec, n_in), _load8_last(x3, n_vec, n_in)
+    for j in range(n_out):
+        row = j * n_in
+        s0 = s1 = s2 = s3 = _zeros8()
+        for i in range(0, n_vec, LANES):
+            w_i = _load8(w, row + i)
+            s0 = _muladd8(s0, w_i, _load8(x0, i))
+            s1 = _muladd8(s1, w_i, _load8(x1, i))
+            s2 = _muladd8(s2, w_i, _load8(x2, i))
+            s3 = _muladd8(s3, w_i, _load8(x3, i))
+        if n_vec < n_in:
+            w_last = _load8_last(w, row + n_vec, row + n_in)
+            s0 = _muladd8(s0, w_last, x0_last)
+            s1 = _muladd8(s1, w_last, x1_last)
+            s2 = _muladd8(s2, w_last, x2_last)
+            s3 = _muladd8(s3, w_last, x3_last)
         bj = b[j]
-        y[0, j] = a0 + bj
-        y[1, j] = a1 + bj
-        y[2, j] = a2 + bj
-        y[3, j] = a3 + bj
+        y[0, j] = _sum8(s0) + bj
+        y[1, j] = _sum8(s1) + bj
+        y[2, j] = _sum8(s2) + bj
+        y[3, j] = _sum8(s3) + bj
 
 
 # tanh of a float32, branch-free so the activation loop vectorizes (libm's tanhf is one call
@@ -342,7 +472,8 @@ def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, nois
     draw from the stream. deterministic: take the mode, draw no noise.
     seed, counter: the noise stream's position (int64). clip_obs, eps: the normalization's.
 
-    Rows go in tiles of TILE through ``_mlp_tile``; the last N % TILE one at a time.
+    Rows go in tiles of TILE through ``_mlp_tile``; the last N % TILE one at a time, in the
+    same summation order (``_dense``), so a row's outputs do not depend on its tile.
     """
     n_actor, n_critic, activation = table[0], table[1], table[2]
     gaussian = table[3] != 0

@@ -209,6 +209,55 @@ def test_out_buffers_written_in_place(name):
             np.testing.assert_array_equal(a, b)
 
 
+# ----------------------------------------------------------------------------- row independence
+
+def splits(n):
+    """Every split of range(n) into consecutive non-empty chunks, as lists of (start, stop)."""
+    if n == 0:
+        yield []
+        return
+    for first in range(1, n + 1):
+        for rest in splits(n - first):
+            yield [(0, first)] + [(a + first, b + first) for a, b in rest]
+
+
+@pytest.mark.parametrize("sizes, gaussian", [((17, 64, 64, 6), True), ((4, 64, 64, 2), False)],
+                         ids=["halfcheetah", "cartpole"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_row_is_computed_alone(sizes, gaussian, activation, normalize):
+    """A row's outputs (action, log-prob, value, normalized obs) are bit-identical whatever
+    the batch size and the row's position in it: acting on N rows at once equals acting on any
+    split of them into consecutive chunks (given noise or the mode, which are per row)."""
+    actor = make_mlp(sizes, 3.0, seed=30)  # gain 3: hidden units far into tanh's tails too
+    critic = make_mlp(sizes[:-1] + (1,), 1.0, seed=31)
+    log_std = torch.linspace(-1.0, 0.5, sizes[-1]) if gaussian else None
+    kernel = MLPPolicyKernel(actor, critic, activation=activation, log_std=log_std)
+    d = sizes[0]
+    rng = np.random.default_rng(7)
+    stats = dict(obs_mean=rng.standard_normal(d), obs_var=rng.uniform(0.1, 3.0, d)) \
+        if normalize else {}
+    for n in range(1, 10):
+        obs = make_obs(n, d, seed=n)
+        noise = (rng.standard_normal((n, sizes[-1])) if gaussian
+                 else rng.uniform(0.0, 1.0, n)).astype(np.float32)
+        for deterministic in (False, True):
+            given = None if deterministic else noise
+            whole_obs = np.empty((n, d), np.float32)
+            whole = kernel.act(obs, deterministic=deterministic, noise=given,
+                               obs_out=whole_obs, **stats) + (whole_obs,)
+            for split in splits(n):
+                parts = []
+                for a, b in split:
+                    part_obs = np.empty((b - a, d), np.float32)
+                    parts.append(kernel.act(obs[a:b], deterministic=deterministic,
+                                            noise=None if given is None else given[a:b],
+                                            obs_out=part_obs, **stats) + (part_obs,))
+                for k, expected in enumerate(whole):
+                    got = np.concatenate([p[k] for p in parts])
+                    assert np.array_equal(got, expected), (n, split, deterministic, k)
+
+
 # ----------------------------------------------------------------------------- vs Agent
 
 def agent_kernel(agent, seed=0):
