@@ -7,8 +7,10 @@ For each layer shape of the presets' MLPs (64-64 hidden layers; HalfCheetah's 17
 outputs; CartPole's 4 inputs and 2 outputs; the value head's 1 output) and each minibatch row
 count, the forward ``y = W x + b``, the parameter gradient ``dW = g x^T, db`` and the input
 gradient ``dh = (W^T g) * tanh'`` in the kernels' feature-major layout, timed in turn on the
-same arrays; the table shows each contender's best round in microseconds and which is faster.
-This is what sets the crossover of ``fastppo.kernels.blas_numba.use_blas``.
+same arrays; the table shows each contender's best round in microseconds and which is faster
+(bold: BLAS), and whether ``fastppo.kernels.blas_numba.use_blas`` sends the layer's forward and
+input gradient to BLAS. This is what sets that crossover, and why the parameter gradient stays
+with the loops at every size.
 """
 
 from __future__ import annotations
@@ -19,11 +21,25 @@ import time
 
 import numpy as np
 
+from numba import njit
+
 from fastppo.kernels import mlp_step_numba as m
-from fastppo.kernels.blas_numba import sgemm_address, use_blas
+from fastppo.kernels.blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
 
 SHAPES = ((64, 64), (64, 17), (64, 4), (6, 64), (2, 64), (1, 64))
 ROWS = (64, 128, 256, 512, 2048, 8192)
+
+
+@njit(cache=True)
+def _blas_param_grad(fn, g, x, dW, db):
+    """db = row sums of g, dW = g x^T by sgemm: what the step would run if BLAS served the
+    parameter gradient (it does not: this row of the table is why)."""
+    out_dim, in_dim = dW.shape
+    n = g.shape[1]
+    for o in range(out_dim):
+        db[o] = g[o].sum()
+    sgemm(fn, TRANS, NO_TRANS, in_dim, out_dim, n, x.ctypes.data, n, g.ctypes.data, n, 0.0,
+          dW.ctypes.data, in_dim)
 
 
 def _best_us(fn, rounds: int) -> float:
@@ -59,7 +75,7 @@ def main() -> None:
             pairs = [
                 (lambda: m._linear_forward(W, b, x, y), lambda: m._blas_forward(fn, W, b, x, y)),
                 (lambda: m._linear_backward_params(g, x, dW, db),
-                 lambda: m._blas_backward_params(fn, g, x, dW, db)),
+                 lambda: _blas_param_grad(fn, g, x, dW, db)),
                 (lambda: m._linear_backward_input(W, g, x, dh, False),
                  lambda: m._blas_backward_input(fn, W, g, x, dh, False)),
             ]

@@ -47,9 +47,10 @@ hand) is replaced by the step's own again, and a replaced ``.data`` (``module.to
 ``vector_to_parameters``) is bound again (``rebind()``, its new storage checked as at
 construction), so a call always reads what the parameters hold now.
 
-Large minibatches: the products of a layer wide enough, over enough rows, go to BLAS ``sgemm``
-(``blas_numba``; ``use_blas`` is the crossover), the tuned kernel that runs near the core's peak
-(and on every core BLAS is given); thin layers and small minibatches keep the loops above.
+Large minibatches: the forward and input-gradient products of a layer wide enough, over enough
+rows, go to BLAS ``sgemm`` (``blas_numba``; ``use_blas`` is the crossover), the tuned kernel that
+runs near the core's peak (and on every core BLAS is given); thin layers, small minibatches and
+the parameter gradients keep the loops above.
 
 Zero total weight: a minibatch whose weights are all 0 (reset steps only) raises nothing: every
 grad is set to 0 and the seven returned values are 0.0 (``weight_sum`` is 0.0: the engine skips
@@ -295,10 +296,12 @@ def _activation_backward(h, d, relu):
             d[r] = d[r] * (_F(1.0) - h[r] * h[r])
 
 
-# The same three products by BLAS sgemm (blas_numba; ``use_blas`` decides which serves a layer).
-# Feature-major (features, n) C arrays are column-major (n, features) matrices with leading
-# dimension n, so each product is written transposed: y^T = x^T W^T, dW^T = x g^T,
-# dh^T = g^T W.
+# The forward and the input gradient by BLAS sgemm (blas_numba; ``use_blas`` decides which
+# serves a layer). Feature-major (features, n) C arrays are column-major (n, features) matrices
+# with leading dimension n, so each product is written transposed: y^T = x^T W^T, dh^T = g^T W.
+# The parameter gradient stays with the loops at every size: a sum over all n rows into a small
+# (out, in) block, which BLAS does not split across threads and the loops do as fast or faster
+# (bench/dense_layers.py).
 
 @njit(cache=True, error_model="numpy")
 def _blas_forward(fn, W, b, x, y):
@@ -311,21 +314,6 @@ def _blas_forward(fn, W, b, x, y):
             yo[r] = bo
     sgemm(fn, NO_TRANS, NO_TRANS, n, out_dim, in_dim, x.ctypes.data, n, W.ctypes.data, in_dim,
           1.0, y.ctypes.data, n)
-
-
-@njit(cache=True, error_model="numpy")
-def _blas_backward_params(fn, g, x, dW, db):
-    """db[o] = sum_r g[o, r]; dW = g x^T."""
-    out_dim, in_dim = dW.shape
-    n = g.shape[1]
-    for o in range(out_dim):
-        go = g[o]
-        s = _F(0.0)
-        for r in range(n):
-            s += go[r]
-        db[o] = s
-    sgemm(fn, TRANS, NO_TRANS, in_dim, out_dim, n, x.ctypes.data, n, g.ctypes.data, n, 0.0,
-          dW.ctypes.data, in_dim)
 
 
 @njit(cache=True, error_model="numpy")
@@ -373,16 +361,12 @@ def _mlp_backward(n, plan, net, ws, g_out):
     for k in range(net.shape[0] - 1, -1, -1):
         in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
         x = _ws(ws, net[k, _LAYER_X], in_dim, n)
-        dW, db = _at(net[k, _LAYER_DW], out_dim, in_dim), _at(net[k, _LAYER_DB], 1, out_dim)[0]
-        blas = use_blas(n, out_dim, in_dim)
-        if blas:
-            _blas_backward_params(plan[_P_SGEMM], g, x, dW, db)
-        else:
-            _linear_backward_params(g, x, dW, db)
+        _linear_backward_params(g, x, _at(net[k, _LAYER_DW], out_dim, in_dim),
+                                _at(net[k, _LAYER_DB], 1, out_dim)[0])
         if k > 0:
             dh = _ws(ws, plan[_P_G1] if ping else plan[_P_G0], in_dim, n)
             W = _at(net[k, _LAYER_W], out_dim, in_dim)
-            if blas:
+            if use_blas(n, out_dim, in_dim):
                 _blas_backward_input(plan[_P_SGEMM], W, g, x, dh, relu)
             else:
                 _linear_backward_input(W, g, x, dh, relu)

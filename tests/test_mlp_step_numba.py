@@ -229,10 +229,10 @@ def test_architectures(arch, continuous):
 @pytest.mark.parametrize("continuous", [True, False], ids=["gaussian", "categorical"])
 @pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU], ids=["tanh", "relu"])
 def test_large_minibatch_through_blas(act, continuous):
-    """A large minibatch (odd row count, odd widths): the wide layers' products run through BLAS
-    sgemm, the thin ones (17 inputs would not, 3 outputs, the value head) through the loops,
-    both in one backward, against the float64 oracle. The tolerance model is the same: BLAS
-    sums over the 2,999 rows in float32 too."""
+    """A large minibatch (odd row count, odd widths): the wide layers' forward and input-gradient
+    products run through BLAS sgemm, the thin layers' (3 outputs, the value head) and every
+    parameter gradient through the loops, in one step, against the float64 oracle (the same
+    tolerance model: float32 products either way)."""
     hidden = [17, 64, 37]
     num_out = 3
     assert use_blas(2999, 64, 17) and use_blas(2999, 37, 64)
