@@ -321,7 +321,7 @@ def test_largest_coefficients_match_oracle_in_float64(backend, name):
     expected = oracle_categorical(logits, actions, *rest, old_logits=old_logits, **kw)
     inputs = [logits.requires_grad_(), rest[2].requires_grad_()]
     loss, _ = ppo_loss(logits, actions, *rest[:5], old_logits=old_logits, backend=backend, **kw)
-    assert math.isfinite(loss)
+    assert math.isfinite(loss.item())
     torch.testing.assert_close(loss.double(), expected[0], rtol=1e-9, atol=0)
     for got, want in zip(torch.autograd.grad(loss, inputs), expected[2]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=want.abs().max().item() * 1e-12)
