@@ -16,7 +16,9 @@ settings (``fastppo.config.make_config(env_id)``):
 
 Reported per run: the steady-state SPS (the steps of the updates after the warm-up ones, divided
 by the wall time from the end of the last warm-up update to the end of the last update, so
-start-up, JIT compilation and warm-up are excluded), its speedup over the eager loop, the mean
+start-up, JIT compilation and warm-up are excluded), its speedup over the eager loop, its share
+of the raw EnvPool rate (``raw_steps_per_second``: the preset's pool and env count stepped with
+random actions and nothing else, the ceiling for any trainer; ``--raw-seconds``), the mean
 time per steady update spent blocked in env stepping, in policy inference, in the whole rollout
 and in learning (GAE + epochs), and the mean return of the last 10 finished episodes.
 
@@ -44,6 +46,7 @@ import platform
 import shlex
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -116,6 +119,40 @@ def parse_variant(text: str) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+# --------------------------------------------------------------------------- raw env rate
+def raw_steps_per_second(env_id: str, num_envs: int, seconds: float, seed: int = 1) -> float:
+    """Env steps per second of the preset's EnvPool pool at ``num_envs`` envs, random actions
+    (one warm-up second, then ``seconds`` of synchronous batched steps)."""
+    import numpy as np
+
+    from fastppo.config import make_config
+    from fastppo.envs import make_envpool
+
+    config = make_config(env_id, num_envs=num_envs)
+    pool = make_envpool(config, num_envs, seed)
+    space = pool.action_space
+    rng = np.random.default_rng(seed)
+
+    def actions():
+        if hasattr(space, "n"):
+            return rng.integers(0, space.n, num_envs)
+        return rng.uniform(space.low, space.high, (num_envs, *space.shape)).astype(np.float32)
+
+    batches = [actions() for _ in range(64)]
+    pool.reset()
+    steps, start, warm = 0, time.perf_counter(), None
+    while True:
+        pool.step(batches[steps % len(batches)])
+        steps += 1
+        now = time.perf_counter()
+        if warm is None and now - start >= 1.0:
+            warm, warm_steps = now, steps
+        elif warm is not None and now - warm >= seconds:
+            break
+    pool.close()
+    return (steps - warm_steps) * num_envs / (now - warm)
 
 
 # --------------------------------------------------------------------------- fastppo side
@@ -195,15 +232,16 @@ def _fmt(value, spec=".3f") -> str:
 
 def table_row(r: dict, eager_sps: float | None) -> str:
     speedup = "n/a" if not eager_sps else f"{r['steady_sps'] / eager_sps:.2f}x"
+    share = "n/a" if not r.get("raw_sps") else f"{r['steady_sps'] / r['raw_sps']:.0%}"
     return (f"| {r['env_id']} | {r['variant']} | {r['torch_threads']} | {r['steady_sps']:,.0f} | "
-            f"{speedup} | {_fmt(r['env_s'])} | {_fmt(r['inference_s'])} | "
+            f"{speedup} | {share} | {_fmt(r['env_s'])} | {_fmt(r['inference_s'])} | "
             f"{_fmt(r['rollout_s'])} | {_fmt(r['learn_s'])} | {_fmt(r['recent_return'], '.1f')} |")
 
 
 TABLE_HEADER = (
-    "| env | variant | threads | steady SPS | vs eager | env s | inference s | rollout s | "
-    "learn s | return |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| env | variant | threads | steady SPS | vs eager | share of raw | env s | inference s | "
+    "rollout s | learn s | return |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -223,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="fastppo runs beside the eager one: 'default' or field=value "
                         "(default: " + " ".join(DEFAULT_VARIANTS) + ")")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager reference")
+    parser.add_argument("--raw-seconds", type=float, default=5.0,
+                        help="seconds of raw EnvPool stepping (random actions, the preset's env "
+                        "count) per env row, the rate the share-of-raw column divides by; 0 "
+                        "skips it (default 5)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each variant, taken in turn; the table shows the run with "
                         "the median steady SPS (default 1)")
@@ -230,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import torch
-    from fastppo.config import PPOConfig
+    from fastppo.config import PPOConfig, make_config
     from eager_ppo import run_eager
 
     # gymnasium's note that EnvPool's float64 Box bounds are cast to float32 (harmless, noisy)
@@ -271,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     results, notes, no_perf = [], [], []
     for env_id, updates, warmup in plan:
         eager_sps = None
+        raw_sps = raw_steps_per_second(env_id, make_config(env_id).num_envs, args.raw_seconds) \
+            if args.raw_seconds > 0 else None
         runs = [] if args.no_eager else [("eager", None)]
         for variant in args.variants:
             missing = sorted(set(variant) - fields)
@@ -301,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 finally:
                     torch.set_num_threads(default_threads)
+                r["raw_sps"] = raw_sps
                 print(f"  steady SPS {r['steady_sps']:,.0f}", file=sys.stderr, flush=True)
                 done.setdefault(name, []).append(r)
         for name, variant in runs:

@@ -31,13 +31,13 @@ import json
 import os
 import shlex
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import machine_info, parse_variant, run_fastppo, variant_name  # noqa: E402
+from e2e import machine_info, parse_variant, raw_steps_per_second, run_fastppo, \
+    variant_name  # noqa: E402
 
 # name -> (env id, env counts, updates, warm-up updates)
 ROWS = {
@@ -45,39 +45,6 @@ ROWS = {
     "halfcheetah": ("HalfCheetah-v4", (1, 8, 32), 4, 1),
     "pong": ("Pong-v5", (8, 32), 4, 1),
 }
-
-
-def raw_steps_per_second(env_id: str, num_envs: int, seconds: float, seed: int = 1) -> float:
-    """Env steps per second of the preset's EnvPool pool at ``num_envs`` envs, random actions
-    (one warm-up second, then ``seconds`` of synchronous batched steps)."""
-    import numpy as np
-
-    from fastppo.config import make_config
-    from fastppo.envs import make_envpool
-
-    config = make_config(env_id, num_envs=num_envs)
-    pool = make_envpool(config, num_envs, seed)
-    space = pool.action_space
-    rng = np.random.default_rng(seed)
-
-    def actions():
-        if hasattr(space, "n"):
-            return rng.integers(0, space.n, num_envs)
-        return rng.uniform(space.low, space.high, (num_envs, *space.shape)).astype(np.float32)
-
-    batches = [actions() for _ in range(64)]
-    pool.reset()
-    steps, start, warm = 0, time.perf_counter(), None
-    while True:
-        pool.step(batches[steps % len(batches)])
-        steps += 1
-        now = time.perf_counter()
-        if warm is None and now - start >= 1.0:
-            warm, warm_steps = now, steps
-        elif warm is not None and now - warm >= seconds:
-            break
-    pool.close()
-    return (steps - warm_steps) * num_envs / (now - warm)
 
 
 def main(argv: list[str] | None = None) -> None:
