@@ -104,6 +104,29 @@ def machine_info() -> dict:
     return info
 
 
+def print_sitting() -> tuple[str, float, dict]:
+    """Print this sitting's command, date, machine, versions and 1-minute load (with a warning
+    when other work runs); returns the command, the load and :func:`machine_info`."""
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    load1 = os.getloadavg()[0]
+    machine = machine_info()
+    print(f"command: `{command}`")
+    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {machine['cpu']}; os.cpu_count() {machine['cpu_count']}"
+          + (f" (affinity {machine['affinity']})" if "affinity" in machine else "")
+          + f"; AVX-512/AMX flags: {' '.join(machine['simd_flags']) or 'none'}")
+    print(f"versions: python {machine['python']}, torch {machine['torch']}, numpy "
+          f"{machine['numpy']}, numba {machine['numba']}, envpool {machine['envpool']}, "
+          f"gymnasium {machine['gymnasium']}; torch threads {machine['torch_threads']} by "
+          f"default" + (f", numba threads {machine['numba_threads']}"
+                        if "numba_threads" in machine else ""))
+    print(f"load average (1 min) at start: {load1:.2f}")
+    if load1 > 0.5:
+        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
+              "these timings are worthless as results.")
+    return command, load1, machine
+
+
 def parse_variant(text: str) -> dict:
     """``default`` -> {}; ``field=value`` (comma-separated pairs allowed) -> {field: value}, the
     value parsed as JSON when it can be (numbers, true/false) and kept as a string otherwise."""
@@ -288,23 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"updates for {row}")
         plan.append((env_id, updates, warmup))
 
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    load1 = os.getloadavg()[0]
-    machine = machine_info()
-    print(f"command: `{command}`")
-    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {machine['cpu']}; os.cpu_count() {machine['cpu_count']}"
-          + (f" (affinity {machine['affinity']})" if "affinity" in machine else "")
-          + f"; AVX-512/AMX flags: {' '.join(machine['simd_flags']) or 'none'}")
-    print(f"versions: python {machine['python']}, torch {machine['torch']}, numpy "
-          f"{machine['numpy']}, numba {machine['numba']}, envpool {machine['envpool']}, "
-          f"gymnasium {machine['gymnasium']}; torch threads {machine['torch_threads']} by "
-          f"default" + (f", numba threads {machine['numba_threads']}"
-                        if "numba_threads" in machine else ""))
-    print(f"load average (1 min) at start: {load1:.2f}")
-    if load1 > 0.5:
-        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
-              "these timings are worthless as results.")
+    command, load1, machine = print_sitting()
     print()
     print(TABLE_HEADER, flush=True)
 

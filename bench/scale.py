@@ -28,15 +28,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import shlex
 import sys
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import machine_info, parse_variant, raw_steps_per_second, run_fastppo, \
+from e2e import parse_variant, print_sitting, raw_steps_per_second, run_fastppo, \
     variant_name  # noqa: E402
 
 # name -> (env id, env counts, updates, warm-up updates)
@@ -67,18 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
 
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    load1 = os.getloadavg()[0]
-    machine = machine_info()
-    print(f"command: `{command}`")
-    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {machine['cpu']}; {machine['cpu_count']} cores; AVX-512/AMX flags: "
-          f"{' '.join(machine['simd_flags']) or 'none'}; torch {machine['torch']}, numba "
-          f"{machine['numba']}, envpool {machine['envpool']}")
-    print(f"load average (1 min) at start: {load1:.2f}")
-    if load1 > 0.5:
-        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
-              "these timings are worthless as results.")
+    command, load1, machine = print_sitting()
     print()
     print("| env | envs | variant | raw EnvPool steps/s | fastppo SPS | share of raw | "
           "learn s / update | rollout s / update |")
