@@ -11,7 +11,7 @@ the runs one after another (seed by seed, every env of a seed before the next se
 own run dir under ``--out`` (default ``bench/results/learning/<label>``)::
 
     OUT/runs/<env>__seed<S>/      the fastppo run dir (config.json, metrics.jsonl, checkpoints/,
-                                  eval.json)
+                                  eval.json; a later evaluation eval-2.json, ...)
     OUT/logs/<env>__seed<S>.log   the run's output (appended by every attempt); beside it
                                   <env>__seed<S>.attempts.jsonl, one line per process started
     OUT/summaries/<env>__seed<S>.json   written once the run is finished (below)
@@ -34,7 +34,8 @@ and steps/s from it, the seconds of the training processes as this script timed 
 (mean return of the last 10 training episodes in metrics.jsonl, CleanRL's measure) and the final
 evaluation: ``fastppo eval RUN_DIR --episodes N`` (``--eval-episodes``, default 10, sampled
 actions unless ``--eval-deterministic``; 0 skips it), run in this process through the same
-``fastppo.evaluate.evaluate`` (it writes the same RUN_DIR/eval.json).
+``fastppo.evaluate.evaluate`` (it writes RUN_DIR/eval.json, or eval-2.json, ... when the run was
+evaluated before, as ``fastppo eval`` does).
 
 ``--total-timesteps`` defaults to each env's preset (1M for ``mujoco``, 10M for ``atari``, 200k
 for ``classic``). Bad input (an unknown env id, a preset or options that do not fit, an ``--out``
@@ -359,7 +360,7 @@ def metrics_summary(run_dir: Path) -> dict:
 
 def evaluate_run(run: Run, episodes: int, deterministic: bool) -> dict | None:
     """``fastppo eval RUN_DIR --episodes N``, in this process (the same function, the same
-    eval.json); None when ``episodes`` is 0."""
+    numbered eval file); None when ``episodes`` is 0."""
     if episodes <= 0:
         return None
     import torch
