@@ -76,17 +76,17 @@ def use_bf16(config: PPOConfig, device: torch.device) -> bool:
     return config.precision == "bf16"
 
 
-def limit_blas_threads(ranks_on_this_machine: int) -> int:
+def limit_blas_threads(ranks_on_this_machine: int) -> int | None:
     """Give BLAS (the Numba learner's large products, ``fastppo.kernels.blas_numba``) this
     process's share of the cores it may run on: all of them for a single process (OpenBLAS's own
     default), an equal part for each of the data-parallel ranks on one machine (torchrun's
     LOCAL_WORLD_SIZE): OpenBLAS threads spin while they wait, so ranks that together ask for more
-    threads than cores slow every product several-fold. ``OPENBLAS_NUM_THREADS``, when set,
-    wins. Returns the thread count BLAS has now."""
+    threads than cores slow every product several-fold. Where ``OPENBLAS_NUM_THREADS`` is set,
+    BLAS keeps what OpenBLAS made of it and None is returned; else the thread count given."""
     from threadpoolctl import threadpool_limits
 
     if os.environ.get("OPENBLAS_NUM_THREADS"):
-        return int(os.environ["OPENBLAS_NUM_THREADS"])
+        return None
     threads = max(1, len(os.sched_getaffinity(0)) // max(1, ranks_on_this_machine))
     threadpool_limits(threads, user_api="blas")
     return threads
