@@ -5,7 +5,7 @@
 
 This is the reference ``bench/e2e.py`` compares fastppo against: what a user's script in the
 style of CleanRL's ``ppo_continuous_action.py`` / ``ppo_atari_envpool.py`` does, written here
-from the equations of DESIGN.md ("Semantics"), with no special optimization: an ``nn.Module``
+from the README's equations (GAE, the fused PPO loss), with no special optimization: an ``nn.Module``
 agent with orthogonal init, ``torch.distributions`` for sampling, GAE as a Python loop over the
 T steps, shuffled minibatches, clipped surrogate + clipped value loss + entropy, advantages
 normalized per minibatch, ``nn.utils.clip_grad_norm_``, ``torch.optim.Adam(eps=1e-5)`` with linear
@@ -168,7 +168,7 @@ class Agent(nn.Module):
 
 # --------------------------------------------------------------------------- GAE and loss
 def compute_gae(rewards, values, terminateds, dones, valids, next_value, gamma, lam):
-    """Advantages (T, N) by the backward recursion of DESIGN.md, one Python step per t:
+    """Advantages (T, N) by the backward recursion of the README's GAE, one Python step per t:
 
     delta[t] = r[t] + gamma * (1 - terminated[t]) * V(s[t+1]) - V(s[t])
     A[t]     = (delta[t] + gamma * lam * (1 - done[t]) * A[t+1]) * valid[t],   A[T] = 0

@@ -5,7 +5,7 @@
 
 Sections: 1. correctness of gae/ppo_loss/ppo_loss_gaussian (the clipped loss, with the KL
 penalty, and the penalty with the unclipped surrogate) at large shapes against a float64
-oracle written here from DESIGN.md (Triton and torch on CUDA; Numba on CPU copies of at most 2^21
+oracle written here from the README's equations (Triton and torch on CUDA; Numba on CPU copies of at most 2^21
 elements, in a process beside the others); 2. torch.library.opcheck on CUDA tensors; 3. a
 torch.compile(mode="reduce-overhead") train step against eager; 4. set_sync_debug_mode around
 each minibatch step of Trainer.update_policy; 5. timings (CUDA events, median) of the fused ops
@@ -159,14 +159,14 @@ def cat_kl(old_z, z):
 
 
 def gauss_kl(old_mean, old_log_std, mean, log_std):
-    """DESIGN.md's KL(N(old_mu, s_old) || N(mu, s)) summed over the dimensions, per row."""
+    """The Gaussian KL(N(old_mu, s_old) || N(mu, s)) summed over the dimensions, per row."""
     s2, so2 = torch.exp(2 * log_std.expand_as(mean)), torch.exp(2 * old_log_std.expand_as(mean))
     return ((log_std - old_log_std) + (so2 + (old_mean - mean) ** 2) / (2 * s2) - 0.5).sum(1)
 
 
 def head(logp, ent, old, adv, v, old_v, ret, w, clip_vloss=True, norm_adv=True, clip=CLIP,
          kl=None, kl_coef=0.0):
-    """DESIGN.md's PPO loss, weighted means; returns (loss, the statistics stacked: the six,
+    """The README's PPO loss, weighted means; returns (loss, the statistics stacked: the six,
     then the mean KL when ``kl`` (per row) is given). ``clip=None``: the unclipped surrogate.
     Advantages: std^2 = sum(w c^2) / sum(w) * n / (n - 1), n positive weights; unscaled if n < 2."""
     w = torch.ones_like(v) if w is None else w

@@ -2,8 +2,10 @@
 
 Row ``t`` holds the transition that starts at ``obs[t]``: the action taken there, its log-prob,
 ``values[t] = V(obs[t])``, and what the env answered (reward, terminated, truncated).
-``valid[t] = not done[t-1]``: with next-step autoreset (DESIGN.md) the step after a done is a
-reset step whose action was ignored, so it gets weight 0 in the loss. The done flag of the last
+``valid[t] = not done[t-1]``: with next-step autoreset (EnvPool, gymnasium >= 1.0: the step on
+which an episode ends returns its final observation, and the next step ignores its action and
+returns the reset observation with reward 0) the step after a done is a reset step whose action
+was ignored, so it gets weight 0 in the loss. The done flag of the last
 step is carried into the next rollout (``valid[0]`` of the next rollout). ``noise[t]`` is the
 sampling noise of row ``t`` (drawn for the whole rollout before it starts).
 

@@ -12,7 +12,7 @@ Python loop over envs):
   is on, but a *game* ends only when EnvPool's ``info["terminated"]`` says so).
 * Actions of continuous policies are clipped to the action space before they reach the env.
 
-EnvPool resets with next-step autoreset (DESIGN.md): after a done step, the next ``step`` ignores
+EnvPool resets with next-step autoreset: after a done step, the next ``step`` ignores
 its action and returns the reset observation with reward 0. ``VecEnv`` keeps those reset steps
 as ``valid = False`` so the tracker and the reward scaler skip them.
 """

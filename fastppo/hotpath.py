@@ -8,11 +8,13 @@
                                ``(loss, stats, grad_norm)``, ``stats`` the six loss statistics
 
 At RL's shapes (one env's observation, a 64-row minibatch) the cost is per-call overhead, so
-each path is built by the compiler that wins on the device (DESIGN.md, "The hot loop"):
+each path is built by the compiler that wins on the device (README, "The loop, in one
+paragraph"; bench/README.md, "Design measurements"):
 
 * ``numba`` (MLP policies on the CPU): one fused kernel call per ``act``
   (``fastppo.kernels.MLPPolicyKernel``), one per minibatch forward/loss/backward
-  (``fastppo.kernels.mlp_step_numba.MLPLossStep``) and one for clipping + Adam
+  (``fastppo.kernels.mlp_step_numba.MLPLossStep``; its large minibatches' wide products on BLAS,
+  given every core by :func:`limit_blas_threads`) and one for clipping + Adam
   (``fastppo.kernels.optim_numba.ClipAdam``), reading and writing the torch parameters,
   gradients and Adam state in place; torch keeps them, the optimizer and the checkpoints.
 * ``torch``: lean eager torch (the parameter list built once, foreach norm clipping, fused Adam

@@ -18,7 +18,7 @@ COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
 def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
                 clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True,
                 kl=None, kl_coef=0.0):
-    """CleanRL's loss from composite ops; weighted means as in DESIGN.md. Advantages are
+    """CleanRL's loss from composite ops; weighted means as in the README's loss equations. Advantages are
     normalized with the n positive-weight rows as the sample size:
     ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` for ``n >= 2``, no scaling below.
     ``clip_coef=None``: the unclipped surrogate ``-adv ratio``; ``kl`` (B,), the per-row
