@@ -115,6 +115,25 @@ def _reference_step(agent, ref, max_norm=0.5):
     ref.step()
 
 
+def _give_grads(agent, other, new):
+    """other's grads = agent's: new tensors for the parameters in ``new``, written in place into
+    the existing grads of the others."""
+    fresh = {id(q) for q in new}
+    for p, q in zip(agent.parameters(), other.parameters()):
+        if id(q) in fresh:
+            q.grad = p.grad.clone()
+        else:
+            q.grad.copy_(p.grad)
+
+
+def _steps_agree(agent, ref, other, fused):
+    """One clip + Adam step by torch (agent) and by ClipAdam (other): the same parameters."""
+    _reference_step(agent, ref)
+    fused.step(0.5)
+    for p, q in zip(agent.parameters(), other.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
 def test_a_later_parameter_s_replaced_grad_is_the_one_used():
     # zero_grad(set_to_none=True) + backward gives a new .grad tensor; the old one (held here so
     # that reading it cannot crash the test) must no longer be read or written
@@ -123,20 +142,11 @@ def test_a_later_parameter_s_replaced_grad_is_the_one_used():
     held = []
     for k in range(4):
         _set_grads(agent, 1.0, k)
-        if k == 0:
-            _set_grads(other, 1.0, k)
-        else:
-            last = list(other.parameters())[-1]
+        last = list(other.parameters())[-1]
+        if k > 0:
             held.append(last.grad)
-            for p, q in zip(agent.parameters(), other.parameters()):
-                if q is last:
-                    q.grad = p.grad.clone()
-                else:
-                    q.grad.copy_(p.grad)
-        _reference_step(agent, ref)
-        fused.step(0.5)
-        for p, q in zip(agent.parameters(), other.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+        _give_grads(agent, other, [last] if k > 0 else list(other.parameters()))
+        _steps_agree(agent, ref, other, fused)
 
 
 def test_a_replaced_data_is_the_parameter_updated():
@@ -150,15 +160,8 @@ def test_a_replaced_data_is_the_parameter_updated():
                 p.data = p.data * 0.5
                 q.data = q.data * 0.5
         _set_grads(agent, 1.0, k)
-        for p, q in zip(agent.parameters(), other.parameters()):  # the grads written in place
-            if k == 0:
-                q.grad = p.grad.clone()
-            else:
-                q.grad.copy_(p.grad)
-        _reference_step(agent, ref)
-        fused.step(0.5)
-        for p, q in zip(agent.parameters(), other.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+        _give_grads(agent, other, list(other.parameters()) if k == 0 else [])
+        _steps_agree(agent, ref, other, fused)
 
 
 def test_a_nan_in_one_grad_makes_every_parameter_nan_as_torch_does():
