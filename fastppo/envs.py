@@ -44,6 +44,16 @@ def check_env_id(env_id: str) -> None:
     raise ValueError(f"env_id: EnvPool has no environment {env_id!r}{hint}")
 
 
+def make_pool(config: PPOConfig, num_envs: int, seed: int):
+    """One batch of ``num_envs`` environments of ``config``, env ``i`` seeded ``seed + i``, with
+    the pool interface ``VecEnv`` steps: ``observation_space`` and ``action_space`` (one env's),
+    ``reset() -> obs``, ``send(actions)``, ``recv() -> (obs, reward, terminated, truncated,
+    info)``, ``step(actions)`` (send, then recv) and ``close()``. ``obs`` is the batch as the
+    envs give it (an array, or a dict of arrays for Dict spaces); resets are next-step
+    autoresets."""
+    return _Pool(make_envpool(config, num_envs, seed))
+
+
 def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     """The raw EnvPool batch for ``config`` (gymnasium API, next-step autoreset)."""
     import envpool
@@ -62,14 +72,19 @@ class _Pool:
     step, which at one MuJoCo env costs a fair part of the step itself; this keeps what is fixed
     (env ids, the action dtype, where each state array sits) from the start. It relies on
     EnvPool 1.2's internals (the version pyproject pins) and returns what the gymnasium
-    ``step`` returns: ``obs, reward, terminated, truncated, info`` (info: the ``info:*`` arrays
-    by name).
+    ``step`` returns: ``obs, reward, terminated, truncated, info`` (obs: an array, or for a
+    Dict space a dict of the ``obs:*`` arrays by key; info: the ``info:*`` arrays by name).
     """
 
     def __init__(self, pool):
         self.pool = pool
+        with _quiet_spaces():
+            self.observation_space = pool.observation_space
+            self.action_space = pool.action_space
         keys = list(pool._state_keys)
-        self._at = [keys.index(k) for k in ("obs", "reward", "done", "trunc")]
+        self._at = [keys.index(k) for k in ("reward", "done", "trunc")]
+        self._obs = {k[4:]: i for i, k in enumerate(keys) if k.startswith("obs:")}
+        self._obs_at = None if self._obs else keys.index("obs")
         self._info = {k[5:]: i for i, k in enumerate(keys) if k.startswith("info:")}
         ids = pool.all_env_ids
         fixed = {"env_id": ids, "players.env_id": pool._infer_players_env_id({"env_id": ids})}
@@ -89,7 +104,9 @@ class _Pool:
 
     def recv(self):
         state = self.pool._recv()
-        obs, reward, done, trunc = (state[i] for i in self._at)
+        reward, done, trunc = (state[i] for i in self._at)
+        obs = state[self._obs_at] if self._obs_at is not None else \
+            {k: state[i] for k, i in self._obs.items()}
         return obs, reward, done & ~trunc, trunc, {k: state[i] for k, i in self._info.items()}
 
     def step(self, actions: np.ndarray):
@@ -357,12 +374,10 @@ class VecEnv:
                              f"{num_envs} envs")
         bounds = [0, num_envs] if parts == 1 else [0, (num_envs + 1) // 2, num_envs]
         self.slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-        pools = [make_envpool(config, s.stop - s.start, seed + s.start) for s in self.slices]
+        self.pools = [make_pool(config, s.stop - s.start, seed + s.start) for s in self.slices]
         self.num_envs = num_envs
-        with _quiet_spaces():
-            self.observation_space = pools[0].observation_space
-            self.action_space = pools[0].action_space
-        self.pools = [_Pool(pool) for pool in pools]
+        self.observation_space = self.pools[0].observation_space
+        self.action_space = self.pools[0].action_space
         check_spaces(config, self.observation_space, self.action_space)
         self.continuous = isinstance(self.action_space, spaces.Box)
         self.atari = is_atari_task(config.env_id)  # returns count whole games in raw rewards
