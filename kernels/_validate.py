@@ -30,6 +30,11 @@ def expect_floating(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
 
 
+def expect_integer(name: str, x: torch.Tensor) -> None:
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
+
+
 def expect_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
     for name, x in others.items():
         if x is not None and x.device != reference.device:

@@ -31,6 +31,8 @@ Categorical: ``logp = log_softmax(logits)[action]``, ``entropy = -sum p log p``,
 ``entropy = sum_d 1/2 + log(2 pi) / 2 + log sigma``, ``KL = sum_d log(sigma / sigma_old) +
 (sigma_old^2 + (mu_old - mu)^2) / (2 sigma^2) - 1/2``. Gradients flow to the policy outputs and
 ``values`` only; at ties of a max the gradient is split as torch autograd splits it.
+Factorized categorical policies (MultiDiscrete, MultiBinary): ``ppo_loss_multi``, which sums
+the categorical terms over the factors and reuses the torch backend's head.
 
 Backends (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) share the contract of
 ``ppo_loss_contract`` and are imported on first use. Each policy type is one pair of
@@ -58,8 +60,8 @@ import torch
 from torch import Tensor
 
 from ._backend import backend_module, resolve_backend
-from ._validate import expect_floating, expect_in_range, expect_ndim, expect_same_device, \
-    expect_shape, expect_tensor
+from ._validate import expect_floating, expect_in_range, expect_integer, expect_ndim, \
+    expect_same_device, expect_shape, expect_tensor
 from .ppo_loss_contract import NUM_STATS, STAT_NAMES, Coefs, Rows, categorical_row_stats
 
 
@@ -345,8 +347,7 @@ def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, retu
         raise ValueError(
             f"logits: expected a non-empty (B, A) tensor, got shape {tuple(logits.shape)}")
     expect_shape("actions", actions, (batch,), "one action per row of logits")
-    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
-        raise TypeError(f"actions: expected an integer tensor, got dtype {actions.dtype}")
+    expect_integer("actions", actions)
     if old_logits is not None:
         _expect_like("old_logits", old_logits, (batch, num_actions), "same as logits")
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)

@@ -121,15 +121,15 @@ def _head_forward(logp, entropy, kl, rows, coefs):
     kl_mean = logp.new_zeros(()) if kl is None else _wmean(kl, weights, wsum)
     if coefs.kl_coef != 0:
         loss = loss + coefs.kl_coef * kl_mean
-    stats = [None] * len(Stat)
-    stats[Stat.PG_LOSS], stats[Stat.V_LOSS], stats[Stat.ENTROPY] = pg_loss, v_loss, ent
-    stats[Stat.APPROX_KL] = _wmean((ratio - 1) - logratio, weights, wsum)
-    stats[Stat.OLD_APPROX_KL] = _wmean(-logratio, weights, wsum)
-    stats[Stat.CLIPFRAC] = _wmean(clipfrac, weights, wsum)
-    stats[Stat.KL] = kl_mean
-    stats[Stat.ADV_MEAN], stats[Stat.ADV_SCALE] = adv_mean, adv_scale
-    stats[Stat.WEIGHT_SUM] = wsum.to(logp.dtype)
-    return loss, torch.stack(stats)
+    # a dict, stacked in Stat's order: torch.compile's Dynamo (2.13) cannot index a list with an
+    # IntEnum, and ppo_loss_multi traces this function
+    stats = {Stat.PG_LOSS: pg_loss, Stat.V_LOSS: v_loss, Stat.ENTROPY: ent,
+             Stat.APPROX_KL: _wmean((ratio - 1) - logratio, weights, wsum),
+             Stat.OLD_APPROX_KL: _wmean(-logratio, weights, wsum),
+             Stat.CLIPFRAC: _wmean(clipfrac, weights, wsum), Stat.KL: kl_mean,
+             Stat.ADV_MEAN: adv_mean, Stat.ADV_SCALE: adv_scale,
+             Stat.WEIGHT_SUM: wsum.to(logp.dtype)}
+    return loss, torch.stack([stats[s] for s in Stat])
 
 
 def _head_backward(grad_loss, logp, rows, coefs, stats):

@@ -78,6 +78,24 @@ def oracle_categorical(logits, actions, *rows, old_logits=None, **kw):
     return loss.detach(), stats, torch.autograd.grad(loss, [logits, rows[2]])
 
 
+def oracle_multi_categorical(logits, actions, *rows, nvec, old_logits=None, **kw):
+    """Return (loss, stats, [d_logits, d_values]) in float64 for a factorized categorical
+    policy: one ``Categorical`` per factor k (the columns ``nvec[0] + ... + nvec[k-1]`` on),
+    log-probs, entropies and KL(old || new) summed over the factors; ``actions`` (B, K)."""
+    logits = logits.detach().double().requires_grad_()
+    rows = _f64(rows)
+    rows[2].requires_grad_()  # values
+    dists = [Categorical(logits=z, validate_args=False) for z in logits.split(list(nvec), 1)]
+    logp = sum(d.log_prob(actions[:, k].long()) for k, d in enumerate(dists))
+    entropy = sum(d.entropy() for d in dists)
+    if old_logits is not None:
+        olds = old_logits.detach().double().split(list(nvec), 1)
+        kw["kl"] = sum(kl_divergence(Categorical(logits=z, validate_args=False), d)
+                       for z, d in zip(olds, dists))
+    loss, stats = oracle_head(logp, entropy, *rows, **kw)
+    return loss.detach(), stats, torch.autograd.grad(loss, [logits, rows[2]])
+
+
 def oracle_gaussian(mean, log_std, actions, *rows, old_mean=None, old_log_std=None, **kw):
     """Return (loss, stats, [d_mean, d_log_std, d_values]) in float64; log_std (D,) or (B, D)."""
     mean = mean.detach().double().requires_grad_()
@@ -119,6 +137,17 @@ def categorical_inputs(batch, num_actions, dtype, weighted, seed=0):
     actions = torch.randint(0, num_actions, (batch,), generator=gen)
     logp = Categorical(logits=logits.double()).log_prob(actions)
     return [logits, actions, *_rows(gen, batch, logp, dtype, weighted)]
+
+
+def multi_categorical_inputs(batch, nvec, dtype, weighted, seed=0):
+    """[logits (B, sum(nvec)), actions (B, K), old_logprobs, advantages, values, old_values,
+    returns, weights]."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(batch, sum(nvec), generator=gen, dtype=torch.float64)
+    actions = torch.stack([torch.randint(0, n, (batch,), generator=gen) for n in nvec], dim=1)
+    logp = sum(Categorical(logits=z).log_prob(actions[:, k])
+               for k, z in enumerate(logits.split(list(nvec), 1)))
+    return [logits.to(dtype), actions, *_rows(gen, batch, logp, dtype, weighted)]
 
 
 def gaussian_inputs(batch, dim, dtype, weighted, seed=0):
