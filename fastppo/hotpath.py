@@ -68,13 +68,14 @@ def bf16_matrix_units(device: torch.device) -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
-def use_bf16(config: PPOConfig, device: torch.device) -> bool:
-    """Whether the network computes in bf16 (``--precision``). Auto: for the Nature CNN on a
+def use_bf16(config: PPOConfig, network: str, device: torch.device) -> bool:
+    """Whether the network (``network``: the resolved one, ``fastppo.spaces.resolve_network``)
+    computes in bf16 (``--precision``). Auto: for the CNN on a
     device with bf16 matrix units, where it measured faster (bench/README.md, "Mixed
     precision"); fp32 for the MLPs, whose 64-wide layers gain nothing from it and whose CPU
     kernels (Numba) are float32, and on hardware without bf16 units, where it is emulated."""
     if config.precision == "auto":
-        return config.network == "nature_cnn" and bf16_matrix_units(device)
+        return network == "nature_cnn" and bf16_matrix_units(device)
     return config.precision == "bf16"
 
 
@@ -95,28 +96,29 @@ def limit_blas_threads(ranks_on_this_machine: int) -> int | None:
 
 
 def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> bool:
-    """Whether the Numba kernels serve this run's policy (``--policy-kernel``): float32 MLPs on
-    the CPU."""
-    fits = agent.body is None and device.type == "cpu" and not agent.bf16
+    """Whether the Numba kernels serve this run's policy (``--policy-kernel``): float32 MLPs with
+    a categorical or Gaussian head on the CPU."""
+    fits = agent.body is None and device.type == "cpu" and not agent.bf16 and not agent.nvec
     if config.policy_kernel == "numba" and not fits:
-        raise ValueError("policy_kernel: 'numba' serves float32 MLP policies on the CPU; this run "
-                         f"has network {config.network!r} on {device.type}"
-                         f"{' in bf16' if agent.bf16 else ''}")
+        head = " and a factorized categorical head" if agent.nvec else ""
+        raise ValueError("policy_kernel: 'numba' serves float32 MLP policies with categorical or "
+                         f"Gaussian heads on the CPU; this run has network {agent.network!r}"
+                         f"{head} on {device.type}{' in bf16' if agent.bf16 else ''}")
     return fits and config.policy_kernel != "torch"
 
 
-def use_compile(config: PPOConfig, device: torch.device) -> bool:
+def use_compile(config: PPOConfig, network: str, device: torch.device) -> bool:
     """Whether ``torch.compile`` builds the torch paths (``--compile``). Auto: on for CUDA (under
     CUDA graphs), and for the CNN on the CPU, where the compiled policy call also fuses the uint8
     conversion and the sampling; off for MLPs on the CPU, whose ops are too small for a compiled
     call's fixed cost to pay off (the Numba kernels serve them). bench/README.md, "Design
     measurements", has the end-to-end numbers."""
     if config.compile == "auto":
-        return device.type == "cuda" or config.network == "nature_cnn"
+        return device.type == "cuda" or network == "nature_cnn"
     return config.compile == "on"
 
 
-def use_async_envs(config: PPOConfig, device: torch.device) -> bool:
+def use_async_envs(config: PPOConfig, network: str, device: torch.device) -> bool:
     """Whether the envs are stepped as two alternating parts (``--async-envs``). Auto: with 2
     or more envs, unless a CNN runs on the CPU (there its inference wants every core, and
     EnvPool's threads stepping beside it would compete for them; bench/README.md, "Design
@@ -124,7 +126,7 @@ def use_async_envs(config: PPOConfig, device: torch.device) -> bool:
     if config.async_envs == "on" and config.num_envs < 2:
         raise ValueError(f"async_envs: 'on' needs at least 2 envs, got num_envs={config.num_envs}")
     if config.async_envs == "auto":
-        return config.num_envs >= 2 and (config.network == "mlp" or device.type == "cuda")
+        return config.num_envs >= 2 and (network == "mlp" or device.type == "cuda")
     return config.async_envs == "on"
 
 

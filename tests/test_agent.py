@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
@@ -93,8 +94,12 @@ def test_make_agent_follows_spaces():
     assert agent.continuous and agent.log_std.shape == (1, 3)
     with pytest.raises(ValueError, match="network"):
         Agent("resnet", (4,), 2, continuous=False)
-    with pytest.raises(ValueError, match="nature_cnn"):
-        Agent("nature_cnn", (4, 84, 84), 2, continuous=True)
+    # a CNN with a Gaussian head (pixels in, continuous actions out: CarRacing)
+    pixels = make_agent(make_config("HalfCheetah-v4"), spaces.Box(0, 255, (96, 96, 3), np.uint8),
+                        box)
+    assert pixels.network == "nature_cnn" and pixels.continuous
+    action, _, _ = pixels.act(torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8))
+    assert action.shape == (2, 3)
 
 
 @pytest.mark.parametrize("network, obs_shape, continuous",

@@ -216,22 +216,22 @@ def test_async_envs_auto_rule():
     from fastppo.hotpath import use_async_envs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_async_envs(make_config("CartPole-v1"), cpu)  # 8 envs, an MLP
-    assert not use_async_envs(make_config("HalfCheetah-v4"), cpu)  # 1 env
-    assert not use_async_envs(make_config("Pong-v5"), cpu)  # the CNN wants both cores
-    assert use_async_envs(make_config("Pong-v5"), cuda)
-    assert use_async_envs(make_config("Pong-v5", async_envs="on"), cpu)
-    assert not use_async_envs(make_config("CartPole-v1", async_envs="off"), cpu)
+    assert use_async_envs(make_config("CartPole-v1"), "mlp", cpu)  # 8 envs, an MLP
+    assert not use_async_envs(make_config("HalfCheetah-v4"), "mlp", cpu)  # 1 env
+    assert not use_async_envs(make_config("Pong-v5"), "nature_cnn", cpu)  # CNN: both cores
+    assert use_async_envs(make_config("Pong-v5"), "nature_cnn", cuda)
+    assert use_async_envs(make_config("Pong-v5", async_envs="on"), "nature_cnn", cpu)
+    assert not use_async_envs(make_config("CartPole-v1", async_envs="off"), "mlp", cpu)
 
 
 def test_compile_auto_rule():
     from fastppo.hotpath import use_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_compile(make_config("CartPole-v1"), cpu)  # the Numba kernels serve MLPs
-    assert use_compile(make_config("CartPole-v1"), cuda)
-    assert use_compile(make_config("Pong-v5"), cpu)  # the CNN: measured faster compiled
-    assert not use_compile(make_config("Pong-v5", compile="off"), cpu)
+    assert not use_compile(make_config("CartPole-v1"), "mlp", cpu)  # the Numba kernels serve MLPs
+    assert use_compile(make_config("CartPole-v1"), "mlp", cuda)
+    assert use_compile(make_config("Pong-v5"), "nature_cnn", cpu)  # the CNN: faster compiled
+    assert not use_compile(make_config("Pong-v5", compile="off"), "nature_cnn", cpu)
 
 
 @pytest.mark.parametrize("policy_kernel", ["numba", "torch"])
@@ -296,10 +296,10 @@ def test_precision_auto_rule(monkeypatch):
                               ({"amx_tile", "amx_bf16"}, True)]:
         monkeypatch.setattr(hotpath, "cpu_flags", lambda flags=flags: flags)
         assert hotpath.bf16_matrix_units(cpu) == bf16_units
-        assert use_bf16(pong, cpu) == bf16_units
-        assert not use_bf16(cartpole, cpu)  # MLPs stay fp32
-        assert not use_bf16(make_config("Pong-v5", precision="fp32"), cpu)
-        assert use_bf16(make_config("CartPole-v1", precision="bf16"), cpu)
+        assert use_bf16(pong, "nature_cnn", cpu) == bf16_units
+        assert not use_bf16(cartpole, "mlp", cpu)  # MLPs stay fp32
+        assert not use_bf16(make_config("Pong-v5", precision="fp32"), "nature_cnn", cpu)
+        assert use_bf16(make_config("CartPole-v1", precision="bf16"), "mlp", cpu)
 
 
 def test_bf16_runs_the_torch_paths_and_learns_like_fp32():
