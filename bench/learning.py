@@ -189,7 +189,7 @@ def resolve_config(env_id: str, preset: str | None, seed: int, total: int | None
         config = make_config(env_id, args.preset, **overrides)
         from fastppo.envs import check_spaces, env_spaces  # the preset fits the env's spaces
 
-        check_spaces(config, *env_spaces(env_id))
+        check_spaces(config, *env_spaces(config))
     except ValueError as err:
         name, sep, rest = str(err).partition(": ")  # "num_envs: ..." as "--num-envs: ..."
         if sep and name in fields | {"preset"}:

@@ -2,6 +2,7 @@
 
     fastppo train CartPole-v1
     fastppo train HalfCheetah-v4 --seed 2 --total-timesteps 1000000
+    fastppo train mypkg.envs:MyEnv-v0        # a Gymnasium env that importing mypkg.envs registers
     fastppo train --resume runs/CartPole-v1__classic__1__20250101-120000
     fastppo eval RUN_DIR --episodes 10 --deterministic
     fastppo plot RUN_DIR [RUN_DIR ...] -o curve.png
@@ -12,6 +13,9 @@ options left out take the preset's value. Settings that cannot work (unknown env
 does not split into minibatches, a preset that does not fit the env, an unusable run directory)
 fail before any environment is made or any step is taken, as one line naming the option or file;
 what needs no environment (option values) is checked first, before torch or EnvPool is imported.
+
+``ENV_ID`` is an EnvPool task id or a Gymnasium one (``--env-backend``); the module of a
+``module:EnvId`` id is imported from the current directory too, as ``python -m`` would.
 
 Under ``torchrun`` every process is one data-parallel rank (``fastppo.distributed``); all ranks
 resolve the same config, rank 0 alone names and checks a new run directory and tells the others.
@@ -134,16 +138,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="fastppo", description="PPO on EnvPool environments with compiled kernels.")
+        prog="fastppo",
+        description="PPO on EnvPool and Gymnasium environments with compiled kernels.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy", description=(
-        "Train PPO on an EnvPool task. Options left out take the preset's value; the resolved "
-        "config is saved as RUN_DIR/config.json."))
+        "Train PPO on an EnvPool task or a Gymnasium env. Options left out take the preset's "
+        "value; the resolved config is saved as RUN_DIR/config.json."))
     train.add_argument("env_id", nargs="?", metavar="ENV_ID",
-                       help="EnvPool task id (e.g. CartPole-v1, HalfCheetah-v4, Pong-v5); "
-                            "optional with --resume")
+                       help="environment id: an EnvPool task id (e.g. CartPole-v1, "
+                            "HalfCheetah-v4, Pong-v5), a Gymnasium id, or module:EnvId-v0 (a "
+                            "custom env that importing module registers); optional with --resume")
     train.add_argument("--preset", choices=PRESETS, default=None,
                        help="settings bundle; default: atari for Atari ids, mujoco for MuJoCo "
                             "ids, classic otherwise")
@@ -293,7 +299,7 @@ def _resolve_train(args: argparse.Namespace) -> _Plan:
     _check_loss_options(overrides)
 
     if args.env_id is None:
-        raise ValueError("ENV_ID: expected an EnvPool task id (or --resume DIR)")
+        raise ValueError("ENV_ID: expected an environment id (or --resume DIR)")
     if args.preset is not None:  # every setting is known without EnvPool: check them all now
         try:
             make_config(args.env_id, args.preset, **overrides)
@@ -301,13 +307,16 @@ def _resolve_train(args: argparse.Namespace) -> _Plan:
             raise _as_option_error(err) from None
     from .envs import check_env_id, check_spaces, env_spaces
 
-    check_env_id(args.env_id)
+    try:
+        check_env_id(args.env_id, overrides.get("env_backend", "auto"))
+    except ValueError as err:
+        raise _as_option_error(err) from None
     try:
         config = make_config(args.env_id, args.preset, **overrides)
     except ValueError as err:
         raise _as_option_error(err) from None
     try:
-        check_spaces(config, *env_spaces(config.env_id))
+        check_spaces(config, *env_spaces(config))
     except ValueError as err:
         raise _as_option_error(err) from None
     _check_engine(config)
@@ -362,8 +371,8 @@ def _new_run_dir(config: PPOConfig, run_dir: Path | None) -> Path:
     """``run_dir``, or the default ``runs/<env>__<preset>__<seed>__<time>``, checked unused."""
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{config.env_id.replace('/', '-')}__{config.preset}__" \
-                                 f"{config.seed}__{stamp}"
+        name = config.env_id.replace("/", "-").replace(":", "-")  # module:EnvId
+        run_dir = Path("runs") / f"{name}__{config.preset}__{config.seed}__{stamp}"
     _check_new_run_dir(run_dir)
     return run_dir
 
@@ -516,6 +525,15 @@ def _plot(args) -> int:
     return 0
 
 
+def _import_from_cwd() -> None:
+    """Let the module of a ``module:EnvId`` env id be found in the current directory, as under
+    ``python -m`` (the ``fastppo`` script's ``sys.path`` starts at its own directory): the
+    current directory goes last on ``sys.path``, so it shadows no installed module."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """fastppo's own warnings as one line; others as Python shows them."""
     if os.path.realpath(filename).startswith(_PACKAGE_DIR + os.sep):
@@ -541,6 +559,8 @@ def _main(argv: list[str] | None) -> int:
     if extra:
         args.command_parser.unrecognized(extra)
     command = {"train": _train, "eval": _eval, "plot": _plot}[args.command]
+    if args.command in ("train", "eval"):
+        _import_from_cwd()
     previous, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return command(args)

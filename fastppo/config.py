@@ -42,6 +42,7 @@ SWITCHES = ("auto", "on", "off")
 NETWORKS = ("mlp", "nature_cnn")
 LOSSES = ("clip", "penalty")
 PRECISIONS = ("auto", "fp32", "bf16")
+ENV_BACKENDS = ("auto", "envpool", "gymnasium")
 MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
 # Settings a resumed run may change; everything else must stay as the run was started.
 RESUME_OVERRIDES = frozenset({"total_timesteps", "kernels", "device", "checkpoint_every",
@@ -60,7 +61,13 @@ class PPOConfig:
     """Every setting of one PPO run. The defaults are the ``classic`` preset; another preset
     changes the settings in its :data:`PRESET_SETTINGS` entry, and options override both."""
 
-    env_id: str = _opt("CartPole-v1", "EnvPool task id, e.g. CartPole-v1, HalfCheetah-v4, Pong-v5")
+    env_id: str = _opt("CartPole-v1", "environment id: an EnvPool task id (CartPole-v1, "
+                                      "HalfCheetah-v4, Pong-v5, ...), a Gymnasium id, or "
+                                      "module:EnvId-v0 (imports module, which registers the env)")
+    env_backend: str = _opt("auto", "what steps the envs: envpool, gymnasium (Gymnasium vector "
+                                    "envs, sync or async), or auto (EnvPool for its task ids, "
+                                    "Gymnasium for any other id and for an env_fn)",
+                            choices=ENV_BACKENDS)
     preset: str = _opt("classic", "settings bundle: classic, mujoco or atari", choices=PRESETS,
                        cli=False)
     seed: int = _opt(1, "seed of python, numpy, torch and the environments")
@@ -198,7 +205,7 @@ class PPOConfig:
 # value (the default, but fp32 arithmetic for runs from before --precision). Every other setting
 # must be in a config.json.
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
-                  "kl_target": PPOConfig.kl_target, "precision": "fp32"}
+                  "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto"}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
                   "hidden_size")
@@ -279,7 +286,7 @@ def check_setting(name: str, value):
     if choices is not None and value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
     if name == "env_id" and not value.strip():
-        raise ValueError("env_id: expected an EnvPool task id, got an empty string")
+        raise ValueError("env_id: expected an environment id, got an empty string")
     if name == "seed" and not 0 <= value < MAX_SEED:
         raise ValueError(f"seed: expected an integer in [0, 2**30), got {value}")
     if name in _POSITIVE_INTS and value < 1:

@@ -1,4 +1,8 @@
-"""EnvPool environments for training and evaluation.
+"""Environments for training and evaluation: EnvPool, or Gymnasium for any other env.
+
+``make_pool`` makes one batch of envs with the pool interface below, from EnvPool (its task
+ids) or from Gymnasium (``fastppo.gym_envs``: any other registered id, ``"module:EnvId"``, or an
+``env_fn``), as ``config.env_backend`` says (:func:`env_backend`).
 
 ``VecEnv`` wraps ``envpool.make(..., env_type="gymnasium")`` batches (one, or two halves stepped
 alternately) and adds what PPO needs around them, each a compiled call (``env_kernels``; no
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,33 +38,88 @@ from . import env_kernels
 from .distributed import DistContext, global_moments
 
 
-def check_env_id(env_id: str) -> None:
-    """Raise ValueError naming the closest known ids when EnvPool has no task ``env_id``."""
+@functools.cache
+def _envpool_ids() -> tuple[str, ...]:
     import envpool
 
-    known = envpool.list_all_envs()
-    if env_id in known:
+    return tuple(envpool.list_all_envs())
+
+
+def is_envpool_id(env_id: str) -> bool:
+    """Whether EnvPool has the task ``env_id`` (a ``"module:EnvId"`` id never is one)."""
+    return ":" not in env_id and env_id in _envpool_ids()
+
+
+def check_env_id(env_id: str, backend: str = "auto") -> None:
+    """Raise ValueError (one line naming the setting) when ``backend`` cannot make ``env_id``:
+    EnvPool has no such task (naming the closest known ids), a ``"module:EnvId"`` module does
+    not import or Gymnasium has no such id (``fastppo.gym_envs.check_gym_id``), or, for
+    ``auto``, neither knows it. ``auto`` takes EnvPool for its task ids, Gymnasium otherwise."""
+    from .gym_envs import check_gym_id, close_gym_ids, is_gym_id
+
+    if backend == "envpool" or (backend == "auto" and is_envpool_id(env_id)):
+        if is_envpool_id(env_id):
+            return
+        if is_gym_id(env_id):
+            raise ValueError(f"env_backend: envpool has no environment {env_id!r}, a Gymnasium "
+                             "id; use auto or gymnasium")
+        close = difflib.get_close_matches(env_id, _envpool_ids(), n=5, cutoff=0.5)
+        hint = f"; closest known ids: {', '.join(close)}" if close else ""
+        raise ValueError(f"env_id: EnvPool has no environment {env_id!r}{hint}")
+    if backend == "gymnasium" or is_gym_id(env_id):
+        check_gym_id(env_id)
         return
-    close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
+    close = difflib.get_close_matches(env_id, [*_envpool_ids(), *close_gym_ids(env_id)], n=5,
+                                      cutoff=0.5)
     hint = f"; closest known ids: {', '.join(close)}" if close else ""
-    raise ValueError(f"env_id: EnvPool has no environment {env_id!r}{hint}")
+    raise ValueError(f"env_id: neither EnvPool nor Gymnasium has an environment {env_id!r} (a "
+                     f"custom env is named module:EnvId, the module registering it){hint}")
 
 
-def make_pool(config: PPOConfig, num_envs: int, seed: int):
+def env_backend(config: PPOConfig, env_fn: Callable | None = None) -> str:
+    """What makes ``config``'s envs, ``"envpool"`` or ``"gymnasium"``: ``config.env_backend``,
+    where ``auto`` is EnvPool for an EnvPool task id and Gymnasium for any other id or with an
+    ``env_fn``. ValueError (one line) for ``envpool`` with an ``env_fn``, and for Gymnasium
+    under an EnvPool Atari task id (the run would read EnvPool's Atari ``info``)."""
+    backend = config.env_backend
+    if env_fn is not None and backend == "envpool":
+        raise ValueError("env_backend: envpool cannot make envs from an env_fn; use auto or "
+                         "gymnasium")
+    if backend == "auto":
+        backend = "gymnasium" if env_fn is not None or not is_envpool_id(config.env_id) \
+            else "envpool"
+    if backend == "gymnasium" and is_atari_task(config.env_id):
+        raise ValueError(f"env_id: {config.env_id} is an EnvPool Atari task id, which a "
+                         "Gymnasium env cannot stand for; use env_backend envpool or another id")
+    return backend
+
+
+def make_pool(config: PPOConfig, num_envs: int, seed: int, env_fn: Callable | None = None):
     """One batch of ``num_envs`` environments of ``config``, env ``i`` seeded ``seed + i``, with
     the pool interface ``VecEnv`` steps: ``observation_space`` and ``action_space`` (one env's),
     ``reset() -> obs``, ``send(actions)``, ``recv() -> (obs, reward, terminated, truncated,
     info)``, ``step(actions)`` (send, then recv) and ``close()``. ``obs`` is the batch as the
     envs give it (an array, or a dict of arrays for Dict spaces); resets are next-step
-    autoresets."""
-    return _Pool(make_envpool(config, num_envs, seed))
+    autoresets.
+
+    The backend is :func:`env_backend`'s: an EnvPool batch, or a Gymnasium pool
+    (``fastppo.gym_envs.GymPool``, sync or async as it measures) of ``env_fn``, or when that is
+    None of ``config.env_id`` (a Gymnasium id or ``"module:EnvId"``)."""
+    if env_backend(config, env_fn) == "envpool":
+        return _Pool(make_envpool(config, num_envs, seed))
+    from .gym_envs import make_env_fn, make_gym_pool
+
+    atari_options(config)  # the Atari-only settings are off
+    if env_fn is None:
+        env_fn = make_env_fn(config.env_id)
+    return make_gym_pool(env_fn, num_envs, seed, config.env_id)
 
 
 def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     """The raw EnvPool batch for ``config`` (gymnasium API, next-step autoreset)."""
     import envpool
 
-    check_env_id(config.env_id)
+    check_env_id(config.env_id, "envpool")
     options = atari_options(config)
     with _quiet_spaces():
         return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
@@ -117,12 +178,17 @@ class _Pool:
         self.pool.close()
 
 
-def env_spaces(env_id: str):
-    """(observation_space, action_space) of ``env_id`` without making any environment."""
+def env_spaces(config: PPOConfig, env_fn: Callable | None = None):
+    """(observation_space, action_space) of ``config``'s env without stepping it: EnvPool's spec
+    (no env made), or one Gymnasium env made (of ``env_fn`` when given), read and closed."""
+    if env_backend(config, env_fn) == "gymnasium":
+        from .gym_envs import env_spaces as gym_env_spaces, make_env_fn
+
+        return gym_env_spaces(env_fn or make_env_fn(config.env_id), config.env_id)
     import envpool
 
     with _quiet_spaces():
-        spec = envpool.make_spec(env_id)
+        spec = envpool.make_spec(config.env_id)
         return spec.observation_space, spec.action_space
 
 
@@ -366,7 +432,7 @@ class VecEnv:
     """
 
     def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True,
-                 ctx: DistContext | None = None, parts: int = 1):
+                 ctx: DistContext | None = None, parts: int = 1, env_fn: Callable | None = None):
         from gymnasium import spaces
 
         if parts not in (1, 2) or parts > num_envs:
@@ -374,7 +440,8 @@ class VecEnv:
                              f"{num_envs} envs")
         bounds = [0, num_envs] if parts == 1 else [0, (num_envs + 1) // 2, num_envs]
         self.slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-        self.pools = [make_pool(config, s.stop - s.start, seed + s.start) for s in self.slices]
+        self.pools = [make_pool(config, s.stop - s.start, seed + s.start, env_fn)
+                      for s in self.slices]
         self.num_envs = num_envs
         self.observation_space = self.pools[0].observation_space
         self.action_space = self.pools[0].action_space

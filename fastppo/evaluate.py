@@ -8,6 +8,7 @@ Each env contributes its first finished episode per round, so short episodes are
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +45,13 @@ def _kind(value) -> str:
 
 
 def check_checkpoint(config: PPOConfig, path: Path, state: dict,
-                     keys: tuple[str, ...] = EVAL_KEYS) -> Agent:
+                     keys: tuple[str, ...] = EVAL_KEYS, env_fn: Callable | None = None) -> Agent:
     """The run's network with the weights of the checkpoint ``state`` (read from ``path``);
     ValueError naming the file when the checkpoint was trained with other settings than
     ``config`` (the run's config.json), lacks one of ``keys``, or its weights do not fit the
     network or are not finite (NaN or inf).
-    Makes no environment (EnvPool's spec gives the spaces)."""
+    Steps no environment (EnvPool's spec gives the spaces; Gymnasium's, one env made of
+    ``env_fn`` or the env id, then closed)."""
     path = Path(path)
     config_file = path.parent.parent / "config.json"
     if isinstance(state.get("config"), dict):  # before the keys, which depend on the loss
@@ -71,10 +73,12 @@ def check_checkpoint(config: PPOConfig, path: Path, state: dict,
         raise ValueError(f"{path}: expected 'env' to hold the normalization state 'norm', got "
                          f"{sorted(map(str, state['env']))}")
     try:
-        check_env_id(config.env_id)
+        if env_fn is None:
+            check_env_id(config.env_id, config.env_backend)
+        spaces = env_spaces(config, env_fn)
     except ValueError as err:
         raise ValueError(f"{config_file}: {err}") from None
-    agent = make_agent(config, *env_spaces(config.env_id))
+    agent = make_agent(config, *spaces)
     try:
         agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
@@ -93,10 +97,11 @@ def check_checkpoint(config: PPOConfig, path: Path, state: dict,
     return agent
 
 
-def open_run(run_dir: str | Path) -> LoadedRun:
+def open_run(run_dir: str | Path, env_fn: Callable | None = None) -> LoadedRun:
     """The run's config and latest readable checkpoint, checked against each other; ValueError
     naming RUN_DIR, its config.json or the checkpoint for anything unusable. Unreadable and
-    unsafe checkpoints raise :class:`~fastppo.checkpoint.CheckpointError`."""
+    unsafe checkpoints raise :class:`~fastppo.checkpoint.CheckpointError`. ``env_fn``: the
+    one the run was trained with, if any (see :func:`evaluate`)."""
     run_dir = Path(run_dir)
     try:
         config = read_run_config(run_dir)
@@ -106,7 +111,8 @@ def open_run(run_dir: str | Path) -> LoadedRun:
     if found is None:
         raise ValueError(f"RUN_DIR: {run_dir} has no checkpoint yet")
     path, state = found
-    return LoadedRun(config, path, state, check_checkpoint(config, path, state))
+    return LoadedRun(config, path, state,
+                     check_checkpoint(config, path, state, EVAL_KEYS, env_fn))
 
 
 def load_run(run_dir: str | Path) -> tuple[PPOConfig, dict]:
@@ -128,21 +134,24 @@ def next_eval_path(run_dir: str | Path) -> Path:
 
 def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = False,
              device: str = "auto", *, run: LoadedRun | None = None,
-             output: Path | None = None) -> dict:
+             output: Path | None = None, env_fn: Callable | None = None) -> dict:
     """Run ``episodes`` full episodes; write ``output`` (None: :func:`next_eval_path`) and
     return its content: ``mean_return``, ``std_return``, ``episodes`` (the count), ``returns``
-    and ``lengths``. ``run`` is the run as :func:`open_run` loaded it (loaded here when None)."""
+    and ``lengths``. ``run`` is the run as :func:`open_run` loaded it (loaded here when None).
+    ``env_fn`` (a zero-argument callable returning a Gymnasium Env) makes the envs, as for a
+    run trained with ``train(..., env_fn=...)``; None: the run's env id."""
     if episodes < 1:
         raise ValueError(f"episodes: expected a positive integer, got {episodes}")
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     if run is None:
-        run = open_run(run_dir)
+        run = open_run(run_dir, env_fn)
     config, state = run.config, run.state
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     num_envs = min(episodes, MAX_EVAL_ENVS)
-    envs = VecEnv(config, num_envs, config.seed + EVAL_SEED_OFFSET, update_stats=False)
+    envs = VecEnv(config, num_envs, config.seed + EVAL_SEED_OFFSET, update_stats=False,
+                  env_fn=env_fn)
     try:
         envs.norm.load_state_dict(state["env"]["norm"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -114,7 +114,8 @@ class Trainer:
     """Owns the envs, agent, optimizer, rollout buffer and counters of one run."""
 
     def __init__(self, config: PPOConfig, run_dir: Path, logger=None,
-                 ctx: DistContext | None = None, env_seed: int | None = None):
+                 ctx: DistContext | None = None, env_seed: int | None = None,
+                 env_fn: Callable | None = None):
         self.config, self.run_dir, self.logger = config, Path(run_dir), logger
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device if self.ctx.distributed else resolve_device(config.device)
@@ -123,7 +124,8 @@ class Trainer:
         seed_everything(config.seed)  # the same network init on every rank
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
         self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
-                           ctx=self.ctx, parts=2 if use_async_envs(config, self.device) else 1)
+                           ctx=self.ctx, parts=2 if use_async_envs(config, self.device) else 1,
+                           env_fn=env_fn)
         self.agent = make_agent(config, self.envs.observation_space, self.envs.action_space,
                                 bf16=use_bf16(config, self.device)).to(self.device)
         broadcast_module(self.agent, self.ctx)
@@ -537,7 +539,8 @@ def _param_hash(module: nn.Module) -> str:
 def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
           fresh_envs: bool = False, stop_after_updates: int | None = None,
           progress: bool | None = None, ctx: DistContext | None = None,
-          state: dict | None = None, minibatch_hook: Callable | None = None) -> dict:
+          state: dict | None = None, minibatch_hook: Callable | None = None,
+          env_fn: Callable | None = None) -> dict:
     """Run (or, with ``resume``, continue) PPO training in ``run_dir``.
 
     With ``resume`` the run continues from ``state`` (a checkpoint already loaded, e.g. by the
@@ -554,6 +557,9 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     ``minibatch_hook`` (tests): called as ``minibatch_hook(step)`` in place of each minibatch
     step, ``step()`` running the step and returning its (loss, stats, grad_norm), which the
     hook returns (possibly changed); used to count steps or to poison a loss.
+    ``env_fn``: a zero-argument callable returning a Gymnasium Env, which then makes the
+    environments (``config.env_backend`` auto or gymnasium; ``config.env_id`` names the run);
+    a resumed run needs the same ``env_fn``.
     Returns a summary: global_step, updates, recent_mean_return, stopped_by, and the trainer.
     """
     from .logger import RunLogger
@@ -572,7 +578,7 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
         env_seed = rank_seed(config.seed + int(state["update"]), ctx.rank)
     if ctx.is_main:
         write_config(config, run_dir)
-    trainer = Trainer(config, run_dir, ctx=ctx, env_seed=env_seed)
+    trainer = Trainer(config, run_dir, ctx=ctx, env_seed=env_seed, env_fn=env_fn)
     trainer.minibatch_hook = minibatch_hook
     if state is not None:
         trainer.load_state_dict(state, fresh_envs=fresh_envs)

@@ -128,7 +128,7 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
     as --precision auto, which may pick bf16). Every other setting stays required."""
     from fastppo.config import ADDED_SETTINGS, read_run_config
 
-    assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision"}
+    assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
@@ -193,7 +193,8 @@ def test_read_run_config_wrong_type_names_the_file_and_field(tmp_path):
 # a preset, or a default another preset relies on, shows here.
 RESOLVED_PRESETS = {
     "classic": dict(
-        env_id="CartPole-v1", preset="classic", seed=1, total_timesteps=200_000, num_envs=8,
+        env_id="CartPole-v1", env_backend="auto", preset="classic", seed=1,
+        total_timesteps=200_000, num_envs=8,
         num_steps=128, learning_rate=0.0025, anneal_lr=True, num_minibatches=4, update_epochs=4,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
@@ -204,7 +205,8 @@ RESOLVED_PRESETS = {
         tensorboard=True, dist_timeout=300.0,
     ),
     "mujoco": dict(
-        env_id="HalfCheetah-v4", preset="mujoco", seed=1, total_timesteps=1_000_000, num_envs=1,
+        env_id="HalfCheetah-v4", env_backend="auto", preset="mujoco", seed=1,
+        total_timesteps=1_000_000, num_envs=1,
         num_steps=2048, learning_rate=0.0003, anneal_lr=True, num_minibatches=32, update_epochs=10,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
@@ -215,7 +217,8 @@ RESOLVED_PRESETS = {
         tensorboard=True, dist_timeout=300.0,
     ),
     "atari": dict(
-        env_id="Pong-v5", preset="atari", seed=1, total_timesteps=10_000_000, num_envs=8,
+        env_id="Pong-v5", env_backend="auto", preset="atari", seed=1,
+        total_timesteps=10_000_000, num_envs=8,
         num_steps=128, learning_rate=0.00025, anneal_lr=True, num_minibatches=4, update_epochs=4,
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
         clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, loss="clip",
