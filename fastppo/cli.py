@@ -246,10 +246,16 @@ def _check_engine(config: PPOConfig) -> None:
         resolve_backend(config.kernels, device)
     except ValueError as err:
         raise ValueError(f"--kernels: {err}") from None
-    if config.policy_kernel == "numba" and (config.network != "mlp" or device.type != "cpu"
+    network = config.network
+    if config.policy_kernel == "numba" and network == "auto":
+        from .envs import env_spaces
+        from .spaces import resolve_network
+
+        network = resolve_network(network, env_spaces(config)[0])
+    if config.policy_kernel == "numba" and (network != "mlp" or device.type != "cpu"
                                             or config.precision == "bf16"):
         raise ValueError(f"--policy-kernel: numba serves float32 MLP policies on the CPU, but "
-                         f"this run has --network {config.network} on {device.type}"
+                         f"this run has --network {network} on {device.type}"
                          f"{' with --precision bf16' if config.precision == 'bf16' else ''}; "
                          "use auto or torch")
     if config.async_envs == "on" and config.num_envs < 2:

@@ -10,6 +10,8 @@ Presets (published settings, see the README for citations):
 * ``mujoco``  CleanRL ``ppo_continuous_action.py``: 1 env x 2048 steps, 32 minibatches, 10 epochs,
   lr 3e-4 annealed, clip 0.2, ent 0, 64-64 tanh MLPs, observation normalization and reward
   scaling (clipped to +-10), actions clipped to the action space, 1M steps.
+* ``dmc``     dm_control from states (EnvPool's ``CheetahRun-v1``, ...): the mujoco preset's
+  settings.
 * ``classic`` a small 64-64 tanh MLP tuned so that CartPole-v1 reaches a return of 500 within
   200k steps: 8 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-3 annealed, clip 0.2, ent 0,
   one torch thread (runs and times: bench/README.md).
@@ -31,7 +33,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRESETS = ("classic", "mujoco", "atari")
+PRESETS = ("classic", "mujoco", "dmc", "atari")
 # The names of fastppo.kernels.BACKENDS (their one definition, kernels/_backend.py), restated
 # because importing fastppo.kernels imports torch, and option values are checked before torch is
 # imported; tests/test_config.py pins the two equal.
@@ -39,7 +41,7 @@ KERNELS = ("auto", "torch", "numba", "triton")
 DEVICES = ("auto", "cpu", "cuda")  # what fastppo.distributed.resolve_device accepts
 POLICY_KERNELS = ("auto", "torch", "numba")
 SWITCHES = ("auto", "on", "off")
-NETWORKS = ("mlp", "nature_cnn")
+NETWORKS = ("auto", "mlp", "nature_cnn")  # resolved from the spaces: fastppo.spaces.resolve_network
 LOSSES = ("clip", "penalty")
 PRECISIONS = ("auto", "fp32", "bf16")
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")
@@ -68,7 +70,8 @@ class PPOConfig:
                                     "envs, sync or async), or auto (EnvPool for its task ids, "
                                     "Gymnasium for any other id and for an env_fn)",
                             choices=ENV_BACKENDS)
-    preset: str = _opt("classic", "settings bundle: classic, mujoco or atari", choices=PRESETS,
+    preset: str = _opt("classic", "settings bundle: classic, mujoco, dmc or atari",
+                       choices=PRESETS,
                        cli=False)
     seed: int = _opt(1, "seed of python, numpy, torch and the environments")
     total_timesteps: int = _opt(200_000, "environment steps to train for (all envs of all ranks "
@@ -106,12 +109,18 @@ class PPOConfig:
     # environment processing
     episodic_life: bool = _opt(False, "Atari: a lost life ends the training episode")
     reward_clip: bool = _opt(False, "Atari: clip rewards to their sign")
+    frame_stack: int = _opt(1, "observations the policy sees at once: the last K, stacked (images "
+                               "along their channels, vectors side by side), for envs that do "
+                               "not stack frames themselves; 1: the current one")
     norm_obs: bool = _opt(False, "normalize observations with running statistics")
     norm_reward: bool = _opt(False, "scale rewards by the running std of the discounted return")
     clip_obs: float = _opt(10.0, "clip normalized observations to +-this")
     clip_reward: float = _opt(10.0, "clip scaled rewards to +-this")
     # network
-    network: str = _opt("mlp", "policy network: mlp or nature_cnn", choices=NETWORKS)
+    network: str = _opt("auto", "policy network: mlp (tanh MLPs over the flattened observation), "
+                                "nature_cnn (a CNN over the image parts, the Nature CNN at 36+ "
+                                "pixels a side), or auto (nature_cnn when the observation has an "
+                                "image, mlp otherwise)", choices=NETWORKS)
     hidden_size: int = _opt(64, "width of the two hidden layers of the MLPs")
     # engine
     kernels: str = _opt("auto", "fused-op backend: auto, torch, numba or triton", choices=KERNELS)
@@ -205,10 +214,11 @@ class PPOConfig:
 # value (the default, but fp32 arithmetic for runs from before --precision). Every other setting
 # must be in a config.json.
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
-                  "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto"}
+                  "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto",
+                  "frame_stack": 1}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
-                  "hidden_size")
+                  "hidden_size", "frame_stack")
 _NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",
@@ -344,6 +354,13 @@ def config_mismatch(config: PPOConfig, saved: dict) -> str | None:
     return None
 
 
+# CleanRL ppo_continuous_action.py's settings: the mujoco preset, and the dmc preset (dm_control
+# from states, e.g. EnvPool's CheetahRun-v1: the same PPO; observation normalization matters more
+# there, the Dict observation's parts having very different scales).
+_CLEANRL_CONTINUOUS = dict(
+    total_timesteps=1_000_000, num_envs=1, num_steps=2048, learning_rate=3e-4,
+    num_minibatches=32, update_epochs=10, norm_obs=True, norm_reward=True,
+)
 # Settings each preset changes from the dataclass defaults (which are the ``classic`` preset):
 # only the keys whose value differs, so every entry reads as what the preset is about.
 PRESET_SETTINGS: dict[str, dict] = {
@@ -352,38 +369,75 @@ PRESET_SETTINGS: dict[str, dict] = {
         total_timesteps=10_000_000, learning_rate=2.5e-4, clip_coef=0.1, ent_coef=0.01,
         episodic_life=True, reward_clip=True, network="nature_cnn", torch_threads=0,
     ),
-    # CleanRL ppo_continuous_action.py
-    "mujoco": dict(
-        total_timesteps=1_000_000, num_envs=1, num_steps=2048, learning_rate=3e-4,
-        num_minibatches=32, update_epochs=10, norm_obs=True, norm_reward=True,
-    ),
+    "mujoco": _CLEANRL_CONTINUOUS,
+    "dmc": _CLEANRL_CONTINUOUS,
     # Tuned here for CartPole-class tasks (the runs: bench/README.md, learning.py): the defaults.
     "classic": dict(),
 }
 
 
+QT_LIBRARIES = ("libQt5Core.so.5", "libQt5Gui.so.5")  # what EnvPool's Procgen links against
+
+
+@functools.cache
+def qt_for_procgen() -> bool:
+    """Whether EnvPool's Procgen finds the Qt 5 libraries it links against: the system's, or
+    those of the ``PyQt5-Qt5`` wheel (``pip install "fastppo[procgen]"``), which this loads into
+    the process so that the dynamic linker finds them already loaded. Must run before envpool
+    is first imported (:func:`import_envpool`), which is when EnvPool loads Procgen."""
+    import ctypes
+    import ctypes.util
+    import importlib.util
+    import os
+
+    if ctypes.util.find_library("Qt5Gui"):
+        return True
+    spec = importlib.util.find_spec("PyQt5")
+    for package in (spec.submodule_search_locations or []) if spec is not None else []:
+        folder = os.path.join(package, "Qt5", "lib")
+        if all(os.path.exists(os.path.join(folder, name)) for name in QT_LIBRARIES):
+            for name in QT_LIBRARIES:
+                ctypes.CDLL(os.path.join(folder, name), mode=ctypes.RTLD_GLOBAL)
+            return True
+    return False
+
+
+def import_envpool():
+    """The ``envpool`` module, imported after :func:`qt_for_procgen`."""
+    qt_for_procgen()
+    import envpool
+
+    return envpool
+
+
 @functools.cache
 def _registry_modules() -> dict[str, str]:
+    import_envpool()
     from envpool.registration import registry
 
     return {env_id: spec[0] for env_id, spec in registry.specs.items()}
 
 
+def envpool_family(env_id: str) -> str:
+    """The EnvPool module that defines ``env_id`` (``envpool.atari``, ``envpool.mujoco.dmc``,
+    ...); "" for an id EnvPool does not have."""
+    return _registry_modules().get(env_id, "")
+
+
 def is_atari_task(env_id: str) -> bool:
     """Whether ``env_id`` is one of EnvPool's Atari tasks (``*-v5``): games with lives, whose
     ``info`` holds the unclipped reward and the real end of the game."""
-    return _registry_modules().get(env_id, "") == "envpool.atari"
+    return envpool_family(env_id) == "envpool.atari"
+
+
+PRESET_OF_FAMILY = {"envpool.atari": "atari", "envpool.mujoco.gym": "mujoco",
+                    "envpool.mujoco.dmc": "dmc"}
 
 
 def preset_for_env(env_id: str) -> str:
-    """``atari`` for EnvPool's Atari (``*-v5``) ids, ``mujoco`` for its Gym MuJoCo ids, else
-    ``classic``."""
-    module = _registry_modules().get(env_id, "")
-    if module == "envpool.atari":
-        return "atari"
-    if module == "envpool.mujoco.gym":
-        return "mujoco"
-    return "classic"
+    """``atari`` for EnvPool's Atari (``*-v5``) ids, ``mujoco`` for its Gym MuJoCo ids, ``dmc``
+    for its dm_control ids, else ``classic``."""
+    return PRESET_OF_FAMILY.get(envpool_family(env_id), "classic")
 
 
 def make_config(env_id: str, preset: str | None = None, **overrides) -> PPOConfig:

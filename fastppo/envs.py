@@ -33,14 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import PPOConfig, is_atari_task
+from .config import PPOConfig, envpool_family, import_envpool, is_atari_task, qt_for_procgen
+from .spaces import ActionSpec, FrameStack, ObsEncoder, resolve_network, stacked_space
 from . import env_kernels
 from .distributed import DistContext, global_moments
 
 
 @functools.cache
 def _envpool_ids() -> tuple[str, ...]:
-    import envpool
+    envpool = import_envpool()
 
     return tuple(envpool.list_all_envs())
 
@@ -117,13 +118,23 @@ def make_pool(config: PPOConfig, num_envs: int, seed: int, env_fn: Callable | No
 
 def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     """The raw EnvPool batch for ``config`` (gymnasium API, next-step autoreset)."""
-    import envpool
+    envpool = import_envpool()
 
     check_env_id(config.env_id, "envpool")
     options = atari_options(config)
-    with _quiet_spaces():
+    check_procgen(config.env_id)
+    with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
         return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
                             **options)
+
+
+def check_procgen(env_id: str) -> None:
+    """ValueError (one line, naming what to install) for an EnvPool Procgen task where Qt 5,
+    which Procgen needs, is missing (``fastppo.config.qt_for_procgen``)."""
+    if envpool_family(env_id) == "envpool.procgen" and not qt_for_procgen():
+        raise ValueError(f"env_id: {env_id} is an EnvPool Procgen task, which needs the Qt 5 "
+                         "runtime: pip install \"fastppo[procgen]\" (the PyQt5-Qt5 wheel), or the "
+                         "system's Qt 5 Core/Gui libraries (apt install libqt5gui5)")
 
 
 class _Pool:
@@ -179,17 +190,37 @@ class _Pool:
 
 
 def env_spaces(config: PPOConfig, env_fn: Callable | None = None):
+    """(observation_space, action_space) of ``config``'s run without stepping its env: the env's
+    own (:func:`env_own_spaces`), observations stacked by ``frame_stack``
+    (``fastppo.spaces.stacked_space``)."""
+    observation_space, action_space = env_own_spaces(config, env_fn)
+    return stacked_space(observation_space, config.frame_stack), action_space
+
+
+def env_own_spaces(config: PPOConfig, env_fn: Callable | None = None):
     """(observation_space, action_space) of ``config``'s env without stepping it: EnvPool's spec
     (no env made), or one Gymnasium env made (of ``env_fn`` when given), read and closed."""
     if env_backend(config, env_fn) == "gymnasium":
         from .gym_envs import env_spaces as gym_env_spaces, make_env_fn
 
         return gym_env_spaces(env_fn or make_env_fn(config.env_id), config.env_id)
-    import envpool
+    envpool = import_envpool()
 
-    with _quiet_spaces():
+    check_procgen(config.env_id)
+    with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
         spec = envpool.make_spec(config.env_id)
         return spec.observation_space, spec.action_space
+
+
+@contextlib.contextmanager
+def _one_line_envpool_errors(env_id: str):
+    """EnvPool's own failures to make a task (e.g. ``VizdoomCustom-v1`` without its scenario
+    file) as one line naming the task: a ValueError."""
+    try:
+        yield
+    except (RuntimeError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"env_id: EnvPool cannot make {env_id}: {first}") from None
 
 
 @contextlib.contextmanager
@@ -217,28 +248,20 @@ def atari_options(config: PPOConfig) -> dict:
 
 
 def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
-    """Raise ValueError when the preset's network or policy head cannot serve these spaces, or
-    an Atari-only setting is on for another task."""
-    from gymnasium import spaces
-
-    discrete = isinstance(action_space, spaces.Discrete)
-    box = isinstance(action_space, spaces.Box) and len(action_space.shape) == 1
-    if not (discrete or box):
-        raise ValueError(f"env_id: {config.env_id} has action space {action_space}; fastppo "
-                         "supports Discrete and 1-D Box actions")
-    if config.preset == "atari" and not discrete:
+    """Raise ValueError (one line naming the space or the setting) when fastppo cannot serve
+    these spaces with ``config``'s network and settings."""
+    spec = ActionSpec.from_space(action_space)
+    if config.preset == "atari" and spec.kind != "categorical":
         raise ValueError(f"preset: 'atari' needs a Discrete action space, {config.env_id} has "
                          f"{action_space}")
-    if config.preset == "mujoco" and not box:
-        raise ValueError(f"preset: 'mujoco' needs a continuous (Box) action space, "
+    if config.preset in ("mujoco", "dmc") and not spec.continuous:
+        raise ValueError(f"preset: {config.preset!r} needs a continuous (Box) action space, "
                          f"{config.env_id} has {action_space}")
-    shape = observation_space.shape
-    if config.network == "nature_cnn" and (len(shape) != 3 or shape[1:] != (84, 84)):
-        raise ValueError(f"network: 'nature_cnn' (preset {config.preset!r}) needs (frames, 84, "
-                         f"84) observations; {config.env_id} gives {shape}")
-    if config.network == "mlp" and len(shape) != 1:
-        raise ValueError(f"network: 'mlp' (preset {config.preset!r}) needs flat observations, "
-                         f"{config.env_id} gives observations of shape {shape}")
+    if config.loss == "penalty" and spec.kind == "multi_categorical":
+        raise ValueError(f"loss: 'penalty' serves Discrete and Box actions, {config.env_id} has "
+                         f"{action_space}; use --loss clip")
+    ObsEncoder(observation_space,
+               resolve_network(config.network, observation_space, config.preset))
     atari_options(config)
 
 
@@ -433,8 +456,6 @@ class VecEnv:
 
     def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True,
                  ctx: DistContext | None = None, parts: int = 1, env_fn: Callable | None = None):
-        from gymnasium import spaces
-
         if parts not in (1, 2) or parts > num_envs:
             raise ValueError(f"parts: expected 1, or 2 with at least 2 envs, got {parts} for "
                              f"{num_envs} envs")
@@ -443,13 +464,18 @@ class VecEnv:
         self.pools = [make_pool(config, s.stop - s.start, seed + s.start, env_fn)
                       for s in self.slices]
         self.num_envs = num_envs
-        self.observation_space = self.pools[0].observation_space
+        own_space = self.pools[0].observation_space
+        self.observation_space = stacked_space(own_space, config.frame_stack)
+        self.stack = FrameStack(num_envs, own_space, config.frame_stack) \
+            if config.frame_stack > 1 else None
         self.action_space = self.pools[0].action_space
         check_spaces(config, self.observation_space, self.action_space)
-        self.continuous = isinstance(self.action_space, spaces.Box)
+        self.encoder = ObsEncoder(self.observation_space,
+                                  resolve_network(config.network, self.observation_space))
+        self.action_spec = ActionSpec.from_space(self.action_space)
         self.atari = is_atari_task(config.env_id)  # returns count whole games in raw rewards
         self.update_stats = update_stats
-        self.norm = RunningNorm(num_envs, self.observation_space.shape, gamma=config.gamma,
+        self.norm = RunningNorm(num_envs, self.encoder.shape, gamma=config.gamma,
                                 norm_obs=config.norm_obs, norm_reward=config.norm_reward,
                                 clip_obs=config.clip_obs, clip_reward=config.clip_reward,
                                 ctx=ctx)
@@ -461,20 +487,22 @@ class VecEnv:
         return len(self.pools)
 
     def reset(self) -> np.ndarray:
-        obs = np.concatenate([pool.reset() for pool in self.pools])
+        obs = np.concatenate([self._observe(pool.reset(), None, envs)
+                              for pool, envs in zip(self.pools, self.slices)])
         self.valid[:] = True
         return self.norm.observation(obs, self.update_stats)
 
+    def _observe(self, obs, fresh: np.ndarray | None, envs: slice) -> np.ndarray:
+        """A batch of the envs ``envs`` as the buffer stores it: stacked with the previous ones
+        (``--frame-stack``; ``fresh``: rows that are reset observations, None: all), then
+        encoded (``ObsEncoder``)."""
+        if self.stack is not None:
+            obs = self.stack.push(obs, fresh, envs)
+        return self.encoder.encode(obs)
+
     def env_action(self, actions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """What the env receives (written into ``out`` when given): continuous actions clipped
-        to the action space."""
-        if self.continuous:  # np.clip's Python wrapper costs more than these two ufuncs
-            out = np.maximum(actions, self.action_space.low, out=out)
-            return np.minimum(out, self.action_space.high, out=out)
-        if out is None:
-            return actions
-        out[...] = actions
-        return out
+        """What the env receives (written into ``out`` when given): ``ActionSpec.to_env``."""
+        return self.action_spec.to_env(actions, out)
 
     def send(self, part: int, actions: np.ndarray) -> None:
         """Start stepping the envs of ``part`` with ``actions`` (already through ``env_action``)."""
@@ -495,6 +523,7 @@ class VecEnv:
         episodes = self.tracker.step(raw_reward, game_over, valid, envs)
         reward = self.norm.reward(reward, done, valid, envs, reward_out) if self.update_stats \
             else _unchanged(reward, reward_out)
+        obs = self._observe(obs, ~valid, envs)  # a reset step's observation starts a new stack
         np.logical_not(done, out=self.valid[envs])
         return Step(self.norm.observation(obs, self.update_stats, obs_out), reward, terminated,
                     truncated, episodes)
@@ -523,11 +552,16 @@ class VecEnv:
                 self.valid[envs] = ~(terminated | truncated)
 
     def state_dict(self) -> dict:
-        return {"norm": self.norm.state_dict(), "tracker": self.tracker.state_dict()}
+        state = {"norm": self.norm.state_dict(), "tracker": self.tracker.state_dict()}
+        if self.stack is not None:
+            state["frames"] = _tensor(self.stack.frames)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.norm.load_state_dict(state["norm"])
         self.tracker.load_state_dict(state["tracker"])
+        if self.stack is not None:
+            self.stack.frames[...] = state["frames"].numpy()
 
     def close(self) -> None:
         for pool in self.pools:

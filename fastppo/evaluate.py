@@ -159,7 +159,7 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
         raise ValueError(f"{run.path}: its normalization statistics do not fit {config.env_id} "
                          f"({describe(err)})") from None
     agent = run.agent.to(dev)
-    agent.bf16 = use_bf16(config, dev)  # the arithmetic it trained in, as resolved here
+    agent.bf16 = use_bf16(config, agent.network, dev)  # the arithmetic it trained in, as resolved here
     agent.eval()
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
     results: list[tuple[float, int]] = []

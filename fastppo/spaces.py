@@ -22,8 +22,13 @@ The buffer holds one array per step:
 ``resolve_network`` picks the network: ``auto`` is the CNN when any leaf is an image, the MLP
 otherwise; ``mlp`` flattens images too.
 
-Actions (``ActionSpec``): Discrete (a categorical), a 1-D Box (a diagonal Gaussian; actions are
-clipped to the bounds before the env sees them), MultiDiscrete (a factorized categorical, one
+Frame stacking (``--frame-stack K``, for envs that do not stack frames themselves): the run sees
+a Box of K observations (``stacked_space``): an image's K frames stacked along its channels
+(CHW: (K*C, H, W); HWC: (H, W, K*C)), a vector's side by side (K*D,), oldest first.
+``FrameStack`` keeps them per env; a reset observation fills all K.
+
+Actions (``ActionSpec``): Discrete (a categorical), Box (a diagonal Gaussian over its flattened
+entries; actions are clipped to the bounds before the env sees them), MultiDiscrete (a factorized categorical, one
 categorical per entry: log-probs and entropies add up) and MultiBinary (a factorized categorical
 of two-way factors). Discrete and MultiDiscrete ``start`` offsets are added on the way to the env.
 """
@@ -118,10 +123,10 @@ def _leaves(space, path: str, offset: int, out: list[Leaf]) -> int:
     return offset + leaf.width
 
 
-def resolve_network(network: str, observation_space) -> str:
+def resolve_network(network: str, observation_space, preset: str | None = None) -> str:
     """The network that serves ``observation_space``: ``network`` itself, or for ``auto`` the
     CNN when any leaf is an image, the MLP otherwise. SpaceError when ``nature_cnn`` is asked
-    for observations without an image."""
+    for observations without an image (naming ``preset``, when given, as where it came from)."""
     if network not in NETWORKS:
         raise ValueError(f"network: expected one of {NETWORKS}, got {network!r}")
     leaves: list[Leaf] = []
@@ -130,8 +135,9 @@ def resolve_network(network: str, observation_space) -> str:
     if network == "auto":
         return "nature_cnn" if has_image else "mlp"
     if network == "nature_cnn" and not has_image:
-        raise SpaceError(f"network: 'nature_cnn' needs image observations (a 3-D Box), got "
-                         f"{observation_space}; use --network mlp or auto")
+        origin = f" (preset {preset!r})" if preset else ""
+        raise SpaceError(f"network: 'nature_cnn'{origin} needs image observations (a 3-D Box), "
+                         f"got {observation_space}; use --network mlp or auto")
     return network
 
 
@@ -193,26 +199,66 @@ def _encode_leaf(leaf: Leaf, values, out: np.ndarray) -> None:
     values = np.asarray(values)
     n = out.shape[0]
     if leaf.kind != "onehot":
-        np.multiply(values.reshape(n, leaf.width), leaf.scale, out=out, casting="unsafe")
+        if leaf.scale == 1.0:
+            np.copyto(out, values.reshape(n, leaf.width), casting="unsafe")
+        else:
+            np.multiply(values.reshape(n, leaf.width), leaf.scale, out=out, casting="unsafe")
         return
     out[...] = 0.0
-    rows = np.arange(n)
     space = leaf.space
     if hasattr(space, "nvec"):  # MultiDiscrete: one one-hot per entry, side by side
         nvec, start = space.nvec.reshape(-1), space.start.reshape(-1)
         offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
         index = values.reshape(n, -1) - start + offsets
-        for k in range(index.shape[1]):
-            out[rows, index[:, k]] = 1.0
+        out[np.arange(n)[:, None], index] = 1.0
     else:
-        out[rows, values.reshape(n) - space.start] = 1.0
+        out[np.arange(n), values.reshape(n) - space.start] = 1.0
+
+
+def stacked_space(space, frames: int):
+    """The observation space of ``frames`` stacked observations of ``space`` (module
+    docstring); ``space`` itself for 1. SpaceError unless it is a Box of 1 or 3 dims."""
+    from gymnasium import spaces
+
+    if frames == 1:
+        return space
+    if not isinstance(space, spaces.Box) or len(space.shape) not in (1, 3):
+        raise SpaceError(f"frame_stack: stacks Box vectors and images, got {space}; use "
+                         "--frame-stack 1")
+    axis = -1 if len(space.shape) == 1 or image_layout(space.shape).channels_last else 0
+    low, high = (np.concatenate([bound] * frames, axis) for bound in (space.low, space.high))
+    return spaces.Box(low, high, dtype=space.dtype)
+
+
+class FrameStack:
+    """The last ``frames`` observations of each env, stacked as ``stacked_space`` lays them out.
+    Its state (``frames``: (N, K, *obs_shape), oldest first) goes into checkpoints."""
+
+    def __init__(self, num_envs: int, space, frames: int):
+        self.channels_last = len(space.shape) == 3 and image_layout(space.shape).channels_last
+        self.frames = np.zeros((num_envs, frames, *space.shape), space.dtype)
+
+    def push(self, obs: np.ndarray, fresh: np.ndarray | None, envs: slice = slice(None)):
+        """Add a batch of observations of the envs ``envs``; rows where ``fresh`` is true (a
+        reset observation; None: every row) fill all K. Returns the stacked batch."""
+        stack = self.frames[envs]
+        stack[:, :-1] = stack[:, 1:]
+        stack[:, -1] = obs
+        if fresh is None:
+            stack[:] = obs[:, None]
+        elif fresh.any():
+            stack[fresh] = obs[fresh][:, None]
+        n, k = stack.shape[:2]
+        if self.channels_last:  # (N, K, H, W, C) -> (N, H, W, K*C)
+            return np.moveaxis(stack, 1, 3).reshape(n, *stack.shape[2:4], -1)
+        return stack.reshape(n, k * stack.shape[2], *stack.shape[3:]).copy()
 
 
 @dataclass(frozen=True)
 class ActionSpec:
     """How the policy acts in an action space.
 
-    ``kind``: ``categorical`` (Discrete), ``gaussian`` (1-D Box) or ``multi_categorical``
+    ``kind``: ``categorical`` (Discrete), ``gaussian`` (Box) or ``multi_categorical``
     (MultiDiscrete, MultiBinary); ``outputs``: the policy head's width (logits, or the
     Gaussian's mean); ``shape``/``dtype``: one action as the buffer stores it; ``nvec``: the
     factor sizes of a factorized categorical.
@@ -246,8 +292,9 @@ class ActionSpec:
 
         if isinstance(space, spaces.Discrete):
             return cls("categorical", int(space.n), (), space)
-        if isinstance(space, spaces.Box) and len(space.shape) == 1:
-            return cls("gaussian", int(space.shape[0]), tuple(space.shape), space)
+        if isinstance(space, spaces.Box) and space.shape and min(space.shape) > 0:
+            size = int(np.prod(space.shape))
+            return cls("gaussian", size, (size,), space)
         if isinstance(space, spaces.MultiDiscrete):
             nvec = tuple(int(n) for n in space.nvec.reshape(-1))
             return cls("multi_categorical", sum(nvec), (len(nvec),), space, nvec)
@@ -255,22 +302,22 @@ class ActionSpec:
             k = int(np.prod(space.shape))
             return cls("multi_categorical", 2 * k, (k,), space, (2,) * k)
         raise SpaceError(f"action space: {space} is not supported; fastppo acts in Discrete, "
-                         "1-D Box, MultiDiscrete and MultiBinary spaces")
+                         "Box, MultiDiscrete and MultiBinary spaces")
 
     @property
     def env_shape(self) -> tuple[int, ...]:
         """One action as the env takes it."""
-        return self.shape if self.kind != "multi_categorical" else tuple(self.space.shape)
+        return self.shape if self.kind == "categorical" else tuple(self.space.shape)
 
     def to_env(self, actions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """What the env receives for a batch of policy actions (written into ``out``, of shape
         (n, *env_shape), when given): Gaussian actions clipped to the bounds; ``start`` offsets
         added and factorized actions in the space's shape."""
         space = self.space
-        if self.kind == "gaussian":  # np.clip's Python wrapper costs more than these two ufuncs
-            out = np.maximum(actions, space.low, out=out)
-            return np.minimum(out, space.high, out=out)
         shaped = actions.reshape(actions.shape[0], *self.env_shape)
+        if self.kind == "gaussian":  # np.clip's Python wrapper costs more than these two ufuncs
+            out = np.maximum(shaped, space.low, out=out)
+            return np.minimum(out, space.high, out=out)
         if out is None:
             out = np.empty(shaped.shape, self.env_dtype)
         return np.add(shaped, getattr(space, "start", 0), out=out, casting="unsafe")

@@ -57,9 +57,10 @@ from .checkpoint import capture_rng_state, latest_checkpoint_path, load_latest_c
 from .config import KL_COEF_MAX, KL_COEF_MIN, PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
-from .envs import VecEnv
+from .envs import VecEnv, env_spaces
 from .hotpath import STAT_NAMES, MinibatchStep, limit_blas_threads, make_act, use_async_envs, \
     use_bf16, use_compile, use_numba_policy
+from .spaces import resolve_network
 
 # torch.compile meets the profiler's record_function in torch's Optimizer.step and logs that
 # it ignores it, in every compiled run: library noise, not news for a user.
@@ -123,11 +124,13 @@ class Trainer:
             torch.set_num_threads(config.torch_threads)
         seed_everything(config.seed)  # the same network init on every rank
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
+        network = resolve_network(config.network, env_spaces(config, env_fn)[0])
         self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
-                           ctx=self.ctx, parts=2 if use_async_envs(config, self.device) else 1,
+                           ctx=self.ctx,
+                           parts=2 if use_async_envs(config, network, self.device) else 1,
                            env_fn=env_fn)
         self.agent = make_agent(config, self.envs.observation_space, self.envs.action_space,
-                                bf16=use_bf16(config, self.device)).to(self.device)
+                                bf16=use_bf16(config, network, self.device)).to(self.device)
         broadcast_module(self.agent, self.ctx)
         if self.ctx.rank > 0:
             seed_everything(self.seed)
@@ -137,35 +140,27 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.agent.parameters(), lr=torch.tensor(config.learning_rate, device=self.device),
             eps=1e-5, fused=True)
-        obs_space, act_space = self.envs.observation_space, self.envs.action_space
-        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        if self.envs.continuous:
-            action_shape, action_dtype, self.env_action_dtype = act_space.shape, torch.float32, \
-                np.float32
-        else:
-            action_shape, action_dtype = (), torch.int64
-            self.env_action_dtype = np.uint8 if act_space.n <= 256 else np.int32
+        spec, encoder = self.envs.action_spec, self.envs.encoder
+        self.env_action_dtype, self.env_action_shape = spec.env_dtype, spec.env_shape
         # PPO-penalty: the buffer keeps the old policy's parameters for the KL term, and beta
         # (checkpointed) adapts after every update.
         self.penalty = config.loss == "penalty"
         self.kl_coef = config.kl_coef
-        old_policy = None
-        if self.penalty:
-            old_policy = ("gaussian", act_space.shape[0]) if self.envs.continuous else \
-                ("categorical", int(act_space.n))
-        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, obs_space.shape,
-                                    obs_dtype, action_shape, action_dtype, self.device,
-                                    noise_shape=action_shape, parts=self.envs.slices,
+        old_policy = (spec.kind, spec.outputs) if self.penalty else None
+        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, encoder.shape,
+                                    torch.from_numpy(np.empty(0, encoder.dtype)).dtype,
+                                    spec.shape, torch.float32 if spec.continuous else torch.int64,
+                                    self.device, noise_shape=spec.shape, parts=self.envs.slices,
                                     old_policy=old_policy)
         # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
         # normalizes advantages with cross-rank statistics and all-reduces the gradients.
         numba, compiled = use_numba_policy(config, self.agent, self.device), \
-            use_compile(config, self.device)
+            use_compile(config, network, self.device)
         self.act = make_act(self.agent, numba, compiled)
         reduce_gradients = functools.partial(allreduce_gradients, ctx=self.ctx) \
             if self.ctx.distributed else _no_reduction
         self.step = MinibatchStep(self.agent, self.optimizer, config,
-                                  _make_loss_fn(config, self.envs.continuous,
+                                  _make_loss_fn(config, spec,
                                                 not self.ctx.distributed and config.norm_adv),
                                   reduce_gradients, numba, compiled)
         if self.step.numba:  # its large products run on SciPy's BLAS, loaded by now
@@ -275,7 +270,7 @@ class Trainer:
         """
         buf, envs = self.buffer, self.envs
         T = self.config.num_steps
-        actions_log = np.empty((T, self.config.num_envs, *buf.actions.shape[2:]),
+        actions_log = np.empty((T, self.config.num_envs, *self.env_action_shape),
                                self.env_action_dtype)
         buf.noise.copy_(self.agent.noise((T, self.config.num_envs), self.device))
         for t in range(T + 1):
@@ -432,15 +427,18 @@ def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.T
     return torch.where(var_y == 0, torch.full_like(ev, float("nan")), ev)
 
 
-def _make_loss_fn(config: PPOConfig, continuous: bool, normalize_advantages: bool):
-    """``loss_fn(*dist, actions, ...)`` binding the fused op and the config's coefficients;
-    ``normalize_advantages`` is False when the trainer normalizes them across ranks."""
-    from fastppo.kernels import ppo_loss, ppo_loss_gaussian
+def _make_loss_fn(config: PPOConfig, spec, normalize_advantages: bool):
+    """``loss_fn(*dist, actions, ...)`` binding the fused op of the action space (``spec``, a
+    ``fastppo.spaces.ActionSpec``) and the config's coefficients; ``normalize_advantages`` is
+    False when the trainer normalizes them across ranks."""
+    from fastppo.kernels import ppo_loss, ppo_loss_gaussian, ppo_loss_multi_categorical
 
-    op = ppo_loss_gaussian if continuous else ppo_loss
     kwargs = dict(clip_coef=config.clip_coef, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
                   clip_vloss=config.clip_vloss, normalize_advantages=normalize_advantages,
                   backend=config.kernels)
+    op = {"categorical": ppo_loss, "gaussian": ppo_loss_gaussian}.get(spec.kind)
+    if spec.kind == "multi_categorical":
+        op = functools.partial(ppo_loss_multi_categorical, nvec=spec.nvec)
     if config.loss == "penalty":  # the unclipped surrogate and value loss, plus beta * KL
         kwargs.update(clip_coef=None, clip_vloss=False)
 

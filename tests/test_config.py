@@ -6,11 +6,14 @@ import json
 import pytest
 
 from fastppo.config import PPOConfig, make_config, preset_for_env
+from fastppo.envs import env_spaces
+from fastppo.spaces import resolve_network
 
 
 @pytest.mark.parametrize("env_id, preset", [
     ("Pong-v5", "atari"), ("Breakout-v5", "atari"), ("HalfCheetah-v4", "mujoco"),
-    ("Hopper-v4", "mujoco"), ("CartPole-v1", "classic"), ("Acrobot-v1", "classic"),
+    ("Hopper-v4", "mujoco"), ("CheetahRun-v1", "dmc"), ("WalkerWalk-v1", "dmc"),
+    ("CartPole-v1", "classic"), ("Acrobot-v1", "classic"), ("MiniGrid-Empty-5x5-v0", "classic"),
 ])
 def test_preset_inferred_from_env_id(env_id, preset):
     assert preset_for_env(env_id) == preset
@@ -36,7 +39,8 @@ def test_mujoco_preset_is_cleanrl_ppo_continuous_action():
         (3e-4, True, 0.2, 0.0, 0.5)
     assert (c.norm_obs, c.norm_reward, c.clip_obs, c.clip_reward) == (True, True, 10.0, 10.0)
     assert (c.network, c.hidden_size, c.total_timesteps, c.minibatch_size) == \
-        ("mlp", 64, 1_000_000, 64)
+        ("auto", 64, 1_000_000, 64)
+    assert resolve_network(c.network, env_spaces(c)[0]) == "mlp"  # its 64-64 tanh MLPs
     assert not c.episodic_life and not c.reward_clip
 
 
@@ -128,7 +132,8 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
     as --precision auto, which may pick bf16). Every other setting stays required."""
     from fastppo.config import ADDED_SETTINGS, read_run_config
 
-    assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend"}
+    assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend",
+                                   "frame_stack"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
@@ -199,8 +204,9 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
-        reward_clip=False, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
-        network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
+        reward_clip=False, frame_stack=1, norm_obs=False, norm_reward=False, clip_obs=10.0,
+        clip_reward=10.0,
+        network="auto", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
     ),
@@ -211,8 +217,9 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
-        reward_clip=False, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
-        network="mlp", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
+        reward_clip=False, frame_stack=1, norm_obs=True, norm_reward=True, clip_obs=10.0,
+        clip_reward=10.0,
+        network="auto", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
     ),
@@ -223,12 +230,17 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
         clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=True,
-        reward_clip=True, norm_obs=False, norm_reward=False, clip_obs=10.0, clip_reward=10.0,
+        reward_clip=True, frame_stack=1, norm_obs=False, norm_reward=False, clip_obs=10.0,
+        clip_reward=10.0,
         network="nature_cnn", hidden_size=64, kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=0, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
     ),
 }
+
+# dm_control from states: CleanRL's continuous-action settings, as the mujoco preset
+RESOLVED_PRESETS["dmc"] = {**RESOLVED_PRESETS["mujoco"], "env_id": "CheetahRun-v1",
+                           "preset": "dmc"}
 
 
 @pytest.mark.parametrize("preset", sorted(RESOLVED_PRESETS))
@@ -280,4 +292,4 @@ def test_type_hints_give_value_type_optional_and_choices():
         hint_parts(int | str)
     assert field_types()["target_kl"] == (float, True, None)
     assert field_types()["num_envs"] == (int, False, None)
-    assert field_types()["preset"] == (str, False, ("classic", "mujoco", "atari"))
+    assert field_types()["preset"] == (str, False, ("classic", "mujoco", "dmc", "atari"))

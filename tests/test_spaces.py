@@ -9,7 +9,8 @@ from gymnasium import spaces
 from fastppo.agent import Agent, make_agent
 from fastppo.config import make_config
 from fastppo.envs import check_spaces
-from fastppo.spaces import ActionSpec, ObsEncoder, SpaceError, image_layout, resolve_network
+from fastppo.spaces import ActionSpec, FrameStack, ObsEncoder, SpaceError, image_layout, \
+    resolve_network, stacked_space
 
 
 def test_image_layout_takes_channels_from_the_shorter_end():
@@ -92,13 +93,17 @@ def test_action_specs_and_what_the_env_receives():
     assert (multi.kind, multi.nvec, multi.outputs, multi.shape) == \
         ("multi_categorical", (2, 3, 4, 5), 14, (4,))
     assert multi.to_env(np.array([[1, 2, 3, 4]])).tolist() == [[[1, 3], [5, 4]]]
+    grid = ActionSpec.from_space(spaces.Box(-1, 1, (2, 2)))  # a Gaussian over the 4 entries
+    assert (grid.outputs, grid.shape, grid.env_shape) == (4, (4,), (2, 2))
+    assert grid.to_env(np.array([[2.0, 0.5, -3.0, 0.0]], np.float32)).tolist() == \
+        [[[1.0, 0.5], [-1.0, 0.0]]]
     binary = ActionSpec.from_space(spaces.MultiBinary(3))
     assert binary.nvec == (2, 2, 2) and binary.to_env(np.array([[1, 0, 1]])).dtype == np.int8
     out = np.empty((1, 3), np.int8)
     assert binary.to_env(np.array([[0, 1, 1]]), out) is out and out.tolist() == [[0, 1, 1]]
 
 
-@pytest.mark.parametrize("space", [spaces.Box(-1, 1, (2, 2)), spaces.Text(3),
+@pytest.mark.parametrize("space", [spaces.Box(-1, 1, (0,)), spaces.Text(3),
                                    spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3)))])
 def test_unsupported_action_spaces_give_one_line(space):
     with pytest.raises(SpaceError, match="action space: .* is not supported") as err:
@@ -160,3 +165,61 @@ def test_cnn_adapts_to_the_image_size(shape, flat):
     assert agent.body[-2].in_features == flat
     dist, value = agent(torch.zeros(2, *shape, dtype=torch.uint8))
     assert dist[0].shape == (2, 4) and value.shape == (2,)
+
+
+@pytest.mark.parametrize("shape, stacked", [((2, 3, 3), (6, 3, 3)), ((3, 3, 2), (3, 3, 6)),
+                                            ((2,), (6,))])
+def test_frame_stack_keeps_the_last_k_oldest_first_and_restarts_at_resets(shape, stacked):
+    space = spaces.Box(0, 255, shape, np.uint8)
+    assert stacked_space(space, 3).shape == stacked and stacked_space(space, 1) is space
+    stack = FrameStack(2, space, 3)
+    frame = [np.full((2, *shape), v, np.uint8) for v in range(5)]
+    axis = -1 if len(shape) == 1 or shape[-1] < shape[0] else 1  # channels, in the batch
+
+    def frames_of(obs):  # the value of each stacked frame, per env
+        return [[int(f.max()) for f in np.split(row, 3, axis=axis if axis == -1 else 0)]
+                for row in obs]
+
+    assert frames_of(stack.push(frame[1], None)) == [[1, 1, 1], [1, 1, 1]]
+    assert frames_of(stack.push(frame[2], np.array([False, False]))) == [[1, 1, 2], [1, 1, 2]]
+    # env 1 got a reset observation: its stack restarts from it
+    assert frames_of(stack.push(frame[3], np.array([False, True]))) == [[1, 2, 3], [3, 3, 3]]
+    assert frames_of(stack.push(frame[4][:1], np.array([False]), slice(0, 1))) == [[2, 3, 4]]
+
+
+def test_frame_stack_refuses_what_it_cannot_stack():
+    with pytest.raises(SpaceError, match="frame_stack: stacks Box vectors and images"):
+        stacked_space(spaces.Discrete(3), 2)
+
+
+def test_procgen_without_qt_names_what_to_install(monkeypatch):
+    from fastppo import envs
+
+    monkeypatch.setattr(envs, "qt_for_procgen", lambda: False)
+    with pytest.raises(ValueError, match=r'pip install "fastppo\[procgen\]"') as err:
+        envs.check_procgen("CoinrunEasy-v0")
+    assert "\n" not in str(err.value)
+    envs.check_procgen("CartPole-v1")  # other families need no Qt
+
+
+def test_one_task_of_every_envpool_family_is_accepted():
+    """The first id (by name) of each EnvPool family passes ``fastppo train``'s checks from its
+    spec (``bench/catalogue.py`` sweeps every id)."""
+    from fastppo.config import _registry_modules
+    from fastppo.envs import env_spaces
+
+    first = {}
+    for env_id, family in sorted(_registry_modules().items()):
+        first.setdefault(family, env_id)
+    assert len(first) >= 17
+    for env_id in first.values():
+        config = make_config(env_id)
+        check_spaces(config, *env_spaces(config))
+
+
+def test_envpool_failure_to_make_a_task_is_one_line():
+    from fastppo.envs import env_spaces
+
+    with pytest.raises(ValueError, match="env_id: EnvPool cannot make VizdoomCustom-v1: ") as err:
+        env_spaces(make_config("VizdoomCustom-v1"))
+    assert "\n" not in str(err.value)
