@@ -11,8 +11,8 @@ inferred preset); per family it reports how many ids fastppo accepts and why the
 refused or EnvPool cannot build (the one-line message, counted).
 
 Runs: ``fastppo train ID --total-timesteps STEPS`` (the preset inferred from the id, every
-other setting its default unless ``--set field=value``) for the first id of each family, or
-``--ids``: whether it trains, its observation and action spaces, the network and hot paths it
+other setting its default unless ``--set field=value``) for the first id of each family that
+fastppo accepts, or ``--ids``: whether it trains, its observation and action spaces, the network and hot paths it
 got, and its SPS (compilation left out).
 
 Overhead (``--overhead``): for a few observation layouts, 8 envs of the raw pool stepped with
@@ -51,11 +51,20 @@ def sweep() -> dict[str, collections.Counter]:
 
 
 def first_ids() -> list[str]:
-    from fastppo.config import _registry_modules
+    """The first id (by name) of each family that fastppo accepts."""
+    from fastppo.config import _registry_modules, make_config
+    from fastppo.envs import check_spaces, env_spaces
 
     first: dict[str, str] = {}
     for env_id, family in sorted(_registry_modules().items()):
-        first.setdefault(family, env_id)
+        if family in first:
+            continue
+        try:
+            config = make_config(env_id)
+            check_spaces(config, *env_spaces(config))
+        except ValueError:
+            continue
+        first[family] = env_id
     return [first[f] for f in sorted(first)]
 
 

@@ -4,17 +4,19 @@
 ids) or from Gymnasium (``fastppo.gym_envs``: any other registered id, ``"module:EnvId"``, or an
 ``env_fn``), as ``config.env_backend`` says (:func:`env_backend`).
 
-``VecEnv`` wraps ``envpool.make(..., env_type="gymnasium")`` batches (one, or two halves stepped
-alternately) and adds what PPO needs around them, each a compiled call (``env_kernels``; no
-Python loop over envs):
+``VecEnv`` wraps those pools (one, or two halves stepped alternately) and adds what PPO needs
+around them, each a compiled or vectorized call (``env_kernels``; no Python loop over envs):
 
+* Observations as the buffer stores them (``fastppo.spaces``): Dict/Tuple parts and one-hots
+  encoded into one float32 vector, images kept as they are, the last ``frame_stack`` stacked.
 * ``RunningNorm``: observation normalization and reward scaling with running statistics
   (``norm_obs``, ``norm_reward``: on in the MuJoCo preset), both clipped; its state goes into
   checkpoints.
 * ``EpisodeTracker``: the undiscounted, unclipped return and the length of every finished episode.
   For Atari it counts across lives (a lost life ends a *training* episode when ``episodic_life``
   is on, but a *game* ends only when EnvPool's ``info["terminated"]`` says so).
-* Actions of continuous policies are clipped to the action space before they reach the env.
+* Actions as the env takes them (``ActionSpec.to_env``): Gaussian ones clipped to the action
+  space, factorized ones in the space's shape, ``start`` offsets added.
 
 EnvPool resets with next-step autoreset: after a done step, the next ``step`` ignores
 its action and returns the reset observation with reward 0. ``VecEnv`` keeps those reset steps
@@ -124,8 +126,18 @@ def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     options = atari_options(config)
     check_procgen(config.env_id)
     with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
+        check_single_agent(envpool.make_spec(config.env_id), config.env_id)
         return envpool.make(config.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed,
                             **options)
+
+
+def check_single_agent(spec, env_id: str) -> None:
+    """ValueError (one line) for an EnvPool task of several players (Pgx's board games: one
+    observation row per player and env), which single-agent PPO cannot batch."""
+    players = getattr(spec.config, "max_num_players", 1)
+    if players > 1:
+        raise ValueError(f"env_id: {env_id} is a game of {players} players; fastppo trains "
+                         "single-agent tasks")
 
 
 def check_procgen(env_id: str) -> None:
@@ -209,6 +221,7 @@ def env_own_spaces(config: PPOConfig, env_fn: Callable | None = None):
     check_procgen(config.env_id)
     with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
         spec = envpool.make_spec(config.env_id)
+        check_single_agent(spec, config.env_id)
         return spec.observation_space, spec.action_space
 
 
@@ -442,12 +455,14 @@ class Step:
 
 
 class VecEnv:
-    """``num_envs`` EnvPool environments plus normalization, action clipping and episode stats.
+    """``num_envs`` environments plus observation encoding, normalization, actions as the env
+    takes them and episode stats.
 
-    The envs may be split into ``parts`` (1 or 2) EnvPool batches of consecutive envs, each
-    stepped with ``send`` (returns at once: EnvPool's C++ threads step it) and ``recv``, so the
-    caller can run the policy on one part while the other steps. Env ``i`` is seeded with
-    ``seed + i`` however the envs are split, so its trajectory depends only on its actions.
+    The envs may be split into ``parts`` (1 or 2) pools of consecutive envs, each stepped with
+    ``send`` (returns at once: EnvPool's C++ threads or async Gymnasium workers step it) and
+    ``recv``, so the caller can run the policy on one part while the other steps. Env ``i`` is
+    seeded with ``seed + i`` however the envs are split, so its trajectory depends only on its
+    actions.
     The running statistics take each part's rows as they arrive.
 
     ``update_stats=False`` freezes the normalization statistics (evaluation). With a distributed

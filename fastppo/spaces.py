@@ -186,9 +186,12 @@ def _first_array(obs) -> np.ndarray:
 
 
 def _at(obs, path: str):
-    """The batch of leaf ``path`` in a (nested) dict/tuple of batches."""
+    """The batch of leaf ``path`` in a (nested) dict/tuple of batches, or in a flat dict keyed
+    by the paths (as EnvPool's step returns nested Dict observations)."""
     if not path:
         return obs
+    if isinstance(obs, dict) and path in obs:
+        return obs[path]
     for key in path.split("."):
         obs = obs[key] if isinstance(obs, dict) else obs[int(key)]
     return obs

@@ -47,6 +47,15 @@ def test_tuple_and_nested_spaces_are_named_by_path():
         [("0", 0, 2), ("1.goal", 2, 3)]
     got = enc.encode((np.array([1]), {"goal": np.array([[0.1, 0.2, 0.3]])}))
     np.testing.assert_allclose(got, [[0, 1, 0.1, 0.2, 0.3]], rtol=1e-6)
+    # EnvPool's step gives a nested Dict's leaves in one flat dict, keyed by their paths
+    nested = spaces.Dict({"items": spaces.Dict({"x": spaces.Box(0, 1, (2,))}),
+                          "mask": spaces.MultiBinary(1)})
+    flat = ObsEncoder(nested, "mlp")
+    want = [[0.25, 0.5, 1.0]]
+    by_path = {"items.x": np.array([[0.25, 0.5]]), "mask": np.array([[1]])}
+    as_tree = {"items": {"x": np.array([[0.25, 0.5]])}, "mask": np.array([[1]])}
+    np.testing.assert_allclose(flat.encode(by_path), want)
+    np.testing.assert_allclose(flat.encode(as_tree), want)
 
 
 def test_box_observations_keep_their_form_where_they_can():
@@ -202,23 +211,41 @@ def test_procgen_without_qt_names_what_to_install(monkeypatch):
     envs.check_procgen("CartPole-v1")  # other families need no Qt
 
 
-def test_one_task_of_every_envpool_family_is_accepted():
-    """The first id (by name) of each EnvPool family passes ``fastppo train``'s checks from its
-    spec (``bench/catalogue.py`` sweeps every id)."""
+def test_one_task_of_every_envpool_family_steps_through_the_encoder():
+    """The first id (by name) of each EnvPool family passes ``fastppo train``'s checks and its
+    observations, reset and stepped, come out as the buffer stores them
+    (``bench/catalogue.py`` checks every id's spaces and trains one per family)."""
     from fastppo.config import _registry_modules
-    from fastppo.envs import env_spaces
+    from fastppo.envs import VecEnv, env_spaces
 
     first = {}
     for env_id, family in sorted(_registry_modules().items()):
         first.setdefault(family, env_id)
     assert len(first) >= 17
+    first["envpool.pgx"] = "Play2048-v1"  # Pgx's one single-player game
+    rng = np.random.default_rng(0)
     for env_id in first.values():
         config = make_config(env_id)
         check_spaces(config, *env_spaces(config))
+        envs = VecEnv(config, 1, seed=1)
+        shape = (1, *envs.encoder.shape)
+        assert envs.reset().shape == shape, env_id
+        spec = envs.action_spec
+        for _ in range(2):
+            actions = rng.uniform(-1, 1, (1, spec.outputs)).astype(np.float32) \
+                if spec.continuous else rng.integers(0, spec.nvec or spec.outputs, (1, *spec.shape))
+            step = envs.step(envs.env_action(actions))
+            assert step.obs.shape == shape and step.obs.dtype == envs.encoder.dtype, env_id
+        envs.close()
 
 
 def test_envpool_failure_to_make_a_task_is_one_line():
-    from fastppo.envs import env_spaces
+    from fastppo.envs import VecEnv, env_spaces
+
+    for make in (lambda c: env_spaces(c), lambda c: VecEnv(c, 1, seed=1)):
+        with pytest.raises(ValueError, match="env_id: Chess-v1 is a game of 2 players; fastppo "
+                                             "trains single-agent tasks"):
+            make(make_config("Chess-v1"))
 
     with pytest.raises(ValueError, match="env_id: EnvPool cannot make VizdoomCustom-v1: ") as err:
         env_spaces(make_config("VizdoomCustom-v1"))
