@@ -603,11 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="EnvPool task ids (required unless --table-only)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], metavar="SEED",
                         help="seeds, each a run per env (default: 1)")
-    parser.add_argument("--preset", choices=("classic", "mujoco", "atari"), default=None,
+    from fastppo.config import PRESETS
+
+    parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="fastppo train --preset (default: each env's own)")
     parser.add_argument("--total-timesteps", type=int, default=None,
-                        help="steps per run (default: the preset's: mujoco 1M, atari 10M, "
-                             "classic 200k)")
+                        help="steps per run (default: the preset's: mujoco and dmc 1M, atari "
+                             "10M, classic 200k)")
     parser.add_argument("--label", default=None,
                         help="name of this set of runs (default: the preset, or 'default'); "
                              "names the default out dir")
