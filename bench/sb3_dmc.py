@@ -12,8 +12,8 @@ for the critic, observations normalized and rewards scaled by running statistics
 ``VecNormalize``, clipped to +-10), actions clipped to the space. The env is EnvPool's, one env,
 its Dict observation flattened in key order (``fastppo.spaces.ObsEncoder``, as fastppo reads it);
 SB3 resets it itself after each episode. Score: the mean return of the last 10 training episodes
-(CleanRL's measure, as ``bench/learning.py`` reports fastppo's). Needs ``pip install
-stable-baselines3`` (not a fastppo dependency).
+(CleanRL's measure, as ``bench/learning.py`` reports fastppo's). Needs the bench extra
+(``pip install -e ".[bench]"``: stable-baselines3).
 """
 
 from __future__ import annotations

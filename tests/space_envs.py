@@ -85,3 +85,16 @@ class MatchCue(MatchCode):
 
     def _obs(self):
         return self.code
+
+
+class TextObservation(MatchCue):
+    """An observation space fastppo cannot encode (Text)."""
+
+    observation_space = spaces.Text(8)
+
+    def _obs(self):
+        return "cue" * self.code
+
+
+gym.register("TextObservation-v0", entry_point=TextObservation)
+gym.register("MatchCode-v0", entry_point=MatchCode)

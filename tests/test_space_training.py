@@ -75,3 +75,19 @@ def test_resumed_run_equals_uninterrupted(tmp_path, env_id, extra):
                             resumed["trainer"].agent.parameters()):
         assert torch.equal(p, q), name
     assert torch.equal(full["trainer"].buffer.next_obs, resumed["trainer"].buffer.next_obs)
+
+
+@pytest.mark.parametrize("env_id, message", [
+    ("tests.space_envs:TextObservation-v0", "observation space: observation is Text(1, 8"),
+    ("tests.space_envs:MatchCode-v0", "--loss: 'penalty' serves Discrete and Box actions"),
+])
+def test_refused_space_is_one_line_before_any_run(tmp_path, capsys, env_id, message):
+    argv = ["train", env_id, "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    if "MatchCode" in env_id:
+        argv += ["--loss", "penalty"]
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: argparse's exit code 2
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
