@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fastppo.agent import Agent
+    from fastppo.agent import PIXEL_SCALE, Agent
     from fastppo.hotpath import bf16_matrix_units
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def main() -> None:
             agent = agent.to(memory_format=torch.contiguous_format)
 
             def forward(obs):  # Agent.forward without its channels_last input
-                h = agent.body(obs.float() * agent.scale)
+                h = agent.body(obs.float() * PIXEL_SCALE)
                 return (agent.actor(h),), agent.critic(h).squeeze(-1)
         else:
             forward = agent

@@ -53,6 +53,7 @@ def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float) -> nn.Sequential
 
 NATURE_MIN_SIDE = 36  # the Nature CNN's three convolutions need images at least this large
 POOLED_SIDE = 7  # the small conv stack's feature map is pooled to at most this a side
+PIXEL_SCALE = 1.0 / 255.0  # uint8 pixels to [0, 1]
 
 
 def conv_stack(channels: int, height: int, width: int) -> tuple[nn.Sequential, int]:
@@ -158,7 +159,6 @@ class Agent(nn.Module):
         if network == "nature_cnn":
             if leaves is not None:
                 self.body = PartsBody(leaves)
-                self.scale = 1.0
             else:
                 if len(obs_shape) != 3:
                     raise ValueError(f"obs_shape: 'nature_cnn' needs an image (3 dims) or "
@@ -167,7 +167,6 @@ class Agent(nn.Module):
                 im = self.image
                 conv, width = conv_stack(im.channels, im.height, im.width)
                 self.body = nn.Sequential(*conv, layer_init(nn.Linear(width, 512)), nn.ReLU())
-                self.scale = 1.0 / 255.0
             self.actor = layer_init(nn.Linear(512, action_dim), std=0.01)
             self.critic = layer_init(nn.Linear(512, 1), std=1.0)
             # channels_last (NHWC), oneDNN's and cuDNN's preferred conv layout (bench/cnn_cpu.py
@@ -190,8 +189,8 @@ class Agent(nn.Module):
             return obs.float()
         if self.image is None:
             return self.body(obs.float())
-        x = _as_nchw(obs, self.image).contiguous(memory_format=torch.channels_last)
-        return self.body(x.float() * self.scale)
+        x = _as_nchw(obs, self.image).contiguous(memory_format=torch.channels_last).float()
+        return self.body(x * PIXEL_SCALE if obs.dtype == torch.uint8 else x)
 
     def _autocast(self):
         """bf16 autocast over the layers when ``bf16``, else nothing."""

@@ -148,7 +148,7 @@ class Trainer:
         self.kl_coef = config.kl_coef
         old_policy = (spec.kind, spec.outputs) if self.penalty else None
         self.buffer = RolloutBuffer(config.num_steps, config.num_envs, encoder.shape,
-                                    torch.from_numpy(np.empty(0, encoder.dtype)).dtype,
+                                    torch.uint8 if encoder.dtype == np.uint8 else torch.float32,
                                     spec.shape, torch.float32 if spec.continuous else torch.int64,
                                     self.device, noise_shape=spec.shape, parts=self.envs.slices,
                                     old_policy=old_policy)

@@ -250,3 +250,12 @@ def test_envpool_failure_to_make_a_task_is_one_line():
     with pytest.raises(ValueError, match="env_id: EnvPool cannot make VizdoomCustom-v1: ") as err:
         env_spaces(make_config("VizdoomCustom-v1"))
     assert "\n" not in str(err.value)
+
+
+def test_cnn_scales_uint8_pixels_only():
+    agent = Agent("nature_cnn", (8, 8, 3), 2, continuous=False)
+    pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    as_float = pixels.float() / 255.0  # a float image Box in [0, 1]: read as it is
+    want = agent.body(as_float.permute(0, 3, 1, 2))
+    torch.testing.assert_close(agent._features(pixels), want)
+    torch.testing.assert_close(agent._features(as_float), want)
