@@ -12,8 +12,8 @@ refused or EnvPool cannot build (the one-line message, counted).
 
 Runs: ``fastppo train ID --total-timesteps STEPS`` (the preset inferred from the id, every
 other setting its default unless ``--set field=value``) for the first id of each family that
-fastppo accepts, or ``--ids``: whether it trains, its observation and action spaces, the network and hot paths it
-got, and its SPS (compilation left out).
+fastppo accepts, or ``--ids``: whether it trains, its observation and action spaces, the network
+and hot paths it got, and its SPS (compilation left out).
 
 Overhead (``--overhead``): for a few observation layouts, 8 envs of the raw pool stepped with
 random actions; the seconds per step spent in EnvPool's step and in ``ObsEncoder.encode`` (what

@@ -17,6 +17,14 @@ factorized categorical, the logits of factor k in columns ``[sum(nvec[:k]), sum(
 ``Agent.forward(obs)`` returns ``(dist, value)`` where ``dist`` is the tuple the loss takes:
 ``(logits,)`` or ``(mean, log_std)`` with ``log_std`` broadcast to the mean's shape.
 
+Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU ->
+the actor and value heads (linear, shared core); the MLP's body is one tanh layer of
+``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
+``h``), zeroed when an episode starts: with next-step autoreset that is the reset step, whose
+observation is the new episode's first. ``step(obs, state, starts)`` serves the rollout (one
+step of a batch of envs); ``unroll(obs, starts, state, steps)`` the update (whole sequences
+from their stored start states, restarting where episodes start inside them).
+
 Mixed precision (``bf16=True``, ``--precision``): the network's layers run under bf16 autocast
 (forward, and so backward); the parameters stay float32 (the master weights the optimizer
 updates) and every output is upcast to float32, so sampling, log-probs, values, GAE and the
@@ -138,15 +146,65 @@ class Factors(nn.Module):
         return torch.log_softmax(padded, -1)
 
 
+class RecurrentCore(nn.Module):
+    """An LSTM or GRU over time-major sequences whose state restarts at episode starts.
+
+    The state of a batch is one (b, state_size) tensor: ``[h, c]`` for the LSTM (2H), ``h``
+    for the GRU (H). ``forward(x (T, b, F), state, starts (T, b))`` zeroes each row's state
+    where it starts an episode and returns the outputs (T, b, H) and the final state. The
+    sequences are cut where any row starts an episode (a host sync per call): each piece runs
+    as one fused ``nn.LSTM``/``nn.GRU`` call (oneDNN on the CPU, cuDNN on CUDA), so a sequence
+    without resets is one call and the cost of resets grows with the number of distinct reset
+    steps, not with the length. Weights orthogonal (gain 1), biases 0 (CleanRL's LSTM agent).
+    """
+
+    def __init__(self, kind: str, features: int, hidden: int):
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"recurrent: expected 'lstm' or 'gru', got {kind!r}")
+        self.lstm = kind == "lstm"
+        self.rnn = (nn.LSTM if self.lstm else nn.GRU)(features, hidden)
+        for name, param in self.rnn.named_parameters():
+            if "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+            else:
+                nn.init.constant_(param, 0.0)
+        self.hidden = hidden
+        self.state_size = 2 * hidden if self.lstm else hidden
+
+    def _split(self, state: torch.Tensor):
+        if self.lstm:
+            return (state[None, :, :self.hidden].contiguous(),
+                    state[None, :, self.hidden:].contiguous())
+        return state[None].contiguous()
+
+    def _join(self, state) -> torch.Tensor:
+        return torch.cat([state[0][0], state[1][0]], -1) if self.lstm else state[0]
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
+        steps = x.shape[0]
+        cuts = [0, *(torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist(), steps]  # sync
+        outputs = []
+        for lo, hi in zip(cuts, cuts[1:]):
+            state = torch.where(starts[lo][:, None], torch.zeros_like(state), state)
+            out, packed = self.rnn(x[lo:hi], self._split(state))
+            state = self._join(packed)
+            outputs.append(out)
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0], state
+
+
 class Agent(nn.Module):
     """Actor-critic. ``continuous`` selects the Gaussian head; ``nvec`` (factor sizes, summing
     to ``action_dim``) the factorized categorical. ``obs_shape`` is the stored observation's:
     (width,) for the MLP; an image (CHW or HWC, ``fastppo.spaces.image_layout``) for the CNN;
-    (width,) with ``leaves`` (``ObsEncoder.leaves``) for the CNN over a several-part one."""
+    (width,) with ``leaves`` (``ObsEncoder.leaves``) for the CNN over a several-part one.
+    ``recurrent`` (``lstm``/``gru``) puts a recurrent core of ``rnn_hidden_size`` between the
+    body and the heads (module docstring, "Recurrent policies")."""
 
     def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
                  continuous: bool, hidden_size: int = 64, bf16: bool = False, *,
-                 nvec: tuple[int, ...] = (), leaves=None):
+                 nvec: tuple[int, ...] = (), leaves=None, recurrent: str = "none",
+                 rnn_hidden_size: int = 128):
         super().__init__()
         self.network = network
         self.continuous = continuous
@@ -172,6 +230,9 @@ class Agent(nn.Module):
             # channels_last (NHWC), oneDNN's and cuDNN's preferred conv layout (bench/cnn_cpu.py
             # compares it with NCHW)
             self.to(memory_format=torch.channels_last)
+        elif network == "mlp" and recurrent != "none":
+            (in_dim,) = obs_shape
+            self.body = nn.Sequential(layer_init(nn.Linear(in_dim, hidden_size)), nn.Tanh())
         elif network == "mlp":
             (in_dim,) = obs_shape
             self.body = None
@@ -179,6 +240,14 @@ class Agent(nn.Module):
             self.critic = mlp(in_dim, hidden_size, 1, out_std=1.0)
         else:
             raise ValueError(f"network: expected 'mlp' or 'nature_cnn', got {network!r}")
+        self.recurrent = recurrent != "none"
+        self.state_size = 0
+        if self.recurrent:
+            features = 512 if network == "nature_cnn" else hidden_size
+            self.core = RecurrentCore(recurrent, features, rnn_hidden_size)
+            self.state_size = self.core.state_size
+            self.actor = layer_init(nn.Linear(rnn_hidden_size, action_dim), std=0.01)
+            self.critic = layer_init(nn.Linear(rnn_hidden_size, 1), std=1.0)
         if continuous:
             self.log_std = nn.Parameter(torch.zeros(1, action_dim))
         if self.nvec:  # factor k's logits padded to the widest factor with -inf (Factors)
@@ -198,31 +267,62 @@ class Agent(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(next(self.parameters()).device.type, torch.bfloat16)
 
-    def forward(self, obs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        with self._autocast():
-            h = self._features(obs)
-            value = self.critic(h).squeeze(-1)
-            out = self.actor(h)
-        value, out = value.float(), out.float()
+    def _heads(self, h: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        value, out = self.critic(h).squeeze(-1).float(), self.actor(h).float()
         if self.continuous:
             return (out, self.log_std.expand_as(out)), value
         return (out,), value
+
+    def forward(self, obs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        if self.recurrent:
+            raise TypeError("a recurrent Agent reads sequences: use step() or unroll()")
+        with self._autocast():
+            return self._heads(self._features(obs))
+
+    def step(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
+        """One step of a recurrent policy for a batch of envs: ``(dist, value, new_state)``;
+        ``state`` (n, state_size) is each env's carried state, zeroed first where ``starts``
+        (an episode's first observation)."""
+        with self._autocast():
+            x = self._features(obs)
+            out, new_state = self.core(x[None], state, starts[None])
+            dist, value = self._heads(out[0])
+        return dist, value, new_state
+
+    def unroll(self, obs: torch.Tensor, starts: torch.Tensor, state: torch.Tensor,
+               steps: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """A recurrent policy over ``b`` sequences of ``steps`` steps, rows time-major
+        (row ``t * b + i``: step t of sequence i): ``obs`` (steps * b, ...), ``starts``
+        (steps * b,), ``state`` (b, state_size) the states before each sequence's first step.
+        Returns the distribution and value of every row, as ``step`` would give them stepping
+        through the sequences."""
+        with self._autocast():
+            x = self._features(obs)
+            x = x.reshape(steps, -1, x.shape[-1])
+            out, _ = self.core(x, state, starts.reshape(steps, -1))
+            return self._heads(out.reshape(-1, out.shape[-1]))
 
     def actor_output(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy head alone: the logits, or the Gaussian's mean (its log-std is the
         parameter ``log_std``, the same for every observation)."""
         with self._autocast():
-            out = self.actor(self._features(obs))
-        return out.float()
+            return self.actor(self._features(obs)).float()
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
+    def value(self, obs: torch.Tensor, state: torch.Tensor | None = None,
+              starts: torch.Tensor | None = None) -> torch.Tensor:
+        """V(obs); a recurrent policy's from the carried ``state`` and ``starts`` (as ``step``,
+        the state left unchanged)."""
+        if self.recurrent:
+            return self.step(obs, state, starts)[1]
         with self._autocast():
-            value = self.critic(self._features(obs)).squeeze(-1)
-        return value.float()
+            return self.critic(self._features(obs)).squeeze(-1).float()
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, *,
-            deterministic: bool = False):
-        """Sample (or take the mode of) the policy: returns action, its log-prob, V(obs).
+            deterministic: bool = False, state: torch.Tensor | None = None,
+            starts: torch.Tensor | None = None):
+        """Sample (or take the mode of) the policy: returns action, its log-prob, V(obs). A
+        recurrent policy steps from ``state`` (n, state_size), zeroed where ``starts``, and
+        writes the new state into it.
 
         ``noise`` drives the sample (drawn from torch's generator when None): standard normals
         (n, D) for the Gaussian, ``action = mean + exp(log_std) * noise``; uniforms (n,) in
@@ -234,7 +334,11 @@ class Agent(nn.Module):
         if isinstance(noise, bool):
             raise TypeError("noise: expected a tensor or None, got a bool (pass deterministic= "
                             "by keyword)")
-        dist, value = self(obs)
+        if self.recurrent:
+            dist, value, new_state = self.step(obs, state, starts)
+            state.copy_(new_state)
+        else:
+            dist, value = self(obs)
         if self.continuous:
             mean, log_std = dist
             if deterministic:
@@ -285,4 +389,5 @@ def make_agent(config, observation_space, action_space, bf16: bool = False) -> A
     spec = ActionSpec.from_space(action_space)
     parts = network == "nature_cnn" and encoder.image is None
     return Agent(network, encoder.shape, spec.outputs, spec.continuous, config.hidden_size,
-                 bf16=bf16, nvec=spec.nvec, leaves=encoder.leaves if parts else None)
+                 bf16=bf16, nvec=spec.nvec, leaves=encoder.leaves if parts else None,
+                 recurrent=config.recurrent, rnn_hidden_size=config.rnn_hidden_size)

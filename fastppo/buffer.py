@@ -17,6 +17,11 @@ with one batched no-grad forward over ``obs`` (the policy has not changed since 
 sampled); :meth:`RolloutBuffer.policy_kl` measures the KL to them after the update. Without
 ``old_policy`` these are None and take no memory.
 
+A recurrent policy (``state_size`` > 0) also has its carried state: ``rnn_state`` (N, S), each
+env's state before its next step (carried across rollouts like ``next_obs``, checkpointed), and
+``rnn_start`` (N, S), its copy at the start of the rollout (:meth:`begin_rollout`), which the
+update unrolls each env's sequence from.
+
 The rollout loop works through ``slots[t][part]``: views of row ``t`` for the envs of one part
 (``VecEnv.slices``), made once, so a step slices nothing. On the CPU each slot also holds NumPy
 views of the same memory: the env kernels and the Numba policy write into the buffer directly.
@@ -38,7 +43,7 @@ class RolloutBuffer:
                  obs_dtype: torch.dtype, action_shape: tuple[int, ...],
                  action_dtype: torch.dtype, device: torch.device,
                  noise_shape: tuple[int, ...] = (), parts: list[slice] | None = None,
-                 old_policy: tuple[str, int] | None = None):
+                 old_policy: tuple[str, int] | None = None, state_size: int = 0):
         """``old_policy``: ``("categorical", A)`` or ``("gaussian", D)`` to keep the old
         policy's parameters (module docstring); None (the default) keeps none."""
         T, N = num_steps, num_envs
@@ -80,6 +85,10 @@ class RolloutBuffer:
         # Carried across rollouts: the observation to act on and whether the last step was done.
         self.next_obs = torch.zeros((N, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_done = torch.zeros(N, dtype=torch.bool, device=self.device)
+        self.rnn_state = self.rnn_start = None
+        if state_size:
+            self.rnn_state = torch.zeros((N, state_size), dtype=torch.float32, device=self.device)
+            self.rnn_start = torch.zeros_like(self.rnn_state)
         self.slots = [[self._slot(t, envs) for envs in (parts or [slice(0, N)])]
                       for t in range(T)]
 
@@ -91,7 +100,8 @@ class RolloutBuffer:
                                                self.values[t, envs]),
             rewards=self.rewards[t, envs], terminated=self.terminated[t, envs],
             truncated=self.truncated[t, envs], next_obs=self.next_obs[envs],
-            next_done=self.next_done[envs])
+            next_done=self.next_done[envs],
+            rnn_state=None if self.rnn_state is None else self.rnn_state[envs])
         host = {k: getattr(slot, k) for k in ("obs", "valid", "noise", "terminated", "truncated",
                                               "next_obs", "next_done")}
         if self.pinned:
@@ -112,6 +122,21 @@ class RolloutBuffer:
     def set_next_obs(self, obs: np.ndarray) -> None:
         """The observation the policy acts on next (after a reset)."""
         self.next_obs.copy_(torch.from_numpy(np.ascontiguousarray(obs)))
+
+    def begin_rollout(self) -> None:
+        """Keep the carried recurrent state as the rollout's start state (no-op without one)."""
+        if self.rnn_state is not None:
+            self.rnn_start.copy_(self.rnn_state)
+
+    def sequences(self) -> dict[str, torch.Tensor]:
+        """What unrolling a recurrent policy over the rollout needs, per flat row: ``starts``
+        (the row's observation starts an episode: not ``valid``) and ``rnn_start`` (its env's
+        state at the rollout's start); empty for a buffer without recurrent state."""
+        if self.rnn_state is None:
+            return {}
+        T, N = self.num_steps, self.num_envs
+        return {"starts": ~self.flat("valid"),
+                "rnn_start": self.rnn_start.expand(T, N, -1).reshape(T * N, -1)}
 
     def begin_step(self, slot: SimpleNamespace) -> None:
         """Start ``slot``'s row: store the current observation and its validity."""
@@ -190,9 +215,15 @@ class RolloutBuffer:
         return {}
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to continue: the carried observation and done flag."""
-        return {"next_obs": self.next_obs.cpu(), "next_done": self.next_done.cpu()}
+        """What a checkpoint needs to continue: the carried observation and done flag (and
+        recurrent state)."""
+        state = {"next_obs": self.next_obs.cpu(), "next_done": self.next_done.cpu()}
+        if self.rnn_state is not None:
+            state["rnn_state"] = self.rnn_state.cpu()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.next_obs.copy_(state["next_obs"])
         self.next_done.copy_(state["next_done"])
+        if self.rnn_state is not None:
+            self.rnn_state.copy_(state["rnn_state"])

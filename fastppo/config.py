@@ -44,6 +44,7 @@ SWITCHES = ("auto", "on", "off")
 NETWORKS = ("auto", "mlp", "nature_cnn")  # resolved from the spaces: fastppo.spaces.resolve_network
 LOSSES = ("clip", "penalty")
 PRECISIONS = ("auto", "fp32", "bf16")
+RECURRENT = ("none", "lstm", "gru")
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")
 MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
 # Settings a resumed run may change; everything else must stay as the run was started.
@@ -122,6 +123,11 @@ class PPOConfig:
                                 "pixels a side), or auto (nature_cnn when the observation has an "
                                 "image, mlp otherwise)", choices=NETWORKS)
     hidden_size: int = _opt(64, "width of the two hidden layers of the MLPs")
+    recurrent: str = _opt("none", "a recurrent core between the network's body and its heads: "
+                                  "lstm, gru, or none (for partially observed tasks; the policy "
+                                  "trains on whole env sequences, num_envs a multiple of "
+                                  "num_minibatches)", choices=RECURRENT)
+    rnn_hidden_size: int = _opt(128, "--recurrent: the width of the LSTM/GRU state")
     # engine
     kernels: str = _opt("auto", "fused-op backend: auto, torch, numba or triton", choices=KERNELS)
     device: str = _opt("auto", "training device: auto (cuda if available), cpu or cuda",
@@ -186,6 +192,14 @@ class PPOConfig:
                 f"{self.num_steps} = {self.batch_size} transitions cannot be split into "
                 f"{self.num_minibatches} equal minibatches"
             )
+        if self.recurrent != "none" and self.num_envs % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches: a recurrent policy trains on whole env sequences, so "
+                f"num_envs ({self.num_envs}) must be a multiple of num_minibatches "
+                f"({self.num_minibatches})")
+        if self.recurrent != "none" and self.loss == "penalty":
+            raise ValueError("recurrent: --loss penalty is not available for recurrent policies; "
+                             "use --loss clip")
         if self.minibatch_size < 2:
             raise ValueError(f"num_minibatches: minibatches of {self.minibatch_size} transition "
                              "cannot normalize advantages; use fewer minibatches")
@@ -215,10 +229,10 @@ class PPOConfig:
 # must be in a config.json.
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
                   "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto",
-                  "frame_stack": 1}
+                  "frame_stack": 1, "recurrent": "none", "rnn_hidden_size": 128}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
-                  "hidden_size", "frame_stack")
+                  "hidden_size", "frame_stack", "rnn_hidden_size")
 _NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",

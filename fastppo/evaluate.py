@@ -159,17 +159,21 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
         raise ValueError(f"{run.path}: its normalization statistics do not fit {config.env_id} "
                          f"({describe(err)})") from None
     agent = run.agent.to(dev)
-    agent.bf16 = use_bf16(config, agent.network, dev)  # the arithmetic it trained in, as resolved here
+    agent.bf16 = use_bf16(config, agent.network, dev)  # its training arithmetic, resolved here
     agent.eval()
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
     results: list[tuple[float, int]] = []
     obs = envs.reset()
+    # a recurrent policy's state, carried through each env's episode (zeroed at its start)
+    rnn_state = torch.zeros(num_envs, agent.state_size, device=dev)
     while len(results) < episodes:
         counted = np.zeros(num_envs, bool)  # one episode per env per round
         wanted = min(num_envs, episodes - len(results))
         while counted.sum() < wanted:
             with torch.inference_mode():
-                action, _, _ = agent.act(torch.from_numpy(obs).to(dev), deterministic=deterministic)
+                starts = torch.from_numpy(~envs.valid).to(dev)
+                action, _, _ = agent.act(torch.from_numpy(obs).to(dev), deterministic=deterministic,
+                                         state=rnn_state, starts=starts)
             step = envs.step(envs.env_action(action.cpu().numpy()))
             obs = step.obs
             for env, ep_return, ep_length in step.episodes:

@@ -96,11 +96,12 @@ def limit_blas_threads(ranks_on_this_machine: int) -> int | None:
 
 
 def use_numba_policy(config: PPOConfig, agent: Agent, device: torch.device) -> bool:
-    """Whether the Numba kernels serve this run's policy (``--policy-kernel``): float32 MLPs with
-    a categorical or Gaussian head on the CPU."""
+    """Whether the Numba kernels serve this run's policy (``--policy-kernel``): float32
+    feed-forward MLPs with a categorical or Gaussian head on the CPU."""
     fits = agent.body is None and device.type == "cpu" and not agent.bf16 and not agent.nvec
     if config.policy_kernel == "numba" and not fits:
         head = " and a factorized categorical head" if agent.nvec else ""
+        head += f" with a {config.recurrent} core" if agent.recurrent else ""
         raise ValueError("policy_kernel: 'numba' serves float32 MLP policies with categorical or "
                          f"Gaussian heads on the CPU; this run has network {agent.network!r}"
                          f"{head} on {device.type}{' in bf16' if agent.bf16 else ''}")
@@ -112,7 +113,14 @@ def use_compile(config: PPOConfig, network: str, device: torch.device) -> bool:
     CUDA graphs), and for the CNN on the CPU, where the compiled policy call also fuses the uint8
     conversion and the sampling; off for MLPs on the CPU, whose ops are too small for a compiled
     call's fixed cost to pay off (the Numba kernels serve them). bench/README.md, "Design
-    measurements", has the end-to-end numbers."""
+    measurements", has the end-to-end numbers. Never for a recurrent policy (ValueError for
+    ``on``): its unroll cuts the sequences where episodes start, a shape that depends on the
+    data."""
+    if config.recurrent != "none":  # its unroll cuts sequences at resets: not a static graph
+        if config.compile == "on":
+            raise ValueError("compile: 'on' is not available for recurrent policies; use auto "
+                             "or off")
+        return False
     if config.compile == "auto":
         return device.type == "cuda" or network == "nature_cnn"
     return config.compile == "on"
@@ -164,6 +172,15 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
 
         return act
 
+    if agent.recurrent:  # the carried state of the slot's envs, updated in place
+        def act(slot):
+            with torch.inference_mode():
+                out = agent.act(slot.obs, slot.noise, state=slot.rnn_state, starts=~slot.valid)
+                for dest, value in zip(slot.policy, out):
+                    dest.copy_(value)
+
+        return act
+
     policy = agent.act
     if compiled:
         cuda = next(agent.parameters()).device.type == "cuda"
@@ -208,6 +225,10 @@ class MinibatchStep:
         self._old: dict[str, torch.Tensor] = {}
         self._numba, self._advantages = None, (None, None)
         self._policy = agent
+        if agent.recurrent:  # minibatches of whole sequences (Trainer.minibatch_rows)
+            steps = config.num_steps
+            self._policy = lambda obs, starts, rnn_start: agent.unroll(
+                obs, starts, rnn_start[:obs.shape[0] // steps], steps)
         self.compiles = False  # whether the first call compiles the Numba kernels
         if self.numba:
             from fastppo.kernels import mlp_step_numba
@@ -253,8 +274,9 @@ class MinibatchStep:
         return loss, stats, self._apply()
 
     # ------------------------------------------------------------------ paths
-    def _forward(self, obs, actions, logprobs, advantages, values, returns, weights, old):
-        dist, new_values = self._policy(obs)
+    def _forward(self, obs, actions, logprobs, advantages, values, returns, weights, old,
+                 sequences):
+        dist, new_values = self._policy(obs, *sequences)
         extra = dict(old, kl_coef=self.kl_coef) if self.penalty else {}
         loss, stats = self.loss_fn(*dist, actions, logprobs, advantages, new_values, values,
                                    returns, weights=weights, **extra)
@@ -268,9 +290,11 @@ class MinibatchStep:
         weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
         # the old policy's rows (its log-std is one (D,) row for all)
         old = {k: v if k == "old_log_std" else v[idx] for k, v in self._old.items()}
+        # a recurrent policy's rows: where episodes start, and the sequences' start states
+        sequences = [b[k][idx] for k in ("starts", "rnn_start") if k in b]
         loss, stats = self._forward(b["obs"][idx], b["actions"][idx], b["logprobs"][idx],
                                     advantages[idx], b["values"][idx], b["returns"][idx],
-                                    weights, old)
+                                    weights, old, sequences)
         for p in self.params:
             p.grad = None
         loss.backward()

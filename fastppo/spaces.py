@@ -28,9 +28,10 @@ a Box of K observations (``stacked_space``): an image's K frames stacked along i
 ``FrameStack`` keeps them per env; a reset observation fills all K.
 
 Actions (``ActionSpec``): Discrete (a categorical), Box (a diagonal Gaussian over its flattened
-entries; actions are clipped to the bounds before the env sees them), MultiDiscrete (a factorized categorical, one
-categorical per entry: log-probs and entropies add up) and MultiBinary (a factorized categorical
-of two-way factors). Discrete and MultiDiscrete ``start`` offsets are added on the way to the env.
+entries; actions are clipped to the bounds before the env sees them), MultiDiscrete (a
+factorized categorical, one categorical per entry: log-probs and entropies add up) and
+MultiBinary (a factorized categorical of two-way factors). Discrete and MultiDiscrete ``start``
+offsets are added on the way to the env.
 """
 
 from __future__ import annotations

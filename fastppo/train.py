@@ -151,7 +151,7 @@ class Trainer:
                                     torch.uint8 if encoder.dtype == np.uint8 else torch.float32,
                                     spec.shape, torch.float32 if spec.continuous else torch.int64,
                                     self.device, noise_shape=spec.shape, parts=self.envs.slices,
-                                    old_policy=old_policy)
+                                    old_policy=old_policy, state_size=self.agent.state_size)
         # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
         # normalizes advantages with cross-rank statistics and all-reduces the gradients.
         numba, compiled = use_numba_policy(config, self.agent, self.device), \
@@ -273,6 +273,7 @@ class Trainer:
         actions_log = np.empty((T, self.config.num_envs, *self.env_action_shape),
                                self.env_action_dtype)
         buf.noise.copy_(self.agent.noise((T, self.config.num_envs), self.device))
+        buf.begin_rollout()
         for t in range(T + 1):
             for part in range(envs.parts):
                 if t > 0:
@@ -304,7 +305,8 @@ class Trainer:
 
         buf = self.buffer
         with torch.inference_mode():
-            next_value = self.agent.value(buf.next_obs)
+            next_value = self.agent.value(buf.next_obs, buf.rnn_state, buf.next_done) \
+                if self.agent.recurrent else self.agent.value(buf.next_obs)
         # values[t+1] after a done step is V(final obs): truncations bootstrap from it, and the
         # reset step that follows is masked by ``valid``.
         return gae(buf.rewards, buf.values, buf.terminated, buf.truncated, next_value,
@@ -321,6 +323,18 @@ class Trainer:
         out = advantages.clone()
         out[idx] = normalize_advantages(advantages[idx], weights[idx], self.ctx)
         return out
+
+    def minibatch_rows(self) -> torch.Tensor:
+        """One epoch's order of the flat rows, minibatch after minibatch: shuffled rows, or for
+        a recurrent policy whole env sequences (num_envs / num_minibatches shuffled envs per
+        minibatch, each minibatch's rows time-major: row t * b + i is step t of its env i)."""
+        cfg = self.config
+        if not self.agent.recurrent:
+            return torch.randperm(cfg.batch_size, device=self.device)
+        T, N, M = cfg.num_steps, cfg.num_envs, cfg.num_minibatches
+        envs = torch.randperm(N, device=self.device).view(M, 1, N // M)
+        steps = torch.arange(T, device=self.device).view(1, T, 1)
+        return (steps * N + envs).reshape(-1)
 
     def update_policy(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         """``update_epochs`` passes of shuffled minibatches; returns the update's statistics
@@ -345,7 +359,7 @@ class Trainer:
         self.step.set_batch({"obs": buf.flat("obs"), "actions": buf.flat("actions"),
                              "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
                              "returns": returns.reshape(-1), "weights": b_weights,
-                             **buf.old_policy_batch()},
+                             **buf.old_policy_batch(), **buf.sequences()},
                             kl_coef=self.kl_coef if self.penalty else None)
         M, mb_size = cfg.num_minibatches, cfg.minibatch_size
         names = STAT_NAMES
@@ -355,7 +369,7 @@ class Trainer:
         records = torch.zeros(cfg.update_epochs * M, S + 4, device=self.device)
         taken = 0
         for epoch in range(cfg.update_epochs):
-            perm = torch.randperm(cfg.batch_size, device=self.device)
+            perm = self.minibatch_rows()
             mb_weights = b_weights[perm].view(M, mb_size).sum(1)
             # sync (once per epoch): which minibatches carry weight
             skip = [False] * M if ctx.distributed else (mb_weights == 0).tolist()

@@ -98,3 +98,32 @@ class TextObservation(MatchCue):
 
 gym.register("TextObservation-v0", entry_point=TextObservation)
 gym.register("MatchCode-v0", entry_point=MatchCode)
+
+
+class RecallCue(gym.Env):
+    """A memory task: the first observation shows one of two cues, the next ``delay`` show
+    nothing, the last asks for the cue (its third entry is 1); answering it (the action at that
+    step) pays 1. Best return 1; a policy without memory gets 0.5 at best."""
+
+    delay = 4
+    observation_space = spaces.Box(0, 1, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.cue = 0, int(self.np_random.integers(0, 2))
+        return self._obs(), {}
+
+    def _obs(self):
+        obs = np.zeros(3, np.float32)
+        if self.t == 0:
+            obs[self.cue] = 1.0
+        if self.t == self.delay + 1:
+            obs[2] = 1.0
+        return obs
+
+    def step(self, action):
+        if self.t == self.delay + 1:
+            return self._obs(), float(int(action) == self.cue), True, False, {}
+        self.t += 1
+        return self._obs(), 0.0, False, False, {}

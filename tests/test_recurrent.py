@@ -1,0 +1,128 @@
+"""Recurrent policies (--recurrent lstm|gru): the unroll against step-by-step stepping, the
+carried state through rollouts, checkpoints and evaluation, whole-sequence minibatches, and a
+memory task only a recurrent policy solves."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastppo.agent import Agent
+from fastppo.cli import main
+from fastppo.config import make_config
+from fastppo.evaluate import evaluate
+from fastppo.train import train
+from tests import space_envs
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("network, obs_shape", [("mlp", (5,)), ("nature_cnn", (2, 36, 36))])
+def test_unroll_equals_stepping_with_resets_at_every_position(kind, network, obs_shape):
+    """Training's unroll over sequences gives what the rollout's step-by-step calls gave, with
+    episodes starting at every step of some sequence (and none in others)."""
+    torch.manual_seed(0)
+    agent = Agent(network, obs_shape, 3, continuous=False, hidden_size=16, recurrent=kind,
+                  rnn_hidden_size=8)
+    steps, b = 6, 8
+    obs = torch.randint(0, 256, (steps * b, *obs_shape), dtype=torch.uint8) \
+        if network == "nature_cnn" else torch.randn(steps * b, *obs_shape)
+    starts = torch.zeros(steps, b, dtype=torch.bool)
+    for t in range(steps):
+        starts[t, t] = True  # sequence t restarts at step t
+    starts[:, 7] = True  # sequence 7 restarts at every step
+    state0 = torch.randn(b, agent.state_size)
+    dist, value = agent.unroll(obs, starts.reshape(-1), state0, steps)
+    state, logits, values = state0.clone(), [], []
+    for t in range(steps):
+        rows = slice(t * b, (t + 1) * b)
+        d, v, state = agent.step(obs[rows], state, starts[t])
+        logits.append(d[0])
+        values.append(v)
+    torch.testing.assert_close(dist[0], torch.cat(logits), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(value, torch.cat(values), rtol=1e-5, atol=1e-6)
+    # a restart forgets everything before it: sequence 7 is its observations one at a time
+    fresh = [agent.step(obs[t * b + 7:t * b + 8], torch.zeros(1, agent.state_size),
+                        torch.ones(1, dtype=torch.bool))[0][0] for t in range(steps)]
+    torch.testing.assert_close(dist[0].view(steps, b, 3)[:, 7], torch.cat(fresh), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_act_carries_the_state_in_place_and_zeroes_it_at_starts():
+    torch.manual_seed(0)
+    agent = Agent("mlp", (4,), 2, continuous=False, recurrent="lstm", rnn_hidden_size=4)
+    obs, state = torch.randn(3, 4), torch.randn(3, agent.state_size)
+    before = state.clone()
+    starts = torch.tensor([True, False, False])
+    agent.act(obs, torch.rand(3), state=state, starts=starts)
+    _, _, want = agent.step(obs, before, starts)
+    torch.testing.assert_close(state, want)
+    _, _, from_zero = agent.step(obs[:1], torch.zeros(1, agent.state_size), starts[:1])
+    torch.testing.assert_close(state[:1], from_zero)
+    with pytest.raises(TypeError, match="recurrent Agent reads sequences"):
+        agent(obs)
+
+
+def test_minibatches_are_whole_env_sequences(tmp_path):
+    config = make_config("CartPole-v1", recurrent="gru", rnn_hidden_size=8, num_envs=8,
+                         num_steps=16, num_minibatches=4, total_timesteps=128,
+                         tensorboard=False)
+    trainer = train(config, tmp_path, progress=False)["trainer"]
+    rows = trainer.minibatch_rows().view(4, 16, 2)  # minibatch, step, env of the minibatch
+    envs = rows % 8
+    assert (envs == envs[:, :1]).all()  # the same envs at every step
+    assert ((rows // 8) == torch.arange(16).view(1, 16, 1)).all()  # time-major
+    assert sorted(rows.flatten().tolist()) == list(range(128))
+
+
+@pytest.mark.parametrize("kind, async_envs", [("lstm", "on"), ("gru", "off")])
+def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs):
+    config = make_config("CartPole-v1", recurrent=kind, rnn_hidden_size=16, num_envs=4,
+                         num_steps=32, num_minibatches=2, update_epochs=2, total_timesteps=512,
+                         async_envs=async_envs, tensorboard=False, checkpoint_every=1)
+    full = train(config, tmp_path / "full", progress=False)
+    train(config, tmp_path / "part", stop_after_updates=2, progress=False)
+    resumed = train(config, tmp_path / "part", resume=True, progress=False)
+    for (name, p), q in zip(full["trainer"].agent.named_parameters(),
+                            resumed["trainer"].agent.parameters()):
+        assert torch.equal(p, q), name
+    assert torch.equal(full["trainer"].buffer.rnn_state, resumed["trainer"].buffer.rnn_state)
+    assert full["trainer"].buffer.rnn_state.abs().sum() > 0  # a state was carried
+
+
+@pytest.mark.parametrize("kind, threshold", [("lstm", 0.95), ("gru", 0.95), ("none", None)])
+def test_memory_task_needs_the_recurrent_core(tmp_path, kind, threshold):
+    """RecallCue: answer a cue seen 5 steps earlier. The recurrent policies learn it; the MLP
+    cannot beat chance (0.5 in expectation); the evaluation carries the state through each
+    episode, so it answers right too."""
+    config = make_config("RecallCue", recurrent=kind, rnn_hidden_size=32,
+                         total_timesteps=12_288, tensorboard=False)
+    result = train(config, tmp_path, progress=False, env_fn=space_envs.RecallCue)
+    if threshold is None:
+        assert result["recent_mean_return"] < 0.9
+        return
+    assert result["recent_mean_return"] >= threshold
+    summary = evaluate(tmp_path, episodes=20, deterministic=True, env_fn=space_envs.RecallCue)
+    assert summary["mean_return"] >= threshold
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--recurrent", "lstm", "--num-envs", "6"], "num_envs (6) must be a multiple of"),
+    (["--recurrent", "gru", "--loss", "penalty"], "penalty is not available for recurrent"),
+    (["--recurrent", "lstm", "--compile", "on"], "--compile: on is not available"),
+    (["--recurrent", "lstm", "--policy-kernel", "numba"], "numba serves feed-forward MLP"),
+])
+def test_recurrent_refusals_are_one_line(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "CartPole-v1", "--run-dir", str(tmp_path / "run"), *options])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_recurrent_cnn_trains_and_evaluates(tmp_path):
+    """An LSTM after the CNN (CleanRL's ppo_atari_lstm layout) on MiniGrid's memory room."""
+    run = tmp_path / "run"
+    assert main(["train", "MiniGrid-MemoryS7-v0", "--recurrent", "lstm", "--run-dir", str(run),
+                 "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2",
+                 "--total-timesteps", "64", "--no-progress"]) == 0
+    summary = evaluate(run, episodes=1)
+    assert summary["episodes"] == 1 and np.isfinite(summary["mean_return"])
