@@ -62,6 +62,19 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
     assert obs_count > 5 * steps_per_update
 
 
+def test_two_ranks_keep_equal_recurrent_parameters(tmp_path):
+    """--recurrent gru: whole-sequence minibatches on each rank, advantages normalized and
+    gradients all-reduced across ranks: the ranks' parameters stay bitwise equal."""
+    run_dir = tmp_path / "run"
+    _torchrun_train("CartPole-v1", "--run-dir", str(run_dir), "--recurrent", "gru",
+                    "--rnn-hidden-size", "16", "--num-envs", "4", "--num-steps", "32",
+                    "--num-minibatches", "2", "--total-timesteps", str(3 * 2 * 4 * 32),
+                    "--no-tensorboard", FASTPPO_PARAM_HASHES="1")
+    rank0, rank1 = _hashes(run_dir, 0), _hashes(run_dir, 1)
+    assert [u for u, _ in rank0] == [1, 2, 3] and rank0 == rank1
+    assert len({h for _, h in rank0}) == 3
+
+
 def test_two_ranks_adapt_the_same_kl_coef(tmp_path):
     """--loss penalty: beta adapts from the update's KL averaged over both ranks' rows, so both
     ranks use the same beta and keep bitwise-equal parameters; rank 0 logs and saves it."""
