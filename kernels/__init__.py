@@ -1,6 +1,7 @@
 """fastppo.kernels: fused PPO ops with torch, Numba and Triton backends behind one API.
 
     from fastppo.kernels import gae, ppo_loss, ppo_loss_gaussian, ppo_loss_multi_categorical
+    from fastppo.kernels import token_ppo_loss, token_logprobs   # LLM trainers (token level)
 
 Also exported: ``BACKENDS`` (the ``backend=`` names), ``resolve_backend`` (the backend
 ``"auto"`` or a name picks for a device), ``STAT_NAMES`` (the keys of the stats the losses
@@ -18,6 +19,8 @@ from .gae import gae
 from .policy_numba import MLPPolicyKernel, policy_noise
 from .ppo_loss import STAT_NAMES, ppo_loss, ppo_loss_gaussian
 from .ppo_loss_multi import ppo_loss_multi_categorical
+from .token_ppo_loss import token_logprobs, token_ppo_loss
 
 __all__ = ["BACKENDS", "HALF_LOG_2PI", "STAT_NAMES", "MLPPolicyKernel", "gae", "policy_noise",
-           "ppo_loss", "ppo_loss_gaussian", "ppo_loss_multi_categorical", "resolve_backend"]
+           "ppo_loss", "ppo_loss_gaussian", "ppo_loss_multi_categorical", "resolve_backend",
+           "token_logprobs", "token_ppo_loss"]

@@ -1,0 +1,359 @@
+"""fastppo.kernels.token_ppo_loss / token_logprobs against a float64 oracle written straight
+from the issue's equations with full (B, T, V) logits, differentiated by autograd.
+
+The grid: clip (asymmetric), dual clip, each KL estimator (k1, k2, k3, exact from logits and
+from a reference head), entropy bonus, temperature, each aggregation with and without a
+normalizer, bool and float masks with empty sequences, vocabularies that are not a multiple of
+the chunk (and token chunks that do not divide B T); hidden + weight (+ bias) against logits;
+gradcheck in float64; bf16 inputs; bad input, one line each.
+"""
+
+import math
+
+import pytest
+import torch
+
+from fastppo.kernels import token_logprobs, token_ppo_loss
+
+B, T, H, V = 3, 8, 6, 37
+CHUNKS = [(5, 8), (24, 37), (7, 64)]  # (tokens, vocab): ragged, whole, wider than V
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+def oracle(z, tokens, old_lp, adv, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None,
+           kl_coef=0.0, kl_estimator="k3", ref_lp=None, ref_z=None, ent_coef=0.0,
+           temperature=1.0, agg="token-mean", normalizer=None):
+    """(loss, stats) in float64 from full logits ``z`` (B, T, V), the equations as written."""
+    z = z / temperature
+    logp = torch.log_softmax(z, -1)
+    p = logp.exp()
+    lp = logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(lp - old_lp)
+    pg1, pg2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    pg = torch.max(pg1, pg2)
+    lower = torch.zeros_like(pg, dtype=torch.bool)
+    if dual_clip is not None:
+        pg3 = -adv * dual_clip
+        lower = (adv < 0) & (pg3 < pg)
+        pg = torch.where(adv < 0, torch.min(pg, pg3), pg)
+    entropy = -(p * logp).sum(-1)
+    kl = None
+    if ref_z is not None:
+        ref_logp = torch.log_softmax(ref_z / temperature, -1)
+        kl = (p * (logp - ref_logp)).sum(-1)
+    elif ref_lp is not None:
+        d = lp - ref_lp
+        kl = {"k1": d, "k2": d**2 / 2, "k3": torch.exp(-d) + d - 1}[kl_estimator]
+    loss_tok = pg - ent_coef * entropy + (kl_coef * kl if kl is not None else 0)
+    m = mask.double()
+    if agg == "token-mean":
+        loss = (m * loss_tok).sum() / (normalizer or m.sum())
+    elif agg == "seq-mean-token-mean":
+        per_seq, nonempty = m.sum(1), m.sum(1) > 0
+        seq = (m * loss_tok).sum(1)[nonempty] / per_seq[nonempty]
+        loss = seq.sum() / (normalizer or nonempty.sum())
+    else:
+        loss = (m * loss_tok).sum() / (normalizer or m.shape[0])
+    mean = lambda x: (m * x.double()).sum() / m.sum()  # noqa: E731
+    stats = dict(clipfrac=mean(pg2 > pg1), clipfrac_lower=mean(lower), ppo_kl=mean(old_lp - lp),
+                 entropy=mean(entropy))
+    if kl is not None:
+        stats["kl"] = mean(kl)
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def inputs(seed=0, dtype=torch.float64, bias=True):
+    """hidden, weight, bias, tokens, old_lp, adv, ref_lp, ref head (hidden, weight, bias) and a
+    float mask with an empty sequence (row 1); old log-probs off by about 0.7 so ratios fall
+    inside and beyond the clip range."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    hidden, weight = r(B, T, H), r(V, H)
+    b = r(V) if bias else None
+    z = hidden @ weight.T + (b if bias else 0)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    lp = torch.log_softmax(z, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    old_lp = lp + 0.7 * r(B, T)
+    adv = 1.5 * r(B, T)
+    ref = (hidden + 0.3 * r(B, T, H), weight + 0.3 * r(V, H), b)
+    ref_lp = lp + 0.3 * r(B, T)
+    mask = torch.rand(B, T, generator=g, dtype=torch.float64).round()
+    mask[0, 0], mask[1] = 1.0, 0.0
+    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    return dict(hidden=cast(hidden), weight=cast(weight), bias=cast(b), tokens=tokens,
+                old_logprobs=cast(old_lp), advantages=cast(adv), ref_logprobs=cast(ref_lp),
+                ref=tuple(map(cast, ref)), mask=mask.to(dtype))
+
+
+def full_logits(x, ref=False):
+    h, w, b = x["ref"] if ref else (x["hidden"], x["weight"], x["bias"])
+    return h.double() @ w.double().T + (0 if b is None else b.double())
+
+
+def run_both(x, opts, use_logits=False, chunk_size=(4, 8)):
+    """The op's (loss, stats, grads) and the oracle's, grads over hidden, weight, bias (or
+    logits)."""
+    kw = dict(opts)
+    exact = kw.get("kl_estimator") == "exact"
+    ref_kw = {}
+    if exact:
+        ref_kw = dict(ref_hidden=x["ref"][0], ref_weight=x["ref"][1], ref_bias=x["ref"][2])
+    elif "kl_coef" in kw:
+        ref_kw = dict(ref_logprobs=x["ref_logprobs"])
+    if use_logits:
+        leaves = [full_logits(x).to(x["hidden"].dtype).requires_grad_()]
+        head = dict(logits=leaves[0])
+    else:
+        leaves = [x[k].detach().clone().requires_grad_() for k in ("hidden", "weight", "bias")]
+        head = dict(zip(("hidden", "weight", "bias"), leaves))
+    loss, stats = token_ppo_loss(**head, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                 advantages=x["advantages"], mask=x["mask"], **ref_kw, **kw,
+                                 chunk_size=chunk_size)
+    grads = torch.autograd.grad(loss, leaves)
+
+    o_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    z = o_leaves[0] if use_logits else \
+        o_leaves[0] @ o_leaves[1].T + o_leaves[2]
+    okw = dict(kw)
+    if exact:
+        okw["ref_z"] = full_logits(x, ref=True)
+    elif "kl_coef" in kw:
+        okw["ref_lp"] = x["ref_logprobs"].double()
+    d = lambda k: x[k].double()  # noqa: E731
+    o_loss, o_stats = oracle(z, x["tokens"], d("old_logprobs"), d("advantages"), d("mask"), **okw)
+    o_grads = torch.autograd.grad(o_loss, o_leaves)
+    return (loss, stats, grads), (o_loss.detach(), o_stats, o_grads)
+
+
+def check(got, want, tol):
+    (loss, stats, grads), (o_loss, o_stats, o_grads) = got, want
+    assert loss.dim() == 0
+    torch.testing.assert_close(loss.double(), o_loss, **tol)
+    assert set(stats) == set(o_stats)
+    for k, v in o_stats.items():
+        assert stats[k].dim() == 0 and not stats[k].requires_grad
+        torch.testing.assert_close(stats[k].double(), v, **tol, msg=k)
+    for g, o in zip(grads, o_grads):
+        assert g.shape == o.shape
+        scale = o.abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(g.double() / scale, o / scale, **tol)
+
+
+F64 = dict(rtol=1e-9, atol=1e-11)
+
+GRID = [
+    dict(),
+    dict(clip_low=0.1, clip_high=0.28),
+    dict(clip_low=0.2, clip_high=0.3, dual_clip=1.5),
+    dict(kl_coef=0.5, kl_estimator="k1"),
+    dict(kl_coef=0.5, kl_estimator="k2"),
+    dict(kl_coef=0.5, kl_estimator="k3", ent_coef=0.01),
+    dict(kl_coef=0.7, kl_estimator="exact"),
+    dict(kl_coef=0.7, kl_estimator="exact", ent_coef=0.05, dual_clip=1.4),
+    dict(kl_coef=0.7, kl_estimator="exact", ent_coef=0.05, temperature=0.7),
+    dict(ent_coef=-0.1, temperature=1.6),
+]
+AGGS = [dict(agg="token-mean"), dict(agg="seq-mean-token-mean"),
+        dict(agg="seq-mean-token-sum"), dict(agg="token-mean", normalizer=20.0),
+        dict(agg="seq-mean-token-mean", normalizer=4.0),
+        dict(agg="seq-mean-token-sum", normalizer=7.0)]
+
+
+@pytest.mark.parametrize("opts", GRID, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+                         or "default")
+@pytest.mark.parametrize("chunks", CHUNKS, ids=str)
+def test_options_match_oracle(opts, chunks):
+    x = inputs()
+    got, want = run_both(x, opts, chunk_size=chunks)
+    if "dual_clip" in opts:
+        assert 0 < want[1]["clipfrac_lower"] < want[1]["clipfrac"] < 1
+    else:
+        assert 0 < want[1]["clipfrac"] < 1 and want[1]["clipfrac_lower"] == 0
+    check(got, want, F64)
+
+
+@pytest.mark.parametrize("agg", AGGS, ids=lambda o: ",".join(f"{v}" for v in o.values()))
+@pytest.mark.parametrize("use_logits", [False, True], ids=["hidden", "logits"])
+def test_aggregations_match_oracle(agg, use_logits):
+    x = inputs(seed=1)
+    opts = dict(agg, kl_coef=0.3, kl_estimator="k3", ent_coef=0.02, dual_clip=1.5)
+    check(*run_both(x, opts, use_logits=use_logits, chunk_size=(6, 10)), F64)
+
+
+def test_bool_mask_and_no_mask():
+    x = inputs(seed=2)
+    x_bool = dict(x, mask=x["mask"] > 0)
+    got, want = run_both(x_bool, dict(agg="seq-mean-token-mean"))
+    check(got, want, F64)
+    x_none = dict(x, mask=torch.ones(B, T, dtype=torch.float64))
+    _, want = run_both(x_none, dict(ent_coef=0.1))
+    loss, stats = token_ppo_loss(hidden=x["hidden"], weight=x["weight"], bias=x["bias"],
+                                 tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                 advantages=x["advantages"], ent_coef=0.1)
+    torch.testing.assert_close(loss.double(), want[0], **F64)
+
+
+def test_all_masked_is_zero_not_nan():
+    x = inputs()
+    x["hidden"].requires_grad_()
+    for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+        loss, stats = token_ppo_loss(hidden=x["hidden"], weight=x["weight"], tokens=x["tokens"],
+                                     old_logprobs=x["old_logprobs"], agg=agg,
+                                     advantages=x["advantages"], mask=torch.zeros(B, T))
+        (grad,) = torch.autograd.grad(loss, [x["hidden"]])
+        assert loss == 0 and all(v == 0 for v in stats.values()) and torch.all(grad == 0)
+
+
+def test_hidden_path_equals_logits_path():
+    x = inputs(seed=3)
+    opts = dict(kl_coef=0.4, kl_estimator="exact", ent_coef=0.01, temperature=0.9)
+    (loss_h, stats_h, grads_h), _ = run_both(x, opts, chunk_size=(4, 16))
+    # exact KL with reference logits instead of the reference head
+    z = full_logits(x).requires_grad_()
+    loss_z, stats_z = token_ppo_loss(logits=z, ref_logits=full_logits(x, ref=True),
+                                     tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                     advantages=x["advantages"], mask=x["mask"], **opts,
+                                     chunk_size=(4, 16))
+    (dz,) = torch.autograd.grad(loss_z, [z])
+    torch.testing.assert_close(loss_z, loss_h, **F64)
+    for k in stats_h:
+        torch.testing.assert_close(stats_z[k], stats_h[k], **F64)
+    # dL/dh = dL/dz W, dL/dW = dL/dz^T h, dL/db = sum dL/dz
+    dz2 = dz.reshape(-1, V)
+    torch.testing.assert_close(grads_h[0].reshape(-1, H), dz2 @ x["weight"], **F64)
+    torch.testing.assert_close(grads_h[1], dz2.T @ x["hidden"].reshape(-1, H), **F64)
+    torch.testing.assert_close(grads_h[2], dz2.sum(0), **F64)
+
+
+def test_gradcheck_float64():
+    x = inputs(seed=4)
+    hidden, weight, bias = (x[k].detach().clone().requires_grad_()
+                            for k in ("hidden", "weight", "bias"))
+    ref = x["ref"]
+
+    def f(hidden, weight, bias):
+        return token_ppo_loss(hidden=hidden, weight=weight, bias=bias, tokens=x["tokens"],
+                              old_logprobs=x["old_logprobs"], advantages=x["advantages"],
+                              mask=x["mask"], dual_clip=1.5, kl_coef=0.5, kl_estimator="exact",
+                              ref_hidden=ref[0], ref_weight=ref[1], ref_bias=ref[2],
+                              ent_coef=0.1, temperature=1.3, agg="seq-mean-token-mean",
+                              chunk_size=(4, 8))[0]
+
+    assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+    z = full_logits(x).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: token_ppo_loss(logits=z, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                 advantages=x["advantages"], kl_coef=0.5, kl_estimator="k2",
+                                 ref_logprobs=x["ref_logprobs"], ent_coef=0.1,
+                                 chunk_size=(4, 8))[0], (z,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    """fp32 compute from low-precision inputs: the oracle runs in float64 on the same (rounded)
+    values, so what is left is the fp32 arithmetic (the fitted tolerance), not the rounding."""
+    x = inputs(seed=5, dtype=dtype)
+    got, want = run_both(x, dict(kl_coef=0.5, kl_estimator="exact", ent_coef=0.02,
+                                 dual_clip=1.5), chunk_size=(4, 8))
+    loss, stats, grads = got
+    assert loss.dtype == torch.float32
+    assert [g.dtype for g in grads] == [dtype] * 3
+    # gradients come back rounded to the input dtype: its resolution bounds them
+    grad_tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    check((loss, stats, []), want[:2] + ([],), dict(rtol=1e-5, atol=1e-5))
+    for g, o in zip(grads, want[2]):
+        scale = o.abs().max()
+        torch.testing.assert_close(g.double() / scale, o / scale, rtol=grad_tol, atol=grad_tol)
+
+
+@pytest.mark.parametrize("use_logits", [False, True])
+def test_token_logprobs_matches_oracle(use_logits):
+    x = inputs(seed=6)
+    z = full_logits(x)
+    head = dict(logits=z) if use_logits else dict(hidden=x["hidden"], weight=x["weight"],
+                                                  bias=x["bias"])
+    lp, ent = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, chunk_size=(4, 8))
+    logp = torch.log_softmax(z / 0.8, -1)
+    torch.testing.assert_close(lp, logp.gather(-1, x["tokens"].unsqueeze(-1)).squeeze(-1), **F64)
+    torch.testing.assert_close(ent, -(logp.exp() * logp).sum(-1), **F64)
+    only = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, with_entropy=False)
+    torch.testing.assert_close(only, lp, **F64)
+    assert not lp.requires_grad
+
+
+def test_large_logits_are_stable():
+    """Logits of magnitude 1e3-1e4 (exp would overflow without the running max)."""
+    x = inputs(seed=7)
+    z = 500 * full_logits(x)
+    ref = 500 * full_logits(x, ref=True)
+    loss, stats = token_ppo_loss(logits=z, ref_logits=ref, kl_coef=0.1, kl_estimator="exact",
+                                 ent_coef=0.1, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                 advantages=x["advantages"], chunk_size=(4, 8))
+    o_loss, o_stats = oracle(z, x["tokens"], x["old_logprobs"], x["advantages"],
+                             torch.ones(B, T), ref_z=ref, kl_coef=0.1, ent_coef=0.1)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, o_loss, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(stats["kl"], o_stats["kl"], rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _base():
+    x = inputs()
+    return dict(hidden=x["hidden"], weight=x["weight"], tokens=x["tokens"],
+                old_logprobs=x["old_logprobs"], advantages=x["advantages"])
+
+
+BAD = [
+    (dict(hidden=None), TypeError, "hidden"),
+    (dict(logits=torch.zeros(B, T, V)), ValueError, "hidden: expected None"),
+    (dict(hidden=torch.zeros(B, T)), ValueError, "hidden"),
+    (dict(weight=torch.zeros(V, H + 1, dtype=torch.float64)), ValueError, "weight"),
+    (dict(weight=torch.zeros(V, H)), TypeError, "weight"),
+    (dict(bias=torch.zeros(V + 1, dtype=torch.float64)), ValueError, "bias"),
+    (dict(tokens=torch.zeros(B, T)), TypeError, "tokens"),
+    (dict(tokens=torch.zeros(B, T + 1, dtype=torch.long)), ValueError, "hidden"),
+    (dict(tokens=torch.full((B, T), V)), IndexError, "tokens"),
+    (dict(old_logprobs=torch.zeros(B, T + 1)), ValueError, "old_logprobs"),
+    (dict(advantages=torch.zeros(B, T, dtype=torch.long)), TypeError, "advantages"),
+    (dict(mask=torch.zeros(B, T, dtype=torch.long)), TypeError, "mask"),
+    (dict(mask=torch.zeros(B)), ValueError, "mask"),
+    (dict(clip_low=1.5), ValueError, "clip_low"),
+    (dict(clip_high=-0.1), ValueError, "clip_high"),
+    (dict(dual_clip=1.0), ValueError, "dual_clip"),
+    (dict(dual_clip="3"), TypeError, "dual_clip"),
+    (dict(kl_coef=-1.0), ValueError, "kl_coef"),
+    (dict(kl_estimator="k4"), ValueError, "kl_estimator"),
+    (dict(kl_coef=0.1), ValueError, "ref_logprobs"),
+    (dict(kl_coef=0.1, kl_estimator="exact"), ValueError, "ref_logits"),
+    (dict(kl_estimator="exact", ref_logprobs=torch.zeros(B, T)), ValueError, "ref_logprobs"),
+    (dict(ref_logits=torch.zeros(B, T, V)), ValueError, "ref_logits"),
+    (dict(kl_estimator="exact", ref_logits=torch.zeros(B, T, V + 1)), ValueError, "ref_logits"),
+    (dict(kl_estimator="exact", ref_hidden=torch.zeros(B, T, H)), TypeError, "ref_weight"),
+    (dict(ref_logprobs=torch.zeros(B, T - 1)), ValueError, "ref_logprobs"),
+    (dict(temperature=0.0), ValueError, "temperature"),
+    (dict(agg="seq-mean"), ValueError, "agg"),
+    (dict(normalizer=0), ValueError, "normalizer"),
+    (dict(chunk_size=0), ValueError, "chunk_size"),
+    (dict(chunk_size=(4, 8, 2)), ValueError, "chunk_size"),
+    (dict(backend="cuda"), ValueError, "backend"),
+    (dict(ent_coef=math.inf), ValueError, "ent_coef"),
+]
+
+
+@pytest.mark.parametrize("change,error,name", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_input_is_one_line_naming_the_argument(change, error, name):
+    with pytest.raises(error) as info:
+        token_ppo_loss(**{**_base(), **change})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(name), message
+
+
+def test_token_logprobs_bad_input():
+    x = _base()
+    with pytest.raises(ValueError, match="^temperature"):
+        token_logprobs(hidden=x["hidden"], weight=x["weight"], tokens=x["tokens"],
+                       temperature=-1)
+    with pytest.raises(TypeError, match="^weight"):
+        token_logprobs(hidden=x["hidden"], tokens=x["tokens"])
