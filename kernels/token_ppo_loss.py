@@ -45,8 +45,8 @@ gradient coefficients. The gradient of ``loss`` with respect to z, per token::
 (kc_exact = kl_coef with the exact KL, else 0; dpg/dlp = -A ratio where the unclipped branch
 wins, 0 where the clip or the dual clip binds; at exact ties of the max/min, measure-zero, the
 unclipped branch's gradient is taken.) The backward walks vocabulary chunks (outer) and token
-chunks (inner), recomputes each chunk's logits and accumulates dhidden, dweight (one fp32
-(vocab chunk x H) buffer at a time) and dbias; a logits input gets its gradient chunk by chunk.
+chunks (inner), recomputes each chunk's logits and accumulates dhidden, dweight (fp32, in
+place or through one (vocab chunk x H) buffer at a time) and dbias; a logits input gets its gradient chunk by chunk.
 Gradients flow to hidden, weight, bias or logits only, in their dtypes.
 
 Checks: metadata only (TypeError/ValueError naming the argument, one line); tokens outside
@@ -96,14 +96,20 @@ class _Head(NamedTuple):
         return self if self.hidden is None else self._replace(hidden=self.hidden.to(dtype))
 
     def chunk(self, rows: slice, cols: slice, dtype, temperature: float) -> Tensor:
-        """z[rows, cols] / temperature in ``dtype`` (hidden already cast by ``cast``)."""
+        """z[rows, cols] / temperature in ``dtype`` (hidden already cast by ``cast``), a fresh
+        tensor the caller may overwrite."""
         if self.logits is not None:
-            z = self.logits[rows, cols].to(dtype)
+            z = self.logits[rows, cols].to(dtype, copy=True)
         else:
             z = self.hidden[rows] @ self.weight[cols].to(dtype).T
             if self.bias is not None:
-                z = z + self.bias[cols].to(dtype)
-        return z / temperature if temperature != 1.0 else z
+                z.add_(self.bias[cols].to(dtype))
+        return z.div_(temperature) if temperature != 1.0 else z
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_v a[i, v] b[i, v], without the (rows, v) product."""
+    return torch.einsum("iv,iv->i", a, b)
 
 
 def _chunks(n: int, size: int):
@@ -131,11 +137,12 @@ class _OnlineSoftmax:
         self.mx = self.s = self.e = self.u = None
 
     def update(self, z: Tensor, x: Tensor | None = None) -> None:
+        """Fold in one chunk ``z`` (overwritten) and ``x``, both (tokens, vocabulary chunk)."""
         mx = z.amax(1) if self.mx is None else torch.maximum(self.mx, z.amax(1))
-        shifted = z - mx.unsqueeze(1)
+        shifted = z.sub_(mx.unsqueeze(1))
         ez = shifted.exp()
-        s, e = ez.sum(1), (ez * shifted).sum(1)
-        u = None if x is None else (ez * x).sum(1)
+        s, e = ez.sum(1), _rowdot(ez, shifted)
+        u = None if x is None else _rowdot(ez, x)
         if self.mx is not None:
             scale = (self.mx - mx).exp()
             # the old terms: sum e^(z - mx) (z - mx) = scale (e_old + (mx_old - mx) s_old)
@@ -269,23 +276,27 @@ def _token_terms(sw: _Sweep, old_logprobs, advantages, ref_logprobs, mask, opt: 
 
 
 def _grad_chunk(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
-    """dL/d(raw logits) of one chunk, ``scale`` = grad_loss w / temperature per token:
-    scale (c_lp [v = token] + p_v (alpha + beta log p_v - kc_exact log p_ref,v))."""
-    logp = z - lse.unsqueeze(1)
-    inner = alpha.unsqueeze(1) + beta * logp
+    """dL/d(raw logits) of one chunk (``z``, ``zr`` overwritten), ``scale`` = grad_loss w /
+    temperature per token: scale (c_lp [v = token] + p_v (alpha + beta log p_v - kc_exact
+    log p_ref,v))."""
+    logp = z.sub_(lse.unsqueeze(1))
+    g = torch.addcmul((scale * alpha).unsqueeze(1), logp, (scale * beta).unsqueeze(1))
     if zr is not None:
-        inner = inner - kc_exact * (zr - lse_ref.unsqueeze(1))
-    g = logp.exp() * inner
+        log_ref = zr.sub_(lse_ref.unsqueeze(1))
+        g.addcmul_(log_ref, (-kc_exact * scale).unsqueeze(1))
+    g.mul_(logp.exp_())
     inside = (tok >= cols.start) & (tok < cols.stop)
     local = (tok - cols.start).clamp(0, z.shape[1] - 1).unsqueeze(1)
-    g.scatter_add_(1, local, torch.where(inside, c_lp, 0.0).unsqueeze(1))
-    return g * scale.unsqueeze(1)
+    g.scatter_add_(1, local, torch.where(inside, scale * c_lp, 0.0).unsqueeze(1))
+    return g
 
 
 def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp, alpha,
               opt: _Options, dtype):
     """(dhidden, dweight, dbias) or dlogits, recomputing each chunk's logits (vocabulary
-    chunks outer, token chunks inner: one fp32 dweight chunk buffer at a time)."""
+    chunks outer, token chunks inner). dweight's rows of a vocabulary chunk are summed over
+    the token chunks in place (in the compute dtype: through one (vocabulary chunk, H) buffer
+    at a time for bf16/fp16 weights)."""
     token_chunk, vocab_chunk = opt.chunks
     n, vocab = tokens.shape[0], head.vocab
     kc_exact = opt.kl_coef if ref is not None else 0.0
@@ -296,13 +307,12 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
         dlogits = torch.empty_like(head.logits)
     else:
         dhidden = torch.zeros(head.hidden.shape, dtype=dtype, device=tokens.device)
-        dweight = torch.empty_like(head.weight)
+        dweight = torch.empty(head.weight.shape, dtype=head.weight.dtype, device=tokens.device)
         dbias = None if head.bias is None else torch.empty_like(head.bias)
     for cols in _chunks(vocab, vocab_chunk):
         if head.logits is None:
             w_c = head.weight[cols].to(dtype)
-            dw = torch.zeros(w_c.shape, dtype=dtype, device=w_c.device)
-            db = torch.zeros(w_c.shape[0], dtype=dtype, device=w_c.device)
+            dw = dweight[cols] if dweight.dtype == dtype else torch.empty_like(w_c)
         for rows in _chunks(n, token_chunk):
             z = head.chunk(rows, cols, dtype, opt.temperature)
             zr = None if ref is None else ref.chunk(rows, cols, dtype, opt.temperature)
@@ -312,13 +322,18 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
             if head.logits is not None:
                 dlogits[rows, cols] = g.to(dlogits.dtype)
             else:
-                dhidden[rows] += g @ w_c
-                dw += g.T @ head.hidden[rows]
-                db += g.sum(0)
+                dhidden[rows].addmm_(g, w_c)
+                if rows.start == 0:
+                    torch.mm(g.T, head.hidden[rows], out=dw)
+                    db = g.sum(0)
+                else:
+                    dw.addmm_(g.T, head.hidden[rows])
+                    db += g.sum(0)
         if head.logits is None:
-            dweight[cols] = dw.to(dweight.dtype)
+            if dw.data_ptr() != dweight[cols].data_ptr():
+                dweight[cols] = dw
             if dbias is not None:
-                dbias[cols] = db.to(dbias.dtype)
+                dbias[cols] = db
     if head.logits is not None:
         return None, None, None, dlogits
     return dhidden.to(hidden_dtype), dweight, dbias, None

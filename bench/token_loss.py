@@ -1,0 +1,157 @@
+"""Token-level PPO loss, forward + backward through the LM head: fastppo's chunked
+``token_ppo_loss`` beside the eager composite TRL/verl write and its ``torch.compile``.
+
+    python bench/token_loss.py [--tokens 2048] [--hidden 896] [--vocab 151936]
+                               [--dtype float32] [--repeat 2] [--variants ...]
+
+Same inputs and options everywhere (seeded): hidden (tokens, H) and an LM head weight (V, H)
+that both take gradient, k3 KL to reference log-probs (kl_coef 0.05), entropy bonus 0.01,
+clip 0.2 / 0.28, token-mean over a response mask (1/8 of the tokens masked). Variants:
+
+    eager          logits = hidden @ W^T, .float(), log_softmax, gather, entropy from the full
+                   softmax, ratio / clip / k3 / token-mean (verl's compute_policy_loss + agg_loss)
+    compile        torch.compile of the same function
+    fused-linear   token_ppo_loss(hidden=, weight=): logits never whole
+    fused-logits   logits = hidden @ W^T in torch, then token_ppo_loss(logits=)
+
+Each variant runs in its own subprocess (so one's freed memory cannot serve another): one
+warm-up step (compiles), then ``repeat`` timed steps. Memory: before each timed step the
+process's peak RSS is reset (``echo 5 > /proc/self/clear_refs``, Linux); the step's peak is
+VmHWM - VmRSS(before), so it counts every byte the step touches (torch's and the allocator's),
+including the gradients of hidden and W. Time: the best of the timed steps. Prints a Markdown
+table with the ratios to eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+VARIANTS = ("eager", "compile", "fused-linear", "fused-logits")
+OPTS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.05, ent_coef=0.01)
+
+
+def make_inputs(tokens, hidden_size, vocab, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(1, tokens, hidden_size, generator=g, dtype=dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=g, dtype=dtype) / hidden_size**0.5)
+    ids = torch.randint(0, vocab, (1, tokens), generator=g)
+    old_lp = -10 + torch.randn(1, tokens, generator=g)
+    ref_lp = old_lp + 0.1 * torch.randn(1, tokens, generator=g)
+    adv = torch.randn(1, tokens, generator=g)
+    mask = torch.ones(1, tokens)
+    mask[:, ::8] = 0
+    return hidden, weight, ids, old_lp, ref_lp, adv, mask
+
+
+def eager_loss(hidden, weight, ids, old_lp, ref_lp, adv, mask):
+    """What TRL/verl write: full logits, log-softmax, gather, entropy, clipped surrogate."""
+    logits = (hidden @ weight.T).float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    entropy = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+    ratio = torch.exp(lp - old_lp)
+    pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - OPTS["clip_low"],
+                                                     1 + OPTS["clip_high"]))
+    d = ref_lp - lp
+    kl = torch.exp(d) - d - 1
+    loss_tok = pg + OPTS["kl_coef"] * kl - OPTS["ent_coef"] * entropy
+    return (loss_tok * mask).sum() / mask.sum()
+
+
+def step_fn(variant):
+    from fastppo.kernels import token_ppo_loss
+
+    def fused(hidden, weight, ids, old_lp, ref_lp, adv, mask, logits_input=False):
+        head = dict(logits=hidden @ weight.T) if logits_input else dict(hidden=hidden,
+                                                                          weight=weight)
+        return token_ppo_loss(**head, tokens=ids, old_logprobs=old_lp, advantages=adv,
+                              mask=mask, ref_logprobs=ref_lp, kl_estimator="k3", **OPTS)[0]
+
+    return {"eager": eager_loss, "compile": torch.compile(eager_loss),
+            "fused-linear": fused,
+            "fused-logits": lambda *a: fused(*a, logits_input=True)}[variant]
+
+
+def _status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def run_variant(args):
+    """In the subprocess: warm-up, then timed steps; JSON on stdout."""
+    dtype = getattr(torch, args.dtype)
+    inputs = list(make_inputs(args.tokens, args.hidden, args.vocab, dtype))
+    inputs[0].requires_grad_()
+    inputs[1].requires_grad_()
+    fn = step_fn(args.variant)
+
+    def step():
+        loss = fn(*inputs)
+        loss.backward()
+        inputs[0].grad = inputs[1].grad = None
+        return loss.item()
+
+    step()  # warm-up (compile)
+    times, peaks, loss = [], [], None
+    for _ in range(args.repeat):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status("VmRSS")
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+        peaks.append(_status("VmHWM") - before)
+    print(json.dumps(dict(variant=args.variant, time=min(times), peak=max(peaks), loss=loss)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=896)
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        return run_variant(args)
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
+          f"{os.getloadavg()[0]:.2f}; tokens={args.tokens} H={args.hidden} V={args.vocab} "
+          f"{args.dtype}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    rows = {}
+    for v in args.variants:
+        cmd = [sys.executable, __file__, "--variant", v, "--tokens", str(args.tokens),
+               "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--dtype", args.dtype,
+               "--repeat", str(args.repeat)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(f"{v}: failed: {out.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+            continue
+        rows[v] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {v}: {rows[v]}", file=sys.stderr)
+    base = rows.get("eager")
+    print("| variant | time (s) | peak MiB | time vs eager | memory vs eager | loss |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for v, r in rows.items():
+        ratio_t = f"{r['time'] / base['time']:.2f}x" if base else ""
+        ratio_m = f"{r['peak'] / base['peak']:.3f}x" if base else ""
+        print(f"| {v} | {r['time']:.2f} | {r['peak'] / 2**20:.0f} | {ratio_t} | {ratio_m} | "
+              f"{r['loss']:.6f} |")
+
+
+if __name__ == "__main__":
+    main()
