@@ -51,7 +51,12 @@ Gradients flow to hidden, weight, bias or logits only, in their dtypes.
 
 Checks: metadata only (TypeError/ValueError naming the argument, one line); tokens outside
 [0, V) raise IndexError on the CPU (a device-side assert elsewhere). Logits are assumed finite.
-``backend`` is validated as for the other ops; every backend runs this torch implementation.
+Backends: the GEMMs and the backward are torch ops on every backend; ``backend="triton"``
+(``auto`` on CUDA) runs the forward's tile epilogue (the online log-sum-exp, entropy, exact KL
+and target gather) as the Triton kernel of ``token_ppo_loss_triton``, any other backend the
+torch ops of ``_TorchTiles`` (there is no Numba kernel yet). The op is also the custom op
+``fastppo::token_ppo_loss`` (fakes, autograd; eager calls go through ``_TokenLoss`` directly),
+so ``torch.compile(fullgraph=True)`` traces through it.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._backend import resolve_backend
+from ._backend import backend_module, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_integer, expect_ndim, \
     expect_same_device, expect_shape, expect_tensor
 
@@ -160,36 +165,75 @@ class _OnlineSoftmax:
         return self.s.log() - self.e / self.s
 
 
-def _sweep(head: _Head, ref: _Head | None, tokens: Tensor, chunks, dtype, temperature) -> _Sweep:
+class _TorchTiles:
+    """The torch epilogue of one token chunk: folds each (token chunk, vocabulary chunk) tile
+    of policy logits ``z`` (and reference logits ``zr``) into the online state; the Triton
+    backend's ``OnlineTiles`` has the same interface."""
+
+    def __init__(self, tokens: Tensor, dtype, has_ref: bool):
+        self.tokens = tokens
+        self.z_tok = torch.zeros(tokens.shape[0], dtype=dtype, device=tokens.device)
+        self.policy, self.reference = _OnlineSoftmax(), _OnlineSoftmax() if has_ref else None
+
+    def update(self, z: Tensor, zr: Tensor | None, col_start: int) -> None:
+        """Fold in a tile whose first column is vocabulary entry ``col_start`` (z, zr are
+        overwritten)."""
+        inside = (self.tokens >= col_start) & (self.tokens < col_start + z.shape[1])
+        local = (self.tokens - col_start).clamp(0, z.shape[1] - 1).unsqueeze(1)
+        self.z_tok = torch.where(inside, z.gather(1, local).squeeze(1), self.z_tok)
+        if zr is None:
+            self.policy.update(z)
+        else:
+            self.policy.update(z, z - zr)
+            self.reference.update(zr)
+
+    @property
+    def s(self) -> Tensor:
+        return self.policy.s
+
+    @property
+    def u(self) -> Tensor:
+        return self.policy.u
+
+    @property
+    def lse(self) -> Tensor:
+        return self.policy.lse
+
+    @property
+    def entropy(self) -> Tensor:
+        return self.policy.entropy
+
+    @property
+    def lse_ref(self) -> Tensor:
+        return self.reference.lse
+
+
+def _sweep(head: _Head, ref: _Head | None, tokens: Tensor, chunks, dtype, temperature,
+           backend: str = "torch") -> _Sweep:
     """One pass over the (token chunk, vocabulary chunk) grid: lse, entropy, the token's
-    log-prob and, with ``ref``, lse_ref and the exact KL = u / s - lse + lse_ref."""
+    log-prob and, with ``ref``, lse_ref and the exact KL = u / s - lse + lse_ref. The tiles'
+    GEMMs are torch's; their epilogue is ``_TorchTiles`` or, with ``backend="triton"``, the
+    Triton kernel of ``token_ppo_loss_triton``."""
     token_chunk, vocab_chunk = chunks
     n, vocab = tokens.shape[0], head.vocab
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
+    tiles_type = backend_module("token_ppo_loss", "triton").OnlineTiles \
+        if backend == "triton" else _TorchTiles
     out = {k: torch.empty(n, dtype=dtype, device=tokens.device)
            for k in ("lp", "lse", "entropy", "lse_ref", "exact")}
     for rows in _chunks(n, token_chunk):
-        tok = tokens[rows]
-        z_tok = torch.zeros(tok.shape[0], dtype=dtype, device=tok.device)
-        policy, reference = _OnlineSoftmax(), _OnlineSoftmax()
+        tiles = tiles_type(tokens[rows], dtype, ref is not None)
         for cols in _chunks(vocab, vocab_chunk):
             z = head.chunk(rows, cols, dtype, temperature)
-            inside = (tok >= cols.start) & (tok < cols.stop)
-            local = (tok - cols.start).clamp(0, z.shape[1] - 1).unsqueeze(1)
-            z_tok = torch.where(inside, z.gather(1, local).squeeze(1), z_tok)
-            if ref is None:
-                policy.update(z)
-            else:
-                zr = ref.chunk(rows, cols, dtype, temperature)
-                policy.update(z, z - zr)
-                reference.update(zr)
-        lse = policy.lse
-        out["lse"][rows], out["lp"][rows], out["entropy"][rows] = lse, z_tok - lse, \
-            policy.entropy
+            zr = None if ref is None else ref.chunk(rows, cols, dtype, temperature)
+            tiles.update(z, zr, cols.start)
+        lse = tiles.lse
+        out["lse"][rows], out["lp"][rows], out["entropy"][rows] = lse, tiles.z_tok - lse, \
+            tiles.entropy
         if ref is not None:
-            lse_ref = reference.lse
+            lse_ref = tiles.lse_ref
             out["lse_ref"][rows] = lse_ref
-            out["exact"][rows] = policy.u / policy.s - lse + lse_ref
+            out["exact"][rows] = tiles.u / tiles.s - lse + lse_ref
     if ref is None:
         out["lse_ref"] = out["exact"] = None
     return _Sweep(**out)
@@ -206,6 +250,7 @@ class _Options(NamedTuple):
     agg: str
     normalizer: float | None
     chunks: tuple[int, int]
+    backend: str  # "triton": the forward epilogue in Triton; anything else: torch
 
 
 def _agg_weights(mask: Tensor, agg: str, normalizer: float | None) -> Tensor:
@@ -339,47 +384,148 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
     return dhidden.to(hidden_dtype), dweight, dbias, None
 
 
+def _heads(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias, ref_logits, n):
+    """The policy's and the reference's (None without one) ``_Head``, flattened over tokens."""
+    flat = lambda x: None if x is None else x.reshape(n, *x.shape[2:])  # noqa: E731
+    head = _Head(flat(hidden), weight, bias, flat(logits))
+    ref = None
+    if ref_logits is not None or ref_hidden is not None:
+        ref = _Head(flat(ref_hidden), ref_weight, ref_bias, flat(ref_logits))
+    return head, ref
+
+
+def _forward(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias, ref_logits,
+             tokens, old_logprobs, advantages, ref_logprobs, mask, opt: _Options):
+    """(loss, stats, lse, lse_ref, w, c_lp, alpha): the loss and stats, then what the backward
+    needs per token (N,) (``lse_ref`` empty without the reference head)."""
+    n = tokens.numel()
+    head, ref = _heads(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias,
+                       ref_logits, n)
+    dtype = _compute_dtype(logits if logits is not None else hidden)
+    cast = lambda x: None if x is None else x.reshape(n).to(dtype)  # noqa: E731
+    with torch.no_grad():
+        sw = _sweep(head, ref, tokens.reshape(n).long(), opt.chunks, dtype, opt.temperature,
+                    opt.backend)
+        loss, stats, w, c_lp, alpha = _token_terms(
+            sw, cast(old_logprobs), cast(advantages), cast(ref_logprobs), mask.to(dtype), opt)
+    lse_ref = sw.lse_ref if sw.lse_ref is not None else sw.lse.new_empty(0)
+    return loss, stats, sw.lse, lse_ref, w, c_lp, alpha
+
+
+def _backward_all(grad_loss, hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias,
+                  ref_logits, tokens, lse, lse_ref, w, c_lp, alpha, opt: _Options):
+    """[dhidden, dweight, dbias] (dbias only with a bias) or [dlogits], shaped as the inputs."""
+    n = tokens.numel()
+    head, ref = _heads(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias,
+                       ref_logits, n)
+    scale = w * (grad_loss.to(lse.dtype) / opt.temperature)
+    with torch.no_grad():
+        dh, dw, db, dz = _backward(head, ref, tokens.reshape(n).long(), lse, lse_ref, scale,
+                                   c_lp, alpha, opt, lse.dtype)
+    if dz is not None:
+        return [dz.reshape(logits.shape)]
+    return [dh.reshape(hidden.shape), dw] + ([db] if db is not None else [])
+
+
+def _input_grads(grads, bias, logits):
+    """(dhidden, dweight, dbias, dlogits) from ``_backward_all``'s list."""
+    if logits is not None:
+        return None, None, None, grads[0]
+    return grads[0], grads[1], grads[2] if bias is not None else None, None
+
+
 class _TokenLoss(torch.autograd.Function):
-    """Differentiable in hidden, weight, bias, logits; everything else is data."""
+    """Eager path: differentiable in hidden, weight, bias, logits; everything else is data."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias, ref_logits,
-                tokens, old_logprobs, advantages, ref_logprobs, mask, opt: _Options):
-        batch, seq = tokens.shape
-        n = batch * seq
-        flat = lambda x: None if x is None else x.reshape(n, *x.shape[2:])  # noqa: E731
-        head = _Head(flat(hidden), weight, bias, flat(logits))
-        ref = None
-        if ref_logits is not None or ref_hidden is not None:
-            ref = _Head(flat(ref_hidden), ref_weight, ref_bias, flat(ref_logits))
-        dtype = _compute_dtype(logits if logits is not None else hidden)
-        tok = tokens.reshape(n).long()
-        cast = lambda x: None if x is None else x.reshape(n).to(dtype)  # noqa: E731
-        with torch.no_grad():
-            sw = _sweep(head, ref, tok, opt.chunks, dtype, opt.temperature)
-            loss, stats, w, c_lp, alpha = _token_terms(
-                sw, cast(old_logprobs), cast(advantages), cast(ref_logprobs), mask.to(dtype),
-                opt)
-        ctx.opt, ctx.dtype, ctx.has_ref = opt, dtype, ref is not None
-        ctx.save_for_backward(head.hidden, head.weight, head.bias, head.logits,
-                              *(ref or (None,) * 4), tok, sw.lse, sw.lse_ref, w, c_lp, alpha)
-        ctx.shapes = (None if hidden is None else hidden.shape,
-                      None if logits is None else logits.shape)
+    def forward(ctx, *args):
+        *tensors, opt = args
+        loss, stats, *saved = _forward(*tensors, opt)
+        ctx.opt = opt
+        ctx.save_for_backward(*tensors[:9], *saved)  # the heads, tokens, per-token values
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        (h, wt, b, z, rh, rw, rb, rz, tok, lse, lse_ref, w, c_lp, alpha) = ctx.saved_tensors
-        ref = _Head(rh, rw, rb, rz) if ctx.has_ref else None
-        scale = w * (grad_loss.to(ctx.dtype) / ctx.opt.temperature)
-        with torch.no_grad():
-            dh, dw, db, dz = _backward(_Head(h, wt, b, z), ref, tok, lse, lse_ref, scale, c_lp,
-                                       alpha, ctx.opt, ctx.dtype)
-        hidden_shape, logits_shape = ctx.shapes
-        dh = None if dh is None else dh.reshape(hidden_shape)
-        dz = None if dz is None else dz.reshape(logits_shape)
-        return (dh, dw, db, dz) + (None,) * 10
+        saved = ctx.saved_tensors
+        grads = _backward_all(grad_loss, *saved, ctx.opt)
+        return _input_grads(grads, saved[2], saved[3]) + (None,) * 10
+
+
+# ----------------------------------------------------------------------------- custom ops
+# The same functions as torch.library custom ops (fakes, autograd), for torch.compile: the
+# options travel as scalars, _Options rebuilt inside.
+
+def _opt(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, ent_coef, temperature, agg,
+         normalizer, token_chunk, vocab_chunk, backend) -> _Options:
+    return _Options(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, ent_coef,
+                    temperature, agg, normalizer, (token_chunk, vocab_chunk), backend)
+
+
+@torch.library.custom_op("fastppo::token_ppo_loss", mutates_args=())
+def _op_fwd(
+    hidden: Tensor | None, weight: Tensor | None, bias: Tensor | None, logits: Tensor | None,
+    ref_hidden: Tensor | None, ref_weight: Tensor | None, ref_bias: Tensor | None,
+    ref_logits: Tensor | None, tokens: Tensor, old_logprobs: Tensor, advantages: Tensor,
+    ref_logprobs: Tensor | None, mask: Tensor, clip_low: float, clip_high: float,
+    dual_clip: float | None, kl_coef: float, kl_estimator: str, ent_coef: float,
+    temperature: float, agg: str, normalizer: float | None, token_chunk: int, vocab_chunk: int,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _forward(*_split_op_args(locals()))
+
+
+@torch.library.custom_op("fastppo::token_ppo_loss_backward", mutates_args=())
+def _op_bwd(
+    grad_loss: Tensor, hidden: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+    logits: Tensor | None, ref_hidden: Tensor | None, ref_weight: Tensor | None,
+    ref_bias: Tensor | None, ref_logits: Tensor | None, tokens: Tensor, lse: Tensor,
+    lse_ref: Tensor, w: Tensor, c_lp: Tensor, alpha: Tensor, clip_low: float,
+    clip_high: float, dual_clip: float | None, kl_coef: float, kl_estimator: str,
+    ent_coef: float, temperature: float, agg: str, normalizer: float | None, token_chunk: int,
+    vocab_chunk: int, backend: str,
+) -> list[Tensor]:
+    args = list(locals().values())
+    return [g.contiguous() for g in _backward_all(*args[:15], _opt(*args[15:]))]
+
+
+def _split_op_args(args: dict):
+    values = list(args.values())
+    return (*values[:13], _opt(*values[13:]))
+
+
+@_op_fwd.register_fake
+def _(*args):
+    tensors = args[:13]
+    policy = tensors[3] if tensors[3] is not None else tensors[0]
+    dtype, n = _compute_dtype(policy), tensors[8].numel()
+    has_kl = tensors[11] is not None or tensors[4] is not None or tensors[7] is not None
+    has_ref_head = tensors[4] is not None or tensors[7] is not None
+    row = lambda k: policy.new_empty((k,), dtype=dtype)  # noqa: E731
+    return (policy.new_empty((), dtype=dtype), row(len(TOKEN_STAT_NAMES) + has_kl), row(n),
+            row(n if has_ref_head else 0), row(n), row(n), row(n))
+
+
+@_op_bwd.register_fake
+def _(grad_loss, hidden, weight, bias, logits, *rest):
+    heads = [logits] if logits is not None else [hidden, weight] + ([bias] if bias is not None
+                                                                    else [])
+    return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in heads]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9], *output[2:])
+    ctx.scalars = inputs[13:]
+
+
+def _op_backward(ctx, grad_loss, *_grad_rest):
+    saved = ctx.saved_tensors
+    grads = _op_bwd(grad_loss, *saved, *ctx.scalars)
+    return _input_grads(grads, saved[2], saved[3]) + (None,) * 21
+
+
+torch.library.register_autograd(_op_fwd, _op_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -517,8 +663,8 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
             a number > 0 replacing the aggregation's denominator.
         chunk_size: None (4096 vocabulary entries x up to 1024 tokens), an int (vocabulary
             entries per chunk; tokens fill 2^22 logits), or a pair (tokens, vocabulary).
-        backend: "auto" | "torch" | "numba" | "triton": validated; the torch implementation
-            runs on every backend today.
+        backend: "auto" | "torch" | "numba" | "triton": "triton" (auto on CUDA) runs the
+            forward's tile epilogue in Triton; the rest is torch on every backend.
 
     Returns:
         (loss, stats): ``loss`` 0-dim, float32 (float64 for float64 inputs), with autograd;
@@ -558,7 +704,7 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
         expect_shape("mask", mask, bt, "(B, T) as tokens")
     policy = logits if logits is not None else hidden
     chunks = _check_chunks(chunk_size, bt[0] * bt[1], vocab)
-    resolve_backend(backend, policy.device)
+    backend = resolve_backend(backend, policy.device)
     expect_same_device("hidden" if logits is None else "logits", policy, weight=weight,
                        bias=bias, tokens=tokens, old_logprobs=old_logprobs,
                        advantages=advantages, mask=mask, ref_logprobs=ref_logprobs,
@@ -569,10 +715,14 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
     if mask is None:
         mask = torch.ones(bt, dtype=torch.bool, device=policy.device)
     detach = lambda x: None if x is None else x.detach()  # noqa: E731
-    opt = _Options(**opts, chunks=chunks)
-    loss, stats = _TokenLoss.apply(hidden, weight, bias, logits, *map(detach, (
+    opt = _Options(**opts, chunks=chunks, backend=backend)
+    args = (hidden, weight, bias, logits, *map(detach, (
         ref_hidden, ref_weight, ref_bias, ref_logits, tokens, old_logprobs, advantages,
-        ref_logprobs, mask)), opt)
+        ref_logprobs, mask)))
+    if torch.compiler.is_compiling():
+        loss, stats, *_ = _op_fwd(*args, *opt[:-2], *opt.chunks, opt.backend)
+    else:
+        loss, stats = _TokenLoss.apply(*args, opt)
     names = TOKEN_STAT_NAMES + (("kl",) if stats.shape[0] > len(TOKEN_STAT_NAMES) else ())
     return loss, dict(zip(names, stats.detach().unbind()))
 

@@ -63,10 +63,11 @@ def oracle(z, tokens, old_lp, adv, mask, *, clip_low=0.2, clip_high=0.2, dual_cl
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
-def inputs(seed=0, dtype=torch.float64, bias=True):
+def inputs(seed=0, dtype=torch.float64, bias=True, shape=(B, T, H, V)):
     """hidden, weight, bias, tokens, old_lp, adv, ref_lp, ref head (hidden, weight, bias) and a
     float mask with an empty sequence (row 1); old log-probs off by about 0.7 so ratios fall
     inside and beyond the clip range."""
+    B, T, H, V = shape
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     hidden, weight = r(B, T, H), r(V, H)
@@ -91,7 +92,7 @@ def full_logits(x, ref=False):
     return h.double() @ w.double().T + (0 if b is None else b.double())
 
 
-def run_both(x, opts, use_logits=False, chunk_size=(4, 8)):
+def run_both(x, opts, use_logits=False, chunk_size=(4, 8), backend="auto"):
     """The op's (loss, stats, grads) and the oracle's, grads over hidden, weight, bias (or
     logits)."""
     kw = dict(opts)
@@ -109,7 +110,7 @@ def run_both(x, opts, use_logits=False, chunk_size=(4, 8)):
         head = dict(zip(("hidden", "weight", "bias"), leaves))
     loss, stats = token_ppo_loss(**head, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
                                  advantages=x["advantages"], mask=x["mask"], **ref_kw, **kw,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, backend=backend)
     grads = torch.autograd.grad(loss, leaves)
 
     o_leaves = [t.detach().double().requires_grad_() for t in leaves]
@@ -227,7 +228,7 @@ def test_hidden_path_equals_logits_path():
 
 
 def test_gradcheck_float64():
-    x = inputs(seed=4)
+    x = inputs(seed=4, shape=(2, 4, 3, 11))
     hidden, weight, bias = (x[k].detach().clone().requires_grad_()
                             for k in ("hidden", "weight", "bias"))
     ref = x["ref"]
@@ -238,7 +239,7 @@ def test_gradcheck_float64():
                               mask=x["mask"], dual_clip=1.5, kl_coef=0.5, kl_estimator="exact",
                               ref_hidden=ref[0], ref_weight=ref[1], ref_bias=ref[2],
                               ent_coef=0.1, temperature=1.3, agg="seq-mean-token-mean",
-                              chunk_size=(4, 8))[0]
+                              chunk_size=(3, 4))[0]
 
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
     z = full_logits(x).requires_grad_()
@@ -246,7 +247,7 @@ def test_gradcheck_float64():
         lambda z: token_ppo_loss(logits=z, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
                                  advantages=x["advantages"], kl_coef=0.5, kl_estimator="k2",
                                  ref_logprobs=x["ref_logprobs"], ent_coef=0.1,
-                                 chunk_size=(4, 8))[0], (z,))
+                                 chunk_size=(3, 4))[0], (z,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -357,3 +358,92 @@ def test_token_logprobs_bad_input():
                        temperature=-1)
     with pytest.raises(TypeError, match="^weight"):
         token_logprobs(hidden=x["hidden"], tokens=x["tokens"])
+
+
+# ----------------------------------------------------------------------------- GAE for tokens
+
+def test_gae_serves_right_padded_responses_as_verl():
+    """README's recipe: ``gae`` on transposed (B, T) tensors, terminated at each response's
+    last token, valid = the mask, equals verl's compute_gae_advantage_return loop (values and
+    rewards zero on the padding, as verl's critic and reward manager leave them) on every
+    response token, and is 0 on the padding."""
+    from fastppo.kernels import gae
+
+    g = torch.Generator().manual_seed(8)
+    lengths = torch.tensor([7, 1, 4, 9])
+    steps = 9
+    mask = torch.arange(steps) < lengths.unsqueeze(1)
+    rewards = torch.randn(len(lengths), steps, generator=g, dtype=torch.float64) * mask
+    values = torch.randn(len(lengths), steps, generator=g, dtype=torch.float64) * mask
+    gamma, lam = 0.99, 0.95
+
+    last_gae, reversed_adv = 0.0, []  # verl's loop
+    for t in reversed(range(steps)):
+        next_values = values[:, t + 1] if t < steps - 1 else 0.0
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last_gae = delta + gamma * lam * last_gae
+        reversed_adv.append(last_gae)
+    want = torch.stack(reversed_adv[::-1], dim=1)
+
+    last = mask & ~torch.nn.functional.pad(mask[:, 1:], (0, 1))
+    adv, ret = gae(rewards.T, values.T, last.T, torch.zeros_like(last.T),
+                   torch.zeros(len(lengths), dtype=torch.float64), gamma=gamma, lam=lam,
+                   valid=mask.T)
+    adv, ret = adv.T, ret.T
+    torch.testing.assert_close(adv[mask], want[mask], **F64)
+    torch.testing.assert_close(ret[mask], (want + values)[mask], **F64)
+    assert torch.all(adv[~mask] == 0)
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+def test_custom_op_opcheck_and_compile_fullgraph():
+    x = inputs(seed=9)
+    kw = dict(tokens=x["tokens"], old_logprobs=x["old_logprobs"], advantages=x["advantages"],
+              mask=x["mask"], kl_coef=0.3, kl_estimator="exact", ref_logits=full_logits(x, True),
+              ent_coef=0.01, dual_clip=1.5, chunk_size=(5, 8))
+    from fastppo.kernels.token_ppo_loss import _op_fwd
+    z = full_logits(x).requires_grad_()
+    torch.library.opcheck(_op_fwd, (None, None, None, z, None, None, None, kw["ref_logits"],
+                                    x["tokens"], x["old_logprobs"], x["advantages"], None,
+                                    x["mask"], 0.2, 0.2, 1.5, 0.3, "exact", 0.01, 1.0,
+                                    "token-mean", None, 5, 8, "torch"))
+
+    def f(hidden, weight, bias):
+        loss, stats = token_ppo_loss(hidden=hidden, weight=weight, bias=bias, **kw)
+        return loss, stats["kl"]
+
+    leaves = [x[k].detach().clone().requires_grad_() for k in ("hidden", "weight", "bias")]
+    loss, kl = torch.compile(f, fullgraph=True, backend="aot_eager")(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    e_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    e_loss, e_kl = f(*e_leaves)
+    e_grads = torch.autograd.grad(e_loss, e_leaves)
+    torch.testing.assert_close(loss, e_loss, **F64)
+    torch.testing.assert_close(kl, e_kl, **F64)
+    for a, b in zip(grads, e_grads):
+        torch.testing.assert_close(a, b, **F64)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+@pytest.mark.parametrize("exact,dtype", [(True, torch.float64), (False, torch.float32)],
+                         ids=["exact-float64", "k3-float32"])
+def test_triton_epilogue_matches_torch(exact, dtype):
+    """backend="triton" (the forward epilogue in Triton, the CPU interpreter here): the same
+    loss, stats and gradients as the torch epilogue, over ragged tiles (37 = 16 + 16 + 5)."""
+    x = inputs(seed=10, dtype=dtype)
+    if exact:
+        opts = dict(kl_coef=0.5, kl_estimator="exact", ent_coef=0.02, dual_clip=1.5,
+                    temperature=0.8)
+    else:
+        opts = dict(kl_coef=0.5, kl_estimator="k3", ent_coef=0.02)
+    results = []
+    for backend in ("torch", "triton"):
+        got, want = run_both(x, opts, chunk_size=(5, 16), backend=backend)
+        results.append(got)
+    tol = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    loss, stats, grads = results[0]
+    check(results[1], (loss.detach().double(), {k: v.double() for k, v in stats.items()},
+                       [g.double() for g in grads]), tol)
+    check(results[1], want, tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5))
