@@ -45,9 +45,10 @@ gradient coefficients. The gradient of ``loss`` with respect to z, per token::
 (kc_exact = kl_coef with the exact KL, else 0; dpg/dlp = -A ratio where the unclipped branch
 wins, 0 where the clip or the dual clip binds; at exact ties of the max/min, measure-zero, the
 unclipped branch's gradient is taken.) The backward walks vocabulary chunks (outer) and token
-chunks (inner), recomputes each chunk's logits and accumulates dhidden, dweight (fp32, in
-place or through one (vocab chunk x H) buffer at a time) and dbias; a logits input gets its gradient chunk by chunk.
-Gradients flow to hidden, weight, bias or logits only, in their dtypes.
+chunks (inner), recomputes each chunk's logits and accumulates dhidden, dweight (in the
+compute dtype: in place, or through one (vocab chunk x H) buffer at a time for bf16/fp16) and
+dbias; a logits input gets its gradient chunk by chunk. Gradients flow to hidden, weight, bias
+or logits only, in their dtypes.
 
 Checks: metadata only (TypeError/ValueError naming the argument, one line); tokens outside
 [0, V) raise IndexError on the CPU (a device-side assert elsewhere). Logits are assumed finite.
