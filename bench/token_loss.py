@@ -139,7 +139,8 @@ def main():
                "--repeat", str(args.repeat)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
-            print(f"{v}: failed: {out.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+            last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"{v}: failed: {last}", file=sys.stderr)
             continue
         rows[v] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  {v}: {rows[v]}", file=sys.stderr)
