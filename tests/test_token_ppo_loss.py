@@ -447,3 +447,35 @@ def test_triton_epilogue_matches_torch(exact, dtype):
     check(results[1], (loss.detach().double(), {k: v.double() for k, v in stats.items()},
                        [g.double() for g in grads]), tol)
     check(results[1], want, tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5))
+
+
+def test_no_tokens_by_vocab_tensor():
+    """Forward + backward from hidden states (exact KL, entropy) never make a (N, V) tensor:
+    every tensor any op returns, views included, is at most a weight-sized one (dweight) or a
+    tile (N = 256 tokens, V = 4099, H = 16, tiles of 32 x 512)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            Largest.largest = max([Largest.largest, *sizes])
+            return out
+
+    n, h, v = 256, 16, 4099
+    g = torch.Generator().manual_seed(11)
+    hidden = torch.randn(1, n, h, generator=g).requires_grad_()
+    weight = torch.randn(v, h, generator=g).requires_grad_()
+    tokens = torch.randint(0, v, (1, n), generator=g)
+    rows = torch.randn(1, n, generator=g)
+    with Largest():
+        loss, _ = token_ppo_loss(hidden=hidden, weight=weight, tokens=tokens,
+                                 old_logprobs=rows - 8, advantages=rows, kl_coef=0.1,
+                                 kl_estimator="exact", ref_hidden=hidden.detach(),
+                                 ref_weight=weight.detach() + 0.1, ent_coef=0.01,
+                                 chunk_size=(32, 512))
+        loss.backward()
+    assert Largest.largest == max(v * h, 32 * 512)
