@@ -347,6 +347,9 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
     n, vocab = tokens.shape[0], head.vocab
     kc_exact = opt.kl_coef if ref is not None else 0.0
     beta = kc_exact + opt.ent_coef
+    # the tile's epilogue: torch's _grad_chunk, or the same formula as one Triton kernel
+    grad_tile = backend_module("token_ppo_loss", "triton").grad_tile \
+        if opt.backend == "triton" else _grad_chunk
     hidden_dtype = None if head.hidden is None else head.hidden.dtype
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
     if head.logits is not None:
@@ -362,9 +365,9 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
         for rows in _chunks(n, token_chunk):
             z = head.chunk(rows, cols, dtype, opt.temperature)
             zr = None if ref is None else ref.chunk(rows, cols, dtype, opt.temperature)
-            g = _grad_chunk(z, lse[rows], zr, None if ref is None else lse_ref[rows],
-                            tokens[rows], cols, scale[rows], c_lp[rows], alpha[rows], beta,
-                            kc_exact)
+            g = grad_tile(z, lse[rows], zr, None if ref is None else lse_ref[rows],
+                          tokens[rows], cols, scale[rows], c_lp[rows], alpha[rows], beta,
+                          kc_exact)
             if head.logits is not None:
                 dlogits[rows, cols] = g.to(dlogits.dtype)
             else:

@@ -1,7 +1,8 @@
-"""token_ppo_loss, Triton forward epilogue (CUDA; the CPU through ``TRITON_INTERPRET=1``).
+"""token_ppo_loss, Triton tile epilogues of the forward and the backward (CUDA; the CPU through
+``TRITON_INTERPRET=1``).
 
-The chunk's logits come from torch's GEMM (``_Head.chunk`` in ``token_ppo_loss.py``); this
-kernel replaces the torch ops that fold one (token chunk, vocabulary chunk) tile into the
+The chunk's logits come from torch's GEMM (``_Head.chunk`` in ``token_ppo_loss.py``); the
+forward's kernel replaces the torch ops that fold one (token chunk, vocabulary chunk) tile into the
 per-token online state (``_OnlineSoftmax`` and the target gather): one program per token row
 walks the tile's columns in blocks of ``BLOCK`` and updates, in place::
 
@@ -12,11 +13,25 @@ walks the tile's columns in blocks of ``BLOCK`` and updates, in place::
 each sum rescaled by e^(mx_old - mx_new) as the max grows (the torch path's equations, blocked
 one level finer). The state starts at mx = -inf, sums 0: the shift mx_old - mx_new is taken
 as 0 while s = 0, so -inf - -inf never enters. Rows are int64 offsets (tokens x vocabulary may pass
-2^31). The backward's epilogue and the GEMMs stay in torch; measured on a GPU: not yet.
+2^31).
+
+The backward's epilogue (``grad_tile``, in place of ``_grad_chunk``): the backward recomputes
+each tile's logits with torch's GEMM, and one program per token row turns the tile into
+dL/d(raw logits) in one pass over its columns, written over the tile itself::
+
+    logp = z - lse
+    g    = scale (alpha + beta logp - kc_exact (z_ref - lse_ref)) e^logp  (+ scale c_lp at the token)
+
+with ``scale`` = grad_loss w / temperature per token (the same formula as ``_grad_chunk``), so
+the torch GEMMs that follow (dhidden, dweight, dbias, or the logits' gradient) read it as
+they read the torch epilogue's. Arithmetic in the tile's dtype (fp32, fp64 for fp64 inputs);
+the scalars beta and kc_exact travel as float32 pairs (hi + lo, Triton passes Python floats as
+float32) and are recombined in that dtype. The GEMMs stay torch's; measured on a GPU: not yet.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -101,3 +116,53 @@ class OnlineTiles:
     @property
     def lse_ref(self):
         return self.mr + self.sr.log()
+
+
+@triton.jit
+def _grad_tile_kernel(z_ptr, zr_ptr, tok_ptr, lse_ptr, lse_ref_ptr, scale_ptr, c_lp_ptr,
+                      alpha_ptr, n_cols, col_start, stride_z, stride_zr, beta_hi, beta_lo,
+                      kc_hi, kc_lo, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc = z_ptr.dtype.element_ty
+    lse = tl.load(lse_ptr + row)
+    scale = tl.load(scale_ptr + row)
+    s_alpha = scale * tl.load(alpha_ptr + row)
+    s_beta = scale * (tl.cast(beta_hi, acc) + tl.cast(beta_lo, acc))
+    s_tok = scale * tl.load(c_lp_ptr + row)
+    tok = tl.load(tok_ptr + row) - col_start
+    if HAS_REF:
+        lse_ref = tl.load(lse_ref_ptr + row)
+        s_kc = scale * (tl.cast(kc_hi, acc) + tl.cast(kc_lo, acc))
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        logp = tl.load(z_ptr + row * stride_z + cols, mask=ok, other=0.0) - lse
+        g = s_alpha + s_beta * logp
+        if HAS_REF:
+            zr = tl.load(zr_ptr + row * stride_zr + cols, mask=ok, other=0.0)
+            g -= s_kc * (zr - lse_ref)
+        g = g * tl.exp(logp)
+        g += tl.where(cols == tok, s_tok, 0.0)
+        tl.store(z_ptr + row * stride_z + cols, g, mask=ok)
+
+
+def _split(x: float) -> tuple[float, float]:
+    """x as a float32 pair hi + lo (Triton passes Python floats as float32)."""
+    hi = float(np.float32(x))
+    return hi, x - hi
+
+
+def grad_tile(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
+    """``_grad_chunk`` of ``token_ppo_loss`` as one kernel: dL/d(raw logits) of the tile ``z``
+    (tokens, vocabulary chunk ``cols``), written over ``z`` and returned; ``zr`` (the
+    reference tile, read only) and ``lse_ref`` with the exact KL, else None. A tile whose
+    columns are not unit-stride is copied first (the GEMM's fresh tiles are)."""
+    z = z if z.stride(1) == 1 else z.contiguous()
+    zr = zr if zr is None or zr.stride(1) == 1 else zr.contiguous()
+    has_ref = zr is not None
+    _grad_tile_kernel[(z.shape[0],)](
+        z, zr if has_ref else z, tok, lse, lse_ref if has_ref else lse, scale, c_lp, alpha,
+        z.shape[1], cols.start, z.stride(0), zr.stride(0) if has_ref else z.stride(0),
+        *_split(beta), *_split(kc_exact), HAS_REF=has_ref,
+        BLOCK=min(BLOCK, triton.next_power_of_2(z.shape[1])))
+    return z

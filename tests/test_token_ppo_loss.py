@@ -430,8 +430,9 @@ def test_custom_op_opcheck_and_compile_fullgraph():
 @pytest.mark.parametrize("exact,dtype", [(True, torch.float64), (False, torch.float32)],
                          ids=["exact-float64", "k3-float32"])
 def test_triton_epilogue_matches_torch(exact, dtype):
-    """backend="triton" (the forward epilogue in Triton, the CPU interpreter here): the same
-    loss, stats and gradients as the torch epilogue, over ragged tiles (37 = 16 + 16 + 5)."""
+    """backend="triton" (the forward and backward epilogues in Triton, the CPU interpreter
+    here): the same loss, stats and gradients as the torch epilogues, over ragged tiles
+    (37 = 16 + 16 + 5)."""
     x = inputs(seed=10, dtype=dtype)
     if exact:
         opts = dict(kl_coef=0.5, kl_estimator="exact", ent_coef=0.02, dual_clip=1.5,
@@ -479,3 +480,107 @@ def test_no_tokens_by_vocab_tensor():
                                  chunk_size=(32, 512))
         loss.backward()
     assert Largest.largest == max(v * h, 32 * 512)
+
+
+# ----------------------------------------------------------------------------- Triton backward
+
+def _triton_module(monkeypatch, block=16):
+    """token_ppo_loss_triton with ``BLOCK`` columns per step (16: the tiles below take several
+    blocks per row, the last one ragged)."""
+    import importlib
+
+    mod = importlib.import_module("fastppo.kernels.token_ppo_loss_triton")
+    monkeypatch.setattr(mod, "BLOCK", block)
+    return mod
+
+
+@pytest.mark.parametrize("has_ref,dtype", [(True, torch.float64), (False, torch.float64),
+                                           (True, torch.float32)],
+                         ids=["ref-float64", "noref-float64", "ref-float32"])
+def test_triton_grad_tile_matches_torch_chunk(monkeypatch, has_ref, dtype):
+    """The backward's tile epilogue in Triton equals ``_grad_chunk`` on one tile: 7 tokens x
+    37 columns from vocabulary entry 40 (tokens inside the tile, before and after it), columns
+    in blocks of 16 + 16 + 5; a transposed (non unit-stride) tile too."""
+    from fastppo.kernels.token_ppo_loss import _grad_chunk
+
+    mod = _triton_module(monkeypatch)
+    g = torch.Generator().manual_seed(20)
+    rows, cols = 7, slice(40, 77)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    z, zr = 3 * r(rows, 37), 3 * r(rows, 37) if has_ref else None
+    lse = torch.logsumexp(z, 1) + 0.5 * r(rows)  # the tile is part of a wider vocabulary
+    lse_ref = torch.logsumexp(zr, 1) + 0.5 * r(rows) if has_ref else None
+    tok = torch.tensor([40, 76, 55, 3, 90, 41, 60])
+    scale, c_lp, alpha = r(rows), r(rows), r(rows)
+    beta, kc = (0.7 + 0.05, 0.7) if has_ref else (-0.1, 0.0)
+    want = _grad_chunk(z.clone(), lse, None if zr is None else zr.clone(), lse_ref, tok, cols,
+                       scale, c_lp, alpha, beta, kc)
+    tol = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    tile = z.clone()
+    got = mod.grad_tile(tile, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc)
+    assert got.data_ptr() == tile.data_ptr()  # written over the tile
+    torch.testing.assert_close(got, want, **tol)
+    z_t = z.T.contiguous().T  # same values, column stride = rows
+    assert z_t.stride(1) != 1
+    got_t = mod.grad_tile(z_t, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc)
+    torch.testing.assert_close(got_t, want, **tol)
+
+
+KL_CASES = [dict(kl_coef=0.5, kl_estimator="k1", dual_clip=1.5),
+            dict(kl_coef=0.5, kl_estimator="k2", ent_coef=0.02),
+            dict(kl_coef=0.5, kl_estimator="k3", ent_coef=-0.05, temperature=1.3),
+            dict(kl_coef=0.7, kl_estimator="exact", ent_coef=0.05, temperature=0.8)]
+
+
+@pytest.mark.parametrize("opts", KL_CASES, ids=lambda o: o["kl_estimator"])
+def test_triton_backward_matches_oracle(monkeypatch, opts):
+    """backend="triton": the backward's tiles go through the Triton epilogue (a spy counts
+    them), and loss, stats and gradients to hidden, weight and bias match the torch backend
+    and the float64 oracle for every KL estimator, over ragged tiles (token chunks of 5 of 24
+    tokens; vocabulary chunks 16 + 16 + 5, each row in column blocks of 16 and 8)."""
+    mod = _triton_module(monkeypatch, block=8)
+    calls = []
+    real = mod.grad_tile
+    monkeypatch.setattr(mod, "grad_tile", lambda *a: calls.append(1) or real(*a))
+    x = inputs(seed=21)
+    got, want = run_both(x, opts, chunk_size=(5, 16), backend="triton")
+    assert len(calls) == 5 * 3  # every (token chunk, vocabulary chunk) tile
+    check(got, want, F64)
+    torch_got, _ = run_both(x, opts, chunk_size=(5, 16), backend="torch")
+    check(got, (torch_got[0].detach(), torch_got[1], torch_got[2]), F64)
+
+
+def test_triton_backward_logits_input(monkeypatch):
+    """The logits path (the gradient written into dlogits tile by tile) with the exact KL."""
+    _triton_module(monkeypatch)
+    x = inputs(seed=22)
+    opts = dict(kl_coef=0.4, kl_estimator="exact", ent_coef=0.03, dual_clip=1.5)
+    z = full_logits(x).requires_grad_()
+    kw = dict(tokens=x["tokens"], old_logprobs=x["old_logprobs"], advantages=x["advantages"],
+              mask=x["mask"], ref_logits=full_logits(x, ref=True), chunk_size=(7, 16), **opts)
+    loss, stats = token_ppo_loss(logits=z, **kw, backend="triton")
+    (dz,) = torch.autograd.grad(loss, [z])
+    o_z = z.detach().clone().requires_grad_()
+    o_loss, _ = oracle(o_z, x["tokens"], x["old_logprobs"], x["advantages"], x["mask"],
+                       ref_z=kw["ref_logits"], **opts)
+    (o_dz,) = torch.autograd.grad(o_loss, [o_z])
+    torch.testing.assert_close(loss, o_loss.detach(), **F64)
+    torch.testing.assert_close(dz, o_dz, **F64)
+
+
+def test_triton_backward_bf16_inputs(monkeypatch):
+    """bf16 hidden states and head (fp32 tiles, Triton epilogues, bf16 gradients): the same
+    as the torch backend up to fp32 arithmetic order and bf16 rounding of the gradients, and
+    the float64 oracle on the same rounded inputs within bf16's resolution."""
+    _triton_module(monkeypatch)
+    x = inputs(seed=23, dtype=torch.bfloat16)
+    opts = dict(kl_coef=0.5, kl_estimator="exact", ent_coef=0.02, dual_clip=1.5)
+    got, want = run_both(x, opts, chunk_size=(5, 16), backend="triton")
+    torch_got, _ = run_both(x, opts, chunk_size=(5, 16), backend="torch")
+    loss, stats, grads = got
+    assert loss.dtype == torch.float32 and [g.dtype for g in grads] == [torch.bfloat16] * 3
+    check((loss, stats, []), want[:2] + ([],), dict(rtol=1e-5, atol=1e-5))
+    for g, t, o in zip(grads, torch_got[2], want[2]):
+        scale = o.abs().max()
+        torch.testing.assert_close(g.double() / scale, t.double() / scale, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(g.double() / scale, o / scale, rtol=1e-2, atol=1e-2)
