@@ -52,10 +52,12 @@ or logits only, in their dtypes.
 
 Checks: metadata only (TypeError/ValueError naming the argument, one line); tokens outside
 [0, V) raise IndexError on the CPU (a device-side assert elsewhere). Logits are assumed finite.
-Backends: the GEMMs and the backward are torch ops on every backend; ``backend="triton"``
-(``auto`` on CUDA) runs the forward's tile epilogue (the online log-sum-exp, entropy, exact KL
-and target gather) as the Triton kernel of ``token_ppo_loss_triton``, any other backend the
-torch ops of ``_TorchTiles`` (there is no Numba kernel yet). The op is also the custom op
+Backends: the GEMMs are torch ops on every backend; ``backend="triton"`` (``auto`` on CUDA)
+runs both tile epilogues as the Triton kernels of ``token_ppo_loss_triton``, the forward's
+(the online log-sum-exp, entropy, exact KL and target gather) and the backward's
+(``grad_tile``: ``_grad_chunk``'s formula in one pass, written over the recomputed tile); any
+other backend the torch ops of ``_TorchTiles`` and ``_grad_chunk`` (there is no Numba kernel
+yet). The op is also the custom op
 ``fastppo::token_ppo_loss`` (fakes, autograd; eager calls go through ``_TokenLoss`` directly),
 so ``torch.compile(fullgraph=True)`` traces through it.
 """
@@ -251,7 +253,7 @@ class _Options(NamedTuple):
     agg: str
     normalizer: float | None
     chunks: tuple[int, int]
-    backend: str  # "triton": the forward epilogue in Triton; anything else: torch
+    backend: str  # "triton": both tile epilogues in Triton; anything else: torch
 
 
 def _agg_weights(mask: Tensor, agg: str, normalizer: float | None) -> Tensor:
@@ -668,7 +670,8 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
         chunk_size: None (4096 vocabulary entries x up to 1024 tokens), an int (vocabulary
             entries per chunk; tokens fill 2^22 logits), or a pair (tokens, vocabulary).
         backend: "auto" | "torch" | "numba" | "triton": "triton" (auto on CUDA) runs the
-            forward's tile epilogue in Triton; the rest is torch on every backend.
+            forward's and the backward's tile epilogues in Triton; the GEMMs are torch's on
+            every backend.
 
     Returns:
         (loss, stats): ``loss`` 0-dim, float32 (float64 for float64 inputs), with autograd;
