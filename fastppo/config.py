@@ -113,6 +113,11 @@ class PPOConfig:
     frame_stack: int = _opt(1, "observations the policy sees at once: the last K, stacked (images "
                                "along their channels, vectors side by side), for envs that do "
                                "not stack frames themselves; 1: the current one")
+    stack_num: int | None = _opt(None, "EnvPool's Atari and ViZDoom tasks: the frames EnvPool "
+                                       "stacks into each observation (its stack_num option; "
+                                       "none: EnvPool's default, 4); 1 for a recurrent policy "
+                                       "that remembers instead, as CleanRL's ppo_atari_lstm.py. "
+                                       "--frame-stack stacks in fastppo, for any env")
     norm_obs: bool = _opt(False, "normalize observations with running statistics")
     norm_reward: bool = _opt(False, "scale rewards by the running std of the discounted return")
     clip_obs: float = _opt(10.0, "clip normalized observations to +-this")
@@ -229,10 +234,11 @@ class PPOConfig:
 # must be in a config.json.
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
                   "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto",
-                  "frame_stack": 1, "recurrent": "none", "rnn_hidden_size": 128}
+                  "frame_stack": 1, "recurrent": "none", "rnn_hidden_size": 128,
+                  "stack_num": None}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
-                  "hidden_size", "frame_stack", "rnn_hidden_size")
+                  "hidden_size", "frame_stack", "rnn_hidden_size", "stack_num")
 _NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",

@@ -113,6 +113,9 @@ def make_pool(config: PPOConfig, num_envs: int, seed: int, env_fn: Callable | No
     from .gym_envs import make_env_fn, make_gym_pool
 
     atari_options(config)  # the Atari-only settings are off
+    if config.stack_num is not None:  # and so is EnvPool's frame stacking
+        raise ValueError("stack_num: only EnvPool's Atari and ViZDoom tasks stack frames "
+                         f"themselves, not a Gymnasium env ({config.env_id}); use --frame-stack")
     if env_fn is None:
         env_fn = make_env_fn(config.env_id)
     return make_gym_pool(env_fn, num_envs, seed, config.env_id)
@@ -123,7 +126,7 @@ def make_envpool(config: PPOConfig, num_envs: int, seed: int):
     envpool = import_envpool()
 
     check_env_id(config.env_id, "envpool")
-    options = atari_options(config)
+    options = {**atari_options(config), **stack_options(config)}
     check_procgen(config.env_id)
     with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
         check_single_agent(envpool.make_spec(config.env_id), config.env_id)
@@ -220,7 +223,7 @@ def env_own_spaces(config: PPOConfig, env_fn: Callable | None = None):
 
     check_procgen(config.env_id)
     with _quiet_spaces(), _one_line_envpool_errors(config.env_id):
-        spec = envpool.make_spec(config.env_id)
+        spec = envpool.make_spec(config.env_id, **stack_options(config))
         check_single_agent(spec, config.env_id)
         return spec.observation_space, spec.action_space
 
@@ -260,6 +263,22 @@ def atari_options(config: PPOConfig) -> dict:
     return {}
 
 
+STACKING_FAMILIES = ("envpool.atari", "envpool.vizdoom")  # EnvPool tasks with a stack_num
+
+
+def stack_options(config: PPOConfig) -> dict:
+    """EnvPool's ``stack_num`` option of ``config``'s env: ``{"stack_num": n}`` when the
+    ``stack_num`` setting is ``n`` and the env is one of EnvPool's frame-stacking tasks (Atari,
+    ViZDoom); ``{}`` when the setting is None (EnvPool's default). ValueError naming the
+    setting when it is set for any other env."""
+    if config.stack_num is None:
+        return {}
+    if envpool_family(config.env_id) not in STACKING_FAMILIES:
+        raise ValueError(f"stack_num: only EnvPool's Atari and ViZDoom tasks stack frames "
+                         f"themselves, {config.env_id} does not; use --frame-stack")
+    return {"stack_num": config.stack_num}
+
+
 def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
     """Raise ValueError (one line naming the space or the setting) when fastppo cannot serve
     these spaces with ``config``'s network and settings."""
@@ -276,6 +295,7 @@ def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
     ObsEncoder(observation_space,
                resolve_network(config.network, observation_space, config.preset))
     atari_options(config)
+    stack_options(config)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

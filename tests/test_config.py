@@ -133,7 +133,7 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
     from fastppo.config import ADDED_SETTINGS, read_run_config
 
     assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend",
-                                   "frame_stack", "recurrent", "rnn_hidden_size"}
+                                   "frame_stack", "recurrent", "rnn_hidden_size", "stack_num"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
@@ -204,7 +204,8 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
-        reward_clip=False, frame_stack=1, norm_obs=False, norm_reward=False, clip_obs=10.0,
+        reward_clip=False, frame_stack=1, stack_num=None,
+        norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
         network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128, kernels="auto",
         device="auto", policy_kernel="auto",
@@ -218,7 +219,8 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
         clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=False,
-        reward_clip=False, frame_stack=1, norm_obs=True, norm_reward=True, clip_obs=10.0,
+        reward_clip=False, frame_stack=1, stack_num=None,
+        norm_obs=True, norm_reward=True, clip_obs=10.0,
         clip_reward=10.0,
         network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128, kernels="auto",
         device="auto", policy_kernel="auto",
@@ -232,7 +234,8 @@ RESOLVED_PRESETS = {
         max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
         clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, loss="clip",
         kl_coef=1.0, kl_target=0.01, episodic_life=True,
-        reward_clip=True, frame_stack=1, norm_obs=False, norm_reward=False, clip_obs=10.0,
+        reward_clip=True, frame_stack=1, stack_num=None,
+        norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
         network="nature_cnn", hidden_size=64, recurrent="none", rnn_hidden_size=128,
         kernels="auto", device="auto", policy_kernel="auto",
