@@ -55,9 +55,12 @@ Checks: metadata only (TypeError/ValueError naming the argument, one line); toke
 Backends: the GEMMs are torch ops on every backend; ``backend="triton"`` (``auto`` on CUDA)
 runs both tile epilogues as the Triton kernels of ``token_ppo_loss_triton``, the forward's
 (the online log-sum-exp, entropy, exact KL and target gather) and the backward's
-(``grad_tile``: ``_grad_chunk``'s formula in one pass, written over the recomputed tile); any
-other backend the torch ops of ``_TorchTiles`` and ``_grad_chunk`` (there is no Numba kernel
-yet). The op is also the custom op
+(``grad_tile``: ``_grad_chunk``'s formula in one pass, written over the recomputed tile);
+``backend="numba"`` (``auto`` on the CPU) runs the same two epilogues as the Numba kernels of
+``token_ppo_loss_numba`` (one pass per token row of a tile, the rows split over the Numba
+threads; ``auto`` picks it because it measured faster than the torch epilogues,
+bench/README.md); ``backend="torch"`` the torch ops of ``_TorchTiles`` and ``_grad_chunk``.
+The op is also the custom op
 ``fastppo::token_ppo_loss`` (fakes, autograd; eager calls go through ``_TokenLoss`` directly),
 so ``torch.compile(fullgraph=True)`` traces through it.
 """
@@ -220,8 +223,8 @@ def _sweep(head: _Head, ref: _Head | None, tokens: Tensor, chunks, dtype, temper
     token_chunk, vocab_chunk = chunks
     n, vocab = tokens.shape[0], head.vocab
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
-    tiles_type = backend_module("token_ppo_loss", "triton").OnlineTiles \
-        if backend == "triton" else _TorchTiles
+    tiles_type = backend_module("token_ppo_loss", backend).OnlineTiles \
+        if backend in ("numba", "triton") else _TorchTiles
     out = {k: torch.empty(n, dtype=dtype, device=tokens.device)
            for k in ("lp", "lse", "entropy", "lse_ref", "exact")}
     for rows in _chunks(n, token_chunk):
@@ -349,9 +352,9 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
     n, vocab = tokens.shape[0], head.vocab
     kc_exact = opt.kl_coef if ref is not None else 0.0
     beta = kc_exact + opt.ent_coef
-    # the tile's epilogue: torch's _grad_chunk, or the same formula as one Triton kernel
-    grad_tile = backend_module("token_ppo_loss", "triton").grad_tile \
-        if opt.backend == "triton" else _grad_chunk
+    # the tile's epilogue: torch's _grad_chunk, or the same formula as one Triton/Numba kernel
+    grad_tile = backend_module("token_ppo_loss", opt.backend).grad_tile \
+        if opt.backend in ("numba", "triton") else _grad_chunk
     hidden_dtype = None if head.hidden is None else head.hidden.dtype
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
     if head.logits is not None:
@@ -670,8 +673,9 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
         chunk_size: None (4096 vocabulary entries x up to 1024 tokens), an int (vocabulary
             entries per chunk; tokens fill 2^22 logits), or a pair (tokens, vocabulary).
         backend: "auto" | "torch" | "numba" | "triton": "triton" (auto on CUDA) runs the
-            forward's and the backward's tile epilogues in Triton; the GEMMs are torch's on
-            every backend.
+            forward's and the backward's tile epilogues in Triton, "numba" (auto on the CPU,
+            the faster there) in Numba, "torch" as torch ops; the GEMMs are torch's on every
+            backend.
 
     Returns:
         (loss, stats): ``loss`` 0-dim, float32 (float64 for float64 inputs), with autograd;
@@ -736,10 +740,11 @@ def token_ppo_loss(*, hidden=None, weight=None, bias=None, logits=None, tokens, 
 
 @torch.no_grad()
 def token_logprobs(*, hidden=None, weight=None, bias=None, logits=None, tokens,
-                   temperature=1.0, with_entropy=True, chunk_size=None):
+                   temperature=1.0, with_entropy=True, chunk_size=None, backend="auto"):
     """Log-probabilities of ``tokens`` (and the entropies) under softmax(z / temperature),
     z = hidden . weight^T + bias or logits, chunked as :func:`token_ppo_loss` (no (B T, V)
-    tensor); for rollout and reference log-probs. No gradient.
+    tensor); for rollout and reference log-probs. No gradient. ``backend`` as for
+    :func:`token_ppo_loss` (the tile epilogue).
 
     Returns ``logprobs`` (B, T), or ``(logprobs, entropy)`` with ``with_entropy``; float32
     (float64 for float64 inputs).
@@ -751,10 +756,11 @@ def token_logprobs(*, hidden=None, weight=None, bias=None, logits=None, tokens,
     expect_same_device("hidden" if logits is None else "logits", policy, weight=weight,
                        bias=bias, tokens=tokens)
     chunks = _check_chunks(chunk_size, bt[0] * bt[1], vocab)
+    backend = resolve_backend(backend, policy.device)
     _check_tokens(tokens, vocab)
     n = bt[0] * bt[1]
     flat = lambda x: None if x is None else x.reshape(n, *x.shape[2:])  # noqa: E731
     sw = _sweep(_Head(flat(hidden), weight, bias, flat(logits)), None,
-                tokens.reshape(n).long(), chunks, _compute_dtype(policy), temperature)
+                tokens.reshape(n).long(), chunks, _compute_dtype(policy), temperature, backend)
     lp = sw.lp.reshape(bt)
     return (lp, sw.entropy.reshape(bt)) if with_entropy else lp

@@ -5,15 +5,24 @@ The grid: clip (asymmetric), dual clip, each KL estimator (k1, k2, k3, exact fro
 from a reference head), entropy bonus, temperature, each aggregation with and without a
 normalizer, bool and float masks with empty sequences, vocabularies that are not a multiple of
 the chunk (and token chunks that do not divide B T); hidden + weight (+ bias) against logits;
-gradcheck in float64; bf16 inputs; bad input, one line each.
+gradcheck in float64; bf16 inputs; bad input, one line each. The oracle tests run on both
+CPU backends: ``torch`` (the torch tile epilogues) and ``numba`` (the Numba ones of
+``token_ppo_loss_numba``), which also meet each other on strided and expanded inputs and on
+tiles large enough for the Numba threads.
 """
 
+import importlib.util
 import math
 
 import pytest
 import torch
 
 from fastppo.kernels import token_logprobs, token_ppo_loss
+
+# the CPU backends every oracle test runs on
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba is not installed"))]
+backends = pytest.mark.parametrize("backend", BACKENDS)
 
 B, T, H, V = 3, 8, 6, 37
 CHUNKS = [(5, 8), (24, 37), (7, 64)]  # (tokens, vocab): ragged, whole, wider than V
@@ -164,9 +173,10 @@ AGGS = [dict(agg="token-mean"), dict(agg="seq-mean-token-mean"),
 @pytest.mark.parametrize("opts", GRID, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
                          or "default")
 @pytest.mark.parametrize("chunks", CHUNKS, ids=str)
-def test_options_match_oracle(opts, chunks):
+@backends
+def test_options_match_oracle(opts, chunks, backend):
     x = inputs()
-    got, want = run_both(x, opts, chunk_size=chunks)
+    got, want = run_both(x, opts, chunk_size=chunks, backend=backend)
     if "dual_clip" in opts:
         assert 0 < want[1]["clipfrac_lower"] < want[1]["clipfrac"] < 1
     else:
@@ -176,46 +186,51 @@ def test_options_match_oracle(opts, chunks):
 
 @pytest.mark.parametrize("agg", AGGS, ids=lambda o: ",".join(f"{v}" for v in o.values()))
 @pytest.mark.parametrize("use_logits", [False, True], ids=["hidden", "logits"])
-def test_aggregations_match_oracle(agg, use_logits):
+@backends
+def test_aggregations_match_oracle(agg, use_logits, backend):
     x = inputs(seed=1)
     opts = dict(agg, kl_coef=0.3, kl_estimator="k3", ent_coef=0.02, dual_clip=1.5)
-    check(*run_both(x, opts, use_logits=use_logits, chunk_size=(6, 10)), F64)
+    check(*run_both(x, opts, use_logits=use_logits, chunk_size=(6, 10), backend=backend), F64)
 
 
-def test_bool_mask_and_no_mask():
+@backends
+def test_bool_mask_and_no_mask(backend):
     x = inputs(seed=2)
     x_bool = dict(x, mask=x["mask"] > 0)
-    got, want = run_both(x_bool, dict(agg="seq-mean-token-mean"))
+    got, want = run_both(x_bool, dict(agg="seq-mean-token-mean"), backend=backend)
     check(got, want, F64)
     x_none = dict(x, mask=torch.ones(B, T, dtype=torch.float64))
-    _, want = run_both(x_none, dict(ent_coef=0.1))
+    _, want = run_both(x_none, dict(ent_coef=0.1), backend=backend)
     loss, stats = token_ppo_loss(hidden=x["hidden"], weight=x["weight"], bias=x["bias"],
                                  tokens=x["tokens"], old_logprobs=x["old_logprobs"],
-                                 advantages=x["advantages"], ent_coef=0.1)
+                                 advantages=x["advantages"], ent_coef=0.1, backend=backend)
     torch.testing.assert_close(loss.double(), want[0], **F64)
 
 
-def test_all_masked_is_zero_not_nan():
+@backends
+def test_all_masked_is_zero_not_nan(backend):
     x = inputs()
     x["hidden"].requires_grad_()
     for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
         loss, stats = token_ppo_loss(hidden=x["hidden"], weight=x["weight"], tokens=x["tokens"],
                                      old_logprobs=x["old_logprobs"], agg=agg,
-                                     advantages=x["advantages"], mask=torch.zeros(B, T))
+                                     advantages=x["advantages"], mask=torch.zeros(B, T),
+                                     backend=backend)
         (grad,) = torch.autograd.grad(loss, [x["hidden"]])
         assert loss == 0 and all(v == 0 for v in stats.values()) and torch.all(grad == 0)
 
 
-def test_hidden_path_equals_logits_path():
+@backends
+def test_hidden_path_equals_logits_path(backend):
     x = inputs(seed=3)
     opts = dict(kl_coef=0.4, kl_estimator="exact", ent_coef=0.01, temperature=0.9)
-    (loss_h, stats_h, grads_h), _ = run_both(x, opts, chunk_size=(4, 16))
+    (loss_h, stats_h, grads_h), _ = run_both(x, opts, chunk_size=(4, 16), backend=backend)
     # exact KL with reference logits instead of the reference head
     z = full_logits(x).requires_grad_()
     loss_z, stats_z = token_ppo_loss(logits=z, ref_logits=full_logits(x, ref=True),
                                      tokens=x["tokens"], old_logprobs=x["old_logprobs"],
                                      advantages=x["advantages"], mask=x["mask"], **opts,
-                                     chunk_size=(4, 16))
+                                     chunk_size=(4, 16), backend=backend)
     (dz,) = torch.autograd.grad(loss_z, [z])
     torch.testing.assert_close(loss_z, loss_h, **F64)
     for k in stats_h:
@@ -227,7 +242,8 @@ def test_hidden_path_equals_logits_path():
     torch.testing.assert_close(grads_h[2], dz2.sum(0), **F64)
 
 
-def test_gradcheck_float64():
+@backends
+def test_gradcheck_float64(backend):
     x = inputs(seed=4, shape=(2, 4, 3, 11))
     hidden, weight, bias = (x[k].detach().clone().requires_grad_()
                             for k in ("hidden", "weight", "bias"))
@@ -239,7 +255,7 @@ def test_gradcheck_float64():
                               mask=x["mask"], dual_clip=1.5, kl_coef=0.5, kl_estimator="exact",
                               ref_hidden=ref[0], ref_weight=ref[1], ref_bias=ref[2],
                               ent_coef=0.1, temperature=1.3, agg="seq-mean-token-mean",
-                              chunk_size=(3, 4))[0]
+                              chunk_size=(3, 4), backend=backend)[0]
 
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
     z = full_logits(x).requires_grad_()
@@ -247,16 +263,17 @@ def test_gradcheck_float64():
         lambda z: token_ppo_loss(logits=z, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
                                  advantages=x["advantages"], kl_coef=0.5, kl_estimator="k2",
                                  ref_logprobs=x["ref_logprobs"], ent_coef=0.1,
-                                 chunk_size=(3, 4))[0], (z,))
+                                 chunk_size=(3, 4), backend=backend)[0], (z,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_low_precision_inputs(dtype):
+@backends
+def test_low_precision_inputs(dtype, backend):
     """fp32 compute from low-precision inputs: the oracle runs in float64 on the same (rounded)
     values, so what is left is the fp32 arithmetic (the fitted tolerance), not the rounding."""
     x = inputs(seed=5, dtype=dtype)
     got, want = run_both(x, dict(kl_coef=0.5, kl_estimator="exact", ent_coef=0.02,
-                                 dual_clip=1.5), chunk_size=(4, 8))
+                                 dual_clip=1.5), chunk_size=(4, 8), backend=backend)
     loss, stats, grads = got
     assert loss.dtype == torch.float32
     assert [g.dtype for g in grads] == [dtype] * 3
@@ -269,33 +286,115 @@ def test_low_precision_inputs(dtype):
 
 
 @pytest.mark.parametrize("use_logits", [False, True])
-def test_token_logprobs_matches_oracle(use_logits):
+@backends
+def test_token_logprobs_matches_oracle(use_logits, backend):
     x = inputs(seed=6)
     z = full_logits(x)
     head = dict(logits=z) if use_logits else dict(hidden=x["hidden"], weight=x["weight"],
                                                   bias=x["bias"])
-    lp, ent = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, chunk_size=(4, 8))
+    lp, ent = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, chunk_size=(4, 8),
+                             backend=backend)
     logp = torch.log_softmax(z / 0.8, -1)
     torch.testing.assert_close(lp, logp.gather(-1, x["tokens"].unsqueeze(-1)).squeeze(-1), **F64)
     torch.testing.assert_close(ent, -(logp.exp() * logp).sum(-1), **F64)
-    only = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, with_entropy=False)
+    only = token_logprobs(**head, tokens=x["tokens"], temperature=0.8, with_entropy=False,
+                          backend=backend)
     torch.testing.assert_close(only, lp, **F64)
     assert not lp.requires_grad
 
 
-def test_large_logits_are_stable():
+@backends
+def test_large_logits_are_stable(backend):
     """Logits of magnitude 1e3-1e4 (exp would overflow without the running max)."""
     x = inputs(seed=7)
     z = 500 * full_logits(x)
     ref = 500 * full_logits(x, ref=True)
     loss, stats = token_ppo_loss(logits=z, ref_logits=ref, kl_coef=0.1, kl_estimator="exact",
                                  ent_coef=0.1, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
-                                 advantages=x["advantages"], chunk_size=(4, 8))
+                                 advantages=x["advantages"], chunk_size=(4, 8),
+                                 backend=backend)
     o_loss, o_stats = oracle(z, x["tokens"], x["old_logprobs"], x["advantages"],
                              torch.ones(B, T), ref_z=ref, kl_coef=0.1, ent_coef=0.1)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, o_loss, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(stats["kl"], o_stats["kl"], rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- Numba
+
+def _views(use_logits, exact, seed=12, bt=(2, 32), h=16, v=4099):
+    """float32 inputs as strided, transposed and expanded views (none contiguous)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    (b, t) = bt
+    hidden = r(b, h, t).transpose(1, 2)  # (B, T, H), transposed
+    weight = (r(h, v) / h**0.5).T  # (V, H), transposed
+    bias = r(1).expand(v)  # stride 0
+    tokens = torch.randint(0, v, (1, t), generator=g).expand(b, t)
+    x = dict(tokens=tokens, old_logprobs=r(b, 2 * t)[:, ::2] - 8.0,
+             advantages=r(t).expand(b, t), mask=(r(b, t) > -1.0).float())
+    if use_logits:
+        z = (hidden @ weight.T + bias).detach()
+        x["logits"] = torch.cat([z, r(b, t, 3)], 2)[:, :, :v]  # a slice of a wider tensor
+        if exact:
+            x["ref_logits"] = (z + 0.3 * r(b, t, v)).transpose(0, 1).contiguous() \
+                .transpose(0, 1)  # (B, T, V) stored T-major
+    else:
+        x.update(hidden=hidden, weight=weight, bias=bias)
+        if exact:
+            x.update(ref_hidden=hidden + 0.3 * r(b, t, h), ref_weight=weight, ref_bias=bias)
+    if exact:
+        x.update(kl_coef=0.4, kl_estimator="exact")
+    else:
+        x.update(kl_coef=0.4, kl_estimator="k2", ref_logprobs=x["old_logprobs"] + 0.1)
+    return x
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.parametrize("use_logits", [False, True], ids=["hidden", "logits"])
+@pytest.mark.parametrize("exact", [False, True], ids=["k2", "exact"])
+def test_numba_matches_torch_on_views_and_threaded_tiles(use_logits, exact):
+    """backend="numba" against backend="torch" and the float64 oracle on float32 strided,
+    transposed and expanded inputs, with 64 x 4096 tiles (past PARALLEL_MIN_ELEMENTS: the
+    threaded drivers) and a ragged last vocabulary tile (4099 = 4096 + 3)."""
+    from fastppo.kernels.token_ppo_loss_numba import PARALLEL_MIN_ELEMENTS
+
+    chunks = (64, 4096)
+    assert chunks[0] * chunks[1] >= PARALLEL_MIN_ELEMENTS
+    x = _views(use_logits, exact)
+    leaves = ["logits"] if use_logits else ["hidden", "weight", "bias"]
+    results = []
+    for backend in ("torch", "numba"):
+        params = [x[k].detach().clone().requires_grad_() if k != "bias" else
+                  x[k].detach().requires_grad_() for k in leaves]
+        loss, stats = token_ppo_loss(**{**x, **dict(zip(leaves, params))}, ent_coef=0.03,
+                                     temperature=0.9, dual_clip=2.0, chunk_size=chunks,
+                                     backend=backend)
+        grads = torch.autograd.grad(loss, params)
+        assert [g.shape for g in grads] == [p.shape for p in params]
+        results.append((loss.double(), {k: v.double() for k, v in stats.items()},
+                        [g.double() for g in grads]))
+    check(results[1], results[0], dict(rtol=1e-5, atol=1e-6))
+
+    d = lambda k: x[k].double()  # noqa: E731
+    z = d("logits") if use_logits else d("hidden") @ d("weight").T + d("bias")
+    ref = {}
+    if exact:
+        ref["ref_z"] = d("ref_logits") if use_logits else \
+            d("ref_hidden") @ d("ref_weight").T + d("ref_bias")
+    else:
+        ref["ref_lp"] = d("ref_logprobs")
+    o_loss, o_stats = oracle(z, x["tokens"], d("old_logprobs"), d("advantages"), d("mask"),
+                             kl_coef=0.4, kl_estimator=x["kl_estimator"], ent_coef=0.03,
+                             temperature=0.9, dual_clip=2.0, **ref)
+    check(results[1][:2] + ([],), (o_loss, o_stats, []), dict(rtol=1e-4, atol=1e-5))
+    lp, ent = token_logprobs(**{k: x[k] for k in leaves}, tokens=x["tokens"], temperature=0.9,
+                             chunk_size=chunks, backend="numba")
+    logp = torch.log_softmax(z / 0.9, -1)
+    torch.testing.assert_close(lp.double(), logp.gather(-1, x["tokens"].unsqueeze(-1))
+                               .squeeze(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), rtol=1e-5,
+                               atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- bad input
