@@ -11,8 +11,12 @@ clip 0.2 / 0.28, token-mean over a response mask (1/8 of the tokens masked). Var
     eager          logits = hidden @ W^T, .float(), log_softmax, gather, entropy from the full
                    softmax, ratio / clip / k3 / token-mean (verl's compute_policy_loss + agg_loss)
     compile        torch.compile of the same function
-    fused-linear   token_ppo_loss(hidden=, weight=): logits never whole
-    fused-logits   logits = hidden @ W^T in torch, then token_ppo_loss(logits=)
+    fused-linear   token_ppo_loss(hidden=, weight=, backend="torch"): logits never whole, the
+                   tiles' epilogues torch ops
+    fused-linear-numba   the same with backend="numba": the epilogues as Numba kernels (the
+                   tiles' GEMMs stay torch's)
+    fused-logits   logits = hidden @ W^T in torch, then token_ppo_loss(logits=, backend="torch")
+    fused-logits-numba   the same with backend="numba"
 
 Each variant runs in its own subprocess (so one's freed memory cannot serve another): one
 warm-up step (compiles), then ``repeat`` timed steps. Memory: before each timed step the
@@ -34,7 +38,8 @@ import time
 
 import torch
 
-VARIANTS = ("eager", "compile", "fused-linear", "fused-logits")
+VARIANTS = ("eager", "compile", "fused-linear", "fused-linear-numba", "fused-logits",
+            "fused-logits-numba")
 OPTS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.05, ent_coef=0.01)
 
 
@@ -69,15 +74,21 @@ def eager_loss(hidden, weight, ids, old_lp, ref_lp, adv, mask):
 def step_fn(variant):
     from fastppo.kernels import token_ppo_loss
 
-    def fused(hidden, weight, ids, old_lp, ref_lp, adv, mask, logits_input=False):
+    def fused(hidden, weight, ids, old_lp, ref_lp, adv, mask, logits_input=False,
+              backend="torch"):
         head = dict(logits=hidden @ weight.T) if logits_input else dict(hidden=hidden,
                                                                           weight=weight)
         return token_ppo_loss(**head, tokens=ids, old_logprobs=old_lp, advantages=adv,
-                              mask=mask, ref_logprobs=ref_lp, kl_estimator="k3", **OPTS)[0]
+                              mask=mask, ref_logprobs=ref_lp, kl_estimator="k3", **OPTS,
+                              backend=backend)[0]
 
-    return {"eager": eager_loss, "compile": torch.compile(eager_loss),
-            "fused-linear": fused,
-            "fused-logits": lambda *a: fused(*a, logits_input=True)}[variant]
+    if variant == "eager":
+        return eager_loss
+    if variant == "compile":
+        return torch.compile(eager_loss)
+    logits_input = variant.startswith("fused-logits")
+    backend = "numba" if variant.endswith("-numba") else "torch"
+    return lambda *a: fused(*a, logits_input=logits_input, backend=backend)
 
 
 def _status(key):
