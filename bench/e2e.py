@@ -4,15 +4,18 @@
     python bench/e2e.py --rows cartpole --updates 3 --warmup 1          # a quick smoke run
     python bench/e2e.py --rows halfcheetah --json e2e.json
     python bench/e2e.py --rows cartpole --variants default kernels=torch   # other fastppo rows
+    python bench/e2e.py --rows pong_lstm             # CleanRL ppo_atari_lstm.py's settings
 
 For each env row (HalfCheetah-v4 with the ``mujoco`` preset, Pong-v5 with ``atari``, CartPole-v1
-with ``classic``) this runs, in one process and one sitting, with the same seed and the preset's
-settings (``fastppo.config.make_config(env_id)``):
+with ``classic``; by request ``pong_lstm``, Pong-v5 at CleanRL's ``ppo_atari_lstm.py`` settings:
+the ``atari`` preset with an LSTM of 128 after the Nature CNN and one frame per observation
+instead of four, and ``cartpole_lstm``) this runs, in one process and one sitting, with the same
+seed and the row's settings (``fastppo.config.make_config(env_id, **row settings)``):
 
 * ``eager``: the plain eager loop of ``bench/eager_ppo.py`` (the reference);
 * ``fastppo``: ``fastppo.train.train`` with the defaults, then each variant (by default
-  ``compile=off`` and ``async_envs=off``). A variant naming a ``PPOConfig`` field that does not
-  exist (yet) is skipped with a note.
+  ``compile=off`` and ``async_envs=off``; a recurrent row's own, as those options differ for
+  it). A variant naming a ``PPOConfig`` field that does not exist (yet) is skipped with a note.
 
 Reported per run: the steady-state SPS (the steps of the updates after the warm-up ones, divided
 by the wall time from the end of the last warm-up update to the end of the last update, so
@@ -58,8 +61,21 @@ ROWS = {
     "halfcheetah": ("HalfCheetah-v4", 8, 2),
     "pong": ("Pong-v5", 6, 1),
     "cartpole": ("CartPole-v1", 20, 3),
+    "pong_lstm": ("Pong-v5", 6, 1),
+    "cartpole_lstm": ("CartPole-v1", 20, 3),
+}
+DEFAULT_ROWS = ("halfcheetah", "pong", "cartpole")
+# Settings a row runs both sides with, beyond its preset's, and the row's label in the table.
+# pong_lstm: CleanRL ppo_atari_lstm.py (the atari preset's settings; Nature CNN -> LSTM(128);
+# one frame per observation, EnvPool's stack_num=1).
+ROW_SETTINGS = {
+    "pong_lstm": ({"recurrent": "lstm", "rnn_hidden_size": 128, "stack_num": 1},
+                  "Pong-v5 LSTM, 1 frame"),
+    "cartpole_lstm": ({"recurrent": "lstm", "rnn_hidden_size": 64}, "CartPole-v1 LSTM"),
 }
 DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch", "policy_kernel=torch,compile=on")
+# recurrent rows: the Numba policy kernels and --compile on refuse recurrent policies
+RECURRENT_VARIANTS = ("default", "async_envs=on", "async_envs=off")
 RECENT_EPISODES = 10
 
 
@@ -145,15 +161,17 @@ def parse_variant(text: str) -> dict:
 
 
 # --------------------------------------------------------------------------- raw env rate
-def raw_steps_per_second(env_id: str, num_envs: int, seconds: float, seed: int = 1) -> float:
-    """Env steps per second of the preset's EnvPool pool at ``num_envs`` envs, random actions
-    (one warm-up second, then ``seconds`` of synchronous batched steps)."""
+def raw_steps_per_second(env_id: str, num_envs: int, seconds: float, seed: int = 1,
+                         **settings) -> float:
+    """Env steps per second of the preset's EnvPool pool at ``num_envs`` envs (with the row's
+    ``settings``, e.g. ``stack_num``), random actions (one warm-up second, then ``seconds`` of
+    synchronous batched steps)."""
     import numpy as np
 
     from fastppo.config import make_config
     from fastppo.envs import make_envpool
 
-    config = make_config(env_id, num_envs=num_envs)
+    config = make_config(env_id, **{**settings, "num_envs": num_envs})
     pool = make_envpool(config, num_envs, seed)
     space = pool.action_space
     rng = np.random.default_rng(seed)
@@ -217,15 +235,17 @@ def steady_from_metrics(records: list[dict], warmup_updates: int) -> dict:
 
 
 def run_fastppo(env_id: str, num_updates: int, seed: int, warmup_updates: int,
-                variant: dict) -> dict:
+                variant: dict, settings: dict | None = None) -> dict:
+    """fastppo's run of the row (its ``settings``, then the ``variant``'s)."""
     import torch
     from fastppo.config import make_config
     from fastppo.logger import read_metrics
     from fastppo.train import train
 
-    batch = make_config(env_id, **variant).batch_size
+    settings = {**(settings or {}), **variant}
+    batch = make_config(env_id, **settings).batch_size
     config = make_config(env_id, total_timesteps=num_updates * batch, tensorboard=False,
-                         checkpoint_every=0, seed=seed, **variant)
+                         checkpoint_every=0, seed=seed, **settings)
     old_threads = torch.get_num_threads()
     try:
         with tempfile.TemporaryDirectory(prefix="fastppo_e2e_") as tmp:
@@ -256,7 +276,7 @@ def _fmt(value, spec=".3f") -> str:
 def table_row(r: dict, eager_sps: float | None) -> str:
     speedup = "n/a" if not eager_sps else f"{r['steady_sps'] / eager_sps:.2f}x"
     share = "n/a" if not r.get("raw_sps") else f"{r['steady_sps'] / r['raw_sps']:.0%}"
-    return (f"| {r['env_id']} | {r['variant']} | {r['torch_threads']} | {r['steady_sps']:,.0f} | "
+    return (f"| {r.get('label', r['env_id'])} | {r['variant']} | {r['torch_threads']} | {r['steady_sps']:,.0f} | "
             f"{speedup} | {share} | {_fmt(r['env_s'])} | {_fmt(r['inference_s'])} | "
             f"{_fmt(r['rollout_s'])} | {_fmt(r['learn_s'])} | {_fmt(r['recent_return'], '.1f')} |")
 
@@ -270,8 +290,8 @@ TABLE_HEADER = (
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS),
-                        help="env rows, in this order (default: all)")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(DEFAULT_ROWS),
+                        help="env rows, in this order (default: " + " ".join(DEFAULT_ROWS) + ")")
     parser.add_argument("--updates", type=int, default=None,
                         help="updates per run (default per row: " + ", ".join(
                             f"{k} {v[1]}" for k, v in ROWS.items()) + ")")
@@ -279,10 +299,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="warm-up updates left out of the steady figures (default per row: "
                         + ", ".join(f"{k} {v[2]}" for k, v in ROWS.items()) + ")")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", type=parse_variant,
-                        default=[parse_variant(v) for v in DEFAULT_VARIANTS],
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None,
                         help="fastppo runs beside the eager one: 'default' or field=value "
-                        "(default: " + " ".join(DEFAULT_VARIANTS) + ")")
+                        "(default: " + " ".join(DEFAULT_VARIANTS) + "; recurrent rows: "
+                        + " ".join(RECURRENT_VARIANTS) + ")")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager reference")
     parser.add_argument("--raw-seconds", type=float, default=5.0,
                         help="seconds of raw EnvPool stepping (random actions, the preset's env "
@@ -301,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     # gymnasium's note that EnvPool's float64 Box bounds are cast to float32 (harmless, noisy)
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
 
-    plan = []  # (env id, updates, warm-up updates) per row
+    plan = []  # (env id, updates, warm-up updates, settings, label, variants) per row
     for row in args.rows:
         env_id, default_updates, default_warmup = ROWS[row]
         updates = args.updates if args.updates is not None else default_updates
@@ -309,7 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 <= warmup < updates:
             parser.error(f"--warmup must be in [0, updates); got {warmup} with {updates} "
                          f"updates for {row}")
-        plan.append((env_id, updates, warmup))
+        settings, label = ROW_SETTINGS.get(row, ({}, env_id))
+        variants = args.variants or [parse_variant(v) for v in (
+            RECURRENT_VARIANTS if settings.get("recurrent", "none") != "none"
+            else DEFAULT_VARIANTS)]
+        plan.append((env_id, updates, warmup, settings, label, variants))
 
     command, load1, machine = print_sitting()
     print()
@@ -318,41 +342,43 @@ def main(argv: list[str] | None = None) -> None:
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
     default_threads = torch.get_num_threads()
     results, notes, no_perf = [], [], []
-    for env_id, updates, warmup in plan:
+    for env_id, updates, warmup, settings, label, variants in plan:
         eager_sps = None
-        raw_sps = raw_steps_per_second(env_id, make_config(env_id).num_envs, args.raw_seconds) \
+        raw_sps = raw_steps_per_second(env_id, make_config(env_id, **settings).num_envs,
+                                       args.raw_seconds, **settings) \
             if args.raw_seconds > 0 else None
         runs = [] if args.no_eager else [("eager", None)]
-        for variant in args.variants:
-            missing = sorted(set(variant) - fields)
+        for variant in variants:
+            missing = sorted((set(variant) | set(settings)) - fields)
             if missing:
-                notes.append(f"{env_id}: skipped `{variant_name(variant)}`: PPOConfig has no "
+                notes.append(f"{label}: skipped `{variant_name(variant)}`: PPOConfig has no "
                              f"field {', '.join(missing)} yet")
-                print(f"[{env_id}] skip {variant_name(variant)}: no field {missing}",
+                print(f"[{label}] skip {variant_name(variant)}: no field {missing}",
                       file=sys.stderr, flush=True)
             else:
                 runs.append((variant_name(variant), variant))
         done: dict[str, list[dict]] = {}
         for rep in range(args.repeats):  # the variants in turn, so drift hits all alike
             for name, variant in runs:
-                print(f"[{env_id}] {name} (run {rep + 1}/{args.repeats}) ...", file=sys.stderr,
+                print(f"[{label}] {name} (run {rep + 1}/{args.repeats}) ...", file=sys.stderr,
                       flush=True)
                 try:
                     if variant is None:
-                        r = run_eager(env_id, updates, args.seed, warmup)
+                        r = run_eager(env_id, updates, args.seed, warmup, **settings)
                     else:
-                        r = run_fastppo(env_id, updates, args.seed, warmup, variant)
+                        r = run_fastppo(env_id, updates, args.seed, warmup, variant, settings)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     traceback.print_exc()
                     message = f"{type(err).__name__}: {err}"
-                    notes.append(f"{env_id}: `{name}` failed: {message}")
-                    results.append({"env_id": env_id, "variant": name, "error": message})
-                    print(f"| {env_id} | {name} | failed ({type(err).__name__}, see notes) "
+                    notes.append(f"{label}: `{name}` failed: {message}")
+                    results.append({"env_id": env_id, "label": label, "variant": name,
+                                    "error": message})
+                    print(f"| {label} | {name} | failed ({type(err).__name__}, see notes) "
                           "| | | | | | | |", flush=True)
                     continue
                 finally:
                     torch.set_num_threads(default_threads)
-                r["raw_sps"] = raw_sps
+                r["raw_sps"], r["label"], r["row_settings"] = raw_sps, label, settings
                 print(f"  steady SPS {r['steady_sps']:,.0f}", file=sys.stderr, flush=True)
                 done.setdefault(name, []).append(r)
         for name, variant in runs:
@@ -367,20 +393,20 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 r["speedup_vs_eager"] = r["steady_sps"] / eager_sps if eager_sps else None
                 if not r["perf_keys"]:
-                    no_perf.append(f"{env_id} {name}")
+                    no_perf.append(f"{label} {name}")
             results.append(r)
             print(table_row(r, eager_sps), flush=True)
 
     print()
     print(f"each row: the median of {args.repeats} run(s) by steady SPS, the variants run in "
           "turn. steady = the updates after the warm-up ones ("
-          + "; ".join(f"{e}: {u} updates, {w} warm-up" for e, u, w in plan)
+          + "; ".join(f"{p[4]}: {p[1]} updates, {p[2]} warm-up" for p in plan)
           + "); seconds are means per steady update; return = mean of the last "
           f"{RECENT_EPISODES} finished episodes (n/a: none finished); eager inference = the "
           "policy call alone, fastppo inference = rollout - env; eager env = inside env.step, fastppo "
           "env = inside EnvPool's send and recv (with async_envs their stepping overlaps "
           "inference).")
-    if any(w == 0 for _, _, w in plan):
+    if any(p[2] == 0 for p in plan):
         notes.append("--warmup 0: the first update (JIT compilation, first-call allocations) is "
                      "inside the steady figures")
     if no_perf:

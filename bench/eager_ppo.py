@@ -2,6 +2,7 @@
 
     python bench/eager_ppo.py CartPole-v1 --updates 60          # train, print return per update
     python bench/eager_ppo.py HalfCheetah-v4 --updates 4 --warmup 1
+    python bench/eager_ppo.py Pong-v5 --recurrent lstm --stack-num 1 --updates 4   # ppo_atari_lstm
 
 This is the reference ``bench/e2e.py`` compares fastppo against: what a user's script in the
 style of CleanRL's ``ppo_continuous_action.py`` / ``ppo_atari_envpool.py`` does, written here
@@ -23,6 +24,17 @@ learning-rate annealing.
 * Hyperparameters come from fastppo's presets (``fastppo.config.make_config(env_id)``), so the two
   sides always run the same settings; ``torch.set_num_threads(config.torch_threads)`` when the
   preset sets it (restored on return).
+
+Recurrent policies (``config.recurrent`` ``lstm`` or ``gru``, as CleanRL's
+``ppo_atari_lstm.py``): the body (the Nature CNN's 512 features, or one tanh layer of
+``hidden_size`` for vectors) feeds an ``nn.LSTM``/``nn.GRU`` of ``rnn_hidden_size`` (biases 0,
+orthogonal weights of gain 1), then linear actor and critic heads. It is stepped one step at a
+time in the rollout and in the update alike (one ``nn.LSTM`` call per step, the state multiplied
+by ``1 - start``); ``start[t]`` marks the steps whose observation begins an episode: with
+next-step autoreset, the step after a reset step (whose observation is the final one of the old
+episode, so its state is the old episode's). Each rollout keeps the state it began with; a
+minibatch is ``num_envs / num_minibatches`` whole envs (shuffled per epoch), unrolled over the
+rollout's T steps from that stored state. ``config.stack_num`` is passed to EnvPool.
 
 ``run_eager(env_id, num_updates, seed, warmup_updates)`` returns the steady-state SPS (the steps
 of the updates after the warm-up ones over their wall time), the mean per-update time split
@@ -109,15 +121,18 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -
 class Agent(nn.Module):
     """Nature CNN (shared body, categorical actor + value heads) for image observations; separate
     tanh MLP actor and critic otherwise, with a categorical head or a Gaussian mean plus a
-    state-independent log-std."""
+    state-independent log-std. ``recurrent`` ("lstm"/"gru"): body -> LSTM/GRU -> linear heads
+    (module docstring); every call then takes and returns the state."""
 
-    def __init__(self, obs_shape, action_space, hidden: int = 64):
+    def __init__(self, obs_shape, action_space, hidden: int = 64, recurrent: str = "none",
+                 rnn_hidden_size: int = 128):
         super().__init__()
         from gymnasium import spaces
 
         self.continuous = isinstance(action_space, spaces.Box)
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
         self.image = len(obs_shape) == 3
+        self.recurrent = recurrent != "none"
         if self.image:
             self.network = nn.Sequential(
                 layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)), nn.ReLU(),
@@ -126,8 +141,23 @@ class Agent(nn.Module):
                 nn.Flatten(),
                 layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
             )
-            self.actor = layer_init(nn.Linear(512, n_out), std=0.01)
-            self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+            width = 512
+        elif self.recurrent:
+            self.network = nn.Sequential(
+                layer_init(nn.Linear(int(np.prod(obs_shape)), hidden)), nn.Tanh())
+            width = hidden
+        if self.recurrent:
+            self.lstm = recurrent == "lstm"
+            self.rnn = (nn.LSTM if self.lstm else nn.GRU)(width, rnn_hidden_size)
+            for name, param in self.rnn.named_parameters():
+                if "bias" in name:
+                    nn.init.constant_(param, 0.0)
+                else:
+                    nn.init.orthogonal_(param, 1.0)
+            width = rnn_hidden_size
+        if self.image or self.recurrent:
+            self.actor = layer_init(nn.Linear(width, n_out), std=0.01)
+            self.critic = layer_init(nn.Linear(width, 1), std=1.0)
         else:
             d = int(np.prod(obs_shape))
 
@@ -147,11 +177,35 @@ class Agent(nn.Module):
     def features(self, x):
         return self.network(x.float() / 255.0) if self.image else self.network(x)
 
-    def get_value(self, x):
-        return self.critic(self.features(x)).squeeze(-1)
+    def initial_state(self, num_envs: int):
+        """The zero state of ``num_envs`` envs: ``(h, c)`` for the LSTM, ``h`` for the GRU,
+        each (1, num_envs, rnn_hidden_size)."""
+        zeros = lambda: torch.zeros(1, num_envs, self.rnn.hidden_size)  # noqa: E731
+        return (zeros(), zeros()) if self.lstm else zeros()
 
-    def get_action_and_value(self, x, action=None):
-        h = self.features(x)
+    def get_states(self, x, state, start):
+        """The core's outputs for ``x`` (T * n rows, time-major) stepped from ``state`` one step
+        at a time, the state zeroed where ``start`` (T * n) is 1; returns (outputs, state)."""
+        n = (state[0] if self.lstm else state).shape[1]
+        hidden = self.features(x).reshape(-1, n, self.rnn.input_size)
+        keep = (1.0 - start).reshape(-1, 1, n, 1)
+        outs = []
+        for h, k in zip(hidden, keep):
+            state = (state[0] * k, state[1] * k) if self.lstm else state * k
+            out, state = self.rnn(h.unsqueeze(0), state)
+            outs.append(out)
+        return torch.cat(outs).flatten(0, 1), state
+
+    def get_value(self, x, state=None, start=None):
+        h = self.get_states(x, state, start)[0] if self.recurrent else self.features(x)
+        return self.critic(h).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None, state=None, start=None):
+        """(action, log-prob, entropy, value), and the new state last for a recurrent agent."""
+        if self.recurrent:
+            h, state = self.get_states(x, state, start)
+        else:
+            h = self.features(x)
         out = self.actor(h)
         if self.continuous:
             dist = Normal(out, self.actor_logstd.expand_as(out).exp())
@@ -163,7 +217,10 @@ class Agent(nn.Module):
             if action is None:
                 action = dist.sample()
             logprob, entropy = dist.log_prob(action), dist.entropy()
-        return action, logprob, entropy, self.critic(h).squeeze(-1)
+        value = self.critic(h).squeeze(-1)
+        if self.recurrent:
+            return action, logprob, entropy, value, state
+        return action, logprob, entropy, value
 
 
 # --------------------------------------------------------------------------- GAE and loss
@@ -244,12 +301,18 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
         atari = cfg.preset == "atari"
         kwargs = dict(episodic_life=cfg.episodic_life, reward_clip=cfg.reward_clip) if atari \
             else {}
+        if cfg.stack_num is not None:
+            kwargs["stack_num"] = cfg.stack_num
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*precision lowered by casting")
             envs = envpool.make(env_id, env_type="gymnasium", num_envs=N, seed=cfg.seed,
                                 **kwargs)
             obs_space, act_space = envs.observation_space, envs.action_space
-        agent = Agent(obs_space.shape, act_space, cfg.hidden_size)
+        agent = Agent(obs_space.shape, act_space, cfg.hidden_size, cfg.recurrent,
+                      cfg.rnn_hidden_size)
+        recurrent = agent.recurrent
+        if recurrent and N % cfg.num_minibatches:
+            raise ValueError(f"num_minibatches must divide num_envs ({N}) for a recurrent agent")
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
         continuous = agent.continuous
         low = high = None
@@ -275,6 +338,7 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
         dones = torch.zeros((T, N))
         values = torch.zeros((T, N))
         valids = torch.zeros((T, N))
+        starts = torch.zeros((T, N))  # 1 where the observation begins an episode
 
         # Episode statistics (raw rewards; Atari: whole games).
         ep_return = np.zeros(N, np.float64)
@@ -284,6 +348,8 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
         raw_obs, _ = envs.reset()
         next_obs = to_tensor(raw_obs)
         next_valid = np.ones(N, bool)  # False on the step after a done (a reset step)
+        next_start = torch.ones(N)  # the observation begins an episode (after a reset step)
+        next_state = agent.initial_state(N) if recurrent else None
         global_step = 0
         per_update = []
         update_ends = []
@@ -295,14 +361,22 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
                     cfg.learning_rate * (1.0 - (update - 1.0) / num_updates)
             env_s = policy_s = 0.0
             t_rollout = time.perf_counter()
+            if recurrent:  # the state this rollout begins with, for the update's unroll
+                initial_state = tuple(x.clone() for x in next_state) if agent.lstm \
+                    else next_state.clone()
             for step in range(T):
                 global_step += N
                 obs[step] = next_obs
                 valids[step] = torch.from_numpy(next_valid)
+                starts[step] = next_start
 
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    if recurrent:
+                        action, logprob, _, value, next_state = agent.get_action_and_value(
+                            next_obs, state=next_state, start=next_start)
+                    else:
+                        action, logprob, _, value = agent.get_action_and_value(next_obs)
                 policy_s += time.perf_counter() - t0
                 actions[step], logprobs[step], values[step] = action, logprob, value
 
@@ -328,13 +402,15 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
                 terminateds[step] = torch.from_numpy(terminated.astype(np.float32))
                 dones[step] = torch.from_numpy(done.astype(np.float32))
                 next_obs = to_tensor(raw_obs)
+                next_start = torch.from_numpy((~next_valid).astype(np.float32))
                 next_valid = ~done
             rollout_s = time.perf_counter() - t_rollout
 
             # ---- learning: GAE (a backward loop over T) + update epochs
             t_learn = time.perf_counter()
             with torch.no_grad():
-                next_value = agent.get_value(next_obs)
+                next_value = agent.get_value(next_obs, next_state, next_start) if recurrent \
+                    else agent.get_value(next_obs)
                 advantages = compute_gae(rewards, values, terminateds, dones, valids,
                                          next_value, cfg.gamma, cfg.gae_lambda)
                 returns = advantages + values
@@ -343,16 +419,29 @@ def run_eager(env_id: str, num_updates: int, seed: int = 1, warmup_updates: int 
             b_actions = actions.reshape((-1,) + tuple(act_space.shape))
             b_logprobs, b_advantages = logprobs.reshape(-1), advantages.reshape(-1)
             b_returns, b_values, b_w = returns.reshape(-1), values.reshape(-1), valids.reshape(-1)
+            b_starts = starts.reshape(-1)
 
             b_inds = np.arange(batch_size)
+            # recurrent: minibatches of whole envs, each env's T rows in time-major order
+            env_inds, flat_inds = np.arange(N), np.arange(batch_size).reshape(T, N)
+            envs_per_mb = N // cfg.num_minibatches
             clipfracs = []
             for _epoch in range(cfg.update_epochs):
-                np.random.shuffle(b_inds)
+                np.random.shuffle(env_inds if recurrent else b_inds)
                 for first in range(0, batch_size, mb_size):
-                    mb = torch.from_numpy(b_inds[first:first + mb_size])
+                    if recurrent:
+                        mb_envs = env_inds[first // T:first // T + envs_per_mb]
+                        mb = torch.from_numpy(flat_inds[:, mb_envs].ravel())
+                        e = torch.from_numpy(mb_envs)
+                        state0 = (initial_state[0][:, e], initial_state[1][:, e]) \
+                            if agent.lstm else initial_state[:, e]
+                        _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(
+                            b_obs[mb], b_actions[mb], state=state0, start=b_starts[mb])
+                    else:
+                        mb = torch.from_numpy(b_inds[first:first + mb_size])
+                        _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                            b_obs[mb], b_actions[mb])
                     w = b_w[mb]
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                        b_obs[mb], b_actions[mb])
                     logratio = newlogprob - b_logprobs[mb]
                     ratio = logratio.exp()
                     with torch.no_grad():
@@ -421,8 +510,13 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--recurrent", choices=("none", "lstm", "gru"), default=None,
+                        help="a recurrent core after the body (default: the preset's, none)")
+    parser.add_argument("--stack-num", type=int, default=None,
+                        help="EnvPool's stack_num for Atari/ViZDoom (default: EnvPool's)")
     args = parser.parse_args()
-    r = run_eager(args.env_id, args.updates, args.seed, args.warmup, verbose=True)
+    r = run_eager(args.env_id, args.updates, args.seed, args.warmup, verbose=True,
+                  recurrent=args.recurrent, stack_num=args.stack_num)
     ret = "n/a" if r["recent_return"] is None else f"{r['recent_return']:.1f}"
     print(f"{args.env_id}: steady {r['steady_sps']:,.0f} SPS, per update env "
           f"{r['env_s']:.3f} s, inference {r['inference_s']:.3f} s, rollout "
