@@ -28,6 +28,7 @@ def gae(
     lam: float,
     next_values: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    response_mask: torch.Tensor | None = None,
     backend: str = "auto",
     check_finite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +45,11 @@ def gae(
             put V(final observation) at done steps).
         valid: optional (T, N) flags; where false the step is a fake reset step (next-step
             autoreset) whose advantage is 0.
+        response_mask: optional (T, N) flags (verl's multi-turn semantics); where false the
+            step is skipped (an observation or tool token inside a multi-turn LLM response,
+            or padding): the recursion carries over it, so the step before it bootstraps from
+            the first unskipped step after it. Time-major like the rest: pass verl's (B, T)
+            ``response_mask`` transposed.
         backend: ``"auto"`` (Triton for CUDA tensors, Numba for CPU tensors, torch when neither
             imports), or ``"torch"``, ``"numba"``, ``"triton"`` to force one. Triton on CPU
             tensors needs ``TRITON_INTERPRET=1``.
@@ -66,6 +72,22 @@ def gae(
 
     Termination zeroes the bootstrap; truncation only cuts the recursion, so a truncated step
     still bootstraps from ``nv[t]``.
+
+    With ``response_mask``, each env's recursion runs over its unskipped steps only (those
+    where the mask is true), exactly as if the skipped ones were cut out of the rollout::
+
+        u        = the first step after t with response_mask[u] true (none: past the end)
+        nv[t]    = next_values[t] if given, else values[u], else (no such u) next_value
+        A[t]     = delta[t] + (0 if done[t] else gamma * lam * A[u])      (A = 0 without u)
+        A[t]     = 0 and returns[t] = values[t] where response_mask[t] is false
+
+    A skipped step's rewards, flags and next_values are not read, and its value enters only
+    its own return: put an episode's ``terminated``/``truncated`` on its last unskipped step.
+    The ``valid`` rule applies on the unskipped steps. verl's ``compute_gae_advantage_return``
+    (rewards and values (B, T), ``response_mask``) is ``gae(rewards.T, values.T, zeros,
+    zeros, zeros(B), response_mask=response_mask.T)`` transposed back, on the masked tokens
+    (verl leaves the carried advantage on a skipped token, which its loss never reads; here
+    it is 0).
 
     Non-finite inputs (with ``check_finite=False``): the flags act as selects, never as
     multiplications by 0, on every backend. A NaN or inf bootstrap ``nv[t]`` at a terminated
@@ -103,7 +125,8 @@ def gae(
     >>> ret.squeeze(1).tolist()
     [1.75, 1.0, 3.0, 6.0, 8.0]
     """
-    _check_args(rewards, values, terminated, truncated, next_value, next_values, valid)
+    _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
+                response_mask)
     gamma = expect_in_range("gamma", gamma, 0.0, 1.0)
     lam = expect_in_range("lam", lam, 0.0, 1.0)
     if backend not in BACKENDS:
@@ -123,10 +146,12 @@ def gae(
         lam,
         backend,
         bool(check_finite),
+        None if response_mask is None else response_mask.detach(),
     )
 
 
-def _check_args(rewards, values, terminated, truncated, next_value, next_values, valid) -> None:
+def _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
+                response_mask=None) -> None:
     """Metadata-only checks; each error names the argument, the expectation and what came."""
     expect_tensor("values", values)
     if values.dim() != 2 or values.shape[0] == 0 or values.shape[1] == 0:
@@ -144,8 +169,9 @@ def _check_args(rewards, values, terminated, truncated, next_value, next_values,
         ("next_value", next_value),
         ("next_values", next_values),
         ("valid", valid),
+        ("response_mask", response_mask),
     ):
-        if x is None and name in ("next_values", "valid"):
+        if x is None and name in ("next_values", "valid", "response_mask"):
             continue
         expect_tensor(name, x)
         if name == "next_value":
@@ -181,7 +207,7 @@ def _check_finite(**tensors) -> None:
 
 
 def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
-              lam, backend, check_finite):
+              lam, backend, check_finite, response_mask=None):
     """The op's kernel (any device): casts, runs the backend, returns (advantages, returns)."""
     name = resolve_backend(backend, values.device)
     if check_finite:
@@ -192,6 +218,9 @@ def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, v
     # Triton loads any float dtype and accumulates in float32 (float64 in float64); the other
     # backends get float32 or float64 tensors.
     cdt = None if name == "triton" else _COMPUTE_DTYPE.get(out_dtype, torch.float32)
+    # response_mask goes by keyword only when given: every backend takes it last, and their
+    # nine-argument calls stay as they were.
+    skip = {} if response_mask is None else dict(response_mask=_flags(response_mask))
     advantages, returns = getattr(backend_module("gae", name), f"gae_{name}")(
         _dense(rewards, cdt),
         _dense(values, cdt),
@@ -202,6 +231,7 @@ def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, v
         _flags(valid),
         gamma,
         lam,
+        **skip,
     )
     if advantages.dtype != out_dtype:
         advantages, returns = advantages.to(out_dtype), returns.to(out_dtype)
@@ -217,12 +247,13 @@ def _gae_op(
     rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor,
     truncated: torch.Tensor, next_value: torch.Tensor, next_values: torch.Tensor | None,
     valid: torch.Tensor | None, gamma: float, lam: float, backend: str, check_finite: bool,
+    response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid,
-                     gamma, lam, backend, check_finite)
+                     gamma, lam, backend, check_finite, response_mask)
 
 
 @_gae_op.register_fake
 def _(rewards, values, terminated, truncated, next_value, next_values, valid, gamma, lam,
-      backend, check_finite):
+      backend, check_finite, response_mask=None):
     return values.new_empty(values.shape), values.new_empty(values.shape)

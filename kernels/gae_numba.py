@@ -21,6 +21,11 @@ right after a torch op the two pools spin-wait against each other, worst on a sh
 (the measurements behind these choices: bench/README.md, "Design measurements").
 The equations are in the docstring of ``fastppo.kernels.gae``.
 
+With ``response_mask`` (verl's multi-turn semantics, ``_scan_skipping``): the carry cannot be
+read back from the advantages row (a skipped step writes 0 there), so two carry rows of N values,
+``A`` after the step and the next value ``nv``, are kept and replaced only at unskipped steps;
+the same row views, selects and thread split as ``_scan_block``.
+
 Non-finite inputs: every flag acts through a select (``x if flag else 0``), never a
 multiplication by 0, so a NaN or inf bootstrap at a terminated step, a non-finite ``A[t+1]``
 behind a done step and an invalid step's own reward and value stay out of the advantages,
@@ -114,6 +119,58 @@ def _scan_parallel(rewards, values, terminated, truncated, next_value, next_valu
                     has_next_values, has_valid, gamma, lam, lo, hi, zeros, advantages, returns)
 
 
+@numba.njit(cache=True, nogil=True)
+def _scan_skipping(rewards, values, terminated, truncated, next_values, valid, keep,
+                   has_next_values, has_valid, gamma, lam, lo, hi, carry, carry_nv, advantages,
+                   returns):
+    """Backward scan over all T steps for envs ``lo:hi``, skipping the steps where ``keep`` is
+    false. ``carry[lo:hi]`` must hold zeros and ``carry_nv[lo:hi]`` the value after the last
+    step; both are overwritten. Writes ``advantages[:, lo:hi]`` and ``returns[:, lo:hi]``."""
+    n_steps = values.shape[0]
+    zero = advantages.dtype.type(0)
+    decay = gamma * lam
+    a_next = carry[lo:hi]
+    nv_next = carry_nv[lo:hi]
+    for t in range(n_steps - 1, -1, -1):
+        nvs = next_values[t, lo:hi]
+        r = rewards[t, lo:hi]
+        v = values[t, lo:hi]
+        term = terminated[t, lo:hi]
+        trunc = truncated[t, lo:hi]
+        ok = valid[t, lo:hi]
+        m = keep[t, lo:hi]
+        adv = advantages[t, lo:hi]
+        ret = returns[t, lo:hi]
+        for i in range(hi - lo):
+            nv = nvs[i] if has_next_values else nv_next[i]
+            a = r[i] - v[i] + (zero if term[i] else gamma * nv)
+            a += zero if (term[i] or trunc[i]) else decay * a_next[i]
+            if has_valid:
+                a = a if ok[i] else zero
+            if m[i]:
+                a_next[i] = a
+                nv_next[i] = v[i]
+            else:
+                a = zero
+            adv[i] = a
+            ret[i] = a + v[i]
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _scan_skipping_parallel(rewards, values, terminated, truncated, next_values, valid, keep,
+                            has_next_values, has_valid, gamma, lam, block, carry, carry_nv,
+                            advantages, returns):
+    """``_scan_skipping`` over env blocks of size ``block``, the blocks spread over threads."""
+    n_envs = values.shape[1]
+    n_blocks = (n_envs + block - 1) // block
+    for b in numba.prange(n_blocks):
+        lo = b * block
+        hi = min(lo + block, n_envs)
+        _scan_skipping(rewards, values, terminated, truncated, next_values, valid, keep,
+                       has_next_values, has_valid, gamma, lam, lo, hi, carry, carry_nv,
+                       advantages, returns)
+
+
 def _block_size(n_envs: int) -> int:
     """One block per thread (Numba schedules prange statically), at least ``_MIN_BLOCK``."""
     return max(-(-n_envs // numba.get_num_threads()), _MIN_BLOCK)
@@ -129,6 +186,7 @@ def gae_numba(
     valid: torch.Tensor | None,
     gamma: float,
     lam: float,
+    response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns (T, N) from contiguous CPU tensors: floats all float32 or all
     float64, flags bool. They are shared with Numba zero-copy through ``Tensor.numpy()``."""
@@ -151,6 +209,16 @@ def gae_numba(
     n_envs = values.shape[1]
     advantages = torch.empty_like(values)
     returns = torch.empty_like(values)
+    if response_mask is not None:
+        skip_args = (*args[:4], *args[5:7], response_mask.numpy(), *args[7:])
+        outs = (np.zeros(n_envs, dtype=v.dtype), args[4].copy(), advantages.numpy(),
+                returns.numpy())
+        block = n_envs if values.numel() < PARALLEL_MIN_ELEMENTS else _block_size(n_envs)
+        if block >= n_envs:
+            _scan_skipping(*skip_args, 0, n_envs, *outs)
+        else:
+            _scan_skipping_parallel(*skip_args, block, *outs)
+        return advantages, returns
     if n_envs < _MIN_VECTOR_ENVS:
         _scan_envs(*args, advantages.numpy(), returns.numpy())
         return advantages, returns

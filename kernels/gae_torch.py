@@ -11,6 +11,10 @@ multiplication by 0 or 1, so a NaN or inf is kept out exactly where the equation
     delta[t] = rewards[t] - values[t] + (terminated[t] ? 0 : gamma * nv[t])
     A[t]     = delta[t] + (done[t] ? 0 : gamma * lam * A[t+1])
     A[t]     = valid[t] ? A[t] : 0
+
+With ``response_mask`` (verl's multi-turn semantics) the loop carries two rows over the skipped
+steps instead: the next value ``nv`` and ``A[t+1]``, each replaced only at an unskipped step
+(selects again), and a skipped step's advantage is 0.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ def gae_torch(
     valid: torch.Tensor | None,
     gamma: float,
     lam: float,
+    response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(advantages, returns)``, (T, N), in the dtype of ``values``."""
+    if response_mask is not None:
+        return _gae_skipping(rewards, values, terminated, truncated, next_value, next_values,
+                             valid, gamma, lam, response_mask)
     if next_values is None:
         # nv[t] = values[t+1] for t < T-1, next_value for the last step.
         next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
@@ -47,4 +55,28 @@ def gae_torch(
         if valid is not None:
             carry = torch.where(valid[t], carry, zeros[t])
         advantages[t] = carry
+    return advantages, advantages + values
+
+
+def _gae_skipping(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
+                  lam, response_mask):
+    """The recursion over each env's unskipped steps (``response_mask`` true): ``nv`` and
+    ``A[t+1]`` are carried over the skipped steps, whose advantage is 0."""
+    zero = torch.zeros_like(next_value)
+    decay = gamma * lam
+    advantages = torch.empty_like(values)
+    carry, nv = zero, next_value  # A after the last unskipped step; the value after it
+    for t in range(values.shape[0] - 1, -1, -1):
+        if next_values is not None:
+            nv_t = next_values[t]
+        else:
+            nv_t = nv
+        a = (rewards[t] - values[t]) + torch.where(terminated[t], zero, gamma * nv_t)
+        a = a + torch.where(terminated[t] | truncated[t], zero, decay * carry)
+        if valid is not None:
+            a = torch.where(valid[t], a, zero)
+        keep = response_mask[t]
+        advantages[t] = torch.where(keep, a, zero)
+        carry = torch.where(keep, a, carry)
+        nv = torch.where(keep, values[t], nv)
     return advantages, advantages + values

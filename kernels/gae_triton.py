@@ -113,6 +113,7 @@ def _gae_envs_kernel(
     next_value_ptr,  # (N,) float, read: value after the last step
     next_values_ptr,  # (T, N) float, read if HAS_NEXT_VALUES (else a stand-in, never read)
     valid_ptr,  # (T, N) bool, read if HAS_VALID (else a stand-in, never read)
+    keep_ptr,  # (T, N) bool response_mask, read if HAS_MASK (else a stand-in, never read)
     advantages_ptr,  # (T, N) out dtype, written
     returns_ptr,  # (T, N) out dtype, written
     n_steps,  # T
@@ -120,6 +121,7 @@ def _gae_envs_kernel(
     gamma_hi, gamma_lo, lam_hi, lam_lo,  # gamma = gamma_hi + gamma_lo, lam likewise
     HAS_NEXT_VALUES: tl.constexpr,
     HAS_VALID: tl.constexpr,
+    HAS_MASK: tl.constexpr,  # skip the steps where keep is false (carry nv and A over them)
     ACC: tl.constexpr,  # accumulation dtype: tl.float32 or tl.float64
     BLOCK_N: tl.constexpr,  # envs per program
 ):
@@ -145,10 +147,18 @@ def _gae_envs_kernel(
         if HAS_VALID:
             ok = tl.load(valid_ptr + offs, mask=mask, other=0) != 0
             a = tl.where(ok, a, zero)
-        tl.store(advantages_ptr + offs, a.to(advantages_ptr.dtype.element_ty), mask=mask)
-        tl.store(returns_ptr + offs, (a + v).to(returns_ptr.dtype.element_ty), mask=mask)
-        carry = a
-        nv = v  # nv[t-1] = values[t]
+        if HAS_MASK:
+            keep = tl.load(keep_ptr + offs, mask=mask, other=0) != 0
+            out = tl.where(keep, a, zero)
+            carry = tl.where(keep, a, carry)
+            if not HAS_NEXT_VALUES:
+                nv = tl.where(keep, v, nv)  # the value of the first unskipped step after t-1
+        else:
+            out = a
+            carry = a
+            nv = v  # nv[t-1] = values[t]
+        tl.store(advantages_ptr + offs, out.to(advantages_ptr.dtype.element_ty), mask=mask)
+        tl.store(returns_ptr + offs, (out + v).to(returns_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -167,6 +177,13 @@ def _compose(p_later, q_later, p_now, q_now):
 
 
 @triton.jit
+def _first_kept(has_later, v_later, has_now, v_now):
+    """The value of the first unskipped step: this step's if it is unskipped, else the later
+    steps' (a select, so a skipped step's NaN or inf never leaks)."""
+    return has_now | has_later, tl.where(has_now != 0, v_now, v_later)
+
+
+@triton.jit
 def _first_row(x, first_row):
     """Row 0 of a (BLOCK_T, BLOCK_N) tile as a (BLOCK_N,) vector (a select, then a sum of
     exact zeros, so a NaN or inf in other rows does not leak)."""
@@ -182,6 +199,7 @@ def _gae_scan_kernel(
     next_value_ptr,  # (N,) float, read: value after the last step
     next_values_ptr,  # (T, N) float, read if HAS_NEXT_VALUES (else a stand-in, never read)
     valid_ptr,  # (T, N) bool, read if HAS_VALID (else a stand-in, never read)
+    keep_ptr,  # (T, N) bool response_mask, read if HAS_MASK (else a stand-in, never read)
     advantages_ptr,  # (T, N) out dtype, written unless PHASE == 1
     returns_ptr,  # (T, N) out dtype, written unless PHASE == 1
     chunk_p_ptr,  # (C, N) ACC: P of each chunk's map; written if PHASE == 1, read if 2
@@ -193,6 +211,7 @@ def _gae_scan_kernel(
     gamma_hi, gamma_lo, lam_hi, lam_lo,  # gamma = gamma_hi + gamma_lo, lam likewise
     HAS_NEXT_VALUES: tl.constexpr,
     HAS_VALID: tl.constexpr,
+    HAS_MASK: tl.constexpr,  # skip the steps where keep is false (PHASE 0 only)
     ACC: tl.constexpr,  # accumulation dtype: tl.float32 or tl.float64
     PHASE: tl.constexpr,  # 0: one pass, carry A[T] = 0; 1: chunk maps; 2: chunks with carry
     BLOCK_T: tl.constexpr,  # steps per tile
@@ -212,6 +231,8 @@ def _gae_scan_kernel(
 
     # A at step hi, the step after this program's range: A[T] = 0 for the last chunk.
     carry = tl.zeros([BLOCK_N], dtype=ACC)
+    # With HAS_MASK: the value of the first unskipped step after the current tile
+    carry_nv = last_value
     if PHASE == 2:
         # Compose the maps of the later chunks (earlier rows are the identity) and apply the
         # result to A[T] = 0: P * 0 + Q = Q whatever P is (P is finite), so carry = Q.
@@ -242,13 +263,27 @@ def _gae_scan_kernel(
         else:
             not_last = (steps < n_steps - 1)[:, None]
             nv = tl.load(values_ptr + offs + n_envs, mask=mask & not_last, other=0).to(ACC)
-            nv = tl.where(not_last, nv, last_value[None, :])
+            if HAS_MASK:
+                # nv[t]: the value of the first unskipped step u > t. A reverse scan over rows
+                # t + 1 (that is, values[t + 1] and keep[t + 1]) finds it inside the tile's
+                # reach; past it, the carry from the later tile (the same for its first row).
+                keep_next = tl.load(keep_ptr + offs + n_envs, mask=mask & not_last, other=0)
+                has, nv = tl.associative_scan(((keep_next != 0).to(tl.int32), nv), 0,
+                                              _first_kept, reverse=True)
+                nv = tl.where(has != 0, nv, carry_nv[None, :])
+                carry_nv = _first_row(nv, first_row)
+            else:
+                nv = tl.where(not_last, nv, last_value[None, :])
         b = (r - v) + tl.where(term, zero, gamma * nv)
         a = tl.where(term | trunc, zero - 1, zero + decay)  # -1: a cut, A[t] = b[t]
         if HAS_VALID:
             ok = tl.load(valid_ptr + offs, mask=mask, other=0) != 0
             a = tl.where(ok, a, zero - 1)  # an invalid step is the constant map 0
             b = tl.where(ok, b, zero)
+        if HAS_MASK:
+            keep = tl.load(keep_ptr + offs, mask=mask, other=0) != 0
+            a = tl.where(keep, a, zero + 1)  # a skipped step is the identity map
+            b = tl.where(keep, b, zero)
         a = tl.where(in_range, a, zero + 1)  # padding rows are the identity map
         b = tl.where(in_range, b, zero)
         p, q = tl.associative_scan((a, b), 0, _compose, reverse=True)
@@ -257,9 +292,12 @@ def _gae_scan_kernel(
                                     _first_row(q, first_row))
         else:
             adv = tl.where(p < 0, q, p * carry[None, :] + q)
+            # the first row's A (the carry into the earlier tile) before a skip zeroes it
+            carry = _first_row(adv, first_row)
+            if HAS_MASK:
+                adv = tl.where(keep, adv, zero)
             tl.store(advantages_ptr + offs, adv.to(advantages_ptr.dtype.element_ty), mask=mask)
             tl.store(returns_ptr + offs, (adv + v).to(returns_ptr.dtype.element_ty), mask=mask)
-            carry = _first_row(adv, first_row)
     if PHASE == 1:
         offs_c = chunk.to(tl.int64) * n_envs + envs
         tl.store(chunk_p_ptr + offs_c, run_p, mask=env_mask)
@@ -283,9 +321,10 @@ class Plan:
         return (self.n_env_blocks, self.n_chunks)
 
 
-def plan(n_steps: int, n_envs: int, sm_count: int) -> Plan:
+def plan(n_steps: int, n_envs: int, sm_count: int, time_chunks: bool = True) -> Plan:
     """The kernel, block sizes and time chunks for a (T, N) = (n_steps, n_envs) rollout on a
-    device with ``sm_count`` SMs (a pure function of the shape, nothing is measured)."""
+    device with ``sm_count`` SMs (a pure function of the shape, nothing is measured);
+    ``time_chunks=False`` keeps the scan kernel to one pass (``response_mask``)."""
     target = PROGRAMS_PER_SM * sm_count
     if n_envs >= ENVS_KERNEL_MIN_ENVS_PER_SM * sm_count:
         block_n = next((b for b in _ENVS_BLOCKS if triton.cdiv(n_envs, b) >= target),
@@ -302,7 +341,7 @@ def plan(n_steps: int, n_envs: int, sm_count: int) -> Plan:
     env_blocks = triton.cdiv(n_envs, block_n)
     n_tiles = triton.cdiv(n_steps, block_t)
     n_chunks = 1
-    if env_blocks < target:
+    if env_blocks < target and time_chunks:
         n_chunks = min(triton.cdiv(target, env_blocks), n_tiles // MIN_TILES_PER_CHUNK,
                        MAX_CHUNKS)
         if n_chunks < MIN_CHUNKS:
@@ -342,6 +381,7 @@ def gae_triton(
     valid: torch.Tensor | None,
     gamma: float,
     lam: float,
+    response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns (T, N) in the dtype of ``values``, from contiguous tensors
     (floats of any dtype, flags bool) on one device."""
@@ -350,15 +390,18 @@ def gae_triton(
     advantages = torch.empty_like(values)
     returns = torch.empty_like(values)
     acc = tl.float64 if values.dtype == torch.float64 else tl.float32
-    common = dict(HAS_NEXT_VALUES=next_values is not None, HAS_VALID=valid is not None, ACC=acc)
+    has_mask = response_mask is not None
+    common = dict(HAS_NEXT_VALUES=next_values is not None, HAS_VALID=valid is not None,
+                  HAS_MASK=has_mask, ACC=acc)
     inputs = (
         rewards, values, terminated, truncated, next_value,
         values if next_values is None else next_values,
         terminated if valid is None else valid,
+        response_mask if has_mask else terminated,
         advantages, returns,
     )
     gammas = (*_split(gamma), *_split(lam))
-    p = plan(n_steps, n_envs, sm_count(device))
+    p = plan(n_steps, n_envs, sm_count(device), time_chunks=not has_mask)
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         if p.kernel == "envs":

@@ -685,6 +685,13 @@ BAD_INPUTS = {
     "rewards_device": (mutate(rewards=lambda i: i["rewards"].to("meta")), ValueError, "rewards"),
     "next_value_device": (mutate(next_value=lambda i: i["next_value"].to("meta")), ValueError, "next_value"),
     "valid_device": (mutate(valid=lambda i: i["valid"].to("meta")), ValueError, "valid"),
+    "response_mask_shape": (mutate(response_mask=torch.ones(6, 5, dtype=torch.bool)), ValueError,
+                            "response_mask"),
+    "response_mask_device": (mutate(response_mask=torch.ones(6, 4, dtype=torch.bool,
+                                                             device="meta")),
+                             ValueError, "response_mask"),
+    "response_mask_not_tensor": (mutate(response_mask=[[True] * 4] * 6), TypeError,
+                                 "response_mask"),
     "gamma_high": (mutate(gamma=1.5), ValueError, "gamma"),
     "gamma_negative": (mutate(gamma=-0.1), ValueError, "gamma"),
     "lam_high": (mutate(lam=1.01), ValueError, "lam"),
@@ -701,7 +708,7 @@ def test_bad_input_names_the_argument(case):
     with pytest.raises(error, match=rf"^{name}: expected .+, got .+"):
         gae(inputs["rewards"], inputs["values"], inputs["terminated"], inputs["truncated"],
             inputs["next_value"], next_values=inputs["next_values"], valid=inputs["valid"],
-            **params)
+            response_mask=inputs.get("response_mask"), **params)
 
 
 @pytest.mark.parametrize("name", ["rewards", "values", "next_value", "next_values"])
@@ -732,6 +739,8 @@ def test_opcheck(backend, optional):
     args = (inputs["rewards"], inputs["values"], inputs["terminated"], inputs["truncated"],
             inputs["next_value"], inputs["next_values"], inputs["valid"], 0.99, 0.95, backend,
             False)
+    if optional:  # the trailing response_mask
+        args += (torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0], [0, 1, 1]]) > 0,)
     torch.library.opcheck(torch.ops.fastppo.gae.default, args)
 
 
@@ -764,3 +773,148 @@ def test_compiled_inductor_fullgraph_matches_eager():
         inputs = random_rollout(n_steps, 8, torch.float32, seed=n_steps)
         for out, expected in zip(compiled(inputs), normalized(inputs)):
             torch.testing.assert_close(out, expected)
+
+
+# --- response_mask: verl's multi-turn semantics --------------------------------------------
+
+def reference_skipping(inputs, gamma=0.99, lam=0.95):
+    """float64 from the definition: each env's column cut down to its unskipped steps (the
+    rows where response_mask is true, next_value after the last of them) goes through the
+    per-step loop ``reference_gae``; a skipped step gets A = 0 and returns = values."""
+    keep = inputs["response_mask"] != 0
+    n_steps, n_envs = keep.shape
+    adv = torch.zeros(n_steps, n_envs, dtype=torch.float64)
+    for n in range(n_envs):
+        rows = keep[:, n].nonzero().squeeze(1)
+        col = lambda x: None if x is None else x[rows, n:n + 1]  # noqa: E731
+        a, _ = reference_gae(*(col(inputs[k]) for k in ("rewards", "values", "terminated",
+                                                          "truncated")),
+                             inputs["next_value"][n:n + 1], gamma, lam,
+                             col(inputs["next_values"]), col(inputs["valid"]))
+        adv[rows, n] = a[:, 0]
+    return adv, adv + inputs["values"].double()
+
+
+def masked_rollout(n_steps, n_envs, dtype, seed, with_next_values, flag_dtype=torch.bool):
+    """random_rollout plus a response_mask of runs (observation blocks of 1-5 steps), one env
+    skipped throughout and one env never skipped."""
+    x = random_rollout(n_steps, n_envs, dtype, seed=seed, with_next_values=with_next_values)
+    g = torch.Generator().manual_seed(seed + 1)
+    keep = torch.ones(n_steps, n_envs, dtype=torch.bool)
+    for n in range(n_envs):
+        t = int(torch.randint(0, 4, (1,), generator=g))
+        while t < n_steps:
+            length = int(torch.randint(1, 6, (1,), generator=g))
+            keep[t:t + length, n] = False
+            t += length + int(torch.randint(1, 6, (1,), generator=g))
+    if n_envs > 2:
+        keep[:, 1], keep[:, 2] = False, True
+    return dict(x, response_mask=keep.to(flag_dtype))
+
+
+def assert_skipping_matches(inputs, backend, dtype):
+    adv, ret = call(inputs, backend, response_mask=inputs["response_mask"])
+    ref_adv, ref_ret = reference_skipping(inputs)
+    assert adv.dtype == ret.dtype == dtype
+    torch.testing.assert_close(adv.double(), ref_adv, **TOL[dtype])
+    torch.testing.assert_close(ret.double(), ref_ret, **TOL[dtype])
+    assert torch.all(adv[inputs["response_mask"] == 0] == 0)
+
+
+SKIP_PATHS = ["torch", "numba", "numba-parallel", "triton-envs", "triton-scan"]
+# (T, N): odd shapes; with the small tiles below, 37 steps are 3 scan tiles; 50 x 20 splits
+# the envs into blocks (Numba's threads, and it is too slow for the interpreter)
+SKIP_CASES = [(p, t, n) for p in SKIP_PATHS for t, n in [(1, 1), (9, 3), (37, 5)]] + \
+    [(p, 50, 20) for p in SKIP_PATHS if not p.startswith("triton")]
+
+
+@pytest.mark.parametrize("path,n_steps,n_envs", SKIP_CASES, ids=lambda x: str(x))
+def test_response_mask_matches_reference(monkeypatch, path, n_steps, n_envs):
+    """Random masks and episode boundaries (terminated, truncated, invalid steps, on skipped
+    and unskipped steps alike), with and without next_values, float32 and float64."""
+    backend = use_path(monkeypatch, path, n_steps, n_envs)
+    if path == "triton-scan":  # small tiles: the carries (A and nv) cross several of them
+        monkeypatch.setattr("fastppo.kernels.gae_triton.SCAN_TILE", 16 * 8)
+    for k, (dtype, with_next_values) in enumerate([(torch.float64, False),
+                                                   (torch.float32, True),
+                                                   (torch.float64, True)]):
+        inputs = masked_rollout(n_steps, n_envs, dtype, seed=10 * n_steps + n_envs + k,
+                                with_next_values=with_next_values)
+        assert_skipping_matches(inputs, backend, dtype)
+
+
+def test_response_mask_keeps_the_scan_in_one_pass(monkeypatch):
+    """Where the plan would split time into chunks, the mask keeps one pass (the next value
+    is carried across tiles, not across chunks) and the result is the reference's."""
+    gae_triton = use_triton_path(monkeypatch, "chunked")
+    assert gae_triton.plan(100, 3, gae_triton.ASSUMED_SM_COUNT).n_chunks > 1
+    assert gae_triton.plan(100, 3, gae_triton.ASSUMED_SM_COUNT, time_chunks=False).n_chunks == 1
+    inputs = masked_rollout(100, 3, torch.float64, seed=5, with_next_values=False)
+    assert_skipping_matches(inputs, "triton", torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_response_mask_all_true_is_plain_gae(backend):
+    inputs = random_rollout(12, 5, torch.float64, seed=3)
+    plain = call(inputs, backend)
+    for mask in (torch.ones(12, 5, dtype=torch.bool), torch.ones(12, 5)):
+        for got, want in zip(call(inputs, backend, response_mask=mask), plain):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_response_mask_strided_numeric_views(backend):
+    """The mask as LLM code holds it, a (B, T) tensor transposed (and a uint8 slice of a wider
+    buffer), with the other inputs as broadcast and strided views."""
+    n_steps, n_envs = 17, 6
+    views, dense = expanded_rollout(n_steps, n_envs, seed=4)
+    keep = masked_rollout(n_steps, n_envs, torch.float64, seed=4, with_next_values=False)[
+        "response_mask"]
+    wide = torch.zeros(n_envs, 2 * n_steps, dtype=torch.uint8)
+    wide[:, ::2] = keep.T.to(torch.uint8)
+    for mask in (keep.T.contiguous().T, wide[:, ::2].T):
+        assert not mask.is_contiguous()
+        adv, ret = call(views, backend, response_mask=mask)
+        ref_adv, ref_ret = reference_skipping(dict(dense, response_mask=keep))
+        torch.testing.assert_close(adv, ref_adv, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ret, ref_ret, rtol=1e-10, atol=1e-10)
+
+
+def verl_multi_turn_gae(rewards, values, response_mask, gamma, lam):
+    """verl's compute_gae_advantage_return as its equations read ((B, T), float64, before its
+    whitening): from the end, the next value and the running advantage are replaced only at
+    masked-in tokens; the advantage kept at a masked-out token is the carried one."""
+    next_value = torch.zeros(rewards.shape[0], dtype=torch.float64)
+    running = torch.zeros_like(next_value)
+    out = torch.zeros_like(rewards)
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        m = response_mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_value = torch.where(m, values[:, t], next_value)
+        running = torch.where(m, delta + gamma * lam * running, running)
+        out[:, t] = running
+    return out, out + values
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_response_mask_is_verl_multi_turn(backend):
+    """Multi-turn responses (B, T): response tokens, tool-output blocks, right padding; gae on
+    the transposed tensors with response_mask = verl's mask equals verl's loop on every
+    masked-in token, and is 0 elsewhere."""
+    g = torch.Generator().manual_seed(14)
+    b, steps = 4, 23
+    mask = torch.zeros(b, steps, dtype=torch.bool)
+    mask[0, :5], mask[0, 9:14], mask[0, 18:20] = True, True, True  # 3 turns, then padding
+    mask[1, :steps] = True  # one turn filling the row
+    mask[2, 2:3], mask[2, 7:22] = True, True  # starts inside a block
+    # row 3: all padding
+    rewards = torch.randn(b, steps, generator=g, dtype=torch.float64)
+    values = torch.randn(b, steps, generator=g, dtype=torch.float64)
+    want_adv, want_ret = verl_multi_turn_gae(rewards, values, mask, 1.0, 0.95)
+    zeros = torch.zeros(steps, b, dtype=torch.bool)
+    adv, ret = gae(rewards.T, values.T, zeros, zeros, torch.zeros(b, dtype=torch.float64),
+                   gamma=1.0, lam=0.95, response_mask=mask.T, backend=backend)
+    adv, ret = adv.T, ret.T
+    torch.testing.assert_close(adv[mask], want_adv[mask], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ret[mask], want_ret[mask], rtol=1e-12, atol=1e-12)
+    assert torch.all(adv[~mask] == 0) and torch.equal(ret[~mask], values[~mask])
