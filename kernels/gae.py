@@ -124,6 +124,23 @@ def gae(
     [0.75, -1.0, 0.0, 2.0, 0.0]
     >>> ret.squeeze(1).tolist()
     [1.75, 1.0, 3.0, 6.0, 8.0]
+
+    Multi-turn: one response of five tokens, steps 1-2 a tool's output (skipped), no
+    bootstrap after the end (``next_value`` 0), ``gamma = lam = 0.5``:
+
+    >>> keep = col(True, False, False, True, True)
+    >>> no = torch.zeros(5, 1, dtype=torch.bool)
+    >>> adv, ret = gae(rewards, values, no, no, torch.tensor([0.0]), gamma=0.5, lam=0.5,
+    ...                response_mask=keep)
+
+    - t=4: delta = 0 + 0.5*0 - 8 = -8 (the value after the end is next_value); A = -8.
+    - t=3: delta = 2 + 0.5*8 - 4 = 2; A = 2 + 0.25 * (-8) = 0.
+    - t=2, t=1: skipped, A = 0 (their rewards and values enter no other step).
+    - t=0: bootstraps from values[3], the first unskipped step after it: delta =
+      1 + 0.5*4 - 1 = 2; A = 2 + 0.25 * 0 = 2.
+
+    >>> adv.squeeze(1).tolist()
+    [2.0, 0.0, 0.0, 0.0, -8.0]
     """
     _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
                 response_mask)

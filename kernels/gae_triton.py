@@ -19,6 +19,13 @@ offset is computed in int64 (``T * N`` may pass 2**31). Two kernels, picked by :
   per SM hide. Since ``nv[t-1] = values[t]`` without ``next_values``, the values loaded for step
   t are reused as the bootstrap of step t-1.
 
+With ``response_mask`` (``HAS_MASK``, verl's multi-turn semantics) a skipped step is the
+identity map in the scan (the env kernel keeps its carries through it) and stores advantage 0.
+The bootstrap of step t is then the value of the first unskipped step after t: a second
+associative scan over rows t + 1 of the tile (a select, "this row's value if it is unskipped,
+else the later rows'"), and past the tile the value carried from the later tile. That carry is
+not composed across time chunks, so with the mask the plan keeps the scan in one pass.
+
 Non-finite inputs. The equations are applied with selects, never with multiplications by 0::
 
     delta[t] = rewards[t] - values[t] + (terminated[t] ? 0 : gamma * nv[t])
