@@ -918,3 +918,25 @@ def test_response_mask_is_verl_multi_turn(backend):
     torch.testing.assert_close(adv[mask], want_adv[mask], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ret[mask], want_ret[mask], rtol=1e-12, atol=1e-12)
     assert torch.all(adv[~mask] == 0) and torch.equal(ret[~mask], values[~mask])
+
+
+@pytest.mark.parametrize("path", ["torch", "numba", "triton-envs", "triton-scan"])
+def test_response_mask_nonfinite_on_skipped_steps_stays_there(monkeypatch, path):
+    """NaN and inf rewards, values and next_values on skipped steps reach no other step (the
+    carries are selects): every output equals the finite run's, but a skipped step's own
+    return (its value)."""
+    backend = use_path(monkeypatch, path, 23, 4)
+    inputs = masked_rollout(23, 4, torch.float64, seed=15, with_next_values=False)
+    skipped = inputs["response_mask"] == 0
+    want_adv, want_ret = call(inputs, backend, response_mask=inputs["response_mask"])
+    bad = dict(inputs)
+    for k, x in ((k, float(v)) for k, v in (("rewards", "nan"), ("values", "inf"))):
+        bad[k] = torch.where(skipped, x, inputs[k])
+    for next_values in (None, torch.where(skipped, float("-inf"), inputs["values"])):
+        adv, ret = call(dict(bad, next_values=next_values), backend,
+                        response_mask=inputs["response_mask"])
+        if next_values is None:
+            torch.testing.assert_close(adv, want_adv, rtol=0, atol=0)
+        assert torch.all(adv[skipped] == 0) and torch.isfinite(adv).all()
+        assert torch.equal(ret[~skipped], (adv + bad["values"])[~skipped])
+        assert torch.all(ret[skipped] == float("inf"))
