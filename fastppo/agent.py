@@ -172,6 +172,10 @@ class RecurrentCore(nn.Module):
                 nn.init.constant_(param, 0.0)
         self.hidden = hidden
         self.state_size = 2 * hidden if self.lstm else hidden
+        # the layer's own parameters, for the cell function (torch.compile cannot trace
+        # through an nn.LSTM/nn.GRU module, but through these it can)
+        rnn = self.rnn
+        self.cell_weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
 
     def _split(self, state: torch.Tensor):
         if self.lstm:
@@ -188,8 +192,7 @@ class RecurrentCore(nn.Module):
         (``torch.lstm_cell``/``torch.gru_cell``, what ``nn.LSTMCell``/``nn.GRUCell`` call),
         several times cheaper than a one-step ``nn.LSTM``/``nn.GRU`` call at rollout sizes."""
         state = torch.where(starts[:, None], torch.zeros_like(state), state)
-        rnn = self.rnn
-        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        weights = self.cell_weights
         if self.lstm:
             h, c = torch.lstm_cell(x, (state[:, :self.hidden], state[:, self.hidden:]), *weights)
             return h, torch.cat([h, c], -1)
@@ -268,7 +271,9 @@ class Agent(nn.Module):
         if self.nvec:  # factor k's logits padded to the widest factor with -inf (Factors)
             self.factors = Factors(self.nvec)
 
-    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The body's output for a batch of observations (the observation itself, as floats,
+        for the MLP without a recurrent core, whose actor and critic take it whole)."""
         if self.body is None:
             return obs.float()
         if self.image is None:
@@ -292,26 +297,26 @@ class Agent(nn.Module):
         if self.recurrent:
             raise TypeError("a recurrent Agent reads sequences: use step() or unroll()")
         with self._autocast():
-            return self._heads(self._features(obs))
+            return self._heads(self.features(obs))
 
     def step(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
         """One step of a recurrent policy for a batch of envs: ``(dist, value, new_state)``;
         ``state`` (n, state_size) is each env's carried state, zeroed first where ``starts``
         (an episode's first observation)."""
         with self._autocast():
-            out, new_state = self.core.step(self._features(obs), state, starts)
+            out, new_state = self.core.step(self.features(obs), state, starts)
             dist, value = self._heads(out)
         return dist, value, new_state
 
     def unroll(self, obs: torch.Tensor, starts: torch.Tensor, state: torch.Tensor,
-               steps: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+               steps: int, features=None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """A recurrent policy over ``b`` sequences of ``steps`` steps, rows time-major
         (row ``t * b + i``: step t of sequence i): ``obs`` (steps * b, ...), ``starts``
         (steps * b,), ``state`` (b, state_size) the states before each sequence's first step.
         Returns the distribution and value of every row, as ``step`` would give them stepping
-        through the sequences."""
+        through the sequences. ``features`` stands in for :meth:`features` (e.g. compiled)."""
         with self._autocast():
-            x = self._features(obs)
+            x = (features or self.features)(obs)
             x = x.reshape(steps, -1, x.shape[-1])
             out, _ = self.core(x, state, starts.reshape(steps, -1))
             return self._heads(out.reshape(-1, out.shape[-1]))
@@ -320,7 +325,7 @@ class Agent(nn.Module):
         """The policy head alone: the logits, or the Gaussian's mean (its log-std is the
         parameter ``log_std``, the same for every observation)."""
         with self._autocast():
-            return self.actor(self._features(obs)).float()
+            return self.actor(self.features(obs)).float()
 
     def value(self, obs: torch.Tensor, state: torch.Tensor | None = None,
               starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -329,7 +334,7 @@ class Agent(nn.Module):
         if self.recurrent:
             return self.step(obs, state, starts)[1]
         with self._autocast():
-            return self.critic(self._features(obs)).squeeze(-1).float()
+            return self.critic(self.features(obs)).squeeze(-1).float()
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, *,
             deterministic: bool = False, state: torch.Tensor | None = None,

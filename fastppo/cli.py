@@ -264,9 +264,6 @@ def _check_engine(config: PPOConfig) -> None:
     if config.recurrent != "none" and config.policy_kernel == "numba":
         raise ValueError(f"--policy-kernel: numba serves feed-forward MLP policies, this run has "
                          f"--recurrent {config.recurrent}; use auto or torch")
-    if config.recurrent != "none" and config.compile == "on":
-        raise ValueError(f"--compile: on is not available with --recurrent {config.recurrent}; "
-                         "use auto or off")
 
 
 _PENALTY_ONLY = ("kl_coef", "kl_target")

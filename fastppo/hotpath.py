@@ -113,14 +113,8 @@ def use_compile(config: PPOConfig, network: str, device: torch.device) -> bool:
     CUDA graphs), and for the CNN on the CPU, where the compiled policy call also fuses the uint8
     conversion and the sampling; off for MLPs on the CPU, whose ops are too small for a compiled
     call's fixed cost to pay off (the Numba kernels serve them). bench/README.md, "Design
-    measurements", has the end-to-end numbers. Never for a recurrent policy (ValueError for
-    ``on``): its unroll cuts the sequences where episodes start, a shape that depends on the
-    data."""
-    if config.recurrent != "none":  # its unroll cuts sequences at resets: not a static graph
-        if config.compile == "on":
-            raise ValueError("compile: 'on' is not available for recurrent policies; use auto "
-                             "or off")
-        return False
+    measurements", has the end-to-end numbers. A recurrent policy follows the same rule; what
+    compiles for it is its policy call and its body (``make_act``, ``MinibatchStep``)."""
     if config.compile == "auto":
         return device.type == "cuda" or network == "nature_cnn"
     return config.compile == "on"
@@ -172,20 +166,26 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
 
         return act
 
-    if agent.recurrent:  # the carried state of the slot's envs, updated in place
+    if agent.recurrent:  # the carried state of the slot's envs, returned, then copied back
+        def policy(obs, noise, state, starts):
+            state = state.clone()
+            return (*agent.act(obs, noise, state=state, starts=starts), state)
+
+        if compiled:
+            policy = torch.compile(policy, fullgraph=True, mode=_compile_mode(agent))
+
         def act(slot):
             with torch.inference_mode():
-                out = agent.act(slot.obs, slot.noise, state=slot.rnn_state, starts=~slot.valid)
+                *out, state = policy(slot.obs, slot.noise, slot.rnn_state, ~slot.valid)
                 for dest, value in zip(slot.policy, out):
                     dest.copy_(value)
+                slot.rnn_state.copy_(state)
 
         return act
 
     policy = agent.act
     if compiled:
-        cuda = next(agent.parameters()).device.type == "cuda"
-        policy = torch.compile(agent.act, fullgraph=True,
-                               mode="reduce-overhead" if cuda else None)
+        policy = torch.compile(agent.act, fullgraph=True, mode=_compile_mode(agent))
 
     def act(slot):
         with torch.inference_mode():
@@ -193,6 +193,11 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
                 dest.copy_(value)
 
     return act
+
+
+def _compile_mode(agent: Agent) -> str | None:
+    """CUDA graphs on CUDA (``reduce-overhead``), the default mode elsewhere."""
+    return "reduce-overhead" if next(agent.parameters()).device.type == "cuda" else None
 
 
 class MinibatchStep:
@@ -225,10 +230,14 @@ class MinibatchStep:
         self._old: dict[str, torch.Tensor] = {}
         self._numba, self._advantages = None, (None, None)
         self._policy = agent
+        mode = _compile_mode(agent)
         if agent.recurrent:  # minibatches of whole sequences (Trainer.minibatch_rows)
             steps = config.num_steps
+            # compiled: the body (static shapes); the core's cuts at resets depend on the data
+            features = torch.compile(agent.features, fullgraph=True, dynamic=False, mode=mode) \
+                if compiled else agent.features
             self._policy = lambda obs, starts, rnn_start: agent.unroll(
-                obs, starts, rnn_start[:obs.shape[0] // steps], steps)
+                obs, starts, rnn_start[:obs.shape[0] // steps], steps, features=features)
         self.compiles = False  # whether the first call compiles the Numba kernels
         if self.numba:
             from fastppo.kernels import mlp_step_numba
@@ -249,10 +258,9 @@ class MinibatchStep:
         else:
             self._grads, self._apply = self._grads_torch, self._clip_and_step
             if compiled:
-                mode = "reduce-overhead" if self.params[0].device.type == "cuda" else None
-                if self.penalty:  # the op's float kl_coef would be a graph constant
-                    self._policy = torch.compile(agent, fullgraph=True, mode=mode)
-                else:
+                if self.penalty and not agent.recurrent:  # the op's float kl_coef would be a
+                    self._policy = torch.compile(agent, fullgraph=True, mode=mode)  # constant
+                elif not agent.recurrent:
                     self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
                 self._apply = torch.compile(self._clip_and_step, mode=mode)
 

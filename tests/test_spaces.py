@@ -163,7 +163,7 @@ def test_parts_body_runs_each_image_through_its_convs_beside_the_vectors():
     conv = body.convs[0](torch.from_numpy(raw["a_image"]).float().div(255).permute(0, 3, 1, 2))
     direction = torch.nn.functional.one_hot(torch.from_numpy(raw["b_direction"]), 4).float()
     want = body.fc(torch.cat([conv, direction], 1))
-    torch.testing.assert_close(agent._features(obs), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(agent.features(obs), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape, flat", [((3, 64, 64), 64 * 4 * 4), ((96, 96, 3), 64 * 8 * 8),
@@ -257,5 +257,5 @@ def test_cnn_scales_uint8_pixels_only():
     pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     as_float = pixels.float() / 255.0  # a float image Box in [0, 1]: read as it is
     want = agent.body(as_float.permute(0, 3, 1, 2))
-    torch.testing.assert_close(agent._features(pixels), want)
-    torch.testing.assert_close(agent._features(as_float), want)
+    torch.testing.assert_close(agent.features(pixels), want)
+    torch.testing.assert_close(agent.features(as_float), want)
