@@ -20,8 +20,9 @@ import torch
 from fastppo.kernels import token_logprobs, token_ppo_loss
 
 # the CPU backends every oracle test runs on
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
 BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(
-    importlib.util.find_spec("numba") is None, reason="numba is not installed"))]
+    not HAS_NUMBA, reason="numba is not installed"))]
 backends = pytest.mark.parametrize("backend", BACKENDS)
 
 B, T, H, V = 3, 8, 6, 37
@@ -350,7 +351,7 @@ def _views(use_logits, exact, seed=12, bt=(2, 32), h=16, v=4099):
     return x
 
 
-@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
 @pytest.mark.parametrize("use_logits", [False, True], ids=["hidden", "logits"])
 @pytest.mark.parametrize("exact", [False, True], ids=["k2", "exact"])
 def test_numba_matches_torch_on_views_and_threaded_tiles(use_logits, exact):
@@ -503,10 +504,11 @@ def test_custom_op_opcheck_and_compile_fullgraph():
               ent_coef=0.01, dual_clip=1.5, chunk_size=(5, 8))
     from fastppo.kernels.token_ppo_loss import _op_fwd
     z = full_logits(x).requires_grad_()
-    torch.library.opcheck(_op_fwd, (None, None, None, z, None, None, None, kw["ref_logits"],
-                                    x["tokens"], x["old_logprobs"], x["advantages"], None,
-                                    x["mask"], 0.2, 0.2, 1.5, 0.3, "exact", 0.01, 1.0,
-                                    "token-mean", None, 5, 8, "torch"))
+    for backend in ["torch"] + ["numba"] * HAS_NUMBA:
+        torch.library.opcheck(_op_fwd, (None, None, None, z, None, None, None, kw["ref_logits"],
+                                        x["tokens"], x["old_logprobs"], x["advantages"], None,
+                                        x["mask"], 0.2, 0.2, 1.5, 0.3, "exact", 0.01, 1.0,
+                                        "token-mean", None, 5, 8, backend))
 
     def f(hidden, weight, bias):
         loss, stats = token_ppo_loss(hidden=hidden, weight=weight, bias=bias, **kw)
@@ -549,7 +551,8 @@ def test_triton_epilogue_matches_torch(exact, dtype):
     check(results[1], want, tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5))
 
 
-def test_no_tokens_by_vocab_tensor():
+@backends
+def test_no_tokens_by_vocab_tensor(backend):
     """Forward + backward from hidden states (exact KL, entropy) never make a (N, V) tensor:
     every tensor any op returns, views included, is at most a weight-sized one (dweight) or a
     tile (N = 256 tokens, V = 4099, H = 16, tiles of 32 x 512)."""
@@ -576,7 +579,7 @@ def test_no_tokens_by_vocab_tensor():
                                  old_logprobs=rows - 8, advantages=rows, kl_coef=0.1,
                                  kl_estimator="exact", ref_hidden=hidden.detach(),
                                  ref_weight=weight.detach() + 0.1, ent_coef=0.01,
-                                 chunk_size=(32, 512))
+                                 chunk_size=(32, 512), backend=backend)
         loss.backward()
     assert Largest.largest == max(v * h, 32 * 512)
 
