@@ -1,4 +1,4 @@
-"""The GPU check (issue 10): the checks that need a GPU, in one bounded run (under 8 minutes).
+"""The GPU check (issue 10): the checks that need a GPU, in one bounded run (``--budget``).
 
     python bench/gpu_check.py --out bench/results/        # one H100/H200
     python bench/gpu_check.py --smoke --out /tmp/gc       # the same logic on the CPU, tiny shapes
@@ -10,7 +10,16 @@ elements, in a process beside the others); 2. torch.library.opcheck on CUDA tens
 torch.compile(mode="reduce-overhead") train step against eager; 4. set_sync_debug_mode around
 each minibatch step of Trainer.update_policy; 5. timings (CUDA events, median) of the fused ops
 vs the eager composite vs its torch.compile; 6. three updates each of CartPole-v1, HalfCheetah-v4
-and Pong-v5 (``--precision fp32`` and ``bf16``) through ``fastppo train``, with their SPS.
+and Pong-v5 (``--precision fp32`` and ``bf16``) through ``fastppo train``, with their SPS;
+7. recurrent policies on the device (issue 22): the update's unroll against the rollout's
+step-by-step log-probs and values (CartPole LSTM and GRU, Pong's CNN + LSTM on one frame, fp32
+and bf16), and three updates each of a CartPole GRU and of Pong-v5 at CleanRL's
+``ppo_atari_lstm.py`` settings through ``fastppo train``, with their SPS and return; 8. the
+token-level loss (issue 23): ``token_ppo_loss`` (backend triton) against a float64 oracle at a
+small shape, then at an LLM head's shape in bf16 the fused op (hidden + weight) forward and
+backward beside the eager composite (full logits, log_softmax, gather, the same loss) and its
+torch.compile, time and peak memory (``torch.cuda.max_memory_allocated`` above the inputs), and
+Liger-Kernel's fused-linear GRPO loss where ``liger_kernel`` imports (else a SKIP row).
 
 Each section runs in its own process under a hard timeout (a crash or hang costs that section
 only); each case records FAIL with its error's first line and the run goes on. ``--out`` gets
@@ -42,11 +51,12 @@ import torch  # fastppo.kernels is imported later, after TRITON_INTERPRET is set
 
 # part -> (section, GPU seconds, smoke seconds); part "1n" (Numba, CPU) runs beside the others
 PARTS = {"1": (1, 110, 60), "1n": (1, 150, 90), "2": (2, 25, 40), "3": (3, 45, 40),
-         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 150, 80)}
-PARALLEL, QUIET = ("1n",), ("5",)  # the timings wait until the parallel part is done
+         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 150, 80), "7": (7, 100, 40),
+         "8": (8, 140, 40)}
+PARALLEL, QUIET = ("1n",), ("5", "8")  # the timings wait until the parallel part is done
 SECTIONS = {1: "correctness vs float64", 2: "torch.library.opcheck",
             3: "torch.compile train step", 4: "no host sync per minibatch", 5: "timings",
-            6: "CLI training SPS"}
+            6: "CLI training SPS", 7: "recurrent policies", 8: "token-level PPO loss"}
 STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")
 CLIP, VF, ENT = 0.2, 0.5, 0.01
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -750,11 +760,15 @@ def cli_run(ctx: Ctx, env_id: str, batch: int, options: tuple, runs_left: int):
     if len(updates) != 3:
         return "FAIL", f"{len(updates)} update rows in metrics.jsonl, expected 3", {}
     sps = updates[-1]["charts/SPS"]
+    returns = [r["charts/episodic_return"] for r in records
+               if r.get("charts/episodic_return") is not None][-10:]
+    ret = sum(returns) / len(returns) if returns else None
     paths = re.search(r"compiling the (.+?) hot paths", output)
     seconds = re.search(r"compiled in ([\d.]+) s", output)
     first = f", compiled in {seconds.group(1)} s ({paths.group(1)})" if paths and seconds else ""
-    return "PASS", f"{sps:,.0f} SPS over updates 2-3{first}; wall {wall:.1f} s", \
-        {"sps": sps, "wall_s": wall}
+    text = "n/a" if ret is None else f"{ret:.1f}"
+    return "PASS", (f"{sps:,.0f} SPS over updates 2-3{first}; return (last 10 episodes) "
+                    f"{text}; wall {wall:.1f} s"), {"sps": sps, "wall_s": wall, "return": ret}
 
 
 def part_e2e(ctx: Ctx) -> None:
@@ -765,8 +779,347 @@ def part_e2e(ctx: Ctx) -> None:
                 need=15.0 if ctx.cuda else 5.0)
 
 
+# ---------------------------------------------------------------------------- 7. recurrent
+# CLI runs: (env id, the run's batch, options). Pong at CleanRL ppo_atari_lstm.py's settings
+# (the atari preset, an LSTM of 128, one frame per observation); CartPole with a GRU.
+RECURRENT_E2E = (("CartPole-v1", 1024, ("--recurrent", "gru")),
+                 ("Pong-v5", 1024, ("--recurrent", "lstm", "--stack-num", "1")))
+# unroll checks: (env id, core, settings, max |difference| allowed in log-probs and values).
+# fp32 on CUDA: cuDNN may run the fused RNN and the convolutions in TF32 (torch's default for
+# cuDNN), the rollout's cell functions and small batches not, hence more than float32 rounding.
+UNROLL_CASES = (("CartPole-v1", "lstm", dict(precision="fp32"), 5e-3),
+                ("CartPole-v1", "gru", dict(precision="fp32"), 5e-3),
+                ("Pong-v5", "lstm", dict(stack_num=1, precision="fp32"), 1e-2),
+                ("Pong-v5", "lstm", dict(stack_num=1, precision="bf16"), 5e-2))
+
+
+def unroll_check(ctx: Ctx, env_id: str, kind: str, settings: dict, tol: float):
+    """The update's unroll (``Agent.unroll``: fused nn.LSTM/GRU pieces between restarts, from
+    the stored start states) against what the rollout recorded step by step (the cell
+    functions), on the device, after three rollouts (so the start states are carried, nonzero,
+    and CartPole's sequences restart inside)."""
+    from fastppo.config import make_config
+    from fastppo.train import Trainer
+
+    over = dict(device="cuda", num_steps=64) if ctx.cuda else dict(
+        device="cpu", num_envs=2, num_steps=16, num_minibatches=2, torch_threads=1)
+    precision = settings.get("precision")
+    if not ctx.cuda and precision == "bf16":
+        return "SKIP", "not available: bf16 autocast runs on CUDA here (the CPU case is fp32)", {}
+    config = make_config(env_id, recurrent=kind, tensorboard=False, checkpoint_every=0,
+                         compile="off", **settings, **over)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        trainer = Trainer(config, Path(tmp) / "run")
+        try:
+            trainer.start()
+            for _ in range(3):
+                trainer.collect_rollout()
+            buf, T = trainer.buffer, config.num_steps
+            seq = buf.sequences()
+            with torch.no_grad():
+                dist, value = trainer.agent.unroll(buf.flat("obs"), seq["starts"],
+                                                   buf.rnn_start, T)
+            actions = buf.flat("actions").long()
+            logp = torch.log_softmax(dist[0].float(), -1).gather(1, actions[:, None])[:, 0]
+            d_logp = float((logp - buf.flat("logprobs")).abs().max())
+            d_value = float((value.float() - buf.flat("values")).abs().max())
+            restarts = int(seq["starts"].sum())
+            carried = float(buf.rnn_start.abs().sum()) > 0
+            device = str(buf.flat("obs").device)
+        finally:
+            trainer.envs.close()
+    errs = {"logprobs": d_logp / tol, "values": d_value / tol}
+    status, detail, more = verdict(errs)
+    return status, (f"{config.num_envs} envs x {T} steps on {device}, {restarts} restarts "
+                    f"inside, start states {'carried' if carried else 'zero'}; max |diff| "
+                    f"log-prob {d_logp:.2g}, value {d_value:.2g} (tol {tol:g}); {detail}"), \
+        {**more, "d_logprobs": d_logp, "d_values": d_value}
+
+
+def part_recurrent(ctx: Ctx) -> None:
+    for env_id, kind, settings, tol in UNROLL_CASES:
+        name = f"unroll reproduces the rollout, {env_id} {kind}" + "".join(
+            f" {k}={v}" for k, v in settings.items())
+        ctx.run(name, lambda: unroll_check(ctx, env_id, kind, settings, tol),
+                need=10.0 if ctx.cuda else 3.0)
+    if ctx.smoke:  # cli_run's logic runs in section 6; a process per run costs too long here
+        return ctx.row("fastppo train, recurrent runs", "SKIP",
+                       "not available in smoke mode: section 6 runs the CLI logic")
+    runs = RECURRENT_E2E
+    for i, (env_id, batch, options) in enumerate(runs):
+        ctx.run(f"fastppo train {' '.join((env_id, *options))}",
+                lambda: cli_run(ctx, env_id, batch, options, len(runs) - i),
+                need=15.0 if ctx.cuda else 5.0)
+
+
+# ---------------------------------------------------------------------------- 8. token loss
+# token_ppo_loss's options in every row (clip-higher, k3 KL to reference log-probs, entropy)
+TOKEN_OPTS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.05, kl_estimator="k3", ent_coef=0.01)
+
+
+def token_plan(smoke: bool) -> dict:
+    """Timed (sequences, tokens each, H, V) and the correctness shape."""
+    if smoke:
+        return dict(timed=(2, 8, 16, 256), check=(2, 16, 16, 300))
+    return dict(timed=(16, 1024, 4096, 131072), check=(4, 64, 64, 1000))
+
+
+def token_inputs(B, T, H, V, dtype, device, seed=0, ref_head=False):
+    """hidden (B, T, H) and weight (V, H) (+ bias) taking gradient, tokens, old and reference
+    log-probs near the policy's, per-token advantages, a response mask (one sequence empty
+    when there are several; every eighth token masked)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    rn = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
+    x = dict(hidden=rn(B, T, H).to(dtype), weight=(rn(V, H) / H**0.5).to(dtype),
+             tokens=torch.randint(0, V, (B, T), generator=g, device=device))
+    with torch.no_grad():
+        z = (x["hidden"].float() @ x["weight"].float().T)
+        lp = torch.log_softmax(z, -1).gather(-1, x["tokens"][..., None])[..., 0]
+    x["old_logprobs"] = lp + 0.3 * rn(B, T)
+    x["ref_logprobs"] = lp + 0.2 * rn(B, T)
+    x["advantages"] = rn(B, T)
+    mask = torch.ones(B, T, dtype=torch.bool, device=device)
+    mask[:, ::8] = False
+    if B > 1:
+        mask[-1] = False
+    x["mask"] = mask
+    if ref_head:
+        x["bias"] = (0.1 * rn(V)).to(dtype)
+        x["ref_hidden"] = (x["hidden"].float() + 0.1 * rn(B, T, H)).to(dtype)
+        x["ref_weight"] = (x["weight"].float() + 0.01 * rn(V, H)).to(dtype)
+    return x
+
+
+def token_oracle(x, clip_low, clip_high, dual_clip, kl_coef, kl_estimator, ent_coef,
+                 temperature, agg):
+    """float64 loss and statistics from the full logits (issue 23's equations), gradients by
+    autograd; returns (loss, {stat: value}, [d_hidden, d_weight(, d_bias)])."""
+    d = lambda t: t.detach().double()  # noqa: E731
+    leaves = [d(x["hidden"]).requires_grad_(), d(x["weight"]).requires_grad_()]
+    if "bias" in x:
+        leaves.append(d(x["bias"]).requires_grad_())
+    z = leaves[0] @ leaves[1].T + (leaves[2] if len(leaves) > 2 else 0.0)
+    logp_all = torch.log_softmax(z / temperature, -1)
+    p = logp_all.exp()
+    lp = logp_all.gather(-1, x["tokens"][..., None])[..., 0]
+    adv, old, m = d(x["advantages"]), d(x["old_logprobs"]), x["mask"].double()
+    ratio = torch.exp(lp - old)
+    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    pg = torch.max(unclipped, clipped)
+    clip_hit = clipped > unclipped
+    lower_hit = torch.zeros_like(clip_hit)
+    if dual_clip is not None:
+        lower_hit = (adv < 0) & (pg > -adv * dual_clip)
+        pg = torch.where(lower_hit, -adv * dual_clip, pg)
+    entropy = -(p * logp_all).sum(-1)
+    if kl_estimator == "exact":
+        zr = d(x["ref_hidden"]) @ d(x["ref_weight"]).T + (d(x["bias"]) if "bias" in x else 0.0)
+        kl = (p * (logp_all - torch.log_softmax(zr / temperature, -1))).sum(-1)
+    else:
+        r = d(x["ref_logprobs"]) - lp
+        kl = {"k1": -r, "k2": r**2 / 2, "k3": torch.exp(r) - r - 1}[kl_estimator]
+    per_token = pg + kl_coef * kl - ent_coef * entropy
+    if agg == "token-mean":
+        loss = (m * per_token).sum() / m.sum()
+    else:
+        n = m.sum(-1)
+        seq = (m * per_token).sum(-1)
+        if agg == "seq-mean-token-mean":
+            keep = n > 0
+            loss = (seq[keep] / n[keep]).mean()
+        else:
+            loss = seq.mean()
+    mean = lambda t: (m * t.double()).sum() / m.sum()  # noqa: E731
+    stats = {"clipfrac": mean(clip_hit), "clipfrac_lower": mean(lower_hit),
+             "ppo_kl": mean(old - lp), "entropy": mean(entropy), "kl": mean(kl)}
+    grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), {k: v.detach() for k, v in stats.items()}, grads
+
+
+# (dtype, options beyond TOKEN_OPTS): the fp32 case with the exact KL through a reference head,
+# a bias, temperature and the dual clip; the bf16 case as the timed rows (k3, token-mean)
+TOKEN_CHECKS = ((torch.float32, dict(kl_estimator="exact", dual_clip=3.0, temperature=0.9,
+                                     agg="seq-mean-token-mean")),
+                (torch.bfloat16, dict()))
+
+
+def token_check(ctx: Ctx, dtype, extra: dict, backend: str):
+    from fastppo.kernels import token_ppo_loss
+
+    B, T, H, V = token_plan(ctx.smoke)["check"]
+    opts = {**TOKEN_OPTS, "dual_clip": None, "temperature": 1.0, "agg": "token-mean", **extra}
+    exact = opts["kl_estimator"] == "exact"
+    x = token_inputs(B, T, H, V, dtype, ctx.device, seed=5, ref_head=exact)
+    ref_loss, ref_stats, ref_grads = token_oracle(x, **opts)
+    leaves = [x[k].detach().clone().requires_grad_() for k in ("hidden", "weight", "bias")
+              if k in x]
+    head = dict(zip(("hidden", "weight", "bias"), leaves))
+    if exact:
+        head.update(ref_hidden=x["ref_hidden"], ref_weight=x["ref_weight"], ref_bias=x["bias"])
+    else:
+        head["ref_logprobs"] = x["ref_logprobs"]
+    loss, stats = token_ppo_loss(**head, tokens=x["tokens"], old_logprobs=x["old_logprobs"],
+                                 advantages=x["advantages"], mask=x["mask"], **opts,
+                                 chunk_size=(32, 128), backend=backend)
+    grads = torch.autograd.grad(loss, leaves)
+    low = dtype != torch.float32
+    rtol, grad_rtol, grad_atol = (1e-3, 2e-2, 2e-2) if low else (1e-5, 1e-4, 1e-5)
+    n = float(x["mask"].sum())
+    errs = {"loss": err_ratio(loss, ref_loss, rtol, 0.0, 1e-6)}
+    for k, want in ref_stats.items():  # fractions: a token on a clip edge may flip
+        floor = 1.5 / n if k.startswith("clipfrac") else 1e-6
+        errs[k] = err_ratio(stats[k], want, rtol, 0.0, floor)
+    for name, got, want in zip(("d_hidden", "d_weight", "d_bias"), grads, ref_grads):
+        if got.dtype != dtype:
+            raise AssertionError(f"{name} dtype {got.dtype}, expected {dtype}")
+        errs[name] = err_ratio(got, want, grad_rtol, grad_atol)
+    status, detail, more = verdict(errs)
+    return status, f"{B}x{T} tokens, H {H}, V {V}, chunks (32, 128); {detail}", more
+
+
+def token_composite(hidden, weight, tokens, old_lp, ref_lp, adv, mask):
+    """What TRL/verl write: full logits, float32, log_softmax, gather, entropy from the full
+    softmax; clip-higher surrogate, k3 KL, entropy bonus, token-mean."""
+    logits = (hidden @ weight.T).float()
+    logp_all = torch.log_softmax(logits, -1)
+    lp = logp_all.gather(-1, tokens[..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    ratio = torch.exp(lp - old_lp)
+    o = TOKEN_OPTS
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - o["clip_low"], 1 + o["clip_high"]))
+    r = ref_lp - lp
+    per_token = pg + o["kl_coef"] * (torch.exp(r) - r - 1) - o["ent_coef"] * entropy
+    m = mask.float()
+    return (m * per_token).sum() / m.sum()
+
+
+def measure_memory(ctx: Ctx, fn) -> float | None:
+    """Peak bytes a call allocates above what was allocated before it (CUDA); None on CPU."""
+    if not ctx.cuda:
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def fmt_gib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**30:.2f} GiB"
+
+
+def part_token_loss(ctx: Ctx) -> None:
+    from fastppo.kernels import token_ppo_loss
+
+    for dtype, extra in TOKEN_CHECKS:
+        name = " ".join(f"{k}={v}" for k, v in extra.items()) or "k3 token-mean"
+        ctx.run(f"token_ppo_loss vs float64, {dname(dtype)} {name} [triton]",
+                lambda: token_check(ctx, dtype, extra, "triton"), need=5.0)
+
+    B, T, H, V = token_plan(ctx.smoke)["timed"]
+    shape = f"{B * T} tokens, H {H}, V {V} bf16 fwd+bwd"
+    status = "PASS" if ctx.cuda else "SKIP"
+    note = "" if ctx.cuda else "not available: no CUDA (perf_counter, no peak memory; a code " \
+        "check): "
+    x = token_inputs(B, T, H, V, torch.bfloat16, ctx.device, seed=7)
+    leaves = [x["hidden"].requires_grad_(), x["weight"].requires_grad_()]
+    data = (x["tokens"], x["old_logprobs"], x["ref_logprobs"], x["advantages"], x["mask"])
+    base = {}
+
+    def fused_call(backend, **opts):
+        def call():
+            loss, _ = token_ppo_loss(hidden=leaves[0], weight=leaves[1], tokens=data[0],
+                                     old_logprobs=data[1], ref_logprobs=data[2],
+                                     advantages=data[3], mask=data[4],
+                                     **{**TOKEN_OPTS, **opts}, backend=backend)
+            torch.autograd.grad(loss, leaves)
+        return call
+
+    def composite_call(f):
+        return lambda: torch.autograd.grad(f(*leaves, *data), leaves)
+
+    def timed(key, call, compile_s=None):
+        try:
+            peak = measure_memory(ctx, call)
+            seconds = median_time(ctx, call)
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            return status, f"{note}out of memory: {first_line(err)[:160]}", {"oom": True}
+        base[key] = (seconds, peak)
+        text = f"{note}{fmt_t(seconds)}, peak {fmt_gib(peak)} above the inputs"
+        if key != "fused" and "fused" in base:
+            f_s, f_peak = base["fused"]
+            text += f" ({seconds / f_s:.2f}x the fused op's time"
+            text += f", {peak / f_peak:.1f}x its memory)" if peak and f_peak else ")"
+        if compile_s is not None:
+            text += f"; compiling took {compile_s:.1f} s"
+        return status, text, {"seconds_call": seconds, "peak_bytes": peak}
+
+    # auto is triton on CUDA; in smoke mode torch (the interpreter and Numba are slow to start)
+    backend = "auto" if ctx.cuda else "torch"
+    ctx.run(f"token loss {shape} [fused hidden+weight, {backend}]",
+            lambda: timed("fused", fused_call(backend)), need=5.0)
+    ctx.run(f"token loss {shape} [eager composite]",
+            lambda: timed("eager", composite_call(token_composite)), need=5.0)
+
+    def compiled():
+        if ctx.smoke:  # compile_fn's logic runs in section 5; tracing costs too long here
+            return "SKIP", "not available in smoke mode: section 5 compiles composites", {}
+        start = time.perf_counter()
+        f = compile_fn(ctx, token_composite, dynamic=False)
+        composite_call(f)()
+        return timed("compile", composite_call(f), time.perf_counter() - start)
+
+    ctx.run(f"token loss {shape} [torch.compile of the composite]", compiled,
+            need=60.0 if ctx.cuda else 3.0)
+    ctx.run(f"token loss {shape} [Liger LigerFusedLinearGRPOLoss, k3, token-mean]",
+            lambda: liger_row(ctx, leaves, data, fused_call(backend, ent_coef=0.0), status,
+                              note), need=20.0 if ctx.cuda else 2.0)
+
+
+def liger_row(ctx: Ctx, leaves, data, fused_same, status, note):
+    """Liger-Kernel's chunked fused-linear GRPO loss (``loss_type="bnpo"``: token-mean; k3 to
+    reference log-probs; no entropy term, which it lacks) beside token_ppo_loss with the same
+    options (ent_coef 0). Liger takes one advantage per sequence: both get each sequence's
+    first advantage on all its tokens. SKIP when ``liger_kernel`` does not import."""
+    try:
+        import liger_kernel
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+    except Exception as err:  # noqa: BLE001 - any import failure means: not installed here
+        return "SKIP", f"not available: liger_kernel does not import ({first_line(err)})", {}
+    tokens, old_lp, ref_lp, adv, mask = data
+    seq_adv = adv[:, 0].contiguous()
+    adv[:] = seq_adv[:, None]  # the fused op sees the same (per-sequence) advantages
+    o = TOKEN_OPTS
+    liger = LigerFusedLinearGRPOLoss(beta=o["kl_coef"], epsilon_low=o["clip_low"],
+                                     epsilon_high=o["clip_high"], loss_type="bnpo",
+                                     use_ref_model=True)
+
+    def call():
+        out = liger(leaves[0], leaves[1], tokens, mask.long(), seq_adv,
+                    ref_per_token_logps=ref_lp, old_per_token_logps=old_lp)
+        loss = out[0] if isinstance(out, tuple) else out
+        torch.autograd.grad(loss, leaves)
+
+    version = getattr(liger_kernel, "__version__", "?")
+    try:
+        peak, seconds = measure_memory(ctx, call), median_time(ctx, call)
+    except Exception as err:  # noqa: BLE001 - a third-party API change is reported, not fatal
+        return "SKIP", f"not available: liger_kernel {version} failed: {first_line(err)}", {}
+    f_peak, f_s = measure_memory(ctx, fused_same), median_time(ctx, fused_same)
+    mem = f", {peak / f_peak:.2f}x its memory" if peak and f_peak else ""
+    return status, (f"{note}liger_kernel {version}: {fmt_t(seconds)}, peak {fmt_gib(peak)}; "
+                    f"token_ppo_loss with the same options {fmt_t(f_s)}, peak "
+                    f"{fmt_gib(f_peak)} (Liger {seconds / f_s:.2f}x its time{mem})"), \
+        {"seconds_call": seconds, "peak_bytes": peak, "seconds_fastppo": f_s,
+         "peak_bytes_fastppo": f_peak}
+
+
 PART_FUNCS = {"1": part_correctness, "1n": part_correctness, "2": part_opcheck,
-              "3": part_compile, "4": part_sync, "5": part_timings, "6": part_e2e}
+              "3": part_compile, "4": part_sync, "5": part_timings, "6": part_e2e,
+              "7": part_recurrent, "8": part_token_loss}
 
 
 def child_main(args) -> int:
@@ -875,7 +1228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, TRITON_INTERPRET=1")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole run (default 420; smoke 400)")
+                        help="seconds for the whole run (default 560; smoke 460)")
     parser.add_argument("--sections", type=int, nargs="+", default=list(SECTIONS),
                         choices=list(SECTIONS))
     parser.add_argument("--child", choices=list(PARTS), help=argparse.SUPPRESS)
@@ -886,7 +1239,7 @@ def main(argv=None) -> int:
     args.out = args.out.resolve()
     if args.child:
         return child_main(args)
-    args.budget = args.budget or (400.0 if args.smoke else 420.0)
+    args.budget = args.budget or (460.0 if args.smoke else 560.0)
     started, command = time.monotonic(), " ".join(["python", *sys.argv])
     for sub in ("parts", "logs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)

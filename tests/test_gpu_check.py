@@ -26,19 +26,31 @@ def test_gpu_check_smoke(tmp_path):
 
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["mode"] == "smoke"
-    assert [s["section"] for s in data["sections"]] == [1, 2, 3, 4, 5, 6]
+    assert [s["section"] for s in data["sections"]] == [1, 2, 3, 4, 5, 6, 7, 8]
     rows = data["rows"]
     assert not [r for r in rows if r["status"] == "FAIL"]
-    assert {r["section"] for r in rows} == {1, 2, 3, 4, 5, 6}
+    assert {r["section"] for r in rows} == {1, 2, 3, 4, 5, 6, 7, 8}
     status = {s["section"]: s["status"] for s in data["sections"]}
     # CUDA-only checks (sync debug mode, CUDA events) run their code but report SKIP on the CPU
-    assert status == {1: "PASS", 2: "PASS", 3: "PASS", 4: "SKIP", 5: "SKIP", 6: "PASS"}
+    assert status == {1: "PASS", 2: "PASS", 3: "PASS", 4: "SKIP", 5: "SKIP", 6: "PASS",
+                      7: "PASS", 8: "PASS"}
     assert all("not available" in r["detail"] for r in rows if r["status"] == "SKIP")
     # every backend against the oracle, both ops and every policy-output dtype
     checked = {r["case"].split("[")[-1].rstrip("]") for r in rows if r["section"] == 1}
     assert checked == {"triton", "torch", "numba"}
     for dtype in ("float32", "bfloat16", "float16", "float64"):
         assert any(f" {dtype} " in r["case"] and r["case"].startswith("loss") for r in rows)
+
+    # 7: the recurrent unroll against the rollout, LSTM and GRU, the MLP and the CNN body
+    passed = {r["case"] for r in rows if r["status"] == "PASS"}
+    for case in ("CartPole-v1 lstm", "CartPole-v1 gru", "Pong-v5 lstm stack_num=1"):
+        assert any(case in c and c.startswith("unroll reproduces") for c in passed), case
+    # 8: token_ppo_loss (Triton, in the interpreter) against its float64 oracle; the timed rows
+    assert sum(c.startswith("token_ppo_loss vs float64") for c in passed) == 2
+    timed = [r for r in rows if r["section"] == 8 and r["case"].startswith("token loss")]
+    assert [r["case"].split("[")[1].split(",")[0].split("]")[0] for r in timed] == \
+        ["fused hidden+weight", "eager composite", "torch.compile of the composite",
+         "Liger LigerFusedLinearGRPOLoss"]
 
     lines = (tmp_path / "gpu_check.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == rows
