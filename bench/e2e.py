@@ -74,8 +74,8 @@ ROW_SETTINGS = {
     "cartpole_lstm": ({"recurrent": "lstm", "rnn_hidden_size": 64}, "CartPole-v1 LSTM"),
 }
 DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch", "policy_kernel=torch,compile=on")
-# recurrent rows: the Numba policy kernels and --compile on refuse recurrent policies
-RECURRENT_VARIANTS = ("default", "async_envs=on", "async_envs=off")
+# recurrent rows: the Numba policy kernels refuse recurrent policies
+RECURRENT_VARIANTS = ("default", "compile=off", "async_envs=on")
 RECENT_EPISODES = 10
 
 
