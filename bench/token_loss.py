@@ -18,6 +18,13 @@ clip 0.2 / 0.28, token-mean over a response mask (1/8 of the tokens masked). Var
     fused-logits   logits = hidden @ W^T in torch, then token_ppo_loss(logits=, backend="torch")
     fused-logits-numba   the same with backend="numba"
 
+``--tiles``: instead, the tile epilogues alone, per backend, in one process and interleaved
+(torch, numba, torch, ...; best of ``repeat``): one (1024 tokens x 4096 vocabulary) fp32 tile
+of the default chunking, its forward fold (policy only, and with a reference tile for the
+exact KL) and its backward dL/dz, beside the tile's GEMM (``hidden @ W_chunk^T``). Each
+epilogue call starts from fresh copies of the tiles (the torch ones overwrite them), so every
+epilogue row includes the ``tile copy`` row once per tile it takes.
+
 Each variant runs in its own subprocess (so one's freed memory cannot serve another): one
 warm-up step (compiles), then ``repeat`` timed steps. Memory: before each timed step the
 process's peak RSS is reset (``echo 5 > /proc/self/clear_refs``, Linux); the step's peak is
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -126,6 +134,59 @@ def run_variant(args):
     print(json.dumps(dict(variant=args.variant, time=min(times), peak=max(peaks), loss=loss)))
 
 
+def run_tiles(args):
+    """The tile epilogues alone (``--tiles``), torch beside numba, interleaved; prints a table."""
+    from fastppo.kernels import token_ppo_loss_numba as nb
+    from fastppo.kernels.token_ppo_loss import _grad_chunk, _TorchTiles
+
+    rows, cols = 1024, 4096
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, args.hidden, generator=g)
+    w_c = torch.randn(cols, args.hidden, generator=g) / args.hidden**0.5
+    z = hidden @ w_c.T
+    zr = z + 0.1 * torch.randn(rows, cols, generator=g)
+    tok = torch.randint(0, cols, (rows,), generator=g)
+    vec = torch.rand(rows, generator=g)
+    lse = torch.logsumexp(z, 1)
+    lse_r = torch.logsumexp(zr, 1)
+    cases = {
+        "GEMM (torch)": {b: (lambda: hidden @ w_c.T) for b in ("torch", "numba")},
+        "forward fold": {
+            "torch": lambda: _TorchTiles(tok, torch.float32, False).update(z.clone(), None, 0),
+            "numba": lambda: nb.OnlineTiles(tok, torch.float32, False).update(z.clone(), None,
+                                                                              0)},
+        "forward fold, exact KL": {
+            "torch": lambda: _TorchTiles(tok, torch.float32, True).update(z.clone(),
+                                                                          zr.clone(), 0),
+            "numba": lambda: nb.OnlineTiles(tok, torch.float32, True).update(z.clone(),
+                                                                             zr.clone(), 0)},
+        "backward dL/dz": {
+            "torch": lambda: _grad_chunk(z.clone(), lse, None, None, tok, slice(0, cols), vec,
+                                         vec, vec, 0.01, 0.0),
+            "numba": lambda: nb.grad_tile(z.clone(), lse, None, None, tok, slice(0, cols), vec,
+                                          vec, vec, 0.01, 0.0)},
+        "backward dL/dz, exact KL": {
+            "torch": lambda: _grad_chunk(z.clone(), lse, zr.clone(), lse_r, tok,
+                                         slice(0, cols), vec, vec, vec, 0.06, 0.05),
+            "numba": lambda: nb.grad_tile(z.clone(), lse, zr.clone(), lse_r, tok,
+                                          slice(0, cols), vec, vec, vec, 0.06, 0.05)},
+        "tile copy (z.clone())": {b: (lambda: z.clone()) for b in ("torch", "numba")},
+    }
+    print("| tile (1024 x 4096 fp32) | torch (ms) | numba (ms) | numba / torch |")
+    print("|---|---:|---:|---:|")
+    for name, fns in cases.items():
+        best = {}
+        for b in ("torch", "numba"):
+            fns[b]()  # warm-up (compiles)
+        for _ in range(args.repeat):
+            for b in ("torch", "numba"):
+                t0 = time.perf_counter()
+                fns[b]()
+                best[b] = min(best.get(b, math.inf), time.perf_counter() - t0)
+        print(f"| {name} | {best['torch'] * 1e3:.1f} | {best['numba'] * 1e3:.1f} | "
+              f"{best['numba'] / best['torch']:.2f}x |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=2048)
@@ -134,6 +195,8 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--tiles", action="store_true",
+                   help="time the tile epilogues alone, torch beside numba")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
@@ -143,6 +206,8 @@ def main():
           f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.2f}; tokens={args.tokens} H={args.hidden} V={args.vocab} "
           f"{args.dtype}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.tiles:
+        return run_tiles(args)
     rows = {}
     for v in args.variants:
         cmd = [sys.executable, __file__, "--variant", v, "--tokens", str(args.tokens),
