@@ -51,8 +51,9 @@ import torch  # fastppo.kernels is imported later, after TRITON_INTERPRET is set
 
 # part -> (section, GPU seconds, smoke seconds); part "1n" (Numba, CPU) runs beside the others
 PARTS = {"1": (1, 110, 60), "1n": (1, 150, 90), "2": (2, 25, 40), "3": (3, 45, 40),
-         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 150, 80), "7": (7, 100, 40),
+         "4": (4, 75, 40), "5": (5, 40, 40), "6": (6, 150, 80), "7": (7, 140, 40),
          "8": (8, 140, 40)}
+BUDGET = {"gpu": 580.0, "smoke": 460.0}  # the default --budget, or the chosen parts' caps if less
 PARALLEL, QUIET = ("1n",), ("5", "8")  # the timings wait until the parallel part is done
 SECTIONS = {1: "correctness vs float64", 2: "torch.library.opcheck",
             3: "torch.compile train step", 4: "no host sync per minibatch", 5: "timings",
@@ -841,19 +842,29 @@ def unroll_check(ctx: Ctx, env_id: str, kind: str, settings: dict, tol: float):
 
 
 def part_recurrent(ctx: Ctx) -> None:
-    for env_id, kind, settings, tol in UNROLL_CASES:
+    """The eager unroll checks, the CLI runs (each given an equal share of the time left, one
+    share kept for what follows), then the compiled unroll check (the costliest)."""
+    def unroll(env_id, kind, settings, tol):
         name = f"unroll reproduces the rollout, {env_id} {kind}" + "".join(
             f" {k}={v}" for k, v in settings.items())
         ctx.run(name, lambda: unroll_check(ctx, env_id, kind, settings, tol),
-                need=10.0 if ctx.cuda else 3.0)
+                need=(30.0 if "compile" in settings else 10.0) if ctx.cuda else 3.0)
+
+    compiled = [c for c in UNROLL_CASES if "compile" in c[2]]
+    for case in UNROLL_CASES:
+        if case not in compiled:
+            unroll(*case)
     if ctx.smoke:  # cli_run's logic runs in section 6; a process per run costs too long here
-        return ctx.row("fastppo train, recurrent runs", "SKIP",
-                       "not available in smoke mode: section 6 runs the CLI logic")
-    runs = RECURRENT_E2E
-    for i, (env_id, batch, options) in enumerate(runs):
-        ctx.run(f"fastppo train {' '.join((env_id, *options))}",
-                lambda: cli_run(ctx, env_id, batch, options, len(runs) - i),
-                need=15.0 if ctx.cuda else 5.0)
+        ctx.row("fastppo train, recurrent runs", "SKIP",
+                "not available in smoke mode: section 6 runs the CLI logic")
+    else:
+        runs = RECURRENT_E2E
+        for i, (env_id, batch, options) in enumerate(runs):
+            ctx.run(f"fastppo train {' '.join((env_id, *options))}",
+                    lambda: cli_run(ctx, env_id, batch, options, len(runs) - i + 1),
+                    need=15.0 if ctx.cuda else 5.0)
+    for case in compiled:
+        unroll(*case)
 
 
 # ---------------------------------------------------------------------------- 8. token loss
@@ -1032,7 +1043,7 @@ def part_token_loss(ctx: Ctx) -> None:
     data = (x["tokens"], x["old_logprobs"], x["ref_logprobs"], x["advantages"], x["mask"])
     base = {}
 
-    def fused_call(backend, **opts):
+    def fused_call(backend, data=data, **opts):
         def call():
             loss, _ = token_ppo_loss(hidden=leaves[0], weight=leaves[1], tokens=data[0],
                                      old_logprobs=data[1], ref_logprobs=data[2],
@@ -1076,47 +1087,63 @@ def part_token_loss(ctx: Ctx) -> None:
         composite_call(f)()
         return timed("compile", composite_call(f), time.perf_counter() - start)
 
+    # Liger takes one advantage per sequence: both get each sequence's first on all its tokens
+    seq_adv = data[3][:, 0].contiguous()
+    same = (*data[:3], seq_adv[:, None].expand_as(data[3]), data[4])
+    ctx.run(f"token loss {shape} [Liger LigerFusedLinearGRPOLoss, k3, token-mean]",
+            lambda: liger_row(ctx, leaves, same, seq_adv,
+                              fused_call(backend, data=same, ent_coef=0.0), status, note),
+            need=20.0 if ctx.cuda else 2.0)
     ctx.run(f"token loss {shape} [torch.compile of the composite]", compiled,
             need=60.0 if ctx.cuda else 3.0)
-    ctx.run(f"token loss {shape} [Liger LigerFusedLinearGRPOLoss, k3, token-mean]",
-            lambda: liger_row(ctx, leaves, data, fused_call(backend, ent_coef=0.0), status,
-                              note), need=20.0 if ctx.cuda else 2.0)
 
 
-def liger_row(ctx: Ctx, leaves, data, fused_same, status, note):
+def liger_row(ctx: Ctx, leaves, data, seq_adv, fused_same, status, note):
     """Liger-Kernel's chunked fused-linear GRPO loss (``loss_type="bnpo"``: token-mean; k3 to
     reference log-probs; no entropy term, which it lacks) beside token_ppo_loss with the same
-    options (ent_coef 0). Liger takes one advantage per sequence: both get each sequence's
-    first advantage on all its tokens. SKIP when ``liger_kernel`` does not import."""
+    options (``fused_same``: ent_coef 0, the advantages ``seq_adv`` of each sequence on all its
+    tokens). SKIP when ``liger_kernel`` does not import."""
     try:
         import liger_kernel
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
     except Exception as err:  # noqa: BLE001 - any import failure means: not installed here
         return "SKIP", f"not available: liger_kernel does not import ({first_line(err)})", {}
-    tokens, old_lp, ref_lp, adv, mask = data
-    seq_adv = adv[:, 0].contiguous()
-    adv[:] = seq_adv[:, None]  # the fused op sees the same (per-sequence) advantages
+    tokens, old_lp, ref_lp, _, mask = data
     o = TOKEN_OPTS
     liger = LigerFusedLinearGRPOLoss(beta=o["kl_coef"], epsilon_low=o["clip_low"],
                                      epsilon_high=o["clip_high"], loss_type="bnpo",
-                                     use_ref_model=True)
+                                     use_ref_model=True, compiled=not ctx.smoke)
 
-    def call():
+    def liger_loss():
         out = liger(leaves[0], leaves[1], tokens, mask.long(), seq_adv,
                     ref_per_token_logps=ref_lp, old_per_token_logps=old_lp)
-        loss = out[0] if isinstance(out, tuple) else out
-        torch.autograd.grad(loss, leaves)
+        return out[0] if isinstance(out, tuple) else out
 
-    version = getattr(liger_kernel, "__version__", "?")
+    def call():
+        torch.autograd.grad(liger_loss(), leaves)
+
+    try:
+        from importlib.metadata import version as dist_version
+        version = dist_version("liger-kernel")
+    except Exception:  # noqa: BLE001 - imported from a path without its metadata
+        version = getattr(liger_kernel, "__version__", "?")
     try:
         peak, seconds = measure_memory(ctx, call), median_time(ctx, call)
     except Exception as err:  # noqa: BLE001 - a third-party API change is reported, not fatal
         return "SKIP", f"not available: liger_kernel {version} failed: {first_line(err)}", {}
     f_peak, f_s = measure_memory(ctx, fused_same), median_time(ctx, fused_same)
     mem = f", {peak / f_peak:.2f}x its memory" if peak and f_peak else ""
+    from fastppo.kernels import token_ppo_loss
+
+    with torch.no_grad():  # the two losses on these inputs: the same options, the same value
+        ours = token_ppo_loss(hidden=leaves[0], weight=leaves[1], tokens=tokens,
+                              old_logprobs=old_lp, ref_logprobs=ref_lp, advantages=data[3],
+                              mask=mask, **{**o, "ent_coef": 0.0})[0]
+        theirs = liger_loss()
     return status, (f"{note}liger_kernel {version}: {fmt_t(seconds)}, peak {fmt_gib(peak)}; "
                     f"token_ppo_loss with the same options {fmt_t(f_s)}, peak "
-                    f"{fmt_gib(f_peak)} (Liger {seconds / f_s:.2f}x its time{mem})"), \
+                    f"{fmt_gib(f_peak)} (Liger {seconds / f_s:.2f}x its time{mem}); losses "
+                    f"{float(ours):.6g} and {float(theirs):.6g}"), \
         {"seconds_call": seconds, "peak_bytes": peak, "seconds_fastppo": f_s,
          "peak_bytes_fastppo": f_peak}
 
@@ -1232,7 +1259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, TRITON_INTERPRET=1")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole run (default 560; smoke 460)")
+                        help="seconds for the whole run (default: the caps of the chosen "
+                        "sections' parts, at most 580; smoke 460)")
     parser.add_argument("--sections", type=int, nargs="+", default=list(SECTIONS),
                         choices=list(SECTIONS))
     parser.add_argument("--child", choices=list(PARTS), help=argparse.SUPPRESS)
@@ -1243,13 +1271,15 @@ def main(argv=None) -> int:
     args.out = args.out.resolve()
     if args.child:
         return child_main(args)
-    args.budget = args.budget or (460.0 if args.smoke else 560.0)
+    cap = lambda p: PARTS[p][2 if args.smoke else 1]  # noqa: E731
+    chosen = [p for p in PARTS if PARTS[p][0] in args.sections and p not in PARALLEL]
+    args.budget = args.budget or min(BUDGET["smoke" if args.smoke else "gpu"],
+                                     sum(cap(p) for p in chosen) + 10.0)
     started, command = time.monotonic(), " ".join(["python", *sys.argv])
     for sub in ("parts", "logs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     for old in (args.out / "parts").glob("*"):
         old.unlink()
-    cap = lambda p: PARTS[p][2 if args.smoke else 1]  # noqa: E731
     parts = [p for p in PARTS if PARTS[p][0] in args.sections]
     parallel = [start_part(args, p, min(cap(p), args.budget - 10)) for p in parts
                 if p in PARALLEL]

@@ -49,8 +49,8 @@ def test_gpu_check_smoke(tmp_path):
     assert sum(c.startswith("token_ppo_loss vs float64") for c in passed) == 2
     timed = [r for r in rows if r["section"] == 8 and r["case"].startswith("token loss")]
     assert [r["case"].split("[")[1].split(",")[0].split("]")[0] for r in timed] == \
-        ["fused hidden+weight", "eager composite", "torch.compile of the composite",
-         "Liger LigerFusedLinearGRPOLoss"]
+        ["fused hidden+weight", "eager composite", "Liger LigerFusedLinearGRPOLoss",
+         "torch.compile of the composite"]
 
     lines = (tmp_path / "gpu_check.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == rows
