@@ -822,13 +822,13 @@ def unroll_check(ctx: Ctx, env_id: str, kind: str, settings: dict, tol: float):
             buf, T = trainer.buffer, config.num_steps
             seq = buf.sequences()
             with torch.no_grad():
-                dist, value = trainer.agent.unroll(buf.flat("obs"), seq["starts"],
+                dist, value = trainer.agent.unroll(buf.flat("obs"), seq["ends"],
                                                    buf.rnn_start, T)
             actions = buf.flat("actions").long()
             logp = torch.log_softmax(dist[0].float(), -1).gather(1, actions[:, None])[:, 0]
             d_logp = float((logp - buf.flat("logprobs")).abs().max())
             d_value = float((value.float() - buf.flat("values")).abs().max())
-            restarts = int(seq["starts"].sum())
+            restarts = int(seq["ends"].sum())
             carried = float(buf.rnn_start.abs().sum()) > 0
             device = str(buf.flat("obs").device)
         finally:

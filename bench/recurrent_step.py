@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def fastppo_step():
             with torch.inference_mode():
-                agent.act(obs, noise, state=state_a, starts=starts)
+                agent.act(obs, noise, state=state_a, ends=starts)
 
         def cell_step():
             nonlocal state_c

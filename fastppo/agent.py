@@ -20,10 +20,13 @@ factorized categorical, the logits of factor k in columns ``[sum(nvec[:k]), sum(
 Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU ->
 the actor and value heads (linear, shared core); the MLP's body is one tanh layer of
 ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
-``h``), zeroed when an episode starts: with next-step autoreset that is the reset step, whose
-observation is the new episode's first. ``step(obs, state, starts)`` serves the rollout (one
-step of a batch of envs); ``unroll(obs, starts, state, steps)`` the update (whole sequences
-from their stored start states, restarting where episodes start inside them).
+``h``) through its episode. With next-step autoreset an episode's final observation is the
+input of the reset step (``valid`` false: its action is ignored) and the next step's input is
+the new episode's first, so a row flagged in ``ends`` is computed from the episode's state (its
+value, V(final observation), bootstraps a truncation) and the state after it is zeroed.
+``step(obs, state, ends)`` serves the rollout (one step of a batch of envs);
+``unroll(obs, ends, state, steps)`` the update (whole sequences from their stored start states,
+restarting after the ends inside them).
 
 Mixed precision (``bf16=True``, ``--precision``): the network's layers run under bf16 autocast
 (forward, and so backward); the parameters stay float32 (the master weights the optimizer
@@ -147,16 +150,16 @@ class Factors(nn.Module):
 
 
 class RecurrentCore(nn.Module):
-    """An LSTM or GRU over time-major sequences whose state restarts at episode starts.
+    """An LSTM or GRU over time-major sequences whose state is zeroed after an episode ends.
 
     The state of a batch is one (b, state_size) tensor: ``[h, c]`` for the LSTM (2H), ``h``
     for the GRU (H). ``step`` runs one step (the rollout's policy call);
-    ``forward(x (T, b, F), state, starts (T, b))`` (the update's unroll) zeroes each row's state
-    where it starts an episode and returns the outputs (T, b, H) and the final state. The
-    sequences are cut where any row starts an episode (a host sync per call): each piece runs
-    as one fused ``nn.LSTM``/``nn.GRU`` call (oneDNN on the CPU, cuDNN on CUDA), so a sequence
-    without resets is one call and the cost of resets grows with the number of distinct reset
-    steps, not with the length. Weights orthogonal (gain 1), biases 0 (CleanRL's LSTM agent).
+    ``forward(x (T, b, F), state, ends (T, b))`` (the update's unroll) zeroes each row's state
+    after a step flagged in ``ends`` and returns the outputs (T, b, H) and the final state. The
+    sequences are cut after every step where any row ends (a host sync per call): each piece
+    runs as one fused ``nn.LSTM``/``nn.GRU`` call (oneDNN on the CPU, cuDNN on CUDA), so a
+    sequence without ends is one call and the cost of resets grows with the number of distinct
+    end steps, not with the length. Weights orthogonal (gain 1), biases 0 (CleanRL's LSTM agent).
     """
 
     def __init__(self, kind: str, features: int, hidden: int):
@@ -186,28 +189,33 @@ class RecurrentCore(nn.Module):
     def _join(self, state) -> torch.Tensor:
         return torch.cat([state[0][0], state[1][0]], -1) if self.lstm else state[0]
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
-        """One step of a batch (x (b, F), state (b, state_size), starts (b,)): the output
-        (b, H) and the new state. Runs the cell function on the recurrent layer's own weights
-        (``torch.lstm_cell``/``torch.gru_cell``, what ``nn.LSTMCell``/``nn.GRUCell`` call),
-        several times cheaper than a one-step ``nn.LSTM``/``nn.GRU`` call at rollout sizes."""
-        state = torch.where(starts[:, None], torch.zeros_like(state), state)
+    def step(self, x: torch.Tensor, state: torch.Tensor, ends: torch.Tensor | None = None):
+        """One step of a batch (x (b, F), state (b, state_size), ends (b,) or None): the output
+        (b, H) and the new state, zero for the rows in ``ends``. Runs the cell function on the
+        recurrent layer's own weights (``torch.lstm_cell``/``torch.gru_cell``, what
+        ``nn.LSTMCell``/``nn.GRUCell`` call), several times cheaper than a one-step
+        ``nn.LSTM``/``nn.GRU`` call at rollout sizes."""
         weights = self.cell_weights
         if self.lstm:
             h, c = torch.lstm_cell(x, (state[:, :self.hidden], state[:, self.hidden:]), *weights)
-            return h, torch.cat([h, c], -1)
-        h = torch.gru_cell(x, state, *weights)
-        return h, h
+            new_state = torch.cat([h, c], -1)
+        else:
+            h = new_state = torch.gru_cell(x, state, *weights)
+        if ends is not None:
+            new_state = torch.where(ends[:, None], torch.zeros_like(new_state), new_state)
+        return h, new_state
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
+    def forward(self, x: torch.Tensor, state: torch.Tensor, ends: torch.Tensor):
         steps = x.shape[0]
-        cuts = [0, *(torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist(), steps]  # sync
+        cuts = [0, *(torch.nonzero(ends[:-1].any(1)).flatten() + 1).tolist(), steps]  # sync
         outputs = []
         for lo, hi in zip(cuts, cuts[1:]):
-            state = torch.where(starts[lo][:, None], torch.zeros_like(state), state)
+            if lo > 0:
+                state = torch.where(ends[lo - 1][:, None], torch.zeros_like(state), state)
             out, packed = self.rnn(x[lo:hi], self._split(state))
             state = self._join(packed)
             outputs.append(out)
+        state = torch.where(ends[-1][:, None], torch.zeros_like(state), state)
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0], state
 
 
@@ -299,26 +307,26 @@ class Agent(nn.Module):
         with self._autocast():
             return self._heads(self.features(obs))
 
-    def step(self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor):
+    def step(self, obs: torch.Tensor, state: torch.Tensor, ends: torch.Tensor | None = None):
         """One step of a recurrent policy for a batch of envs: ``(dist, value, new_state)``;
-        ``state`` (n, state_size) is each env's carried state, zeroed first where ``starts``
-        (an episode's first observation)."""
+        ``state`` (n, state_size) is each env's carried state; ``new_state`` is zero where
+        ``ends`` (the row's observation is its episode's final one)."""
         with self._autocast():
-            out, new_state = self.core.step(self.features(obs), state, starts)
+            out, new_state = self.core.step(self.features(obs), state, ends)
             dist, value = self._heads(out)
         return dist, value, new_state
 
-    def unroll(self, obs: torch.Tensor, starts: torch.Tensor, state: torch.Tensor,
+    def unroll(self, obs: torch.Tensor, ends: torch.Tensor, state: torch.Tensor,
                steps: int, features=None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """A recurrent policy over ``b`` sequences of ``steps`` steps, rows time-major
-        (row ``t * b + i``: step t of sequence i): ``obs`` (steps * b, ...), ``starts``
+        (row ``t * b + i``: step t of sequence i): ``obs`` (steps * b, ...), ``ends``
         (steps * b,), ``state`` (b, state_size) the states before each sequence's first step.
         Returns the distribution and value of every row, as ``step`` would give them stepping
         through the sequences. ``features`` stands in for :meth:`features` (e.g. compiled)."""
         with self._autocast():
             x = (features or self.features)(obs)
             x = x.reshape(steps, -1, x.shape[-1])
-            out, _ = self.core(x, state, starts.reshape(steps, -1))
+            out, _ = self.core(x, state, ends.reshape(steps, -1))
             return self._heads(out.reshape(-1, out.shape[-1]))
 
     def actor_output(self, obs: torch.Tensor) -> torch.Tensor:
@@ -327,21 +335,19 @@ class Agent(nn.Module):
         with self._autocast():
             return self.actor(self.features(obs)).float()
 
-    def value(self, obs: torch.Tensor, state: torch.Tensor | None = None,
-              starts: torch.Tensor | None = None) -> torch.Tensor:
-        """V(obs); a recurrent policy's from the carried ``state`` and ``starts`` (as ``step``,
-        the state left unchanged)."""
+    def value(self, obs: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """V(obs); a recurrent policy's from the carried ``state`` (left unchanged)."""
         if self.recurrent:
-            return self.step(obs, state, starts)[1]
+            return self.step(obs, state)[1]
         with self._autocast():
             return self.critic(self.features(obs)).squeeze(-1).float()
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None, *,
             deterministic: bool = False, state: torch.Tensor | None = None,
-            starts: torch.Tensor | None = None):
+            ends: torch.Tensor | None = None):
         """Sample (or take the mode of) the policy: returns action, its log-prob, V(obs). A
-        recurrent policy steps from ``state`` (n, state_size), zeroed where ``starts``, and
-        writes the new state into it.
+        recurrent policy steps from ``state`` (n, state_size) and writes the new state into it,
+        zero where ``ends`` (the observation is its episode's final one: the reset step's).
 
         ``noise`` drives the sample (drawn from torch's generator when None): standard normals
         (n, D) for the Gaussian, ``action = mean + exp(log_std) * noise``; uniforms (n,) in
@@ -354,7 +360,7 @@ class Agent(nn.Module):
             raise TypeError("noise: expected a tensor or None, got a bool (pass deterministic= "
                             "by keyword)")
         if self.recurrent:
-            dist, value, new_state = self.step(obs, state, starts)
+            dist, value, new_state = self.step(obs, state, ends)
             state.copy_(new_state)
         else:
             dist, value = self(obs)

@@ -129,13 +129,13 @@ class RolloutBuffer:
             self.rnn_start.copy_(self.rnn_state)
 
     def sequences(self) -> dict[str, torch.Tensor]:
-        """What unrolling a recurrent policy over the rollout needs, per flat row: ``starts``
-        (the row's observation starts an episode: not ``valid``) and ``rnn_start`` (its env's
-        state at the rollout's start); empty for a buffer without recurrent state."""
+        """What unrolling a recurrent policy over the rollout needs, per flat row: ``ends``
+        (the row's observation is its episode's final one: not ``valid``) and ``rnn_start``
+        (its env's state at the rollout's start); empty for a buffer without recurrent state."""
         if self.rnn_state is None:
             return {}
         T, N = self.num_steps, self.num_envs
-        return {"starts": ~self.flat("valid"),
+        return {"ends": ~self.flat("valid"),
                 "rnn_start": self.rnn_start.expand(T, N, -1).reshape(T * N, -1)}
 
     def begin_step(self, slot: SimpleNamespace) -> None:

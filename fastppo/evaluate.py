@@ -164,16 +164,16 @@ def evaluate(run_dir: str | Path, episodes: int = 10, deterministic: bool = Fals
     torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
     results: list[tuple[float, int]] = []
     obs = envs.reset()
-    # a recurrent policy's state, carried through each env's episode (zeroed at its start)
+    # a recurrent policy's state, carried through each env's episode (zeroed after its end)
     rnn_state = torch.zeros(num_envs, agent.state_size, device=dev)
     while len(results) < episodes:
         counted = np.zeros(num_envs, bool)  # one episode per env per round
         wanted = min(num_envs, episodes - len(results))
         while counted.sum() < wanted:
             with torch.inference_mode():
-                starts = torch.from_numpy(~envs.valid).to(dev)
+                ends = torch.from_numpy(~envs.valid).to(dev)
                 action, _, _ = agent.act(torch.from_numpy(obs).to(dev), deterministic=deterministic,
-                                         state=rnn_state, starts=starts)
+                                         state=rnn_state, ends=ends)
             step = envs.step(envs.env_action(action.cpu().numpy()))
             obs = step.obs
             for env, ep_return, ep_length in step.episodes:

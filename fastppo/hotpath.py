@@ -167,9 +167,9 @@ def make_act(agent: Agent, numba: bool, compiled: bool):
         return act
 
     if agent.recurrent:  # the carried state of the slot's envs, returned, then copied back
-        def policy(obs, noise, state, starts):
+        def policy(obs, noise, state, ends):
             state = state.clone()
-            return (*agent.act(obs, noise, state=state, starts=starts), state)
+            return (*agent.act(obs, noise, state=state, ends=ends), state)
 
         if compiled:
             policy = torch.compile(policy, fullgraph=True, mode=_compile_mode(agent))
@@ -236,8 +236,8 @@ class MinibatchStep:
             # compiled: the body (static shapes); the core's cuts at resets depend on the data
             features = torch.compile(agent.features, fullgraph=True, dynamic=False, mode=mode) \
                 if compiled else agent.features
-            self._policy = lambda obs, starts, rnn_start: agent.unroll(
-                obs, starts, rnn_start[:obs.shape[0] // steps], steps, features=features)
+            self._policy = lambda obs, ends, rnn_start: agent.unroll(
+                obs, ends, rnn_start[:obs.shape[0] // steps], steps, features=features)
         self.compiles = False  # whether the first call compiles the Numba kernels
         if self.numba:
             from fastppo.kernels import mlp_step_numba
@@ -298,8 +298,8 @@ class MinibatchStep:
         weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
         # the old policy's rows (its log-std is one (D,) row for all)
         old = {k: v if k == "old_log_std" else v[idx] for k, v in self._old.items()}
-        # a recurrent policy's rows: where episodes start, and the sequences' start states
-        sequences = [b[k][idx] for k in ("starts", "rnn_start") if k in b]
+        # a recurrent policy's rows: where episodes end, and the sequences' start states
+        sequences = [b[k][idx] for k in ("ends", "rnn_start") if k in b]
         loss, stats = self._forward(b["obs"][idx], b["actions"][idx], b["logprobs"][idx],
                                     advantages[idx], b["values"][idx], b["returns"][idx],
                                     weights, old, sequences)

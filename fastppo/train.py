@@ -305,8 +305,7 @@ class Trainer:
 
         buf = self.buffer
         with torch.inference_mode():
-            next_value = self.agent.value(buf.next_obs, buf.rnn_state, buf.next_done) \
-                if self.agent.recurrent else self.agent.value(buf.next_obs)
+            next_value = self.agent.value(buf.next_obs, buf.rnn_state)
         # values[t+1] after a done step is V(final obs): truncations bootstrap from it, and the
         # reset step that follows is masked by ``valid``.
         return gae(buf.rewards, buf.values, buf.terminated, buf.truncated, next_value,

@@ -18,45 +18,51 @@ from tests import space_envs
 @pytest.mark.parametrize("network, obs_shape", [("mlp", (5,)), ("nature_cnn", (2, 36, 36))])
 def test_unroll_equals_stepping_with_resets_at_every_position(kind, network, obs_shape):
     """Training's unroll over sequences gives what the rollout's step-by-step calls gave, with
-    episodes starting at every step of some sequence (and none in others)."""
+    episodes ending at every step of some sequence (and none in others)."""
     torch.manual_seed(0)
     agent = Agent(network, obs_shape, 3, continuous=False, hidden_size=16, recurrent=kind,
                   rnn_hidden_size=8)
     steps, b = 6, 8
     obs = torch.randint(0, 256, (steps * b, *obs_shape), dtype=torch.uint8) \
         if network == "nature_cnn" else torch.randn(steps * b, *obs_shape)
-    starts = torch.zeros(steps, b, dtype=torch.bool)
+    ends = torch.zeros(steps, b, dtype=torch.bool)
     for t in range(steps):
-        starts[t, t] = True  # sequence t restarts at step t
-    starts[:, 7] = True  # sequence 7 restarts at every step
+        ends[t, t] = True  # sequence t's episode ends at step t
+    ends[:, 7] = True  # sequence 7's episodes end at every step
     state0 = torch.randn(b, agent.state_size)
-    dist, value = agent.unroll(obs, starts.reshape(-1), state0, steps)
+    dist, value = agent.unroll(obs, ends.reshape(-1), state0, steps)
     state, logits, values = state0.clone(), [], []
     for t in range(steps):
         rows = slice(t * b, (t + 1) * b)
-        d, v, state = agent.step(obs[rows], state, starts[t])
+        d, v, state = agent.step(obs[rows], state, ends[t])
         logits.append(d[0])
         values.append(v)
     torch.testing.assert_close(dist[0], torch.cat(logits), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(value, torch.cat(values), rtol=1e-5, atol=1e-6)
-    # a restart forgets everything before it: sequence 7 is its observations one at a time
-    fresh = [agent.step(obs[t * b + 7:t * b + 8], torch.zeros(1, agent.state_size),
-                        torch.ones(1, dtype=torch.bool))[0][0] for t in range(steps)]
-    torch.testing.assert_close(dist[0].view(steps, b, 3)[:, 7], torch.cat(fresh), rtol=1e-5,
+    # an end forgets everything before it: after its first step (from state0), sequence 7 is
+    # its observations one at a time, each from a zero state
+    fresh = [agent.step(obs[t * b + 7:t * b + 8], torch.zeros(1, agent.state_size))[0][0]
+             for t in range(1, steps)]
+    torch.testing.assert_close(dist[0].view(steps, b, 3)[1:, 7], torch.cat(fresh), rtol=1e-5,
                                atol=1e-6)
+    first = agent.step(obs[7:8], state0[7:8])[0][0]  # the ending step itself: from its state
+    torch.testing.assert_close(dist[0].view(steps, b, 3)[0, 7:8], first, rtol=1e-5, atol=1e-6)
 
 
-def test_act_carries_the_state_in_place_and_zeroes_it_at_starts():
+def test_act_steps_the_ending_row_from_its_state_and_zeroes_the_state_after_it():
+    """A reset step's observation is its episode's final one: its value (which bootstraps a
+    truncation) comes from the episode's state, and the next episode starts from zero."""
     torch.manual_seed(0)
     agent = Agent("mlp", (4,), 2, continuous=False, recurrent="lstm", rnn_hidden_size=4)
     obs, state = torch.randn(3, 4), torch.randn(3, agent.state_size)
     before = state.clone()
-    starts = torch.tensor([True, False, False])
-    agent.act(obs, torch.rand(3), state=state, starts=starts)
-    _, _, want = agent.step(obs, before, starts)
-    torch.testing.assert_close(state, want)
-    _, _, from_zero = agent.step(obs[:1], torch.zeros(1, agent.state_size), starts[:1])
-    torch.testing.assert_close(state[:1], from_zero)
+    ends = torch.tensor([True, False, False])
+    _, _, value = agent.act(obs, torch.rand(3), state=state, ends=ends)
+    _, want_value, want = agent.step(obs, before)
+    torch.testing.assert_close(value, want_value)
+    assert not torch.allclose(value[:1], agent.step(obs[:1], torch.zeros_like(before[:1]))[1])
+    torch.testing.assert_close(state[1:], want[1:])
+    assert torch.equal(state[0], torch.zeros_like(state[0]))
     with pytest.raises(TypeError, match="recurrent Agent reads sequences"):
         agent(obs)
 
@@ -142,12 +148,18 @@ def test_update_unroll_reproduces_the_rollout(tmp_path, async_envs):
         trainer.collect_rollout()
     buf = trainer.buffer
     seq = buf.sequences()
-    assert seq["starts"].any() and buf.rnn_start.abs().sum() > 0
+    assert seq["ends"].any() and buf.rnn_start.abs().sum() > 0
     with torch.no_grad():
-        dist, value = trainer.agent.unroll(buf.flat("obs"), seq["starts"], buf.rnn_start, 64)
+        dist, value = trainer.agent.unroll(buf.flat("obs"), seq["ends"], buf.rnn_start, 64)
     logp = torch.log_softmax(dist[0], -1).gather(1, buf.flat("actions")[:, None])[:, 0]
     torch.testing.assert_close(logp, buf.flat("logprobs"), rtol=0, atol=1e-6)
     torch.testing.assert_close(value, buf.flat("values"), rtol=0, atol=1e-6)
+    # the step after a reset step (the new episode's first observation) ran from a zero state
+    t, env = (int(i) for i in torch.nonzero(~buf.valid[:-1])[0])
+    with torch.no_grad():
+        fresh = trainer.agent.step(buf.obs[t + 1, env:env + 1],
+                                   torch.zeros(1, trainer.agent.state_size))[1]
+    torch.testing.assert_close(fresh, buf.values[t + 1, env:env + 1], rtol=0, atol=1e-6)
     trainer.envs.close()
 
 
