@@ -71,21 +71,12 @@ def _acc(typingctx, total, x):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _row_max(z):
-    """max of a non-empty row, four running maxima (LLVM does not vectorize a max reduction
-    without no-NaN flags; four independent chains at least overlap)."""
-    n = z.shape[0]
-    m0 = m1 = m2 = m3 = z[0]
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        a, b, c, d = z[j], z[j + 1], z[j + 2], z[j + 3]
-        m0 = a if a > m0 else m0
-        m1 = b if b > m1 else m1
-        m2 = c if c > m2 else m2
-        m3 = d if d > m3 else m3
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m = m2 if m2 > m0 else m0
-    for j in range(n4, n):
+    """max of a non-empty row. Scalar code (LLVM vectorizes a float max reduction only under
+    no-NaN fastmath flags), bound by streaming the row in from memory all the same (a
+    vectorized max over the float bits as integers measured no faster on the default tiles);
+    it leaves the row in cache for the loop of sums."""
+    m = z[0]
+    for j in range(z.shape[0]):
         m = z[j] if z[j] > m else m
     return m
 
