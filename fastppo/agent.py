@@ -18,8 +18,9 @@ factorized categorical, the logits of factor k in columns ``[sum(nvec[:k]), sum(
 ``(logits,)`` or ``(mean, log_std)`` with ``log_std`` broadcast to the mean's shape.
 
 Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU ->
-the actor and value heads (linear, shared core); the MLP's body is one tanh layer of
-``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
+the actor and value heads (linear; one core for both, or with ``critic_core="separate"`` a
+second core of the same kind for the value head, its state beside the actor's); the MLP's body
+is one tanh layer of ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
 ``h``) through its episode. With next-step autoreset an episode's final observation is the
 input of the reset step (``valid`` false: its action is ignored) and the next step's input is
 the new episode's first, so a row flagged in ``ends`` is computed from the episode's state (its
@@ -225,12 +226,13 @@ class Agent(nn.Module):
     (width,) for the MLP; an image (CHW or HWC, ``fastppo.spaces.image_layout``) for the CNN;
     (width,) with ``leaves`` (``ObsEncoder.leaves``) for the CNN over a several-part one.
     ``recurrent`` (``lstm``/``gru``) puts a recurrent core of ``rnn_hidden_size`` between the
-    body and the heads (module docstring, "Recurrent policies")."""
+    body and the heads, ``critic_core="separate"`` a second one for the value head (module
+    docstring, "Recurrent policies")."""
 
     def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
                  continuous: bool, hidden_size: int = 64, bf16: bool = False, *,
                  nvec: tuple[int, ...] = (), leaves=None, recurrent: str = "none",
-                 rnn_hidden_size: int = 128):
+                 rnn_hidden_size: int = 128, critic_core: str = "shared"):
         super().__init__()
         self.network = network
         self.continuous = continuous
@@ -272,6 +274,13 @@ class Agent(nn.Module):
             features = 512 if network == "nature_cnn" else hidden_size
             self.core = RecurrentCore(recurrent, features, rnn_hidden_size)
             self.state_size = self.core.state_size
+            self.critic_core = None
+            if critic_core == "separate":  # the critic's own core; states side by side
+                self.critic_core = RecurrentCore(recurrent, features, rnn_hidden_size)
+                self.state_size *= 2
+            elif critic_core != "shared":
+                raise ValueError(f"critic_core: expected 'shared' or 'separate', got "
+                                 f"{critic_core!r}")
             self.actor = layer_init(nn.Linear(rnn_hidden_size, action_dim), std=0.01)
             self.critic = layer_init(nn.Linear(rnn_hidden_size, 1), std=1.0)
         if continuous:
@@ -295,8 +304,12 @@ class Agent(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(next(self.parameters()).device.type, torch.bfloat16)
 
-    def _heads(self, h: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        value, out = self.critic(h).squeeze(-1).float(), self.actor(h).float()
+    def _heads(self, h: torch.Tensor, h_critic: torch.Tensor | None = None
+               ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The actor's and critic's outputs from the features ``h`` (the critic's from
+        ``h_critic`` when it has its own core)."""
+        h_critic = h if h_critic is None else h_critic
+        value, out = self.critic(h_critic).squeeze(-1).float(), self.actor(h).float()
         if self.continuous:
             return (out, self.log_std.expand_as(out)), value
         return (out,), value
@@ -312,9 +325,14 @@ class Agent(nn.Module):
         ``state`` (n, state_size) is each env's carried state; ``new_state`` is zero where
         ``ends`` (the row's observation is its episode's final one)."""
         with self._autocast():
-            out, new_state = self.core.step(self.features(obs), state, ends)
-            dist, value = self._heads(out)
-        return dist, value, new_state
+            x = self.features(obs)
+            if self.critic_core is None:
+                out, new_state = self.core.step(x, state, ends)
+                return (*self._heads(out), new_state)
+            actor_state, critic_state = state.chunk(2, -1)
+            out, new_actor = self.core.step(x, actor_state, ends)
+            out_critic, new_critic = self.critic_core.step(x, critic_state, ends)
+            return (*self._heads(out, out_critic), torch.cat([new_actor, new_critic], -1))
 
     def unroll(self, obs: torch.Tensor, ends: torch.Tensor, state: torch.Tensor,
                steps: int, features=None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -325,9 +343,15 @@ class Agent(nn.Module):
         through the sequences. ``features`` stands in for :meth:`features` (e.g. compiled)."""
         with self._autocast():
             x = (features or self.features)(obs)
-            x = x.reshape(steps, -1, x.shape[-1])
-            out, _ = self.core(x, state, ends.reshape(steps, -1))
-            return self._heads(out.reshape(-1, out.shape[-1]))
+            x, ends = x.reshape(steps, -1, x.shape[-1]), ends.reshape(steps, -1)
+            if self.critic_core is None:
+                out, _ = self.core(x, state, ends)
+                return self._heads(out.reshape(-1, out.shape[-1]))
+            actor_state, critic_state = state.chunk(2, -1)
+            out, _ = self.core(x, actor_state, ends)
+            out_critic, _ = self.critic_core(x, critic_state, ends)
+            return self._heads(out.reshape(-1, out.shape[-1]),
+                               out_critic.reshape(-1, out_critic.shape[-1]))
 
     def actor_output(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy head alone: the logits, or the Gaussian's mean (its log-std is the
@@ -415,4 +439,5 @@ def make_agent(config, observation_space, action_space, bf16: bool = False) -> A
     parts = network == "nature_cnn" and encoder.image is None
     return Agent(network, encoder.shape, spec.outputs, spec.continuous, config.hidden_size,
                  bf16=bf16, nvec=spec.nvec, leaves=encoder.leaves if parts else None,
-                 recurrent=config.recurrent, rnn_hidden_size=config.rnn_hidden_size)
+                 recurrent=config.recurrent, rnn_hidden_size=config.rnn_hidden_size,
+                 critic_core=config.critic_core)

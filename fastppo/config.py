@@ -45,6 +45,7 @@ NETWORKS = ("auto", "mlp", "nature_cnn")  # resolved from the spaces: fastppo.sp
 LOSSES = ("clip", "penalty")
 PRECISIONS = ("auto", "fp32", "bf16")
 RECURRENT = ("none", "lstm", "gru")
+CRITIC_CORES = ("shared", "separate")
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")
 MAX_SEED = 2**30  # seeds stay below it, leaving room for the per-env and evaluation offsets
 # Settings a resumed run may change; everything else must stay as the run was started.
@@ -133,6 +134,9 @@ class PPOConfig:
                                   "trains on whole env sequences, num_envs a multiple of "
                                   "num_minibatches)", choices=RECURRENT)
     rnn_hidden_size: int = _opt(128, "--recurrent: the width of the LSTM/GRU state")
+    critic_core: str = _opt("shared", "--recurrent: the value head reads the policy's core "
+                                      "(shared) or a core of its own (separate)",
+                            choices=CRITIC_CORES)
     # engine
     kernels: str = _opt("auto", "fused-op backend: auto, torch, numba or triton", choices=KERNELS)
     device: str = _opt("auto", "training device: auto (cuda if available), cpu or cuda",
@@ -202,6 +206,9 @@ class PPOConfig:
                 f"num_minibatches: a recurrent policy trains on whole env sequences, so "
                 f"num_envs ({self.num_envs}) must be a multiple of num_minibatches "
                 f"({self.num_minibatches})")
+        if self.recurrent == "none" and self.critic_core != "shared":
+            raise ValueError(f"critic_core: {self.critic_core!r} needs a recurrent policy "
+                             "(--recurrent lstm or gru)")
         if self.recurrent != "none" and self.loss == "penalty":
             raise ValueError("recurrent: --loss penalty is not available for recurrent policies; "
                              "use --loss clip")
@@ -235,7 +242,7 @@ class PPOConfig:
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
                   "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto",
                   "frame_stack": 1, "recurrent": "none", "rnn_hidden_size": 128,
-                  "stack_num": None}
+                  "stack_num": None, "critic_core": "shared"}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
                   "hidden_size", "frame_stack", "rnn_hidden_size", "stack_num")

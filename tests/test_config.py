@@ -133,7 +133,8 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
     from fastppo.config import ADDED_SETTINGS, read_run_config
 
     assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend",
-                                   "frame_stack", "recurrent", "rnn_hidden_size", "stack_num"}
+                                   "frame_stack", "recurrent", "rnn_hidden_size", "stack_num",
+                                   "critic_core"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
@@ -207,7 +208,8 @@ RESOLVED_PRESETS = {
         reward_clip=False, frame_stack=1, stack_num=None,
         norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
-        network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128, kernels="auto",
+        network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128,
+        critic_core="shared", kernels="auto",
         device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
@@ -222,7 +224,8 @@ RESOLVED_PRESETS = {
         reward_clip=False, frame_stack=1, stack_num=None,
         norm_obs=True, norm_reward=True, clip_obs=10.0,
         clip_reward=10.0,
-        network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128, kernels="auto",
+        network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128,
+        critic_core="shared", kernels="auto",
         device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
@@ -238,6 +241,7 @@ RESOLVED_PRESETS = {
         norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
         network="nature_cnn", hidden_size=64, recurrent="none", rnn_hidden_size=128,
+        critic_core="shared",
         kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=0, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,

@@ -14,14 +14,16 @@ from fastppo.train import train
 from tests import space_envs
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind, critic_core", [("lstm", "shared"), ("gru", "shared"),
+                                               ("lstm", "separate")])
 @pytest.mark.parametrize("network, obs_shape", [("mlp", (5,)), ("nature_cnn", (2, 36, 36))])
-def test_unroll_equals_stepping_with_resets_at_every_position(kind, network, obs_shape):
+def test_unroll_equals_stepping_with_resets_at_every_position(kind, critic_core, network,
+                                                               obs_shape):
     """Training's unroll over sequences gives what the rollout's step-by-step calls gave, with
     episodes ending at every step of some sequence (and none in others)."""
     torch.manual_seed(0)
     agent = Agent(network, obs_shape, 3, continuous=False, hidden_size=16, recurrent=kind,
-                  rnn_hidden_size=8)
+                  rnn_hidden_size=8, critic_core=critic_core)
     steps, b = 6, 8
     obs = torch.randint(0, 256, (steps * b, *obs_shape), dtype=torch.uint8) \
         if network == "nature_cnn" else torch.randn(steps * b, *obs_shape)
@@ -67,6 +69,23 @@ def test_act_steps_the_ending_row_from_its_state_and_zeroes_the_state_after_it()
         agent(obs)
 
 
+def test_separate_critic_core_reads_its_own_half_of_the_state():
+    torch.manual_seed(0)
+    agent = Agent("mlp", (4,), 2, continuous=False, recurrent="gru", rnn_hidden_size=4,
+                  critic_core="separate")
+    assert agent.state_size == 8
+    obs, state = torch.randn(3, 4), torch.randn(3, 8)
+    dist, value, _ = agent.step(obs, state)
+    other_actor, other_critic = state.clone(), state.clone()
+    other_actor[:, :4], other_critic[:, 4:] = torch.randn(3, 4), torch.randn(3, 4)
+    dist_a, value_a, _ = agent.step(obs, other_actor)
+    dist_c, value_c, _ = agent.step(obs, other_critic)
+    assert torch.equal(value_a, value) and not torch.allclose(dist_a[0], dist[0])
+    assert torch.equal(dist_c[0], dist[0]) and not torch.allclose(value_c, value)
+    with pytest.raises(ValueError, match="critic_core: 'separate' needs a recurrent policy"):
+        make_config("CartPole-v1", critic_core="separate")
+
+
 def test_minibatches_are_whole_env_sequences(tmp_path):
     config = make_config("CartPole-v1", recurrent="gru", rnn_hidden_size=8, num_envs=8,
                          num_steps=16, num_minibatches=4, total_timesteps=128,
@@ -79,10 +98,12 @@ def test_minibatches_are_whole_env_sequences(tmp_path):
     assert sorted(rows.flatten().tolist()) == list(range(128))
 
 
-@pytest.mark.parametrize("kind, async_envs", [("lstm", "on"), ("gru", "off")])
-def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs):
-    config = make_config("CartPole-v1", recurrent=kind, rnn_hidden_size=16, num_envs=4,
-                         num_steps=32, num_minibatches=2, update_epochs=2, total_timesteps=512,
+@pytest.mark.parametrize("kind, async_envs, critic_core", [("lstm", "on", "shared"),
+                                                           ("gru", "off", "separate")])
+def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs, critic_core):
+    config = make_config("CartPole-v1", recurrent=kind, rnn_hidden_size=16,
+                         critic_core=critic_core, num_envs=4, num_steps=32, num_minibatches=2,
+                         update_epochs=2, total_timesteps=512,
                          async_envs=async_envs, tensorboard=False, checkpoint_every=1)
     full = train(config, tmp_path / "full", progress=False)
     train(config, tmp_path / "part", stop_after_updates=2, progress=False)
