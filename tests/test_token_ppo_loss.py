@@ -458,6 +458,9 @@ def test_token_logprobs_bad_input():
                        temperature=-1)
     with pytest.raises(TypeError, match="^weight"):
         token_logprobs(hidden=x["hidden"], tokens=x["tokens"])
+    with pytest.raises(ValueError, match="^backend"):
+        token_logprobs(hidden=x["hidden"], weight=x["weight"], tokens=x["tokens"],
+                       backend="cuda")
 
 
 # ----------------------------------------------------------------------------- GAE for tokens
