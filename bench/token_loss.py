@@ -17,6 +17,15 @@ clip 0.2 / 0.28, token-mean over a response mask (1/8 of the tokens masked). Var
                    tiles' GEMMs stay torch's)
     fused-logits   logits = hidden @ W^T in torch, then token_ppo_loss(logits=, backend="torch")
     fused-logits-numba   the same with backend="numba"
+    liger          (with ``--liger``) Liger-Kernel's chunked fused-linear GRPO loss
+                   (``LigerFusedLinearGRPOLoss``, loss_type "bnpo" = token-mean, k3 to the
+                   reference log-probs), where ``liger_kernel`` imports
+
+``--liger`` puts every variant on the options Liger's loss has: no entropy bonus, and one
+advantage per sequence (8 sequences of tokens / 8), so its row computes the same loss as the
+others (the loss column shows it). Liger-Kernel is not a dependency: install it beside, e.g.
+``pip install --no-deps --target /tmp/liger liger-kernel`` and run with
+``PYTHONPATH=/tmp/liger``.
 
 ``--tiles``: instead, the tile epilogues alone, per backend, in one process and interleaved
 (torch, numba, torch, ...; best of ``repeat``): one (1024 tokens x 4096 vocabulary) fp32 tile
@@ -47,19 +56,23 @@ import time
 import torch
 
 VARIANTS = ("eager", "compile", "fused-linear", "fused-linear-numba", "fused-logits",
-            "fused-logits-numba")
+            "fused-logits-numba", "liger")
 OPTS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.05, ent_coef=0.01)
+LIGER_SEQUENCES = 8  # --liger: the tokens as this many sequences, one advantage each
 
 
-def make_inputs(tokens, hidden_size, vocab, dtype, seed=0):
+def make_inputs(tokens, hidden_size, vocab, dtype, seed=0, sequences=1):
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(1, tokens, hidden_size, generator=g, dtype=dtype)
+    shape = (sequences, tokens // sequences)
+    hidden = torch.randn(*shape, hidden_size, generator=g, dtype=dtype)
     weight = (torch.randn(vocab, hidden_size, generator=g, dtype=dtype) / hidden_size**0.5)
-    ids = torch.randint(0, vocab, (1, tokens), generator=g)
-    old_lp = -10 + torch.randn(1, tokens, generator=g)
-    ref_lp = old_lp + 0.1 * torch.randn(1, tokens, generator=g)
-    adv = torch.randn(1, tokens, generator=g)
-    mask = torch.ones(1, tokens)
+    ids = torch.randint(0, vocab, shape, generator=g)
+    old_lp = -10 + torch.randn(*shape, generator=g)
+    ref_lp = old_lp + 0.1 * torch.randn(*shape, generator=g)
+    adv = torch.randn(*shape, generator=g)
+    if sequences > 1:  # one advantage per sequence (GRPO's), on all its tokens
+        adv = adv[:, :1].expand(shape).contiguous()
+    mask = torch.ones(*shape)
     mask[:, ::8] = 0
     return hidden, weight, ids, old_lp, ref_lp, adv, mask
 
@@ -69,7 +82,8 @@ def eager_loss(hidden, weight, ids, old_lp, ref_lp, adv, mask):
     logits = (hidden @ weight.T).float()
     logp_all = torch.log_softmax(logits, dim=-1)
     lp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    entropy = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+    entropy = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1) \
+        if OPTS["ent_coef"] else 0.0
     ratio = torch.exp(lp - old_lp)
     pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - OPTS["clip_low"],
                                                      1 + OPTS["clip_high"]))
@@ -90,6 +104,8 @@ def step_fn(variant):
                               mask=mask, ref_logprobs=ref_lp, kl_estimator="k3", **OPTS,
                               backend=backend)[0]
 
+    if variant == "liger":
+        return liger_loss()
     if variant == "eager":
         return eager_loss
     if variant == "compile":
@@ -97,6 +113,25 @@ def step_fn(variant):
     logits_input = variant.startswith("fused-logits")
     backend = "numba" if variant.endswith("-numba") else "torch"
     return lambda *a: fused(*a, logits_input=logits_input, backend=backend)
+
+
+def liger_loss():
+    """Liger-Kernel's chunked fused-linear GRPO loss with OPTS (which ``--liger`` made its
+    options: no entropy term, one advantage per sequence)."""
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    if OPTS["ent_coef"]:
+        raise SystemExit("liger: run with --liger (Liger's loss has no entropy term)")
+    liger = LigerFusedLinearGRPOLoss(beta=OPTS["kl_coef"], epsilon_low=OPTS["clip_low"],
+                                     epsilon_high=OPTS["clip_high"], loss_type="bnpo",
+                                     use_ref_model=True)
+
+    def loss(hidden, weight, ids, old_lp, ref_lp, adv, mask):
+        out = liger(hidden, weight, ids, mask.long(), adv[:, 0], ref_per_token_logps=ref_lp,
+                    old_per_token_logps=old_lp)
+        return out[0] if isinstance(out, tuple) else out
+
+    return loss
 
 
 def _status(key):
@@ -110,7 +145,10 @@ def _status(key):
 def run_variant(args):
     """In the subprocess: warm-up, then timed steps; JSON on stdout."""
     dtype = getattr(torch, args.dtype)
-    inputs = list(make_inputs(args.tokens, args.hidden, args.vocab, dtype))
+    if args.liger:
+        OPTS["ent_coef"] = 0.0
+    inputs = list(make_inputs(args.tokens, args.hidden, args.vocab, dtype,
+                              sequences=LIGER_SEQUENCES if args.liger else 1))
     inputs[0].requires_grad_()
     inputs[1].requires_grad_()
     fn = step_fn(args.variant)
@@ -194,25 +232,32 @@ def main():
     p.add_argument("--vocab", type=int, default=151936)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                   help="default: all (liger only with --liger)")
+    p.add_argument("--liger", action="store_true",
+                   help="Liger's options for every variant (no entropy bonus, one advantage "
+                        "per sequence), and its row")
     p.add_argument("--tiles", action="store_true",
                    help="time the tile epilogues alone, torch beside numba")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
         return run_variant(args)
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if args.liger or v != "liger"]
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
           f"{os.getloadavg()[0]:.2f}; tokens={args.tokens} H={args.hidden} V={args.vocab} "
-          f"{args.dtype}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{args.dtype}{' (Liger options)' if args.liger else ''}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if args.tiles:
         return run_tiles(args)
     rows = {}
     for v in args.variants:
         cmd = [sys.executable, __file__, "--variant", v, "--tokens", str(args.tokens),
                "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--dtype", args.dtype,
-               "--repeat", str(args.repeat)]
+               "--repeat", str(args.repeat)] + (["--liger"] if args.liger else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
