@@ -75,7 +75,7 @@ ROW_SETTINGS = {
 }
 DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch", "policy_kernel=torch,compile=on")
 # recurrent rows: the Numba policy kernels refuse recurrent policies
-RECURRENT_VARIANTS = ("default", "compile=off", "async_envs=on")
+RECURRENT_VARIANTS = ("default", "compile=on", "async_envs=on")
 RECENT_EPISODES = 10
 
 

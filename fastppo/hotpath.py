@@ -113,10 +113,11 @@ def use_compile(config: PPOConfig, network: str, device: torch.device) -> bool:
     CUDA graphs), and for the CNN on the CPU, where the compiled policy call also fuses the uint8
     conversion and the sampling; off for MLPs on the CPU, whose ops are too small for a compiled
     call's fixed cost to pay off (the Numba kernels serve them). bench/README.md, "Design
-    measurements", has the end-to-end numbers. A recurrent policy follows the same rule; what
-    compiles for it is its policy call and its body (``make_act``, ``MinibatchStep``)."""
+    measurements", has the end-to-end numbers. For a recurrent policy what compiles is its
+    policy call and its body (``make_act``, ``MinibatchStep``); auto compiles it on CUDA only:
+    on the CPU its CNN measured no faster compiled (bench/README.md, "Recurrent policies")."""
     if config.compile == "auto":
-        return device.type == "cuda" or network == "nature_cnn"
+        return device.type == "cuda" or (network == "nature_cnn" and config.recurrent == "none")
     return config.compile == "on"
 
 

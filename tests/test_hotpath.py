@@ -232,6 +232,9 @@ def test_compile_auto_rule():
     assert use_compile(make_config("CartPole-v1"), "mlp", cuda)
     assert use_compile(make_config("Pong-v5"), "nature_cnn", cpu)  # the CNN: faster compiled
     assert not use_compile(make_config("Pong-v5", compile="off"), "nature_cnn", cpu)
+    lstm = make_config("Pong-v5", recurrent="lstm")  # recurrent: compiled on CUDA only
+    assert use_compile(lstm, "nature_cnn", cuda) and not use_compile(lstm, "nature_cnn", cpu)
+    assert use_compile(make_config("Pong-v5", recurrent="lstm", compile="on"), "nature_cnn", cpu)
 
 
 @pytest.mark.parametrize("policy_kernel", ["numba", "torch"])
