@@ -153,8 +153,9 @@ class Factors(nn.Module):
 class RecurrentCore(nn.Module):
     """An LSTM or GRU over time-major sequences whose state is zeroed after an episode ends.
 
-    The state of a batch is one (b, state_size) tensor: ``[h, c]`` for the LSTM (2H), ``h``
-    for the GRU (H). ``step`` runs one step (the rollout's policy call);
+    The state of a batch is one (b, state_size) tensor: ``[h, c]`` for the LSTM (2LH: the L
+    layers' h, then their c), ``h`` for the GRU (LH). ``step`` runs one step (the rollout's
+    policy call);
     ``forward(x (T, b, F), state, ends (T, b))`` (the update's unroll) zeroes each row's state
     after a step flagged in ``ends`` and returns the outputs (T, b, H) and the final state. The
     sequences are cut after every step where any row ends (a host sync per call): each piece
@@ -163,32 +164,35 @@ class RecurrentCore(nn.Module):
     end steps, not with the length. Weights orthogonal (gain 1), biases 0 (CleanRL's LSTM agent).
     """
 
-    def __init__(self, kind: str, features: int, hidden: int):
+    def __init__(self, kind: str, features: int, hidden: int, layers: int = 1):
         super().__init__()
         if kind not in ("lstm", "gru"):
             raise ValueError(f"recurrent: expected 'lstm' or 'gru', got {kind!r}")
         self.lstm = kind == "lstm"
-        self.rnn = (nn.LSTM if self.lstm else nn.GRU)(features, hidden)
+        self.rnn = (nn.LSTM if self.lstm else nn.GRU)(features, hidden, num_layers=layers)
         for name, param in self.rnn.named_parameters():
             if "weight" in name:
                 nn.init.orthogonal_(param, 1.0)
             else:
                 nn.init.constant_(param, 0.0)
-        self.hidden = hidden
-        self.state_size = 2 * hidden if self.lstm else hidden
-        # the layer's own parameters, for the cell function (torch.compile cannot trace
+        self.hidden, self.layers = hidden, layers
+        self.state_size = (2 if self.lstm else 1) * layers * hidden
+        # each layer's own parameters, for the cell function (torch.compile cannot trace
         # through an nn.LSTM/nn.GRU module, but through these it can)
-        rnn = self.rnn
-        self.cell_weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        self.cell_weights = tuple(
+            tuple(getattr(self.rnn, f"{name}_l{layer}")
+                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for layer in range(layers))
 
     def _split(self, state: torch.Tensor):
-        if self.lstm:
-            return (state[None, :, :self.hidden].contiguous(),
-                    state[None, :, self.hidden:].contiguous())
-        return state[None].contiguous()
+        """(b, state_size) -> nn.LSTM's ``(h, c)``, each (L, b, H), or nn.GRU's ``h``."""
+        per_layer = state.reshape(state.shape[0], -1, self.hidden).transpose(0, 1).contiguous()
+        return tuple(per_layer.chunk(2)) if self.lstm else per_layer
 
     def _join(self, state) -> torch.Tensor:
-        return torch.cat([state[0][0], state[1][0]], -1) if self.lstm else state[0]
+        """The inverse of :meth:`_split`."""
+        per_layer = torch.cat(state) if self.lstm else state
+        return per_layer.transpose(0, 1).reshape(per_layer.shape[1], -1)
 
     def step(self, x: torch.Tensor, state: torch.Tensor, ends: torch.Tensor | None = None):
         """One step of a batch (x (b, F), state (b, state_size), ends (b,) or None): the output
@@ -196,12 +200,18 @@ class RecurrentCore(nn.Module):
         recurrent layer's own weights (``torch.lstm_cell``/``torch.gru_cell``, what
         ``nn.LSTMCell``/``nn.GRUCell`` call), several times cheaper than a one-step
         ``nn.LSTM``/``nn.GRU`` call at rollout sizes."""
-        weights = self.cell_weights
-        if self.lstm:
-            h, c = torch.lstm_cell(x, (state[:, :self.hidden], state[:, self.hidden:]), *weights)
-            new_state = torch.cat([h, c], -1)
-        else:
-            h = new_state = torch.gru_cell(x, state, *weights)
+        hs, cs, h = [], [], x
+        for layer, weights in enumerate(self.cell_weights):  # each layer's output feeds the next
+            h_old = state[:, layer * self.hidden:(layer + 1) * self.hidden]
+            if self.lstm:
+                c_old = state[:, (self.layers + layer) * self.hidden:
+                              (self.layers + layer + 1) * self.hidden]
+                h, c = torch.lstm_cell(h, (h_old, c_old), *weights)
+                cs.append(c)
+            else:
+                h = torch.gru_cell(h, h_old, *weights)
+            hs.append(h)
+        new_state = torch.cat(hs + cs, -1) if len(hs) + len(cs) > 1 else h
         if ends is not None:
             new_state = torch.where(ends[:, None], torch.zeros_like(new_state), new_state)
         return h, new_state
@@ -225,14 +235,14 @@ class Agent(nn.Module):
     to ``action_dim``) the factorized categorical. ``obs_shape`` is the stored observation's:
     (width,) for the MLP; an image (CHW or HWC, ``fastppo.spaces.image_layout``) for the CNN;
     (width,) with ``leaves`` (``ObsEncoder.leaves``) for the CNN over a several-part one.
-    ``recurrent`` (``lstm``/``gru``) puts a recurrent core of ``rnn_hidden_size`` between the
-    body and the heads, ``critic_core="separate"`` a second one for the value head (module
+    ``recurrent`` (``lstm``/``gru``) puts a recurrent core of ``rnn_layers`` layers of
+    ``rnn_hidden_size`` between the body and the heads, ``critic_core="separate"`` a second one for the value head (module
     docstring, "Recurrent policies")."""
 
     def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
                  continuous: bool, hidden_size: int = 64, bf16: bool = False, *,
                  nvec: tuple[int, ...] = (), leaves=None, recurrent: str = "none",
-                 rnn_hidden_size: int = 128, critic_core: str = "shared"):
+                 rnn_hidden_size: int = 128, rnn_layers: int = 1, critic_core: str = "shared"):
         super().__init__()
         self.network = network
         self.continuous = continuous
@@ -272,11 +282,12 @@ class Agent(nn.Module):
         self.state_size = 0
         if self.recurrent:
             features = 512 if network == "nature_cnn" else hidden_size
-            self.core = RecurrentCore(recurrent, features, rnn_hidden_size)
+            self.core = RecurrentCore(recurrent, features, rnn_hidden_size, rnn_layers)
             self.state_size = self.core.state_size
             self.critic_core = None
             if critic_core == "separate":  # the critic's own core; states side by side
-                self.critic_core = RecurrentCore(recurrent, features, rnn_hidden_size)
+                self.critic_core = RecurrentCore(recurrent, features, rnn_hidden_size,
+                                                 rnn_layers)
                 self.state_size *= 2
             elif critic_core != "shared":
                 raise ValueError(f"critic_core: expected 'shared' or 'separate', got "
@@ -440,4 +451,4 @@ def make_agent(config, observation_space, action_space, bf16: bool = False) -> A
     return Agent(network, encoder.shape, spec.outputs, spec.continuous, config.hidden_size,
                  bf16=bf16, nvec=spec.nvec, leaves=encoder.leaves if parts else None,
                  recurrent=config.recurrent, rnn_hidden_size=config.rnn_hidden_size,
-                 critic_core=config.critic_core)
+                 rnn_layers=config.rnn_layers, critic_core=config.critic_core)

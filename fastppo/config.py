@@ -134,6 +134,7 @@ class PPOConfig:
                                   "trains on whole env sequences, num_envs a multiple of "
                                   "num_minibatches)", choices=RECURRENT)
     rnn_hidden_size: int = _opt(128, "--recurrent: the width of the LSTM/GRU state")
+    rnn_layers: int = _opt(1, "--recurrent: stacked LSTM/GRU layers")
     critic_core: str = _opt("shared", "--recurrent: the value head reads the policy's core "
                                       "(shared) or a core of its own (separate)",
                             choices=CRITIC_CORES)
@@ -242,10 +243,10 @@ class PPOConfig:
 ADDED_SETTINGS = {"loss": PPOConfig.loss, "kl_coef": PPOConfig.kl_coef,
                   "kl_target": PPOConfig.kl_target, "precision": "fp32", "env_backend": "auto",
                   "frame_stack": 1, "recurrent": "none", "rnn_hidden_size": 128,
-                  "stack_num": None, "critic_core": "shared"}
+                  "stack_num": None, "critic_core": "shared", "rnn_layers": 1}
 
 _POSITIVE_INTS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps",
-                  "hidden_size", "frame_stack", "rnn_hidden_size", "stack_num")
+                  "hidden_size", "frame_stack", "rnn_hidden_size", "stack_num", "rnn_layers")
 _NONNEGATIVE_INTS = ("torch_threads", "checkpoint_every")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _POSITIVE_FLOATS = ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward",

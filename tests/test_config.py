@@ -134,7 +134,7 @@ def test_a_config_json_from_before_the_ppo_penalty_settings_still_loads(tmp_path
 
     assert set(ADDED_SETTINGS) == {"loss", "kl_coef", "kl_target", "precision", "env_backend",
                                    "frame_stack", "recurrent", "rnn_hidden_size", "stack_num",
-                                   "critic_core"}
+                                   "critic_core", "rnn_layers"}
     old = {k: v for k, v in make_config("Pong-v5").to_dict().items() if k not in ADDED_SETTINGS}
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = read_run_config(tmp_path)
@@ -209,7 +209,7 @@ RESOLVED_PRESETS = {
         norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
         network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128,
-        critic_core="shared", kernels="auto",
+        rnn_layers=1, critic_core="shared", kernels="auto",
         device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
@@ -225,7 +225,7 @@ RESOLVED_PRESETS = {
         norm_obs=True, norm_reward=True, clip_obs=10.0,
         clip_reward=10.0,
         network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128,
-        critic_core="shared", kernels="auto",
+        rnn_layers=1, critic_core="shared", kernels="auto",
         device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
@@ -241,7 +241,7 @@ RESOLVED_PRESETS = {
         norm_obs=False, norm_reward=False, clip_obs=10.0,
         clip_reward=10.0,
         network="nature_cnn", hidden_size=64, recurrent="none", rnn_hidden_size=128,
-        critic_core="shared",
+        rnn_layers=1, critic_core="shared",
         kernels="auto", device="auto", policy_kernel="auto",
         compile="auto", async_envs="auto", torch_threads=0, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,

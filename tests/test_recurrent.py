@@ -14,16 +14,17 @@ from fastppo.train import train
 from tests import space_envs
 
 
-@pytest.mark.parametrize("kind, critic_core", [("lstm", "shared"), ("gru", "shared"),
-                                               ("lstm", "separate")])
+@pytest.mark.parametrize("kind, layers, critic_core", [("lstm", 1, "shared"),
+                                                       ("gru", 2, "shared"),
+                                                       ("lstm", 2, "separate")])
 @pytest.mark.parametrize("network, obs_shape", [("mlp", (5,)), ("nature_cnn", (2, 36, 36))])
-def test_unroll_equals_stepping_with_resets_at_every_position(kind, critic_core, network,
-                                                               obs_shape):
+def test_unroll_equals_stepping_with_resets_at_every_position(kind, layers, critic_core,
+                                                               network, obs_shape):
     """Training's unroll over sequences gives what the rollout's step-by-step calls gave, with
     episodes ending at every step of some sequence (and none in others)."""
     torch.manual_seed(0)
     agent = Agent(network, obs_shape, 3, continuous=False, hidden_size=16, recurrent=kind,
-                  rnn_hidden_size=8, critic_core=critic_core)
+                  rnn_hidden_size=8, rnn_layers=layers, critic_core=critic_core)
     steps, b = 6, 8
     obs = torch.randint(0, 256, (steps * b, *obs_shape), dtype=torch.uint8) \
         if network == "nature_cnn" else torch.randn(steps * b, *obs_shape)
@@ -98,10 +99,11 @@ def test_minibatches_are_whole_env_sequences(tmp_path):
     assert sorted(rows.flatten().tolist()) == list(range(128))
 
 
-@pytest.mark.parametrize("kind, async_envs, critic_core", [("lstm", "on", "shared"),
-                                                           ("gru", "off", "separate")])
-def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs, critic_core):
-    config = make_config("CartPole-v1", recurrent=kind, rnn_hidden_size=16,
+@pytest.mark.parametrize("kind, async_envs, layers, critic_core", [("lstm", "on", 1, "shared"),
+                                                                   ("gru", "off", 2, "separate")])
+def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs, layers,
+                                                    critic_core):
+    config = make_config("CartPole-v1", recurrent=kind, rnn_hidden_size=16, rnn_layers=layers,
                          critic_core=critic_core, num_envs=4, num_steps=32, num_minibatches=2,
                          update_epochs=2, total_timesteps=512,
                          async_envs=async_envs, tensorboard=False, checkpoint_every=1)
