@@ -20,8 +20,8 @@ factorized categorical, the logits of factor k in columns ``[sum(nvec[:k]), sum(
 Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU ->
 the actor and value heads (linear; one core for both, or with ``critic_core="separate"`` a
 second core of the same kind for the value head, its state beside the actor's); the MLP's body
-is one tanh layer of ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
-``h``) through its episode. With next-step autoreset an episode's final observation is the
+is one tanh layer of ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state
+(``[h, c]`` or ``h``) through its episode. With next-step autoreset an episode's final observation is the
 input of the reset step (``valid`` false: its action is ignored) and the next step's input is
 the new episode's first, so a row flagged in ``ends`` is computed from the episode's state (its
 value, V(final observation), bootstraps a truncation) and the state after it is zeroed.
