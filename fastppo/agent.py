@@ -17,17 +17,16 @@ factorized categorical, the logits of factor k in columns ``[sum(nvec[:k]), sum(
 ``Agent.forward(obs)`` returns ``(dist, value)`` where ``dist`` is the tuple the loss takes:
 ``(logits,)`` or ``(mean, log_std)`` with ``log_std`` broadcast to the mean's shape.
 
-Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU ->
-the actor and value heads (linear; one core for both, or with ``critic_core="separate"`` a
-second core of the same kind for the value head, its state beside the actor's); the MLP's body
-is one tanh layer of ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state
-(``[h, c]`` or ``h``) through its episode. With next-step autoreset an episode's final observation is the
-input of the reset step (``valid`` false: its action is ignored) and the next step's input is
-the new episode's first, so a row flagged in ``ends`` is computed from the episode's state (its
-value, V(final observation), bootstraps a truncation) and the state after it is zeroed.
-``step(obs, state, ends)`` serves the rollout (one step of a batch of envs);
-``unroll(obs, ends, state, steps)`` the update (whole sequences from their stored start states,
-restarting after the ends inside them).
+Recurrent policies (``recurrent="lstm"`` or ``"gru"``, ``RecurrentCore``): body -> LSTM/GRU -> the
+actor and value heads (linear; one core for both, or with ``critic_core="separate"`` a second core
+of the same kind for the value head, its state beside the actor's); the MLP's body is one tanh
+layer of ``hidden_size``, the CNN's its 512 ReLU features. Each env carries a state (``[h, c]`` or
+``h``) through its episode. With next-step autoreset an episode's final observation is the input of
+the reset step (``valid`` false: its action is ignored) and the next step's input is the new
+episode's first, so a row flagged in ``ends`` is computed from the episode's state (its value,
+V(final observation), bootstraps a truncation) and the state after it is zeroed. ``step(obs, state,
+ends)`` serves the rollout (one step of a batch of envs); ``unroll(obs, ends, state, steps)`` the
+update (whole sequences from their stored start states, restarting after the ends inside them).
 
 Mixed precision (``bf16=True``, ``--precision``): the network's layers run under bf16 autocast
 (forward, and so backward); the parameters stay float32 (the master weights the optimizer
@@ -236,8 +235,8 @@ class Agent(nn.Module):
     (width,) for the MLP; an image (CHW or HWC, ``fastppo.spaces.image_layout``) for the CNN;
     (width,) with ``leaves`` (``ObsEncoder.leaves``) for the CNN over a several-part one.
     ``recurrent`` (``lstm``/``gru``) puts a recurrent core of ``rnn_layers`` layers of
-    ``rnn_hidden_size`` between the body and the heads, ``critic_core="separate"`` a second one for the value head (module
-    docstring, "Recurrent policies")."""
+    ``rnn_hidden_size`` between the body and the heads, ``critic_core="separate"`` a second one for
+    the value head (module docstring, "Recurrent policies")."""
 
     def __init__(self, network: str, obs_shape: tuple[int, ...], action_dim: int,
                  continuous: bool, hidden_size: int = 64, bf16: bool = False, *,
