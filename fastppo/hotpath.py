@@ -259,9 +259,9 @@ class MinibatchStep:
         else:
             self._grads, self._apply = self._grads_torch, self._clip_and_step
             if compiled:
-                if self.penalty and not agent.recurrent:  # the op's float kl_coef would be a
-                    self._policy = torch.compile(agent, fullgraph=True, mode=mode)  # constant
-                elif not agent.recurrent:
+                if self.penalty:  # the op's float kl_coef would be a graph constant
+                    self._policy = torch.compile(agent, fullgraph=True, mode=mode)
+                elif not agent.recurrent:  # a recurrent policy's body compiles above
                     self._forward = torch.compile(self._forward, fullgraph=True, mode=mode)
                 self._apply = torch.compile(self._clip_and_step, mode=mode)
 
