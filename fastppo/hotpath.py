@@ -133,16 +133,6 @@ def use_async_envs(config: PPOConfig, network: str, device: torch.device) -> boo
     return config.async_envs == "on"
 
 
-def numba_cached(dispatcher) -> bool:
-    """Whether Numba's on-disk cache holds a compiled version of ``dispatcher`` for its current
-    source (the index of cached overloads, read as the dispatcher reads it). Unknown (another
-    Numba layout, no usable cache) counts as cached: it only decides a message."""
-    try:
-        return bool(dispatcher._cache._cache_file._load_index())
-    except (AttributeError, OSError):
-        return True
-
-
 def _mlp_layers(net: torch.nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(m.weight, m.bias) for m in net if isinstance(m, torch.nn.Linear)]
 
@@ -241,18 +231,14 @@ class MinibatchStep:
                 obs, ends, rnn_start[:obs.shape[0] // steps], steps, features=features)
         self.compiles = False  # whether the first call compiles the Numba kernels
         if self.numba:
-            from fastppo.kernels import mlp_step_numba
             from fastppo.kernels.mlp_step_numba import MLPLossStep
             from fastppo.kernels.optim_numba import ClipAdam
-
-            kernel = mlp_step_numba._gaussian_step if agent.continuous else \
-                mlp_step_numba._categorical_step
-            self.compiles = not numba_cached(kernel)
 
             self._numba = MLPLossStep(_mlp_layers(agent.actor), _mlp_layers(agent.critic),
                                       activation=_activation(agent),
                                       log_std=agent.log_std if agent.continuous else None,
                                       max_rows=config.minibatch_size)
+            self.compiles = not self._numba.kernels_cached()
             clip_adam = ClipAdam(optimizer)
             self._grads = self._grads_numba
             self._apply = lambda: clip_adam.step(self.max_grad_norm)

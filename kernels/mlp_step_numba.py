@@ -76,6 +76,7 @@ from numba.extending import intrinsic
 from . import ppo_loss_contract
 from .blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
 from .math32_numba import exp32
+from .numba_cache import numba_cached
 from .ppo_loss import check_coefs
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
@@ -745,6 +746,11 @@ class MLPLossStep:
     def params(self):
         """The parameters, in order: actor (weight, bias) pairs, critic pairs, log_std."""
         return list(self._params)
+
+    def kernels_cached(self) -> bool:
+        """Whether this step's compiled kernel is in Numba's on-disk cache (for its current
+        source): False means the first call compiles it (``numba_cache.numba_cached``)."""
+        return numba_cached(_gaussian_step if self.continuous else _categorical_step)
 
     @property
     def weight_sum(self) -> float:

@@ -1,6 +1,7 @@
-"""The Numba kernels' on-disk cache works when the package sits in a read-only directory (a
+"""The Numba kernels' on-disk cache: it works when the package sits in a read-only directory (a
 regular install into a system site-packages): Numba then caches in the user's cache directory,
-so the second process loads what the first compiled."""
+so the second process loads what the first compiled; ``numba_cached`` tells, before a kernel's
+first call, whether that call compiles."""
 
 import os
 import shutil
@@ -63,3 +64,31 @@ def test_cache_works_from_a_read_only_install(tmp_path):
     finally:
         for path in [site, *site.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+NUMBA_CACHED_SCRIPT = """
+import numpy as np
+from numba import njit
+from fastppo.kernels.numba_cache import numba_cached
+
+@njit(cache=True)
+def twice(x):
+    return 2 * x
+
+before = numba_cached(twice)
+twice(np.ones(3))
+print(before, numba_cached(twice))
+"""
+
+
+def test_numba_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
+    """What decides train's "compiling the Numba kernels" line: false before the first compile
+    on a machine (a fresh cache), true once the compiled code is on disk, also for a new
+    process."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    script = tmp_path / "script.py"  # Numba caches functions of files, not of -c strings
+    script.write_text(NUMBA_CACHED_SCRIPT)
+    runs = [subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=120) for _ in range(2)]
+    assert [r.stdout.split() for r in runs] == [["False", "True"], ["True", "True"]], \
+        runs[0].stderr[-2000:]
