@@ -54,7 +54,11 @@ class Coefs(NamedTuple):
 class Stat(IntEnum):
     """Slots of a backend's ``stats``: the public statistics (``STAT_NAMES``, then ``kl``), then
     what the backward needs to rebuild the normalized advantage ``(adv - ADV_MEAN) / ADV_SCALE``
-    and the row weights ``w / WEIGHT_SUM``. ``KL`` is 0 when no old parameters are given."""
+    and the row weights ``w / WEIGHT_SUM``. ``KL`` is 0 when no old parameters are given.
+
+    The Numba kernels compile the slots in as constants, and a Numba cache entry is valid for
+    its kernel file's timestamp only: a layout change comes with a touch of
+    ``ppo_loss_numba.py`` and ``mlp_step_numba.py``."""
 
     PG_LOSS = 0
     V_LOSS = 1
@@ -66,9 +70,6 @@ class Stat(IntEnum):
     ADV_MEAN = 7
     ADV_SCALE = 8
     WEIGHT_SUM = 9
-    # The Numba kernels compile these slots in as constants, and Numba's on-disk cache is keyed
-    # on the kernel file's timestamp: after changing the layout, touch ppo_loss_numba.py and
-    # mlp_step_numba.py (or clear NUMBA_CACHE_DIR) so no stale kernel is loaded.
 
 
 NUM_STATS = len(Stat)

@@ -117,17 +117,9 @@ from ._backend import HALF_LOG_2PI as _HALF_LOG_2PI
 from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_stats
 
 HALF_LOG_2PI = tl.constexpr(_HALF_LOG_2PI)  # Triton kernels read globals only as constexprs
-# the stats slots (Stat), as constexprs for the kernels
-S_PG_LOSS = tl.constexpr(int(Stat.PG_LOSS))
-S_V_LOSS = tl.constexpr(int(Stat.V_LOSS))
-S_ENTROPY = tl.constexpr(int(Stat.ENTROPY))
-S_APPROX_KL = tl.constexpr(int(Stat.APPROX_KL))
-S_OLD_APPROX_KL = tl.constexpr(int(Stat.OLD_APPROX_KL))
-S_CLIPFRAC = tl.constexpr(int(Stat.CLIPFRAC))
-S_KL = tl.constexpr(int(Stat.KL))
-S_ADV_MEAN = tl.constexpr(int(Stat.ADV_MEAN))
-S_ADV_SCALE = tl.constexpr(int(Stat.ADV_SCALE))
-S_WEIGHT_SUM = tl.constexpr(int(Stat.WEIGHT_SUM))
+# The stats slots as constexprs for the kernels, one per ``Stat`` member by its name:
+# S_PG_LOSS = Stat.PG_LOSS, ..., S_WEIGHT_SUM = Stat.WEIGHT_SUM.
+globals().update({f"S_{slot.name}": tl.constexpr(int(slot)) for slot in Stat})
 N_STATS = tl.constexpr(NUM_STATS)
 STATS_BLOCK = tl.constexpr(triton.next_power_of_2(NUM_STATS))
 # categorical row_stats columns: logsumexp, entropy, then (with old logits) the old logsumexp

@@ -1,4 +1,4 @@
-"""Every Triton kernel compiles for sm_90 (H100/H200), without a GPU (issue 10).
+"""Every Triton kernel compiles for sm_90 (H100/H200), without a GPU.
 
 Runs ``bench/triton_sm90.py --quick --check`` in a subprocess: that script makes a stub Triton
 driver (target ``cuda:90``) active and compiles each kernel the host functions launch down to
