@@ -63,7 +63,15 @@ def _opt(default, help: str, **kw):
 @dataclass
 class PPOConfig:
     """Every setting of one PPO run. The defaults are the ``classic`` preset; another preset
-    changes the settings in its :data:`PRESET_SETTINGS` entry, and options override both."""
+    changes the settings in its :data:`PRESET_SETTINGS` entry, and options override both.
+
+    Validation has one entry point, :meth:`validate`, and runs at two moments: when a config is
+    made (``__post_init__``: the constructor, :meth:`from_dict` for a config.json,
+    :func:`make_config`, ``dataclasses.replace``), and when :func:`fastppo.train.train` accepts
+    a config, which may have had fields assigned since it was made. A config that passed
+    :meth:`validate` holds every setting as its type hint says (ints as ``int``, numbers as
+    ``float``) within its range, and its settings fit each other.
+    """
 
     env_id: str = _opt("CartPole-v1", "environment id: an EnvPool task id (CartPole-v1, "
                                       "HalfCheetah-v4, Pong-v5, ...), a Gymnasium id, or "
@@ -159,7 +167,8 @@ class PPOConfig:
                                   "and loss); or auto (bf16 for the CNN where the device has bf16 "
                                   "matrix units: AMX or AVX512-BF16 CPUs, bf16 CUDA GPUs; fp32 "
                                   "otherwise)", choices=PRECISIONS)
-    checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the end)")
+    checkpoint_every: int = _opt(50, "save a checkpoint every this many updates (0: only at the "
+                                     "end)")
     tensorboard: bool = _opt(True, "write TensorBoard event files")
     dist_timeout: float = _opt(300.0, "torchrun runs: seconds a rank waits for the others (the "
                                       "rendezvous and every collective) before the job fails")
@@ -383,9 +392,8 @@ def config_mismatch(config: PPOConfig, saved: dict) -> str | None:
 
 
 # CleanRL ppo_continuous_action.py's settings: the mujoco preset, and the dmc preset (dm_control
-# from states, e.g. EnvPool's CheetahRun-v1), which drops the value clipping (as SB3's PPO does):
-# measured on WalkerWalk-v1 at 500k steps, 550 without it against 247 with it (bench/README.md,
-# "dm_control").
+# from states, e.g. EnvPool's CheetahRun-v1), which drops the value clipping (as SB3's PPO does;
+# the runs that chose it: bench/README.md, "dm_control").
 _CLEANRL_CONTINUOUS = dict(
     total_timesteps=1_000_000, num_envs=1, num_steps=2048, learning_rate=3e-4,
     num_minibatches=32, update_epochs=10, norm_obs=True, norm_reward=True,
@@ -486,6 +494,4 @@ def make_config(env_id: str, preset: str | None = None, **overrides) -> PPOConfi
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"config: unknown settings {unknown}")
-    config = PPOConfig(env_id=env_id, preset=preset, **settings)
-    config.validate()
-    return config
+    return PPOConfig(env_id=env_id, preset=preset, **settings)

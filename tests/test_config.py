@@ -121,7 +121,7 @@ def test_from_dict_needs_an_object(data, needle):
 
 def test_from_dict_needs_every_setting():
     data = PPOConfig().to_dict()
-    del data["env_id"]  # used to default silently to CartPole-v1
+    del data["env_id"]  # a setting with no recorded value in ADDED_SETTINGS is required
     with pytest.raises(ValueError, match=r"missing settings \['env_id'\]"):
         PPOConfig.from_dict(data)
 
@@ -194,9 +194,9 @@ def test_read_run_config_wrong_type_names_the_file_and_field(tmp_path):
         read_run_config(tmp_path / "missing")
 
 
-# Every preset's full resolved settings, as the code produced them before the dataclass defaults
-# became the classic preset and the presets became true diffs (fastppo issue 13): changing
-# a preset, or a default another preset relies on, shows here.
+# Every preset's full resolved settings: classic's spelled out in field order, each other
+# preset's as what it changes, so that changing a preset, or a default another preset relies on,
+# shows here.
 RESOLVED_PRESETS = {
     "classic": dict(
         env_id="CartPole-v1", env_backend="auto", preset="classic", seed=1,
@@ -214,40 +214,17 @@ RESOLVED_PRESETS = {
         compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
         tensorboard=True, dist_timeout=300.0,
     ),
-    "mujoco": dict(
-        env_id="HalfCheetah-v4", env_backend="auto", preset="mujoco", seed=1,
-        total_timesteps=1_000_000, num_envs=1,
-        num_steps=2048, learning_rate=0.0003, anneal_lr=True, num_minibatches=32, update_epochs=10,
-        max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
-        clip_vloss=True, norm_adv=True, ent_coef=0.0, vf_coef=0.5, loss="clip",
-        kl_coef=1.0, kl_target=0.01, episodic_life=False,
-        reward_clip=False, frame_stack=1, stack_num=None,
-        norm_obs=True, norm_reward=True, clip_obs=10.0,
-        clip_reward=10.0,
-        network="auto", hidden_size=64, recurrent="none", rnn_hidden_size=128,
-        rnn_layers=1, critic_core="shared", kernels="auto",
-        device="auto", policy_kernel="auto",
-        compile="auto", async_envs="auto", torch_threads=1, precision="auto", checkpoint_every=50,
-        tensorboard=True, dist_timeout=300.0,
-    ),
-    "atari": dict(
-        env_id="Pong-v5", env_backend="auto", preset="atari", seed=1,
-        total_timesteps=10_000_000, num_envs=8,
-        num_steps=128, learning_rate=0.00025, anneal_lr=True, num_minibatches=4, update_epochs=4,
-        max_grad_norm=0.5, target_kl=None, gamma=0.99, gae_lambda=0.95, clip_coef=0.1,
-        clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.5, loss="clip",
-        kl_coef=1.0, kl_target=0.01, episodic_life=True,
-        reward_clip=True, frame_stack=1, stack_num=None,
-        norm_obs=False, norm_reward=False, clip_obs=10.0,
-        clip_reward=10.0,
-        network="nature_cnn", hidden_size=64, recurrent="none", rnn_hidden_size=128,
-        rnn_layers=1, critic_core="shared",
-        kernels="auto", device="auto", policy_kernel="auto",
-        compile="auto", async_envs="auto", torch_threads=0, precision="auto", checkpoint_every=50,
-        tensorboard=True, dist_timeout=300.0,
-    ),
 }
-
+RESOLVED_PRESETS["mujoco"] = {
+    **RESOLVED_PRESETS["classic"], "env_id": "HalfCheetah-v4", "preset": "mujoco",
+    "total_timesteps": 1_000_000, "num_envs": 1, "num_steps": 2048, "learning_rate": 0.0003,
+    "num_minibatches": 32, "update_epochs": 10, "norm_obs": True, "norm_reward": True,
+}
+RESOLVED_PRESETS["atari"] = {
+    **RESOLVED_PRESETS["classic"], "env_id": "Pong-v5", "preset": "atari",
+    "total_timesteps": 10_000_000, "learning_rate": 0.00025, "clip_coef": 0.1, "ent_coef": 0.01,
+    "episodic_life": True, "reward_clip": True, "network": "nature_cnn", "torch_threads": 0,
+}
 # dm_control from states: CleanRL's continuous-action settings without value clipping
 RESOLVED_PRESETS["dmc"] = {**RESOLVED_PRESETS["mujoco"], "env_id": "CheetahRun-v1",
                            "preset": "dmc", "clip_vloss": False}
