@@ -288,6 +288,14 @@ def _check_loss_options(overrides: dict) -> None:
                              f"has --loss {loss})")
 
 
+def _make_train_config(args: argparse.Namespace, overrides: dict) -> PPOConfig:
+    """``make_config`` of ``train``'s env id, preset and options; its errors name the option."""
+    try:
+        return make_config(args.env_id, args.preset, **overrides)
+    except ValueError as err:
+        raise _as_option_error(err) from None
+
+
 def _resolve_train(args: argparse.Namespace) -> _Plan:
     """What ``train`` will do; ValueError (one line, naming the option or file) for anything
     unusable. Option values are checked first, before torch or EnvPool is imported.
@@ -309,23 +317,19 @@ def _resolve_train(args: argparse.Namespace) -> _Plan:
 
     if args.env_id is None:
         raise ValueError("ENV_ID: expected an environment id (or --resume DIR)")
-    if args.preset is not None:  # every setting is known without EnvPool: check them all now
-        try:
-            make_config(args.env_id, args.preset, **overrides)
-        except ValueError as err:
-            raise _as_option_error(err) from None
-    from .envs import check_env_id, check_spaces, env_spaces
+    # With --preset every setting is known without EnvPool, so the config is checked before the
+    # env id; without it, the preset follows from the env id (EnvPool's registry).
+    config = _make_train_config(args, overrides) if args.preset is not None else None
+    from .envs import check_env_id, env_spaces
 
     try:
         check_env_id(args.env_id, overrides.get("env_backend", "auto"))
     except ValueError as err:
         raise _as_option_error(err) from None
+    if config is None:
+        config = _make_train_config(args, overrides)
     try:
-        config = make_config(args.env_id, args.preset, **overrides)
-    except ValueError as err:
-        raise _as_option_error(err) from None
-    try:
-        check_spaces(config, *env_spaces(config))
+        env_spaces(config)  # checks that fastppo can serve them with config's settings
     except ValueError as err:
         raise _as_option_error(err) from None
     _check_engine(config)

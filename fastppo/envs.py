@@ -207,9 +207,14 @@ class _Pool:
 def env_spaces(config: PPOConfig, env_fn: Callable | None = None):
     """(observation_space, action_space) of ``config``'s run without stepping its env: the env's
     own (:func:`env_own_spaces`), observations stacked by ``frame_stack``
-    (``fastppo.spaces.stacked_space``)."""
+    (``fastppo.spaces.stacked_space``), checked against ``config``'s settings
+    (:func:`check_spaces`; ValueError, one line). Every run learns its spaces here before any
+    of its envs is made (the CLI before it starts, ``Trainer`` before its ``VecEnv``), so this
+    is where a run's spaces are checked."""
     observation_space, action_space = env_own_spaces(config, env_fn)
-    return stacked_space(observation_space, config.frame_stack), action_space
+    observation_space = stacked_space(observation_space, config.frame_stack)
+    check_spaces(config, observation_space, action_space)
+    return observation_space, action_space
 
 
 def env_own_spaces(config: PPOConfig, env_fn: Callable | None = None):
@@ -281,7 +286,8 @@ def stack_options(config: PPOConfig) -> dict:
 
 def check_spaces(config: PPOConfig, observation_space, action_space) -> None:
     """Raise ValueError (one line naming the space or the setting) when fastppo cannot serve
-    these spaces with ``config``'s network and settings."""
+    these spaces with ``config``'s network and settings (:func:`env_spaces` checks a run's
+    spaces with it)."""
     spec = ActionSpec.from_space(action_space)
     if config.preset == "atari" and spec.kind != "categorical":
         raise ValueError(f"preset: 'atari' needs a Discrete action space, {config.env_id} has "
@@ -487,6 +493,9 @@ class VecEnv:
 
     ``update_stats=False`` freezes the normalization statistics (evaluation). With a distributed
     ``ctx`` the statistics are updated from all ranks' data (every rank steps in lockstep).
+
+    A run checks its spaces against ``config`` before it makes its envs (:func:`env_spaces`);
+    ``VecEnv`` makes them as ``config`` says.
     """
 
     def __init__(self, config: PPOConfig, num_envs: int, seed: int, update_stats: bool = True,
@@ -504,7 +513,6 @@ class VecEnv:
         self.stack = FrameStack(num_envs, own_space, config.frame_stack) \
             if config.frame_stack > 1 else None
         self.action_space = self.pools[0].action_space
-        check_spaces(config, self.observation_space, self.action_space)
         self.encoder = ObsEncoder(self.observation_space,
                                   resolve_network(config.network, self.observation_space))
         self.action_spec = ActionSpec.from_space(self.action_space)

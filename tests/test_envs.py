@@ -5,7 +5,7 @@ import pytest
 
 from fastppo.config import make_config
 from fastppo.envs import EpisodeTracker, RunningMeanStd, RunningNorm, VecEnv, check_env_id, \
-    check_spaces
+    check_spaces, env_spaces
 
 
 def test_unknown_env_id_lists_closest_ids():
@@ -109,3 +109,5 @@ def test_continuous_actions_are_clipped_and_presets_checked_against_spaces():
     with pytest.raises(ValueError, match="preset"):
         check_spaces(make_config("HalfCheetah-v4", preset="atari"), spaces.Box(-1, 1, (17,)),
                      spaces.Box(-1, 1, (6,)))
+    with pytest.raises(ValueError, match="preset: 'mujoco' needs a continuous"):
+        env_spaces(make_config("CartPole-v1", preset="mujoco"))  # a run's spaces are checked
