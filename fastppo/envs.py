@@ -319,6 +319,10 @@ class RunningMeanStd:
 
     Under torchrun (``ctx`` distributed) each batch is the union of every rank's rows: the
     moments are merged across ranks, so all ranks keep identical statistics.
+
+    ``flat_mean`` and ``flat_var`` are 1-D views of ``mean`` and ``var`` (a scalar statistic
+    has length 1), the layout the ``env_kernels`` functions take; rows are batches flattened to
+    (n, mean.size).
     """
 
     def __init__(self, shape: tuple[int, ...] = (), ctx: DistContext | None = None):
@@ -326,9 +330,8 @@ class RunningMeanStd:
         self.var = np.ones(shape, np.float64)
         self._count = np.array([1e-4])
         self.ctx = ctx or DistContext()
-        # 1-D views of the statistics for the kernels (a scalar statistic has length 1)
-        self._flat_mean, self._flat_var = self.mean.reshape(-1), self.var.reshape(-1)
-        self._b_mean, self._b_var = np.empty_like(self._flat_mean), np.empty_like(self._flat_var)
+        self.flat_mean, self.flat_var = self.mean.reshape(-1), self.var.reshape(-1)
+        self._b_mean, self._b_var = np.empty_like(self.flat_mean), np.empty_like(self.flat_var)
 
     @property
     def count(self) -> float:
@@ -337,7 +340,7 @@ class RunningMeanStd:
     def update(self, batch: np.ndarray) -> None:
         """Fold the rows of ``batch`` (axis 0) into the statistics. Distributed: a collective
         that every rank joins, also with 0 rows."""
-        rows = batch.reshape(batch.shape[0], self._flat_mean.shape[0])
+        rows = batch.reshape(batch.shape[0], self.flat_mean.shape[0])
         if self.ctx.distributed:
             m = global_moments(torch.from_numpy(np.ascontiguousarray(rows, np.float64)),
                                self.ctx)
@@ -345,8 +348,25 @@ class RunningMeanStd:
             self._b_mean[:], self._b_var[:] = m.mean.numpy(), m.var.numpy()
         else:
             n = env_kernels.batch_moments(rows, self._b_mean, self._b_var)
-        env_kernels.merge_moments(self._flat_mean, self._flat_var, self._count, self._b_mean,
+        env_kernels.merge_moments(self.flat_mean, self.flat_var, self._count, self._b_mean,
                                   self._b_var, n)
+
+    def normalize(self, rows: np.ndarray, eps: float, clip: float, out: np.ndarray) -> None:
+        """``out = clip((rows - mean) / sqrt(var + eps), -clip, clip)`` for rows (n, d) into the
+        float32 ``out`` (n, d); the statistics stay as they are."""
+        env_kernels.normalize(rows, self.flat_mean, self.flat_var, eps, clip, out)
+
+    def update_and_normalize(self, rows: np.ndarray, eps: float, clip: float,
+                             out: np.ndarray) -> None:
+        """:meth:`update` with ``rows`` (n, d), then :meth:`normalize` them with the updated
+        statistics: one compiled call in a single process; distributed, the collective update
+        (every rank joins) then the normalization."""
+        if self.ctx.distributed:
+            self.update(rows)
+            self.normalize(rows, eps, clip, out)
+        else:
+            env_kernels.update_and_normalize(rows, self.flat_mean, self.flat_var, self._count,
+                                             eps, clip, out)
 
     def state_dict(self) -> dict:
         return {"mean": _tensor(self.mean), "var": _tensor(self.var), "count": self.count}
@@ -395,16 +415,9 @@ class RunningNorm:
             return _unchanged(obs, out)
         if out is None:
             out = np.empty(obs.shape, np.float32)
-        rms, rows = self.obs_rms, obs.reshape(obs.shape[0], -1)
-        flat_out = out.reshape(rows.shape)
-        if update and not rms.ctx.distributed:
-            env_kernels.update_and_normalize(rows, rms._flat_mean, rms._flat_var, rms._count,
-                                             self.eps, self.clip_obs, flat_out)
-            return out
-        if update:
-            rms.update(rows)
-        env_kernels.normalize(rows, rms._flat_mean, rms._flat_var, self.eps, self.clip_obs,
-                              flat_out)
+        rows = obs.reshape(obs.shape[0], -1)
+        normalize = self.obs_rms.update_and_normalize if update else self.obs_rms.normalize
+        normalize(rows, self.eps, self.clip_obs, out.reshape(rows.shape))
         return out
 
     def reward(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray,
@@ -418,7 +431,7 @@ class RunningNorm:
         returns = self.discounted_return[envs]
         k = env_kernels.discount(returns, reward, valid, self.gamma, self._valid_returns)
         self.ret_rms.update(self._valid_returns[:k])
-        env_kernels.scale_rewards(reward, done, returns, self.ret_rms._flat_var, self.eps,
+        env_kernels.scale_rewards(reward, done, returns, self.ret_rms.flat_var, self.eps,
                                   self.clip_reward, out)
         return out
 

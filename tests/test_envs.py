@@ -32,6 +32,24 @@ def test_running_mean_std_matches_pooled_numpy():
     np.testing.assert_array_equal(other.mean, rms.mean)
 
 
+def test_running_mean_std_normalizes_with_its_statistics_updated_or_not():
+    rng = np.random.default_rng(1)
+    first, rows = rng.normal(3.0, 2.0, (6, 3)), rng.normal(3.0, 2.0, (4, 3))
+    fused, stepwise = RunningMeanStd((3,)), RunningMeanStd((3,))
+    for rms in (fused, stepwise):
+        rms.update(first)
+    out_fused, out_stepwise = np.empty((4, 3), np.float32), np.empty((4, 3), np.float32)
+    fused.update_and_normalize(rows, 1e-8, 1.5, out_fused)
+    stepwise.update(rows)
+    stepwise.normalize(rows, 1e-8, 1.5, out_stepwise)
+    pooled = np.concatenate([first, rows])
+    np.testing.assert_allclose(fused.mean, pooled.mean(0), rtol=1e-4)  # rows folded in first
+    expected = np.clip((rows - fused.mean) / np.sqrt(fused.var + 1e-8), -1.5, 1.5)
+    np.testing.assert_allclose(out_fused, expected, rtol=1e-6)
+    np.testing.assert_allclose(out_stepwise, out_fused, rtol=1e-6)
+    assert fused.count == stepwise.count and stepwise.flat_mean.base is stepwise.mean
+
+
 def test_reward_scaling_by_discounted_return_std_skips_reset_steps():
     gamma = 0.9
     norm = RunningNorm(2, (3,), gamma=gamma, norm_obs=False, norm_reward=True, clip_obs=10,
