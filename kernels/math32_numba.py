@@ -1,10 +1,11 @@
-"""Float32 math for Numba kernels whose loops must vectorize: exp, log and IR-level helpers.
+"""Float32 math for Numba kernels whose loops must vectorize: exp, log, tanh and IR helpers.
 
-    from .math32_numba import exp, log, exp32, log32, sum_add
+    from .math32_numba import exp, log, exp32, log32, tanh32, sum_add, float32_pointer
 
-Why: ``math.exp`` and ``math.log`` compile to one libm call per element (this Numba build has
-no SVML), which keeps LLVM from vectorizing a loop around them. ``exp32`` and ``log32`` are
-branch-free float32 arithmetic (selects, no calls) that LLVM turns into SIMD code. ``exp`` and
+Why: ``math.exp``, ``math.log`` and ``math.tanh`` compile to one libm call per element (this
+Numba build has no SVML), which keeps LLVM from vectorizing a loop around them. ``exp32``,
+``log32`` and ``tanh32`` are branch-free float32 arithmetic (selects, no calls) that LLVM turns
+into SIMD code. ``exp`` and
 ``log`` dispatch on the argument's type when Numba compiles the caller: ``exp32`` / ``log32`` for
 a float32, ``math.exp`` / ``math.log`` for a float64 (the testing precision), so one kernel
 source serves both precisions.
@@ -29,8 +30,19 @@ log(inf) = inf, a negative or NaN x gives NaN. Near x = 1, where log crosses 0, 
 absolute (a few 1e-8), elsewhere relative (about one float32 ulp); tests/test_math32_numba.py
 checks both bounds against float64 over every binade.
 
+tanh32(x): ``|x| < 0.4``: the odd Taylor polynomial through x^13 (the first omitted term,
+929569 x^15 / 638512875, is below 4e-9 relative there); otherwise ``sign(x) (1 - e) / (1 + e)``
+with ``e = exp32(-2|x|)`` (``e <= 0.45``, so the cancellation in ``1 - e`` at most doubles
+exp32's relative error). Within 1 float32 ulp of tanh below 0.4 and 2.5 ulp beyond
+(tests/test_math32_numba.py); exp32 flushing to 0 makes it saturate at +-1 exactly, NaN stays
+NaN. It is inlined in Numba's IR (``inline="always"``): LLVM's inliner finds it too large, and
+a call per element would keep the loop around it scalar.
+
 IR helpers (``@intrinsic``): ``float32_from_bits`` / ``bits_from_float32`` reinterpret an int32
-as a float32 and back (LLVM ``bitcast``: no conversion, no memory round trip). ``sum_add`` is a
+as a float32 and back (LLVM ``bitcast``: no conversion, no memory round trip).
+``float32_pointer`` reads an int64 address (a torch tensor's storage, passed to a kernel in an
+address table) as a float32 pointer for ``numba.carray``; the caller keeps that memory alive.
+``sum_add`` is a
 float64 ``total + x`` emitted as ``fadd reassoc``: a running sum LLVM may split into one partial
 sum per SIMD lane (the one reassociation it allows; every other operation of the caller keeps
 IEEE order). It is float64 because it is the accumulator of float32 kernels.
@@ -38,7 +50,8 @@ IEEE order). It is float64 because it is the accumulator of float32 kernels.
 Numba's on-disk cache (``cache=True``) of a caller is keyed on the caller's source file only:
 code compiled from this module is inlined into each caller's cached object, and editing this
 file does not invalidate those objects. After changing anything here, touch every importer
-(``ppo_loss_numba.py``, ``mlp_step_numba.py``, ``policy_numba.py``, the tests' kernels) or clear
+(``ppo_loss_numba.py``, ``mlp_step_numba.py``, ``policy_numba.py``, ``optim_numba.py``, the
+tests' kernels) or clear
 ``NUMBA_CACHE_DIR`` (and the ``__pycache__/*.nbi`` / ``*.nbc`` files next to the sources), or a
 stale kernel is loaded.
 """
@@ -52,8 +65,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["EXP_HI", "EXP_LO", "bits_from_float32", "exp", "exp32", "float32_from_bits", "log",
-           "log32", "sum_add"]
+__all__ = ["EXP_HI", "EXP_LO", "bits_from_float32", "exp", "exp32", "float32_from_bits",
+           "float32_pointer", "log", "log32", "sum_add", "tanh32"]
 
 _F = np.float32
 _LOG2E, _LN2_HI, _LN2_LO = _F(1.4426950408889634), _F(0.693359375), _F(-2.1219444e-4)
@@ -62,6 +75,9 @@ _ROUND = _F(1.5 * 2**23)  # (y + _ROUND) - _ROUND rounds y to the nearest intege
 _C2, _C3, _C4, _C5, _C6, _C7 = (_F(1 / math.factorial(k)) for k in range(2, 8))
 _SQRT2, _TWO24, _FLT_MIN = _F(math.sqrt(2.0)), _F(2.0**24), _F(2.0**-126)
 _L3, _L5, _L7, _L9 = _F(1 / 3), _F(1 / 5), _F(1 / 7), _F(1 / 9)
+_T3, _T5, _T7 = _F(-1 / 3), _F(2 / 15), _F(-17 / 315)  # tanh's Taylor coefficients
+_T9, _T11, _T13 = _F(62 / 2835), _F(-1382 / 155925), _F(21844 / 6081075)
+_TANH_SERIES_MAX = _F(0.4)
 
 
 # ----------------------------------------------------------------------------- IR helpers
@@ -80,6 +96,14 @@ def bits_from_float32(typingctx, x):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(32))
     return types.int32(types.float32), codegen
+
+
+@intrinsic
+def float32_pointer(typingctx, address):
+    """The int64 ``address`` as a float32 pointer (for ``numba.carray``)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
+    return types.CPointer(types.float32)(types.int64), codegen
 
 
 @intrinsic
@@ -127,6 +151,18 @@ def log32(x):
     y = _F(-np.inf) if x == _F(0.0) else y
     y = _F(np.inf) if x == _F(np.inf) else y
     return _F(np.nan) if (x < _F(0.0) or x != x) else y
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def tanh32(x):
+    """tanh of a float32, branch-free (see the module docstring)."""
+    ax = abs(x)
+    e = exp32(_F(-2.0) * ax)
+    big = (_F(1.0) - e) / (_F(1.0) + e)
+    x2 = ax * ax
+    small = ax + ax * x2 * (_T3 + x2 * (_T5 + x2 * (_T7 + x2 * (_T9 + x2 * (_T11 + x2 * _T13)))))
+    t = small if ax < _TANH_SERIES_MAX else big
+    return -t if x < _F(0.0) else t
 
 
 def _in_precision_of_argument(float32_impl, libm_impl):

@@ -5,9 +5,9 @@
                  clip_coef=0.2, vf_coef=0.5, ent_coef=0.0)   # every p.grad now = d loss / d p
     torch.nn.utils.clip_grad_norm_(params, 0.5); optimizer.step()
 
-At RL's minibatch shapes (64 rows, 17-64-64-6 MLPs) eager torch spends almost all of a
-forward + loss + backward in autograd and dispatch; the arithmetic is a few MFLOP. Here the
-whole step is one jitted call: gather the minibatch rows, both MLPs forward (activations
+At RL's minibatch shapes (tens to hundreds of rows, MLPs a few dozen units wide) the arithmetic
+of a forward + loss + backward is small beside eager torch's per-op autograd and dispatch. Here
+the whole step is one jitted call: gather the minibatch rows, both MLPs forward (activations
 saved), the PPO loss and its gradient through the per-row kernels of ``ppo_loss_numba`` (the
 loss math lives there only), and the backward through both MLPs, written straight into the
 torch parameters' ``.grad`` tensors. Torch keeps owning parameters, grads and optimizer state.
@@ -33,12 +33,13 @@ input gradient are ``y[o, :] += W[o, i] x[i, :]`` (no reduction: vectorizes as i
 gradient is a dot product over rows (``fastmath`` "reassoc" on that kernel only, so LLVM splits
 the sum into SIMD lanes, the order of additions a BLAS would use as well). Float32 compute and
 float32 accumulation, as torch's matmuls. The loss runs ppo_loss_numba's float32 path as is
-(float32 stats, float64 accumulators; the same compiled row kernels). tanh is ``tanh32`` below
-(branch-free, vectorizes; within 2.5 float32 ulp), not libm's ``tanhf`` (one call per element
+(float32 stats, float64 accumulators; the same compiled row kernels). tanh is
+``math32_numba.tanh32`` (branch-free, vectorizes), not libm's ``tanhf`` (one call per element
 and no SIMD: it would cost more than the matmuls).
 
-Argument passing: parameters and grads reach the kernel as addresses in one int64 table built
-once (``_LAYER_*`` columns), so a call unboxes a dozen arrays whatever the depth, and one
+Argument passing: parameters and grads reach the kernel as addresses in one int64 layer table
+built once (``_LAYER_*`` columns; the rest of what the kernel reads is the ``StepPlan``), so a
+call unboxes a dozen arrays whatever the depth, and one
 compiled specialization serves every network (one per policy type). The step keeps NumPy views
 of those tensors alive (their storage cannot be freed under the kernel), and checks per call
 that every parameter still has the storage and ``.grad`` it was bound to (a few attribute reads
@@ -66,16 +67,15 @@ returns an error code, turned into the exception on the slow path. One call at a
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba import carray, njit
 
 from . import ppo_loss_contract
 from .blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
-from .math32_numba import exp32
+from .math32_numba import float32_pointer, tanh32
 from .numba_cache import numba_cached
 from .ppo_loss import check_coefs
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
@@ -99,57 +99,41 @@ _BAD_INDEX, _BAD_SHAPE = 10, 11
 # columns of the int64 layer table (one row per Linear layer: actor layers, then critic layers)
 _LAYER_IN, _LAYER_OUT, _LAYER_W, _LAYER_B, _LAYER_DW, _LAYER_DB, _LAYER_X, _LAYER_Y = range(8)
 _LAYER_COLUMNS = 8
-# slots of the int64 plan: network shape (the critic's layers follow the actor's), log-std
-# addresses, float32 workspace offsets
-(_P_ACTOR_LAYERS, _P_RELU, _P_OBS_DIM, _P_OUT_DIM, _P_LOG_STD, _P_LOG_STD_GRAD, _P_ROWS,
- _P_OUT_ROWS, _P_D_OUT, _P_D_LOG_STD, _P_ACTIONS, _P_ROW_STATS, _P_G0, _P_G1,
- _P_MAX_ROWS, _P_SGEMM) = range(16)
-_PLAN_SIZE = 16
 _ROW_BUFFERS = 6  # old_logprobs, advantages, old_values, returns, weights, d_values (gathered)
+
+
+class StepPlan(NamedTuple):
+    """What a step's kernel reads beside its layer table, fixed from construction to the next
+    ``rebind``: the networks' shape, the log-std's addresses and where each buffer starts in
+    the float32 workspace (offsets in elements, each buffer sized for ``max_rows`` rows)."""
+
+    actor_layers: int  # the layer table's first rows; the critic's follow
+    relu: bool  # the hidden activation: relu, else tanh
+    obs_dim: int
+    out_dim: int  # the actor's outputs: the Gaussian's D or the categorical's logits
+    log_std: int  # address of the log-std's storage (0 for a categorical policy)
+    log_std_grad: int  # address of its .grad (0 for a categorical policy)
+    rows: int  # the gathered rollout rows and d_values, (_ROW_BUFFERS, n)
+    out_rows: int  # the actor's output row-major, (n, out_dim)
+    d_out: int  # d loss / d actor output, (n, out_dim)
+    d_log_std: int  # d loss / d log_std per row, (n, out_dim)
+    actions: int  # the gathered Gaussian actions, (n, out_dim)
+    row_stats: int  # the loss's per-row intermediates, (n, CATEGORICAL_ROW_STATS)
+    g0: int  # the backward's two gradient buffers, (widest layer, n) each
+    g1: int
+    max_rows: int
+    sgemm: int  # address of BLAS sgemm (blas_numba)
 
 _F = np.float32
 _F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
-# ----------------------------------------------------------------------------- tanh
-# tanh32(x) for float32, branch-free so that a loop of them vectorizes. |x| < 0.4: the odd
-# Taylor polynomial through x^13 (truncation below 1.6e-9 relative); else
-# sign(x) (1 - e) / (1 + e) with e = exp32(-2|x|) (exp32 within 1.2e-7 relative, so about
-# 5e-8 absolute at |x| = 0.4, less beyond). exp32 flushes below log(2^-126) to 0, so the result
-# saturates at +-1; NaN stays NaN. Inlined in Numba's IR: LLVM's inliner finds it too large,
-# and a call per element would keep the loop over it scalar.
-
-_T3, _T5, _T7 = _F(-1 / 3), _F(2 / 15), _F(-17 / 315)
-_T9, _T11, _T13 = _F(62 / 2835), _F(-1382 / 155925), _F(21844 / 6081075)
-_TANH_SMALL = _F(0.4)
-
-
-@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
-def tanh32(x):
-    """tanh of a float32, branch-free (see the section comment)."""
-    ax = abs(x)
-    e = exp32(_F(-2.0) * ax)
-    big = (_F(1.0) - e) / (_F(1.0) + e)
-    x2 = ax * ax
-    small = ax + ax * x2 * (_T3 + x2 * (_T5 + x2 * (_T7 + x2 * (_T9 + x2 * (_T11 + x2 * _T13)))))
-    t = small if ax < _TANH_SMALL else big
-    return -t if x < _F(0.0) else t
-
-
 # ----------------------------------------------------------------------------- raw views
-
-@intrinsic
-def _f32_pointer(typingctx, address):
-    """The int64 ``address`` as a float32 pointer (for ``carray``)."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
-    return types.CPointer(types.float32)(types.int64), codegen
-
 
 @njit(cache=True, inline="always")
 def _at(address, rows, cols):
     """The C-contiguous float32 (rows, cols) array at ``address`` (a torch tensor's storage)."""
-    return carray(_f32_pointer(address), (rows, cols))
+    return carray(float32_pointer(address), (rows, cols))
 
 
 @njit(cache=True, inline="always")
@@ -161,34 +145,41 @@ def _ws(ws, offset, rows, cols):
 # ----------------------------------------------------------------------------- dense layers
 # ``n`` is the minibatch's row count; x, y, g are feature-major (features, n) views.
 
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _fill_rows(y, c):
+    """y[o, :] = c[o] for every row o of y (features, n)."""
+    for o in range(y.shape[0]):
+        yo, co = y[o], c[o]
+        for r in range(y.shape[1]):
+            yo[r] = co
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _linear_forward(W, b, x, y):
-    """y = W x + b[:, None]: for each output, y[o, :] += W[o, i] x[i, :] over 8 inputs at a
-    time (then 4, then 1), each element of y loaded and stored once per 8 multiply-adds."""
-    out_dim, in_dim = W.shape
+def _add_product(A, x, y):
+    """y += A x for A (m, k) (any layout: a layer's W, or W.T for the input gradient), x (k, n),
+    y (m, n): for each output, y[o, :] += A[o, i] x[i, :] over 8 inputs at a time (then 4,
+    then 1), each element of y loaded and stored once per 8 multiply-adds."""
+    out_dim, in_dim = A.shape
     n = x.shape[1]
     i8 = in_dim - in_dim % 8
     i4 = in_dim - in_dim % 4
     for o in range(out_dim):
         yo = y[o]
-        bo = b[o]
-        for r in range(n):
-            yo[r] = bo
         for i in range(0, i8, 8):
-            w0, w1, w2, w3 = W[o, i], W[o, i + 1], W[o, i + 2], W[o, i + 3]
-            w4, w5, w6, w7 = W[o, i + 4], W[o, i + 5], W[o, i + 6], W[o, i + 7]
+            w0, w1, w2, w3 = A[o, i], A[o, i + 1], A[o, i + 2], A[o, i + 3]
+            w4, w5, w6, w7 = A[o, i + 4], A[o, i + 5], A[o, i + 6], A[o, i + 7]
             x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
             x4, x5, x6, x7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
             for r in range(n):
                 yo[r] = (yo[r] + w0 * x0[r] + w1 * x1[r] + w2 * x2[r] + w3 * x3[r]
                          + w4 * x4[r] + w5 * x5[r] + w6 * x6[r] + w7 * x7[r])
         for i in range(i8, i4, 4):
-            w0, w1, w2, w3 = W[o, i], W[o, i + 1], W[o, i + 2], W[o, i + 3]
+            w0, w1, w2, w3 = A[o, i], A[o, i + 1], A[o, i + 2], A[o, i + 3]
             x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
             for r in range(n):
                 yo[r] = yo[r] + w0 * x0[r] + w1 * x1[r] + w2 * x2[r] + w3 * x3[r]
         for i in range(i4, in_dim):
-            wi, xi = W[o, i], x[i]
+            wi, xi = A[o, i], x[i]
             for r in range(n):
                 yo[r] += wi * xi[r]
 
@@ -253,38 +244,6 @@ def _linear_backward_params(g, x, dW, db):
             dW[o, i] = s
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _linear_backward_input(W, g, h, dh, relu):
-    """dh = (W.T g) * act'(h), h the layer's input (an activation output): for each input,
-    dh[i, :] += W[o, i] g[o, :] over 8 outputs at a time (then 4, then 1)."""
-    out_dim, in_dim = W.shape
-    n = g.shape[1]
-    o8 = out_dim - out_dim % 8
-    o4 = out_dim - out_dim % 4
-    for i in range(in_dim):
-        d = dh[i]
-        for r in range(n):
-            d[r] = _F(0.0)
-        for o in range(0, o8, 8):
-            w0, w1, w2, w3 = W[o, i], W[o + 1, i], W[o + 2, i], W[o + 3, i]
-            w4, w5, w6, w7 = W[o + 4, i], W[o + 5, i], W[o + 6, i], W[o + 7, i]
-            g0, g1, g2, g3 = g[o], g[o + 1], g[o + 2], g[o + 3]
-            g4, g5, g6, g7 = g[o + 4], g[o + 5], g[o + 6], g[o + 7]
-            for r in range(n):
-                d[r] = (d[r] + w0 * g0[r] + w1 * g1[r] + w2 * g2[r] + w3 * g3[r]
-                        + w4 * g4[r] + w5 * g5[r] + w6 * g6[r] + w7 * g7[r])
-        for o in range(o8, o4, 4):
-            w0, w1, w2, w3 = W[o, i], W[o + 1, i], W[o + 2, i], W[o + 3, i]
-            g0, g1, g2, g3 = g[o], g[o + 1], g[o + 2], g[o + 3]
-            for r in range(n):
-                d[r] = d[r] + w0 * g0[r] + w1 * g1[r] + w2 * g2[r] + w3 * g3[r]
-        for o in range(o4, out_dim):
-            wo, go = W[o, i], g[o]
-            for r in range(n):
-                d[r] += wo * go[r]
-        _activation_backward(h[i], d, relu)
-
-
 @njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _activation_backward(h, d, relu):
     """d *= act'(h) over one feature's row, h the activation's output: tanh' = 1 - h^2;
@@ -305,27 +264,21 @@ def _activation_backward(h, d, relu):
 # (bench/dense_layers.py).
 
 @njit(cache=True, error_model="numpy")
-def _blas_forward(fn, W, b, x, y):
-    """y = W x + b[:, None]: y filled with the bias, then y += W x."""
+def _blas_add_product(fn, W, x, y):
+    """y += W x (sgemm, beta 1)."""
     out_dim, in_dim = W.shape
     n = x.shape[1]
-    for o in range(out_dim):
-        yo, bo = y[o], b[o]
-        for r in range(n):
-            yo[r] = bo
     sgemm(fn, NO_TRANS, NO_TRANS, n, out_dim, in_dim, x.ctypes.data, n, W.ctypes.data, in_dim,
           1.0, y.ctypes.data, n)
 
 
 @njit(cache=True, error_model="numpy")
-def _blas_backward_input(fn, W, g, h, dh, relu):
-    """dh = (W.T g) * act'(h), h the layer's input (an activation output)."""
+def _blas_transposed_product(fn, W, g, dh):
+    """dh = W.T g (sgemm, beta 0)."""
     out_dim, in_dim = W.shape
     n = g.shape[1]
     sgemm(fn, NO_TRANS, TRANS, n, in_dim, out_dim, g.ctypes.data, n, W.ctypes.data, in_dim, 0.0,
           dh.ctypes.data, n)
-    for i in range(in_dim):
-        _activation_backward(h[i], dh[i], relu)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -334,7 +287,7 @@ def _blas_backward_input(fn, W, g, h, dh, relu):
 def _mlp_forward(n, plan, net, ws):
     """The network whose rows of the layer table are ``net``, forward; returns the output
     (out, n) view."""
-    relu = plan[_P_RELU] != 0
+    relu = plan.relu
     count = net.shape[0]
     y = _ws(ws, net[0, _LAYER_X], net[0, _LAYER_IN], n)  # (typing; count >= 1)
     for k in range(count):
@@ -343,10 +296,11 @@ def _mlp_forward(n, plan, net, ws):
         y = _ws(ws, net[k, _LAYER_Y], out_dim, n)
         W = _at(net[k, _LAYER_W], out_dim, in_dim)
         b = _at(net[k, _LAYER_B], 1, out_dim)[0]
+        _fill_rows(y, b)
         if use_blas(n, out_dim, in_dim):
-            _blas_forward(plan[_P_SGEMM], W, b, x, y)
+            _blas_add_product(plan.sgemm, W, x, y)
         else:
-            _linear_forward(W, b, x, y)
+            _add_product(W, x, y)
         if k < count - 1:
             _activate(ws[net[k, _LAYER_Y]:net[k, _LAYER_Y] + out_dim * n], relu)
     return y
@@ -356,7 +310,7 @@ def _mlp_forward(n, plan, net, ws):
 def _mlp_backward(n, plan, net, ws, g_out):
     """The network ``net`` (as in ``_mlp_forward``) backward from g_out = d loss / d output
     (out, n), which must be the G0 workspace buffer; writes every dW and db of its layers."""
-    relu = plan[_P_RELU] != 0
+    relu = plan.relu
     g = g_out
     ping = True  # g lives in G0; the next input gradient goes to G1, and so on
     for k in range(net.shape[0] - 1, -1, -1):
@@ -365,12 +319,15 @@ def _mlp_backward(n, plan, net, ws, g_out):
         _linear_backward_params(g, x, _at(net[k, _LAYER_DW], out_dim, in_dim),
                                 _at(net[k, _LAYER_DB], 1, out_dim)[0])
         if k > 0:
-            dh = _ws(ws, plan[_P_G1] if ping else plan[_P_G0], in_dim, n)
+            dh = _ws(ws, plan.g1 if ping else plan.g0, in_dim, n)
             W = _at(net[k, _LAYER_W], out_dim, in_dim)
             if use_blas(n, out_dim, in_dim):
-                _blas_backward_input(plan[_P_SGEMM], W, g, x, dh, relu)
+                _blas_transposed_product(plan.sgemm, W, g, dh)
             else:
-                _linear_backward_input(W, g, x, dh, relu)
+                dh[:, :] = _F(0.0)
+                _add_product(W.T, g, dh)
+            for i in range(in_dim):
+                _activation_backward(x[i], dh[i], relu)
             g = dh
             ping = not ping
 
@@ -379,11 +336,11 @@ def _mlp_backward(n, plan, net, ws, g_out):
 def _nets_backward(n, plan, layers, ws, d_out, d_v):
     """Both networks backward from d loss/d actor output d_out (n, out) and d loss/d values d_v
     (n,), through the G0 buffer: writes every dW and db."""
-    n_actor = plan[_P_ACTOR_LAYERS]
-    g0 = _ws(ws, plan[_P_G0], 1, n)
+    n_actor = plan.actor_layers
+    g0 = _ws(ws, plan.g0, 1, n)
     _copy(d_v, g0[0])
     _mlp_backward(n, plan, layers[n_actor:], ws, g0)
-    g0 = _ws(ws, plan[_P_G0], d_out.shape[1], n)
+    g0 = _ws(ws, plan.g0, d_out.shape[1], n)
     _to_features(d_out, g0)
     _mlp_backward(n, plan, layers[:n_actor], ws, g0)
 
@@ -394,8 +351,8 @@ def _zero_grads(plan, layers):
         in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
         _at(layers[k, _LAYER_DW], out_dim, in_dim)[:, :] = 0.0
         _at(layers[k, _LAYER_DB], 1, out_dim)[:, :] = 0.0
-    if plan[_P_LOG_STD_GRAD] != 0:
-        _at(plan[_P_LOG_STD_GRAD], 1, plan[_P_OUT_DIM])[:, :] = 0.0
+    if plan.log_std_grad != 0:
+        _at(plan.log_std_grad, 1, plan.out_dim)[:, :] = 0.0
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -407,7 +364,7 @@ def _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, ha
     the row buffers; returns 0 or an error code."""
     n = idx.shape[0]
     num_rows, obs_dim = obs.shape
-    if obs_dim != plan[_P_OBS_DIM] or n < 1 or n > plan[_P_MAX_ROWS]:
+    if obs_dim != plan.obs_dim or n < 1 or n > plan.max_rows:
         return _BAD_SHAPE
     for a in (old_logprobs, advantages, old_values, returns):
         if a.shape[0] != num_rows:
@@ -422,7 +379,7 @@ def _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, ha
         src = obs[idx[r]]
         for i in range(obs_dim):
             x[i, r] = src[i]
-    rows = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    rows = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     for r in range(n):
         j = idx[r]
         rows[0, r] = old_logprobs[j]
@@ -478,43 +435,43 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     dummy unless has_weights), idx (n,) int64; plan/layers/ws the step's tables and float32
     workspace; stats (NUM_STATS,) float32 as in ppo_loss_numba; result (7,) float64 out."""
     n = idx.shape[0]
-    d_dim = plan[_P_OUT_DIM]
+    d_dim = plan.out_dim
     err = _BAD_SHAPE  # one int64 error variable: a literal argument would compile _fail twice
     if actions.shape[0] == obs.shape[0] and actions.shape[1] == d_dim:
         err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights,
                       has_weights, plan, layers, ws)
     if err:
         return _fail(err, plan, layers, stats, result)
-    x = _ws(ws, plan[_P_ACTIONS], n, d_dim)
+    x = _ws(ws, plan.actions, n, d_dim)
     for r in range(n):
         src = actions[idx[r]]
         for d in range(d_dim):
             x[r, d] = src[d]
-    rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    rb = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
-    n_actor = plan[_P_ACTOR_LAYERS]
+    n_actor = plan.actor_layers
     values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
     rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
                 returns=rb[3], weights=rb[4])
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
-    mu = _ws(ws, plan[_P_OUT_ROWS], n, d_dim)
+    mu = _ws(ws, plan.out_rows, n, d_dim)
     _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), mu)
-    ls = _at(plan[_P_LOG_STD], 1, d_dim)
-    logp = _ws(ws, plan[_P_ROW_STATS], 1, n)[0]  # the row_stats of the Gaussian loss
+    ls = _at(plan.log_std, 1, d_dim)
+    logp = _ws(ws, plan.row_stats, 1, n)[0]  # the row_stats of the Gaussian loss
     d_v = rb[5]
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
     # mu, ls also stand in for the (unread: flags.has_old False) old mean and log-std
     _gaussian_forward_rows(0, n, mu, ls, x, mu, ls, rows, coefs, flags, stats, sums[0], logp)
     _finish(sums, coefs, loss, stats)
-    d_mu = _ws(ws, plan[_P_D_OUT], n, d_dim)
-    d_ls = _ws(ws, plan[_P_D_LOG_STD], n, d_dim)
+    d_mu = _ws(ws, plan.d_out, n, d_dim)
+    d_ls = _ws(ws, plan.d_log_std, n, d_dim)
     _gaussian_backward_rows(0, n, 1.0, mu, ls, x, mu, ls, rows, coefs, flags, stats, logp, d_mu,
                             d_ls, d_v)
-    g_ls = _at(plan[_P_LOG_STD_GRAD], 1, d_dim)[0]
+    g_ls = _at(plan.log_std_grad, 1, d_dim)[0]
     for d in range(d_dim):
         s = 0.0
         for r in range(n):
@@ -532,7 +489,7 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     """As ``_gaussian_step`` for a categorical policy: actions (R,) int64, actions_ws the
     (max_rows,) int64 buffer of the gathered actions."""
     n = idx.shape[0]
-    a_dim = plan[_P_OUT_DIM]
+    a_dim = plan.out_dim
     err = _BAD_SHAPE  # one int64 error variable: a literal argument would compile _fail twice
     if actions.shape[0] == obs.shape[0]:
         err = _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights,
@@ -542,25 +499,25 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     act = actions_ws[:n]
     for r in range(n):
         act[r] = actions[idx[r]]
-    rb = _ws(ws, plan[_P_ROWS], _ROW_BUFFERS, n)
+    rb = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
-    n_actor = plan[_P_ACTOR_LAYERS]
+    n_actor = plan.actor_layers
     values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
     rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
                 returns=rb[3], weights=rb[4])
     err = _advantage_stats(act, a_dim, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
-    z = _ws(ws, plan[_P_OUT_ROWS], n, a_dim)
+    z = _ws(ws, plan.out_rows, n, a_dim)
     _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), z)
-    row_stats = _ws(ws, plan[_P_ROW_STATS], n, CATEGORICAL_ROW_STATS)
+    row_stats = _ws(ws, plan.row_stats, n, CATEGORICAL_ROW_STATS)
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
     # z also stands in for the (unread: flags.has_old False) old logits
     _categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
     _finish(sums, coefs, loss, stats)
-    d_z = _ws(ws, plan[_P_D_OUT], n, a_dim)
+    d_z = _ws(ws, plan.d_out, n, a_dim)
     d_v = rb[5]
     _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
                                d_v)
@@ -722,21 +679,18 @@ class MLPLossStep:
             layers[k, _LAYER_X] = 0 if first else layers[k - 1, _LAYER_Y]
             layers[k, _LAYER_Y] = offset
             offset += out_dim * rows
-        plan = np.zeros(_PLAN_SIZE, np.int64)
-        plan[_P_ACTOR_LAYERS] = self._n_actor
-        plan[_P_RELU] = self.activation == "relu"
-        plan[_P_OBS_DIM], plan[_P_OUT_DIM] = self.obs_dim, self.out_dim
-        if self.continuous:
-            plan[_P_LOG_STD], plan[_P_LOG_STD_GRAD] = address[n_params - 1], address[-1]
-        sizes = [(_P_ROWS, _ROW_BUFFERS), (_P_OUT_ROWS, self.out_dim),
-                 (_P_D_OUT, self.out_dim), (_P_D_LOG_STD, self.out_dim),
-                 (_P_ACTIONS, self.out_dim), (_P_ROW_STATS, CATEGORICAL_ROW_STATS),
-                 (_P_G0, max_width), (_P_G1, max_width)]
-        for slot, width in sizes:
-            plan[slot] = offset
+        buffers = {}  # workspace offsets, after the layers' activations
+        for name, width in (("rows", _ROW_BUFFERS), ("out_rows", self.out_dim),
+                            ("d_out", self.out_dim), ("d_log_std", self.out_dim),
+                            ("actions", self.out_dim), ("row_stats", CATEGORICAL_ROW_STATS),
+                            ("g0", max_width), ("g1", max_width)):
+            buffers[name] = int(offset)
             offset += width * rows
-        plan[_P_MAX_ROWS] = rows
-        plan[_P_SGEMM] = sgemm_address()
+        plan = StepPlan(actor_layers=self._n_actor, relu=self.activation == "relu",
+                        obs_dim=int(self.obs_dim), out_dim=self.out_dim,
+                        log_std=address[n_params - 1] if self.continuous else 0,
+                        log_std_grad=address[-1] if self.continuous else 0,
+                        max_rows=rows, sgemm=sgemm_address(), **buffers)
         self._layers, self._plan = layers, plan
         self._ws = np.zeros(offset, np.float32)
         self._actions_ws = np.zeros(rows, np.int64)

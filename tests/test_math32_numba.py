@@ -1,5 +1,6 @@
-"""kernels/math32_numba.py: the branch-free float32 exp and log against float64 exp and log, and
-the dispatching ``exp`` / ``log`` (float32 -> exp32 / log32, float64 -> math.exp / math.log)."""
+"""kernels/math32_numba.py: the branch-free float32 exp, log and tanh against float64 exp, log
+and tanh, and the dispatching ``exp`` / ``log`` (float32 -> exp32 / log32, float64 -> math.exp /
+math.log)."""
 
 import math
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastppo.kernels.math32_numba import EXP_HI, EXP_LO, exp, exp32, log, log32
+from fastppo.kernels.math32_numba import EXP_HI, EXP_LO, exp, exp32, log, log32, tanh32
 
 
 @njit(cache=True)
@@ -115,3 +116,32 @@ def test_log_of_nan_or_negative_is_nan(x):
 def test_float64_is_math_log():
     x = np.geomspace(1e-300, 1e300, 10_001)
     assert np.array_equal(_log_of(x), np.array([math.log(v) for v in x]))
+
+
+@njit(cache=True)
+def _apply_tanh(x, out):
+    for k in range(x.shape[0]):
+        out[k] = tanh32(x[k])
+
+
+def _tanh_of(x):
+    out = np.empty_like(x)
+    _apply_tanh(x, out)
+    return out
+
+
+def test_tanh32_accuracy():
+    """Within 1 float32 ulp of tanh (ulp of the result) on the polynomial's range |x| < 0.4,
+    2.5 ulp beyond, exact saturation, NaN stays NaN."""
+    x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32),
+                        np.float32([0.0, 1e-30, -1e-30, 0.39999998, 0.4, 0.40000004, 1e-4])])
+    got = _tanh_of(x).astype(np.float64)
+    want = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    err = np.abs(got - want) / ulp
+    small = np.abs(x) < 0.4
+    assert err[small].max() <= 1.0
+    assert err[~small].max() <= 2.5
+    edge = np.float32([np.inf, -np.inf, 50.0, -50.0, np.nan])
+    out = _tanh_of(edge)
+    assert out[:4].tolist() == [1.0, -1.0, 1.0, -1.0] and np.isnan(out[4])

@@ -28,7 +28,7 @@ from torch import nn
 from fastppo.agent import Agent
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 from fastppo.kernels.blas_numba import BLAS_MIN_ROWS, BLAS_MIN_WIDTH, use_blas
-from fastppo.kernels.mlp_step_numba import STAT_NAMES, MLPLossStep, tanh32
+from fastppo.kernels.mlp_step_numba import STAT_NAMES, MLPLossStep
 
 RTOL, ATOL_OF_SCALE, ATOL_OF_NET = 1e-4, 1e-5, 1e-6
 COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
@@ -544,35 +544,3 @@ def test_bad_construction_raises():
     with pytest.raises(ValueError, match="one kind of activation"):
         MLPLossStep.from_modules(actor, _seq([4, 8, 1], nn.ReLU))
 
-
-# ----------------------------------------------------------------------------- tanh32
-
-def _tanh_of(x):
-    from numba import njit
-
-    @njit(cache=False)
-    def apply(x, out):
-        for k in range(x.shape[0]):
-            out[k] = tanh32(x[k])
-
-    out = np.empty_like(x)
-    apply(x, out)
-    return out
-
-
-def test_tanh32_accuracy():
-    """Within 1 float32 ulp of tanh (ulp of the result) on the polynomial's range |x| < 0.4,
-    2.5 ulp beyond (measured 0.62 and 2.19; numpy's float32 tanh: 1.37), exact saturation,
-    NaN stays NaN."""
-    x = np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32),
-                        np.float32([0.0, 1e-30, -1e-30, 0.39999998, 0.4, 0.40000004, 1e-4])])
-    got = _tanh_of(x).astype(np.float64)
-    want = np.tanh(x.astype(np.float64))
-    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
-    err = np.abs(got - want) / ulp
-    small = np.abs(x) < 0.4
-    assert err[small].max() <= 1.0
-    assert err[~small].max() <= 2.5
-    edge = np.float32([np.inf, -np.inf, 50.0, -50.0, np.nan])
-    out = _tanh_of(edge)
-    assert out[:4].tolist() == [1.0, -1.0, 1.0, -1.0] and np.isnan(out[4])
