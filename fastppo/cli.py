@@ -547,8 +547,9 @@ def _import_from_cwd() -> None:
         sys.path.append(cwd)
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """fastppo's own warnings as one line; others as Python shows them."""
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """fastppo's own warnings as one line; others as Python shows them (the commands'
+    ``warnings.formatwarning``)."""
     if os.path.realpath(filename).startswith(_PACKAGE_DIR + os.sep):
         return f"fastppo: warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
@@ -574,7 +575,7 @@ def _main(argv: list[str] | None) -> int:
     command = {"train": _train, "eval": _eval, "plot": _plot}[args.command]
     if args.command in ("train", "eval"):
         _import_from_cwd()
-    previous, warnings.formatwarning = warnings.formatwarning, _format_warning
+    previous, warnings.formatwarning = warnings.formatwarning, format_warning
     try:
         return command(args)
     except UsageError as err:

@@ -448,7 +448,8 @@ def import_envpool():
 
 
 @functools.cache
-def _registry_modules() -> dict[str, str]:
+def envpool_families() -> dict[str, str]:
+    """Every EnvPool task id with the module that defines it (:func:`envpool_family`)."""
     import_envpool()
     from envpool.registration import registry
 
@@ -458,7 +459,7 @@ def _registry_modules() -> dict[str, str]:
 def envpool_family(env_id: str) -> str:
     """The EnvPool module that defines ``env_id`` (``envpool.atari``, ``envpool.mujoco.dmc``,
     ...); "" for an id EnvPool does not have."""
-    return _registry_modules().get(env_id, "")
+    return envpool_families().get(env_id, "")
 
 
 def is_atari_task(env_id: str) -> bool:

@@ -503,8 +503,8 @@ def test_cli_warnings_are_one_line():
     from fastppo import cli
 
     plot_file = str(Path(cli.__file__).with_name("plot.py"))
-    line = cli._format_warning(RuntimeWarning("run dir x has no metrics.jsonl"),
-                               RuntimeWarning, plot_file, 1)
+    line = cli.format_warning(RuntimeWarning("run dir x has no metrics.jsonl"),
+                              RuntimeWarning, plot_file, 1)
     assert line == "fastppo: warning: run dir x has no metrics.jsonl\n"
 
 

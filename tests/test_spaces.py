@@ -215,11 +215,11 @@ def test_one_task_of_every_envpool_family_steps_through_the_encoder():
     """The first id (by name) of each EnvPool family passes ``fastppo train``'s checks and its
     observations, reset and stepped, come out as the buffer stores them
     (``bench/catalogue.py`` checks every id's spaces and trains one per family)."""
-    from fastppo.config import _registry_modules
+    from fastppo.config import envpool_families
     from fastppo.envs import VecEnv, env_spaces
 
     first = {}
-    for env_id, family in sorted(_registry_modules().items()):
+    for env_id, family in sorted(envpool_families().items()):
         first.setdefault(family, env_id)
     assert len(first) >= 17
     first["envpool.pgx"] = "Play2048-v1"  # Pgx's one single-player game
