@@ -110,6 +110,18 @@ def test_numbers_are_stored_as_python_numbers():
     assert c.gamma == 0.5 and c.target_kl is None
 
 
+def test_a_config_changed_after_construction_is_checked_where_train_accepts_it(tmp_path):
+    from fastppo.train import train
+
+    config = PPOConfig()
+    config.num_minibatches = 3  # the 8 * 128 transitions do not split into 3
+    with pytest.raises(ValueError, match="num_minibatches: the batch of"):
+        config.validate()
+    with pytest.raises(ValueError, match="num_minibatches: the batch of"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
 @pytest.mark.parametrize("data, needle", [
     (None, "expected an object of settings, got null"),
     ([1, 2], "expected an object of settings, got a list"),
