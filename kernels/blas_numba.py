@@ -32,10 +32,10 @@ from numba.extending import intrinsic
 
 NO_TRANS, TRANS = 0, 1
 
-# The crossover, measured (bench/dense_layers.py): BLAS for a layer's forward and input-gradient
-# products once the minibatch has this many rows and both of the layer's widths are at least
-# BLAS_MIN_WIDTH; thinner layers (an action head of 6, a value head of 1, CartPole's 4 inputs)
-# stay with the hand-written loops, which beat a BLAS call on them at every row count measured.
+# The crossover (bench/dense_layers.py): BLAS for a layer's forward and input-gradient products
+# once the minibatch has this many rows and both of the layer's widths are at least
+# BLAS_MIN_WIDTH; thinner layers (an action head, a value head, a small observation) stay with
+# the hand-written loops, which beat a BLAS call on them at every row count.
 BLAS_MIN_ROWS = 128
 BLAS_MIN_WIDTH = 16
 

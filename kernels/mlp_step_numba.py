@@ -38,7 +38,7 @@ float32 accumulation, as torch's matmuls. The loss runs ppo_loss_numba's float32
 and no SIMD: it would cost more than the matmuls).
 
 Argument passing: parameters and grads reach the kernel as addresses in one int64 layer table
-built once (``_LAYER_*`` columns; the rest of what the kernel reads is the ``StepPlan``), so a
+built once (``layers_numba``; the rest of what the kernel reads is the ``StepPlan``), so a
 call unboxes a dozen arrays whatever the depth, and one
 compiled specialization serves every network (one per policy type). The step keeps NumPy views
 of those tensors alive (their storage cannot be freed under the kernel), and checks per call
@@ -67,6 +67,7 @@ returns an error code, turned into the exception on the slow path. One call at a
 from __future__ import annotations
 
 import numbers
+from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
@@ -75,6 +76,7 @@ from numba import carray, njit
 
 from . import ppo_loss_contract
 from .blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
+from .layers_numba import Layer, layer_grads, layer_params, layer_table
 from .math32_numba import float32_pointer, tanh32
 from .numba_cache import numba_cached
 from .ppo_loss import check_coefs
@@ -96,10 +98,21 @@ MATMUL_FASTMATH = {"reassoc", "contract"}
 # _ZERO_WEIGHTS 3): the host turns them into exceptions, re-checking on the slow path
 _BAD_INDEX, _BAD_SHAPE = 10, 11
 
-# columns of the int64 layer table (one row per Linear layer: actor layers, then critic layers)
-_LAYER_IN, _LAYER_OUT, _LAYER_W, _LAYER_B, _LAYER_DW, _LAYER_DB, _LAYER_X, _LAYER_Y = range(8)
-_LAYER_COLUMNS = 8
-_ROW_BUFFERS = 6  # old_logprobs, advantages, old_values, returns, weights, d_values (gathered)
+
+
+class RowBuffer(IntEnum):
+    """The (n,) float32 row buffers in the workspace from ``StepPlan.rows``: the minibatch's
+    gathered rollout rows, and d loss / d values."""
+
+    OLD_LOGPROBS = 0
+    ADVANTAGES = 1
+    OLD_VALUES = 2
+    RETURNS = 3
+    WEIGHTS = 4
+    D_VALUES = 5
+
+
+_ROW_BUFFERS = len(RowBuffer)
 
 
 class StepPlan(NamedTuple):
@@ -113,7 +126,7 @@ class StepPlan(NamedTuple):
     out_dim: int  # the actor's outputs: the Gaussian's D or the categorical's logits
     log_std: int  # address of the log-std's storage (0 for a categorical policy)
     log_std_grad: int  # address of its .grad (0 for a categorical policy)
-    rows: int  # the gathered rollout rows and d_values, (_ROW_BUFFERS, n)
+    rows: int  # the row buffers, (len(RowBuffer), n)
     out_rows: int  # the actor's output row-major, (n, out_dim)
     d_out: int  # d loss / d actor output, (n, out_dim)
     d_log_std: int  # d loss / d log_std per row, (n, out_dim)
@@ -289,20 +302,19 @@ def _mlp_forward(n, plan, net, ws):
     (out, n) view."""
     relu = plan.relu
     count = net.shape[0]
-    y = _ws(ws, net[0, _LAYER_X], net[0, _LAYER_IN], n)  # (typing; count >= 1)
+    y = _ws(ws, net[0, Layer.X], net[0, Layer.IN], n)  # (typing; count >= 1)
     for k in range(count):
-        in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
-        x = _ws(ws, net[k, _LAYER_X], in_dim, n)
-        y = _ws(ws, net[k, _LAYER_Y], out_dim, n)
-        W = _at(net[k, _LAYER_W], out_dim, in_dim)
-        b = _at(net[k, _LAYER_B], 1, out_dim)[0]
+        in_dim, out_dim = net[k, Layer.IN], net[k, Layer.OUT]
+        x = _ws(ws, net[k, Layer.X], in_dim, n)
+        y = _ws(ws, net[k, Layer.Y], out_dim, n)
+        W, b = layer_params(net, k)
         _fill_rows(y, b)
         if use_blas(n, out_dim, in_dim):
             _blas_add_product(plan.sgemm, W, x, y)
         else:
             _add_product(W, x, y)
         if k < count - 1:
-            _activate(ws[net[k, _LAYER_Y]:net[k, _LAYER_Y] + out_dim * n], relu)
+            _activate(ws[net[k, Layer.Y]:net[k, Layer.Y] + out_dim * n], relu)
     return y
 
 
@@ -314,13 +326,13 @@ def _mlp_backward(n, plan, net, ws, g_out):
     g = g_out
     ping = True  # g lives in G0; the next input gradient goes to G1, and so on
     for k in range(net.shape[0] - 1, -1, -1):
-        in_dim, out_dim = net[k, _LAYER_IN], net[k, _LAYER_OUT]
-        x = _ws(ws, net[k, _LAYER_X], in_dim, n)
-        _linear_backward_params(g, x, _at(net[k, _LAYER_DW], out_dim, in_dim),
-                                _at(net[k, _LAYER_DB], 1, out_dim)[0])
+        in_dim, out_dim = net[k, Layer.IN], net[k, Layer.OUT]
+        x = _ws(ws, net[k, Layer.X], in_dim, n)
+        dW, db = layer_grads(net, k)
+        _linear_backward_params(g, x, dW, db)
         if k > 0:
             dh = _ws(ws, plan.g1 if ping else plan.g0, in_dim, n)
-            W = _at(net[k, _LAYER_W], out_dim, in_dim)
+            W = layer_params(net, k)[0]
             if use_blas(n, out_dim, in_dim):
                 _blas_transposed_product(plan.sgemm, W, g, dh)
             else:
@@ -348,9 +360,9 @@ def _nets_backward(n, plan, layers, ws, d_out, d_v):
 @njit(cache=True, error_model="numpy")
 def _zero_grads(plan, layers):
     for k in range(layers.shape[0]):
-        in_dim, out_dim = layers[k, _LAYER_IN], layers[k, _LAYER_OUT]
-        _at(layers[k, _LAYER_DW], out_dim, in_dim)[:, :] = 0.0
-        _at(layers[k, _LAYER_DB], 1, out_dim)[:, :] = 0.0
+        dW, db = layer_grads(layers, k)
+        dW[:, :] = 0.0
+        db[:] = 0.0
     if plan.log_std_grad != 0:
         _at(plan.log_std_grad, 1, plan.out_dim)[:, :] = 0.0
 
@@ -374,7 +386,7 @@ def _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, ha
     for r in range(n):
         if idx[r] < 0 or idx[r] >= num_rows:
             return _BAD_INDEX
-    x = _ws(ws, layers[0, _LAYER_X], obs_dim, n)
+    x = _ws(ws, layers[0, Layer.X], obs_dim, n)
     for r in range(n):
         src = obs[idx[r]]
         for i in range(obs_dim):
@@ -382,12 +394,24 @@ def _gather(obs, idx, old_logprobs, advantages, old_values, returns, weights, ha
     rows = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     for r in range(n):
         j = idx[r]
-        rows[0, r] = old_logprobs[j]
-        rows[1, r] = advantages[j]
-        rows[2, r] = old_values[j]
-        rows[3, r] = returns[j]
-        rows[4, r] = weights[j] if has_weights else _F(1.0)
+        rows[RowBuffer.OLD_LOGPROBS, r] = old_logprobs[j]
+        rows[RowBuffer.ADVANTAGES, r] = advantages[j]
+        rows[RowBuffer.OLD_VALUES, r] = old_values[j]
+        rows[RowBuffer.RETURNS, r] = returns[j]
+        rows[RowBuffer.WEIGHTS, r] = weights[j] if has_weights else _F(1.0)
     return 0
+
+
+@njit(cache=True, error_model="numpy")
+def _critic_rows(n, plan, layers, ws):
+    """The critic forward over the gathered minibatch; returns the loss's ``Rows`` (the
+    gathered rollout rows beside these values) and the d_values buffer."""
+    rb = _ws(ws, plan.rows, _ROW_BUFFERS, n)
+    values = _mlp_forward(n, plan, layers[plan.actor_layers:], ws)[0]
+    rows = Rows(old_logprobs=rb[RowBuffer.OLD_LOGPROBS], advantages=rb[RowBuffer.ADVANTAGES],
+                values=values, old_values=rb[RowBuffer.OLD_VALUES],
+                returns=rb[RowBuffer.RETURNS], weights=rb[RowBuffer.WEIGHTS])
+    return rows, rb[RowBuffer.D_VALUES]
 
 
 @njit(cache=True, error_model="numpy")
@@ -447,21 +471,16 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
         src = actions[idx[r]]
         for d in range(d_dim):
             x[r, d] = src[d]
-    rb = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
-    n_actor = plan.actor_layers
-    values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
-    rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
-                returns=rb[3], weights=rb[4])
+    rows, d_v = _critic_rows(n, plan, layers, ws)
     err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     mu = _ws(ws, plan.out_rows, n, d_dim)
-    _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), mu)
+    _to_rows(_mlp_forward(n, plan, layers[:plan.actor_layers], ws), mu)
     ls = _at(plan.log_std, 1, d_dim)
     logp = _ws(ws, plan.row_stats, 1, n)[0]  # the row_stats of the Gaussian loss
-    d_v = rb[5]
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
     # mu, ls also stand in for the (unread: flags.has_old False) old mean and log-std
@@ -499,18 +518,14 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     act = actions_ws[:n]
     for r in range(n):
         act[r] = actions[idx[r]]
-    rb = _ws(ws, plan.rows, _ROW_BUFFERS, n)
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
-    n_actor = plan.actor_layers
-    values = _mlp_forward(n, plan, layers[n_actor:], ws)[0]
-    rows = Rows(old_logprobs=rb[0], advantages=rb[1], values=values, old_values=rb[2],
-                returns=rb[3], weights=rb[4])
+    rows, d_v = _critic_rows(n, plan, layers, ws)
     err = _advantage_stats(act, a_dim, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     z = _ws(ws, plan.out_rows, n, a_dim)
-    _to_rows(_mlp_forward(n, plan, layers[:n_actor], ws), z)
+    _to_rows(_mlp_forward(n, plan, layers[:plan.actor_layers], ws), z)
     row_stats = _ws(ws, plan.row_stats, n, CATEGORICAL_ROW_STATS)
     sums = np.zeros((1, _NUM_SUMS))
     loss = np.empty(1, np.float32)
@@ -518,7 +533,6 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     _categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
     _finish(sums, coefs, loss, stats)
     d_z = _ws(ws, plan.d_out, n, a_dim)
-    d_v = rb[5]
     _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
                                d_v)
     _nets_backward(n, plan, layers, ws, d_z, d_v)
@@ -668,16 +682,16 @@ class MLPLossStep:
         widths = [s[1] for s in self._shapes] + [s[2] for s in self._shapes]
         max_width = max(widths)
         rows = self.max_rows
-        layers = np.zeros((len(self._shapes), _LAYER_COLUMNS), np.int64)
+        layers = layer_table(len(self._shapes))
         offset = self.obs_dim * rows  # the input buffer, shared by both nets, at offset 0
         for k, (name, in_dim, out_dim) in enumerate(self._shapes):
             first = k == 0 or (name == "critic" and self._shapes[k - 1][0] == "actor")
-            layers[k, _LAYER_IN], layers[k, _LAYER_OUT] = in_dim, out_dim
-            layers[k, _LAYER_W], layers[k, _LAYER_B] = address[2 * k], address[2 * k + 1]
-            layers[k, _LAYER_DW] = address[n_params + 2 * k]
-            layers[k, _LAYER_DB] = address[n_params + 2 * k + 1]
-            layers[k, _LAYER_X] = 0 if first else layers[k - 1, _LAYER_Y]
-            layers[k, _LAYER_Y] = offset
+            layers[k, Layer.IN], layers[k, Layer.OUT] = in_dim, out_dim
+            layers[k, Layer.W], layers[k, Layer.B] = address[2 * k], address[2 * k + 1]
+            layers[k, Layer.DW] = address[n_params + 2 * k]
+            layers[k, Layer.DB] = address[n_params + 2 * k + 1]
+            layers[k, Layer.X] = 0 if first else layers[k - 1, Layer.Y]
+            layers[k, Layer.Y] = offset
             offset += out_dim * rows
         buffers = {}  # workspace offsets, after the layers' activations
         for name, width in (("rows", _ROW_BUFFERS), ("out_rows", self.out_dim),

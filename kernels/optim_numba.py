@@ -20,37 +20,40 @@ amsgrad), after clipping::
 from __future__ import annotations
 
 import numbers
+from enum import IntEnum
 
 import numpy as np
 import torch
-from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba import carray, njit
+
+from .math32_numba import float32_pointer
 
 __all__ = ["ClipAdam"]
 
 
-@intrinsic
-def _f32_pointer(typingctx, address):
-    """A float32* from an integer address (the tensors' memory, kept alive by the caller)."""
-    sig = types.CPointer(types.float32)(types.int64)
+class Column(IntEnum):
+    """The columns of ``_clip_adam``'s int64 table, one row per parameter: the float32
+    addresses of the parameter, its grad, its Adam moments and its 0-dim step count, then the
+    parameter's number of elements."""
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
-
-    return sig, codegen
+    PARAM = 0
+    GRAD = 1
+    EXP_AVG = 2
+    EXP_AVG_SQ = 3
+    STEP = 4
+    SIZE = 5
 
 
 @njit(cache=True, error_model="numpy")
 def _clip_adam(table, lr, beta1, beta2, eps, max_norm):
-    """table: int64 (K, 6) rows of (param, grad, exp_avg, exp_avg_sq, step addresses, size),
-    all float32 (step: the parameter's 0-dim step count, advanced here). Returns the gradient
-    norm before clipping."""
-    step = carray(_f32_pointer(table[0, 4]), (1,))[0] + np.float32(1.0)
+    """table: int64 (K, len(Column)), one row per parameter (its step count is advanced here).
+    Returns the gradient norm before clipping."""
+    step = carray(float32_pointer(table[0, Column.STEP]), (1,))[0] + np.float32(1.0)
     for k in range(table.shape[0]):
-        carray(_f32_pointer(table[k, 4]), (1,))[0] = step
+        carray(float32_pointer(table[k, Column.STEP]), (1,))[0] = step
     total = 0.0
     for k in range(table.shape[0]):
-        g = carray(_f32_pointer(table[k, 1]), (table[k, 5],))
+        g = carray(float32_pointer(table[k, Column.GRAD]), (table[k, Column.SIZE],))
         s = np.float32(0.0)
         for i in range(g.shape[0]):
             s += g[i] * g[i]
@@ -65,11 +68,11 @@ def _clip_adam(table, lr, beta1, beta2, eps, max_norm):
     c, b1, b2 = np.float32(coef), np.float32(beta1), np.float32(beta2)
     one_b1, one_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     for k in range(table.shape[0]):
-        n = table[k, 5]
-        p = carray(_f32_pointer(table[k, 0]), (n,))
-        g = carray(_f32_pointer(table[k, 1]), (n,))
-        m = carray(_f32_pointer(table[k, 2]), (n,))
-        v = carray(_f32_pointer(table[k, 3]), (n,))
+        n = table[k, Column.SIZE]
+        p = carray(float32_pointer(table[k, Column.PARAM]), (n,))
+        g = carray(float32_pointer(table[k, Column.GRAD]), (n,))
+        m = carray(float32_pointer(table[k, Column.EXP_AVG]), (n,))
+        v = carray(float32_pointer(table[k, Column.EXP_AVG_SQ]), (n,))
         for i in range(n):
             gi = g[i] * c
             g[i] = gi
@@ -144,13 +147,14 @@ class ClipAdam:
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # in Column order: PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, STEP (then SIZE)
             tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
             for name, t in zip(("exp_avg", "exp_avg_sq", "step"), tensors[2:]):
                 if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
                     raise ValueError(f"optimizer: state {name!r} of parameter {i} must be a "
                                      f"contiguous float32 CPU tensor, got {t.dtype}")
             rows.append([t.data_ptr() for t in tensors] + [p.numel()])
-            bound.append((p.grad, rows[-1][0], rows[-1][1]))
+            bound.append((p.grad, rows[-1][Column.PARAM], rows[-1][Column.GRAD]))
             keep += [t.detach() for t in tensors]
         self._state, self._bound, self._keep = self.optimizer.state, bound, keep
         return np.array(rows, np.int64)

@@ -4,10 +4,10 @@
                              activation="tanh", log_std=agent.log_std, seed=0)
     action, logprob, value = kernel.act(obs)          # obs: numpy (N, obs_dim) float32
 
-At RL's per-env-step shapes (1-64 rows of a small observation) torch's ``Agent.act`` costs its
-per-op dispatch (about 15 ops), far more than the arithmetic (about 11k multiply-adds a row
-for the HalfCheetah MLP). One jitted call here does all of it: optional observation normalization, the actor MLP, the
-critic MLP, sampling, the log-prob and the value.
+At RL's per-env-step shapes (a few rows of a small observation) torch's ``Agent.act`` costs
+its per-op dispatch, one per op of the policy, more than the arithmetic. One jitted call here
+does all of it: optional observation normalization, the actor MLP, the critic MLP, sampling,
+the log-prob and the value.
 
 Math (per row; weights as ``nn.Linear`` holds them, ``y = W x + b``):
 
@@ -41,14 +41,15 @@ the same numbers from the same jitted functions, for references and tests.
 
 Host side: ``MLPPolicyKernel.__init__`` validates the layers once and keeps zero-copy NumPy views
 of the torch parameters (so an optimizer updating them in place is seen by the next call) plus
-one int64 *parameter table* holding their addresses and shapes. The kernel rebuilds array
-views from the table (``numba.carray``), so any depth and widths are one compiled
-specialization, and a call unboxes 9 arrays instead of one per parameter (unboxing each array
-argument costs about as much as a small layer). The table points into the views the object holds,
-which keep the memory alive. Each call compares every parameter's ``data_ptr()`` with its
-address in the table: a parameter whose storage was replaced (``p.data = ...``) is bound again
-automatically (its new storage checked as at construction, its shape unchanged), so a call
-always reads what the parameters hold now. The per-call checks read metadata only.
+the int64 *layer table* of ``layers_numba`` holding their addresses and shapes (the log-std's
+address and the networks' shape are the ``PolicyPlan``). The kernel rebuilds array views from
+the table (``numba.carray``), so any depth and widths are one compiled
+specialization, and a call unboxes the same few arrays whatever the depth instead of one per
+parameter. The table points into the views the object holds, which keep the memory alive.
+Each call compares every parameter's ``data_ptr()`` with its address in the table: a
+parameter whose storage was replaced (``p.data = ...``) is bound again automatically (its new
+storage checked as at construction, its shape unchanged), so a call always reads what the
+parameters hold now. The per-call checks read metadata only.
 
 Speed: the MLPs are matrix-vector products over contiguous weight rows: ``_dense`` is one dot
 product per output for one row, ``_dense_tile`` the same for TILE = 4 rows at once (each weight
@@ -60,16 +61,17 @@ parts record what one batch would (tests/test_policy_kernel.py checks every spli
 rows). Both functions sum a dot product in one order written out in 8-lane SIMD vectors
 (``Vec8``: lane k takes the inputs i = k mod 8, the lanes meet in a fixed tree), where
 ``fastmath`` reassociation would let LLVM pick an order per loop; the rest is the same code for
-every row. Hidden tanh is ``tanh32``, branch-free float32 arithmetic that vectorizes (within
-2.5 ulp, as tests/test_mlp_step_numba.py checks). The kernel runs on the calling thread (no
-``prange``: at these sizes a fork/join costs more than the work). Timings beside
-``Agent.act``: ``bench/hot_paths.py``, results in bench/README.md.
+every row. Hidden tanh is ``math32_numba.tanh32``, branch-free float32 arithmetic that
+vectorizes. The kernel runs on the calling thread (no ``prange``: at these sizes a fork/join
+costs more than the work). Timings beside ``Agent.act``: ``bench/hot_paths.py``, results in
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -79,7 +81,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from ._backend import HALF_LOG_2PI
-from .math32_numba import exp32
+from .layers_numba import Layer, layer_params, layer_table
+from .math32_numba import float32_pointer, tanh32
 
 __all__ = ["MLPPolicyKernel", "policy_noise"]
 
@@ -89,9 +92,15 @@ _TANH, _RELU = 0, 1
 _KINDS = {"uniform": 0, "normal": 1}
 TILE = 4  # rows that share one pass over the weights (``_dense_tile``)
 
-# parameter table layout (int64): a header, then one record per layer, actor layers first
-_HEADER = 5  # n_actor_layers, n_critic_layers, activation, gaussian, address of log_std (or 0)
-_RECORD = 4  # address of the weight (out, in), address of the bias (out,), out, in
+
+
+class PolicyPlan(NamedTuple):
+    """What ``_act`` reads beside the layer table (``layers_numba``, actor layers first)."""
+
+    actor_layers: int  # the table's first rows; the critic's follow
+    activation: int  # ACTIVATIONS' value of the hidden activation
+    gaussian: bool  # a Gaussian policy (else categorical)
+    log_std: int  # address of the Gaussian's log-std (D,) float32, 0 for a categorical policy
 
 # ----------------------------------------------------------------------------- noise
 
@@ -154,17 +163,6 @@ def _noise_fill(seed, counter, kind, out):
 
 
 # ----------------------------------------------------------------------------- the MLPs
-
-@intrinsic
-def _f32_pointer(typingctx, address):
-    """The float32 pointer at the int64 ``address``."""
-    sig = types.CPointer(types.float32)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.PointerType(ir.FloatType()))
-
-    return sig, codegen
-
 
 # A dot product sums in one order, the same for every row wherever it sits in the batch: lane
 # k of a SIMD vector (8 float32, one AVX register) adds up the products w[i] x[i] with i = k
@@ -324,30 +322,6 @@ def _dense_tile(w, b, x, y):
         y[3, j] = _sum8(s3) + bj
 
 
-# tanh of a float32, branch-free so the activation loop vectorizes (libm's tanhf is one call
-# per element, which dominated a HalfCheetah row's time). |x| < 0.4: the Taylor series to x^13 (the
-# first omitted term, 929569 x^15 / 638512875, is below 4e-9 relative there); otherwise
-# (1 - e) / (1 + e) with e = exp(-2|x|) from ``exp32`` (e <= 0.45, so the cancellation in
-# 1 - e at most doubles exp32's 1.2e-7 relative error), the sign restored;
-# tests/test_mlp_step_numba.py bounds its error in float32 ulps. tanh(+-inf) = +-1, NaN stays NaN.
-_F = np.float32
-_T3, _T5, _T7 = _F(-1 / 3), _F(2 / 15), _F(-17 / 315)
-_T9, _T11, _T13 = _F(62 / 2835), _F(-1382 / 155925), _F(21844 / 6081075)
-_TANH_SERIES_MAX = _F(0.4)
-
-
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
-def tanh32(x):
-    """tanh of a float32 (see the section comment)."""
-    t = abs(x)
-    t2 = t * t
-    series = x + x * t2 * (_T3 + t2 * (_T5 + t2 * (_T7 + t2 * (_T9 + t2 * (_T11 + t2 * _T13)))))
-    e = exp32(_F(-2.0) * t)
-    r = (_F(1.0) - e) / (_F(1.0) + e)
-    r = -r if x < _F(0.0) else r
-    return series if t < _TANH_SERIES_MAX else r
-
-
 @njit(cache=True, error_model="numpy")
 def _activate(y, n, activation):
     """y[:n] <- tanh(y) or relu(y) (relu keeps NaN, as torch does)."""
@@ -358,15 +332,6 @@ def _activate(y, n, activation):
         for j in range(n):
             v = y[j]
             y[j] = np.float32(0.0) if v < 0 else v
-
-
-@njit(cache=True, error_model="numpy")
-def _layer(table, layer):
-    """(weight (out, in), bias (out,)) views of the table's layer ``layer``."""
-    rec = _HEADER + _RECORD * layer
-    n_out, n_in = table[rec + 2], table[rec + 3]
-    return (carray(_f32_pointer(table[rec]), (n_out, n_in)),
-            carray(_f32_pointer(table[rec + 1]), (n_out,)))
 
 
 # the actor's first layer record: an int64, as n_actor is (a literal 0 would compile a second
@@ -380,7 +345,7 @@ def _mlp(table, first, n_layers, activation, x, h0, h1):
     buffers as wide as the widest layer); returns the buffer holding the output."""
     src = x
     for l in range(n_layers):
-        w, b = _layer(table, first + l)
+        w, b = layer_params(table, first + l)
         dst = h0 if l % 2 == 0 else h1
         _dense(w, b, src, dst)
         if l < n_layers - 1:
@@ -394,7 +359,7 @@ def _mlp_tile(table, first, n_layers, activation, x, h0, h1):
     """``_mlp`` for the TILE rows of x (TILE, width); h0, h1 (TILE, width)."""
     src = x
     for l in range(n_layers):
-        w, b = _layer(table, first + l)
+        w, b = layer_params(table, first + l)
         dst = h0 if l % 2 == 0 else h1
         _dense_tile(w, b, src, dst)
         if l < n_layers - 1:
@@ -402,6 +367,19 @@ def _mlp_tile(table, first, n_layers, activation, x, h0, h1):
                 _activate(dst[t], w.shape[0], activation)
         src = dst
     return src
+
+
+@njit(cache=True, error_model="numpy")
+def _mlp_rows(table, first, n_layers, activation, x, h0, h1, rows):
+    """The MLP (layers first .. first + n_layers - 1) on the first ``rows`` rows of x (TILE,
+    width): a full tile through ``_mlp_tile``, fewer rows one at a time through ``_mlp`` (the
+    same summation order). Returns the (TILE, width) buffer, h0 or h1 by the parity of
+    n_layers, whose first ``rows`` rows hold the outputs."""
+    if rows == TILE:
+        return _mlp_tile(table, first, n_layers, activation, x, h0, h1)
+    for t in range(rows):
+        _mlp(table, first, n_layers, activation, x[t], h0[t], h1[t])
+    return h0 if n_layers % 2 == 1 else h1
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -460,11 +438,11 @@ def _head(y, r, rk, z, gaussian, deterministic, sigma, log_std, e, act_f, act_i)
 
 
 @njit(cache=True, error_model="numpy")
-def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, noise,
+def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, noise,
          deterministic, seed, counter, clip_obs, eps):
     """One ``act`` call over the rows of obs (N, obs_dim) float32.
 
-    table: the int64 parameter table (see the module docstring). obs_mean, obs_var: float64
+    table, plan: the int64 layer table and the PolicyPlan. obs_mean, obs_var: float64
     (obs_dim,), or empty for no normalization. obs_out: float32 (N, obs_dim), or empty.
     act_f: float32 (N, D) actions of a Gaussian policy (empty for a categorical one);
     act_i: int64 (N,) actions of a categorical policy (empty for a Gaussian one);
@@ -475,20 +453,20 @@ def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, nois
     Rows go in tiles of TILE through ``_mlp_tile``; the last N % TILE one at a time, in the
     same summation order (``_dense``), so a row's outputs do not depend on its tile.
     """
-    n_actor, n_critic, activation = table[0], table[1], table[2]
-    gaussian = table[3] != 0
+    n_actor, activation, gaussian = plan.actor_layers, plan.activation, plan.gaussian
+    n_critic = table.shape[0] - n_actor
     n_rows, obs_dim = obs.shape
     normalize = obs_mean.shape[0] > 0
     write_obs = obs_out.shape[0] > 0
     width = obs_dim
-    for l in range(n_actor + n_critic):
-        width = max(width, table[_HEADER + _RECORD * l + 2])
-    n_head = table[_HEADER + _RECORD * (n_actor - 1) + 2]
+    for l in range(table.shape[0]):
+        width = max(width, table[l, Layer.OUT])
+    n_head = table[n_actor - 1, Layer.OUT]
     buf = np.zeros((3, TILE, width), np.float32)  # input rows, two ping-pong hidden buffers
     x, h0, h1 = buf[0], buf[1], buf[2]
     e = np.empty(n_head, np.float64)
     sigma = np.empty(n_head if gaussian else 0, np.float64)
-    log_std = carray(_f32_pointer(table[4]), (sigma.shape[0],))
+    log_std = carray(float32_pointer(plan.log_std), (sigma.shape[0],))
     for d in range(sigma.shape[0]):
         sigma[d] = math.exp(np.float64(log_std[d]))
     scale = np.empty(obs_dim if normalize else 0, np.float64)
@@ -514,23 +492,14 @@ def _act(obs, table, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, nois
             if write_obs:
                 for k in range(obs_dim):
                     obs_out[r, k] = xt[k]
-        if rows == TILE:
-            y = _mlp_tile(table, _ACTOR, n_actor, activation, x, h0, h1)
-            for t in range(TILE):
-                r = r0 + t
-                logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
-                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
-            v_out = _mlp_tile(table, n_actor, n_critic, activation, x, h0, h1)
-            for t in range(TILE):
-                value[r0 + t] = v_out[t, 0]
-        else:
-            for t in range(rows):
-                r = r0 + t
-                y1 = _mlp(table, _ACTOR, n_actor, activation, x[t], h0[t], h1[t])
-                logp[r] = _head(y1, r, _row_key(key, r), noise[r] if given else no_noise,
-                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
-                v1 = _mlp(table, n_actor, n_critic, activation, x[t], h0[t], h1[t])
-                value[r] = v1[0]
+        y = _mlp_rows(table, _ACTOR, n_actor, activation, x, h0, h1, rows)
+        for t in range(rows):
+            r = r0 + t
+            logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
+                            gaussian, deterministic, sigma, log_std, e, act_f, act_i)
+        v_out = _mlp_rows(table, n_actor, n_critic, activation, x, h0, h1, rows)
+        for t in range(rows):
+            value[r0 + t] = v_out[t, 0]
 
 
 # ----------------------------------------------------------------------------- host side
@@ -666,25 +635,31 @@ class MLPPolicyKernel:
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
 
         self.obs_dim, self.action_dim, self.activation = obs_dim, head, activation
-        table = [len(actor_views), len(critic_views), ACTIVATIONS[activation],
-                 int(self.gaussian), 0 if log_std_view is None else _address(log_std_view)]
-        # per parameter: (name, tensor, shape, index of its address in the table); its view in
-        # self._views keeps its memory alive as long as the table points into it
+        self._plan = PolicyPlan(
+            actor_layers=len(actor_views), activation=ACTIVATIONS[activation],
+            gaussian=self.gaussian,
+            log_std=0 if log_std_view is None else _address(log_std_view))
+        # per parameter: (name, tensor, shape, where its address is in the table: (layer,
+        # column), None for the plan's log_std); its view in self._views keeps its memory alive
+        # as long as the table points into it
         self._params, self._views = [], []
         if self.gaussian:
-            self._params.append(("log_std", log_std, tuple(log_std.shape), 4))
+            self._params.append(("log_std", log_std, tuple(log_std.shape), None))
             self._views.append(log_std_view)
+        table = layer_table(len(actor_views) + len(critic_views))
+        k = 0
         for net, tensors, views in (("actor", actor_tensors, actor_views),
                                     ("critic", critic_tensors, critic_views)):
             for l, ((w, b), (w_view, b_view)) in enumerate(zip(tensors, views)):
-                slot = len(table)
-                self._params += [(f"{net}[{l}].weight", w, w_view.shape, slot),
-                                 (f"{net}[{l}].bias", b, b_view.shape, slot + 1)]
+                self._params += [(f"{net}[{l}].weight", w, w_view.shape, (k, Layer.W)),
+                                 (f"{net}[{l}].bias", b, b_view.shape, (k, Layer.B))]
                 self._views += [w_view, b_view]
-                table += [_address(w_view), _address(b_view), w_view.shape[0], w_view.shape[1]]
+                table[k, Layer.OUT], table[k, Layer.IN] = w_view.shape
+                table[k, Layer.W], table[k, Layer.B] = _address(w_view), _address(b_view)
+                k += 1
         self._tensors = [p[1] for p in self._params]
-        self._addresses = [table[p[3]] for p in self._params]
-        self._table = np.array(table, np.int64)
+        self._addresses = [_address(v) for v in self._views]
+        self._table = table
         self._seed = int(seed)
         self._seed64 = _int64(seed)
         self.counter = 0
@@ -708,7 +683,11 @@ class MLPPolicyKernel:
                                  f"{tuple(t.shape)} (its .data was replaced)")
             view = _param_view(name, t, len(shape))
             self._views[k] = view
-            self._table[slot] = self._addresses[k] = _address(view)
+            self._addresses[k] = address = _address(view)
+            if slot is None:
+                self._plan = self._plan._replace(log_std=address)
+            else:
+                self._table[slot] = address
 
     def act(self, obs, *, deterministic=False, obs_mean=None, obs_var=None, clip_obs=10.0,
             eps=1e-8, out=None, obs_out=None, noise=None):
@@ -794,7 +773,7 @@ class MLPPolicyKernel:
             given = _check_out("noise", noise, shape, _F32).reshape(n, -1)
         if list(map(_data_ptr, self._tensors)) != self._addresses:
             self._rebind()
-        _act(obs, self._table, mean, var, obs_out, act_f, act_i, logp, value, given,
+        _act(obs, self._table, self._plan, mean, var, obs_out, act_f, act_i, logp, value, given,
              deterministic, self._seed64, self.counter, clip_obs, eps)
         if not (deterministic or noise is not None):
             self.counter += 1

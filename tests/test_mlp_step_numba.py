@@ -368,7 +368,7 @@ def test_existing_grads_are_reused():
 @pytest.mark.parametrize("which", [(0, 0), (1, 2), (1, 4)], ids=["actor0", "critic2", "critic4"])
 def test_replaced_parameter_storage_is_bound_again(which):
     """A parameter's .data replaced after the step was built (any parameter, not only the first)
-    is what the next call reads; before, a later parameter's old storage was read silently."""
+    is what the next call reads, never the parameter's old storage."""
     agent = _agent(4, 2, False)
     data = _rollout(agent, 100, np.random.default_rng(9))
     step = _step_for(agent)
