@@ -340,46 +340,26 @@ _ACTOR = np.int64(0)
 
 
 @njit(cache=True, error_model="numpy")
-def _mlp(table, first, n_layers, activation, x, h0, h1):
-    """Layers first .. first + n_layers - 1 of the table on the row x (h0, h1: ping-pong
-    buffers as wide as the widest layer); returns the buffer holding the output."""
+def _mlp_rows(table, first, n_layers, activation, x, h0, h1, rows):
+    """Layers first .. first + n_layers - 1 of the table on the first ``rows`` rows of x
+    (TILE, width); h0, h1 (TILE, width): ping-pong buffers as wide as the widest layer. A full
+    tile goes through ``_dense_tile``, fewer rows one at a time through ``_dense`` (the same
+    summation order). Returns the buffer whose first ``rows`` rows hold the outputs (h0 or h1,
+    by the parity of n_layers)."""
     src = x
     for l in range(n_layers):
         w, b = layer_params(table, first + l)
         dst = h0 if l % 2 == 0 else h1
-        _dense(w, b, src, dst)
+        if rows == TILE:
+            _dense_tile(w, b, src, dst)
+        else:
+            for t in range(rows):
+                _dense(w, b, src[t], dst[t])
         if l < n_layers - 1:
-            _activate(dst, w.shape[0], activation)
-        src = dst
-    return src
-
-
-@njit(cache=True, error_model="numpy")
-def _mlp_tile(table, first, n_layers, activation, x, h0, h1):
-    """``_mlp`` for the TILE rows of x (TILE, width); h0, h1 (TILE, width)."""
-    src = x
-    for l in range(n_layers):
-        w, b = layer_params(table, first + l)
-        dst = h0 if l % 2 == 0 else h1
-        _dense_tile(w, b, src, dst)
-        if l < n_layers - 1:
-            for t in range(TILE):
+            for t in range(rows):
                 _activate(dst[t], w.shape[0], activation)
         src = dst
     return src
-
-
-@njit(cache=True, error_model="numpy")
-def _mlp_rows(table, first, n_layers, activation, x, h0, h1, rows):
-    """The MLP (layers first .. first + n_layers - 1) on the first ``rows`` rows of x (TILE,
-    width): a full tile through ``_mlp_tile``, fewer rows one at a time through ``_mlp`` (the
-    same summation order). Returns the (TILE, width) buffer, h0 or h1 by the parity of
-    n_layers, whose first ``rows`` rows hold the outputs."""
-    if rows == TILE:
-        return _mlp_tile(table, first, n_layers, activation, x, h0, h1)
-    for t in range(rows):
-        _mlp(table, first, n_layers, activation, x[t], h0[t], h1[t])
-    return h0 if n_layers % 2 == 1 else h1
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -450,7 +430,7 @@ def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value
     draw from the stream. deterministic: take the mode, draw no noise.
     seed, counter: the noise stream's position (int64). clip_obs, eps: the normalization's.
 
-    Rows go in tiles of TILE through ``_mlp_tile``; the last N % TILE one at a time, in the
+    Rows go in tiles of TILE through ``_dense_tile``; the last N % TILE one at a time, in the
     same summation order (``_dense``), so a row's outputs do not depend on its tile.
     """
     n_actor, activation, gaussian = plan.actor_layers, plan.activation, plan.gaussian
