@@ -35,25 +35,28 @@ epilogue call starts from fresh copies of the tiles (the torch ones overwrite th
 epilogue row includes the ``tile copy`` row once per tile it takes.
 
 Each variant runs in its own subprocess (so one's freed memory cannot serve another): one
-warm-up step (compiles), then ``repeat`` timed steps. Memory: before each timed step the
-process's peak RSS is reset (``echo 5 > /proc/self/clear_refs``, Linux); the step's peak is
-VmHWM - VmRSS(before), so it counts every byte the step touches (torch's and the allocator's),
-including the gradients of hidden and W. Time: the best of the timed steps. Prints a Markdown
-table with the ratios to eager.
+warm-up step (compiles), then ``repeat`` timed steps. Memory: ``harness.rss_peak_bytes``, the
+step's peak resident set above the one before it (Linux), so it counts every byte the step
+touches (torch's and the allocator's), including the gradients of hidden and W. Time: the best
+of the timed steps. Prints a Markdown table with the ratios to eager and appends it to
+``bench/results/token_loss.json`` (``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, in_turns, rss_peak_bytes, \
+    save_from_args, start_sitting  # noqa: E402
+from liger_grpo import liger_grpo_loss  # noqa: E402
 
 VARIANTS = ("eager", "compile", "fused-linear", "fused-linear-numba", "fused-logits",
             "fused-logits-numba", "liger")
@@ -118,28 +121,14 @@ def step_fn(variant):
 def liger_loss():
     """Liger-Kernel's chunked fused-linear GRPO loss with OPTS (which ``--liger`` made its
     options: no entropy term, one advantage per sequence)."""
-    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
-
     if OPTS["ent_coef"]:
         raise SystemExit("liger: run with --liger (Liger's loss has no entropy term)")
-    liger = LigerFusedLinearGRPOLoss(beta=OPTS["kl_coef"], epsilon_low=OPTS["clip_low"],
-                                     epsilon_high=OPTS["clip_high"], loss_type="bnpo",
-                                     use_ref_model=True)
+    liger = liger_grpo_loss(OPTS["kl_coef"], OPTS["clip_low"], OPTS["clip_high"])
 
     def loss(hidden, weight, ids, old_lp, ref_lp, adv, mask):
-        out = liger(hidden, weight, ids, mask.long(), adv[:, 0], ref_per_token_logps=ref_lp,
-                    old_per_token_logps=old_lp)
-        return out[0] if isinstance(out, tuple) else out
+        return liger(hidden, weight, ids, mask, adv[:, 0], ref_lp, old_lp)
 
     return loss
-
-
-def _status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def run_variant(args):
@@ -162,13 +151,10 @@ def run_variant(args):
     step()  # warm-up (compile)
     times, peaks, loss = [], [], None
     for _ in range(args.repeat):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status("VmRSS")
         t0 = time.perf_counter()
-        loss = step()
+        loss, peak = rss_peak_bytes(step)
         times.append(time.perf_counter() - t0)
-        peaks.append(_status("VmHWM") - before)
+        peaks.append(peak)
     print(json.dumps(dict(variant=args.variant, time=min(times), peak=max(peaks), loss=loss)))
 
 
@@ -210,19 +196,15 @@ def run_tiles(args):
                                           slice(0, cols), vec, vec, vec, 0.06, 0.05)},
         "tile copy (z.clone())": {b: (lambda: z.clone()) for b in ("torch", "numba")},
     }
-    print("| tile (1024 x 4096 fp32) | torch (ms) | numba (ms) | numba / torch |")
-    print("|---|---:|---:|---:|")
+    table = Table([Column("tile", "tile (1024 x 4096 fp32)", align=""),
+                   Column("torch_ms", "torch (ms)", ".1f"), Column("numba_ms", "numba (ms)", ".1f"),
+                   Column("ratio", "numba / torch", ".2f", "x")])
     for name, fns in cases.items():
-        best = {}
-        for b in ("torch", "numba"):
-            fns[b]()  # warm-up (compiles)
-        for _ in range(args.repeat):
-            for b in ("torch", "numba"):
-                t0 = time.perf_counter()
-                fns[b]()
-                best[b] = min(best.get(b, math.inf), time.perf_counter() - t0)
-        print(f"| {name} | {best['torch'] * 1e3:.1f} | {best['numba'] * 1e3:.1f} | "
-              f"{best['numba'] / best['torch']:.2f}x |")
+        # one warm-up call each (compiles), then torch and numba in turns, best of repeat
+        best = in_turns(fns, rounds=args.repeat)
+        table.add(tile=name, torch_ms=best["torch"] * 1e3, numba_ms=best["numba"] * 1e3,
+                  ratio=best["numba"] / best["torch"])
+    return table
 
 
 def main():
@@ -240,19 +222,20 @@ def main():
     p.add_argument("--tiles", action="store_true",
                    help="time the tile epilogues alone, torch beside numba")
     p.add_argument("--variant", help=argparse.SUPPRESS)
+    add_results_options(p)
     args = p.parse_args()
     if args.variant:
         return run_variant(args)
     if args.variants is None:
         args.variants = [v for v in VARIANTS if args.liger or v != "liger"]
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
-          f"{os.getloadavg()[0]:.2f}; tokens={args.tokens} H={args.hidden} V={args.vocab} "
-          f"{args.dtype}{' (Liger options)' if args.liger else ''}; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    sitting = start_sitting()
+    shape = (f"tokens={args.tokens} H={args.hidden} V={args.vocab} {args.dtype}"
+             f"{' (Liger options)' if args.liger else ''}")
+    print(f"# {shape}")
     if args.tiles:
-        return run_tiles(args)
+        table = run_tiles(args)
+        return save_from_args(args, "token_loss", "tiles", table, sitting, [shape])
     rows = {}
     for v in args.variants:
         cmd = [sys.executable, __file__, "--variant", v, "--tokens", str(args.tokens),
@@ -266,13 +249,17 @@ def main():
         rows[v] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  {v}: {rows[v]}", file=sys.stderr)
     base = rows.get("eager")
-    print("| variant | time (s) | peak MiB | time vs eager | memory vs eager | loss |")
-    print("|---|---:|---:|---:|---:|---:|")
+    table = Table([Column("variant", "variant", align=""), Column("time", "time (s)", ".2f"),
+                   Column("peak", "peak MiB", ".0f"),
+                   Column("time_vs_eager", "time vs eager", ".2f", "x"),
+                   Column("memory_vs_eager", "memory vs eager", ".3f", "x"),
+                   Column("loss", "loss", ".6f")])
     for v, r in rows.items():
-        ratio_t = f"{r['time'] / base['time']:.2f}x" if base else ""
-        ratio_m = f"{r['peak'] / base['peak']:.3f}x" if base else ""
-        print(f"| {v} | {r['time']:.2f} | {r['peak'] / 2**20:.0f} | {ratio_t} | {ratio_m} | "
-              f"{r['loss']:.6f} |")
+        table.add(variant=v, time=r["time"], peak=r["peak"] / 2**20, loss=r["loss"],
+                  time_vs_eager=r["time"] / base["time"] if base else None,
+                  memory_vs_eager=r["peak"] / base["peak"] if base else None)
+    name = f"{args.dtype}-{args.tokens}" + ("-liger" if args.liger else "")
+    save_from_args(args, "token_loss", name, table, sitting, [shape])
 
 
 if __name__ == "__main__":
