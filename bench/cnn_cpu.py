@@ -15,33 +15,39 @@ preset's minibatch) of ``fastppo.agent.Agent("nature_cnn", ...)`` for:
   instructions (``fastppo.hotpath.bf16_matrix_units``: AVX512-BF16 or AMX; skipped otherwise:
   emulated bf16 is slower than float32).
 
-Prints the best of ``--repeats`` timing rounds per row, in ms, beside ``nchw``.
+Prints the best of ``--repeats`` timing rounds per row, in ms, beside ``nchw``, and appends the
+table to ``bench/results/cnn_cpu.json`` (``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, per_call_seconds, save_from_args, \
+    start_sitting  # noqa: E402
+
 
 def best_ms(fn, repeats: int, inner: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - start) / inner * 1e3)
-    return min(times)
+    """The best of ``repeats`` rounds of ``inner`` calls, ms per call, after two warm-up calls."""
+    return 1e3 * per_call_seconds(fn, calls=inner, rounds=repeats, warmup=2)
+
+
+COLUMNS = [Column("variant", "variant", align=""), Column("act_ms", "act, 8 obs (ms)", ".2f"),
+           Column("act_vs", "vs nchw", ".2f", "x"),
+           Column("learn_ms", "fwd+bwd, 256 rows (ms)", ".1f"),
+           Column("learn_vs", "vs nchw", ".2f", "x")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=5)
+    add_results_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,17 +87,18 @@ def main() -> None:
 
     names = ["nchw", "channels_last", "nchw+compile", "channels_last+compile"] + (
         ["channels_last+bf16", "channels_last+compile+bf16"] if bf16 else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 matrix "
-          f"instructions: {'yes' if bf16 else 'no (bf16 row skipped)'}")
-    print("| variant | act, 8 obs (ms) | vs nchw | fwd+bwd, 256 rows (ms) | vs nchw |")
-    print("|---|---:|---:|---:|---:|")
+    sitting = start_sitting()
+    note = f"bf16 matrix instructions: {'yes' if bf16 else 'no (bf16 row skipped)'}"
+    print(note)
+    table = Table(COLUMNS)
     base = None
     for name in names:
         act, learn = variant(name)
         t_act, t_learn = best_ms(act, args.repeats, 20), best_ms(learn, args.repeats, 3)
         base = base or (t_act, t_learn)
-        print(f"| {name} | {t_act:.2f} | {base[0] / t_act:.2f}x | {t_learn:.1f} | "
-              f"{base[1] / t_learn:.2f}x |", flush=True)
+        table.add(variant=name, act_ms=t_act, act_vs=base[0] / t_act, learn_ms=t_learn,
+                  learn_vs=base[1] / t_learn)
+    save_from_args(args, "cnn_cpu", f"threads-{torch.get_num_threads()}", table, sitting, [note])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ the cache that run filled (warm), and reports both wall times:
 
 Rows: ``step`` (the CartPole minibatch step kernel, ``MLPLossStep``, built and called once),
 ``policy`` (the CartPole policy kernel, ``MLPPolicyKernel``, one call), ``train`` (``fastppo
-train CartPole-v1`` for 4096 steps: the "compiled in" seconds it prints; a warm run prints none: 0).
+train CartPole-v1`` for 4096 steps: the "compiled in" seconds it prints; a warm run prints none:
+0). The table is appended to ``bench/results/cold_compile.json`` (``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
 
 NETS = """
 import time
@@ -74,14 +79,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=["step", "policy", "train"],
                         default=["step", "policy", "train"])
+    add_results_options(parser)
     args = parser.parse_args()
-    print(f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}")
-    print("| row | cold (s) | warm (s) |\n|---|---:|---:|")
+    sitting = start_sitting()
+    table = Table([Column("row", "row", align=""), Column("cold", "cold (s)", ".1f"),
+                   Column("warm", "warm (s)", ".2f")])
     for row in args.rows:
         with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
             cold = run_row(row, cache)
             warm = run_row(row, cache)
-        print(f"| {row} | {cold:.1f} | {warm:.2f} |", flush=True)
+        table.add(row=row, cold=cold, warm=warm)
+    save_from_args(args, "cold_compile", "-".join(args.rows), table, sitting)
 
 
 if __name__ == "__main__":

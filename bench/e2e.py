@@ -33,8 +33,10 @@ is the policy call alone (its rollout column includes the bookkeeping around it)
 
 Each run's torch thread count is restored afterwards, so a preset's ``torch_threads`` does not
 leak into the next row. Timings on a loaded machine are worthless: a warning is printed when
-the 1-minute load average is above 0.5 at the start. ``--json PATH`` writes every figure (and
-each eager update's split) as JSON. Not part of the test suite. Supersedes ``bench/e2e_sps.py``
+the 1-minute load average is above 0.5 at the start. The table is appended to
+``bench/results/e2e.json`` (``bench/harness.py``; ``--results``, ``--no-save``); ``--json PATH``
+writes every figure (and each eager update's split) as JSON. Not part of the test suite.
+Supersedes ``bench/e2e_sps.py``
 (its ``--kernels auto`` vs ``torch`` rows are ``--variants default kernels=torch`` here).
 """
 
@@ -42,11 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -55,6 +53,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
 
 # name -> (env id, default updates, default warm-up updates)
 ROWS = {
@@ -73,74 +73,11 @@ ROW_SETTINGS = {
                   "Pong-v5 LSTM, 1 frame"),
     "cartpole_lstm": ({"recurrent": "lstm", "rnn_hidden_size": 64}, "CartPole-v1 LSTM"),
 }
-DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch", "policy_kernel=torch,compile=on")
+DEFAULT_VARIANTS = ("default", "async_envs=off", "policy_kernel=torch",
+                    "policy_kernel=torch,compile=on")
 # recurrent rows: the Numba policy kernels refuse recurrent policies
 RECURRENT_VARIANTS = ("default", "compile=on", "async_envs=on")
 RECENT_EPISODES = 10
-
-
-# --------------------------------------------------------------------------- machine
-def machine_info() -> dict:
-    import numpy
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count()}
-    for module in ("numba", "envpool", "gymnasium"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
-            info[module] = "not installed"
-    try:
-        import numba
-
-        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        info["affinity"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
-    cpu_model, flags = None, None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and cpu_model is None:
-                cpu_model = value.strip()
-            elif key == "flags" and flags is None:
-                flags = value.split()
-    except OSError:
-        pass
-    cpu_model = cpu_model or platform.processor() or "unknown"
-    flags = flags or []
-    info["cpu"] = cpu_model
-    info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx")))
-    return info
-
-
-def print_sitting() -> tuple[str, float, dict]:
-    """Print this sitting's command, date, machine, versions and 1-minute load (with a warning
-    when other work runs); returns the command, the load and :func:`machine_info`."""
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    load1 = os.getloadavg()[0]
-    machine = machine_info()
-    print(f"command: `{command}`")
-    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {machine['cpu']}; os.cpu_count() {machine['cpu_count']}"
-          + (f" (affinity {machine['affinity']})" if "affinity" in machine else "")
-          + f"; AVX-512/AMX flags: {' '.join(machine['simd_flags']) or 'none'}")
-    print(f"versions: python {machine['python']}, torch {machine['torch']}, numpy "
-          f"{machine['numpy']}, numba {machine['numba']}, envpool {machine['envpool']}, "
-          f"gymnasium {machine['gymnasium']}; torch threads {machine['torch_threads']} by "
-          f"default" + (f", numba threads {machine['numba_threads']}"
-                        if "numba_threads" in machine else ""))
-    print(f"load average (1 min) at start: {load1:.2f}")
-    if load1 > 0.5:
-        print(f"WARNING: 1-minute load average {load1:.2f} > 0.5: other work is running; "
-              "these timings are worthless as results.")
-    return command, load1, machine
 
 
 def parse_variant(text: str) -> dict:
@@ -269,23 +206,25 @@ def variant_name(variant: dict) -> str:
 
 
 # --------------------------------------------------------------------------- table
-def _fmt(value, spec=".3f") -> str:
-    return "n/a" if value is None else format(value, spec)
+COLUMNS = [Column("env", "env", align=""), Column("variant", "variant", align=""),
+           Column("threads", "threads", "d"), Column("steady_sps", "steady SPS", ",.0f"),
+           Column("vs_eager", "vs eager", ".2f", "x"), Column("share", "share of raw", ".0%"),
+           Column("env_s", "env s", ".3f"), Column("inference_s", "inference s", ".3f"),
+           Column("rollout_s", "rollout s", ".3f"), Column("learn_s", "learn s", ".3f"),
+           Column("recent_return", "return", ".1f")]
 
 
-def table_row(r: dict, eager_sps: float | None) -> str:
-    speedup = "n/a" if not eager_sps else f"{r['steady_sps'] / eager_sps:.2f}x"
-    share = "n/a" if not r.get("raw_sps") else f"{r['steady_sps'] / r['raw_sps']:.0%}"
-    return (f"| {r.get('label', r['env_id'])} | {r['variant']} | {r['torch_threads']} | {r['steady_sps']:,.0f} | "
-            f"{speedup} | {share} | {_fmt(r['env_s'])} | {_fmt(r['inference_s'])} | "
-            f"{_fmt(r['rollout_s'])} | {_fmt(r['learn_s'])} | {_fmt(r['recent_return'], '.1f')} |")
+def table_row(r: dict, eager_sps: float | None) -> dict:
+    """The table's cells of run ``r`` ("n/a" where a figure is missing)."""
+    def known(value):
+        return "n/a" if value is None else value
 
-
-TABLE_HEADER = (
-    "| env | variant | threads | steady SPS | vs eager | share of raw | env s | inference s | "
-    "rollout s | learn s | return |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-)
+    return dict(env=r.get("label", r["env_id"]), variant=r["variant"],
+                threads=r["torch_threads"], steady_sps=r["steady_sps"],
+                vs_eager=r["steady_sps"] / eager_sps if eager_sps else "n/a",
+                share=r["steady_sps"] / r["raw_sps"] if r.get("raw_sps") else "n/a",
+                **{k: known(r[k]) for k in ("env_s", "inference_s", "rollout_s", "learn_s",
+                                            "recent_return")})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs of each variant, taken in turn; the table shows the run with "
                         "the median steady SPS (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_results_options(parser)
     args = parser.parse_args(argv)
 
     import torch
@@ -335,9 +275,9 @@ def main(argv: list[str] | None = None) -> None:
             else DEFAULT_VARIANTS)]
         plan.append((env_id, updates, warmup, settings, label, variants))
 
-    command, load1, machine = print_sitting()
+    sitting = start_sitting()
     print()
-    print(TABLE_HEADER, flush=True)
+    table = Table(COLUMNS)
 
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
     default_threads = torch.get_num_threads()
@@ -373,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
                     notes.append(f"{label}: `{name}` failed: {message}")
                     results.append({"env_id": env_id, "label": label, "variant": name,
                                     "error": message})
-                    print(f"| {label} | {name} | failed ({type(err).__name__}, see notes) "
-                          "| | | | | | | |", flush=True)
+                    table.add(env=label, variant=name,
+                              threads=f"failed ({type(err).__name__}, see notes)")
                     continue
                 finally:
                     torch.set_num_threads(default_threads)
@@ -395,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
                 if not r["perf_keys"]:
                     no_perf.append(f"{label} {name}")
             results.append(r)
-            print(table_row(r, eager_sps), flush=True)
+            table.add(**table_row(r, eager_sps))
 
     print()
     print(f"each row: the median of {args.repeats} run(s) by steady SPS, the variants run in "
@@ -403,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
           + "; ".join(f"{p[4]}: {p[1]} updates, {p[2]} warm-up" for p in plan)
           + "); seconds are means per steady update; return = mean of the last "
           f"{RECENT_EPISODES} finished episodes (n/a: none finished); eager inference = the "
-          "policy call alone, fastppo inference = rollout - env; eager env = inside env.step, fastppo "
+          "policy call alone, fastppo inference = rollout - env; eager env = inside env.step, "
+          "fastppo "
           "env = inside EnvPool's send and recv (with async_envs their stepping overlaps "
           "inference).")
     if any(p[2] == 0 for p in plan):
@@ -414,11 +355,12 @@ def main(argv: list[str] | None = None) -> None:
                      "metrics.jsonl, so its time split is n/a: " + ", ".join(no_perf))
     for note in notes:
         print(f"note: {note}")
+    save_from_args(args, "e2e", "-".join(args.rows), table, sitting, notes)
     if args.json is not None:
         args.json.write_text(json.dumps({
-            "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "load_avg_1min_at_start": load1, "machine": machine, "seed": args.seed,
-            "results": results, "notes": notes,
+            "command": sitting.command, "date": sitting.date,
+            "load_avg_1min_at_start": sitting.load_avg_1min, "machine": sitting.machine,
+            "seed": args.seed, "results": results, "notes": notes,
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
 

@@ -6,11 +6,11 @@
 
 This is the reference ``bench/e2e.py`` compares fastppo against: what a user's script in the
 style of CleanRL's ``ppo_continuous_action.py`` / ``ppo_atari_envpool.py`` does, written here
-from the README's equations (GAE, the fused PPO loss), with no special optimization: an ``nn.Module``
-agent with orthogonal init, ``torch.distributions`` for sampling, GAE as a Python loop over the
-T steps, shuffled minibatches, clipped surrogate + clipped value loss + entropy, advantages
-normalized per minibatch, ``nn.utils.clip_grad_norm_``, ``torch.optim.Adam(eps=1e-5)`` with linear
-learning-rate annealing.
+from the README's equations (GAE, the fused PPO loss), with no special optimization: an
+``nn.Module`` agent with orthogonal init, ``torch.distributions`` for sampling, GAE as a Python
+loop over the T steps, shuffled minibatches, clipped surrogate + clipped value loss + entropy,
+advantages normalized per minibatch, ``nn.utils.clip_grad_norm_``,
+``torch.optim.Adam(eps=1e-5)`` with linear learning-rate annealing.
 
 * Environments: ``envpool.make(env_id, env_type="gymnasium", num_envs, seed)``; Atari with
   ``episodic_life`` and ``reward_clip`` (returns counted over whole games, from EnvPool's raw

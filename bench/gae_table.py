@@ -5,18 +5,33 @@
 
 Columns: median time, effective bandwidth (bytes moved / median time), speedup over the
 per-step torch loop, and bandwidth as a fraction of the numpy copy measured in the same run.
+The table is appended to ``bench/results/gae.json`` (``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
 
 ORDER = ["torch-loop", "gae[torch]", "gae[numba]", "gae[triton]", "numpy-copy"]
 
 
-def table(results: dict) -> str:
+COLUMNS = [Column("shape", "shape (N envs x T steps)", align=""),
+           Column("impl", "implementation", align=""),
+           Column("median", "median time", align="right"), Column("gbs", "GB/s", ".2f"),
+           Column("vs_loop", "vs torch-loop", ".1f", "x"),
+           Column("vs_copy", "vs numpy-copy GB/s", ".0%")]
+
+
+def table(results: dict) -> tuple[Table, list[str]]:
+    """The table of a pytest-benchmark run and the notes below it (argument checks, machine)."""
     rows, checks = {}, None
     for b in results["benchmarks"]:
         info = b["extra_info"]
@@ -25,11 +40,7 @@ def table(results: dict) -> str:
             continue
         key = (info["n_envs"], info["n_steps"])
         rows.setdefault(key, {})[info["impl"]] = (b["stats"]["median"], info["bytes"])
-    lines = [
-        "| shape (N envs x T steps) | implementation | median time | GB/s | vs torch-loop "
-        "| vs numpy-copy GB/s |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    out = Table(COLUMNS, echo=False)
     for (n_envs, n_steps), impls in rows.items():
         loop = impls.get("torch-loop", (None,))[0]
         copy = impls.get("numpy-copy")
@@ -37,29 +48,35 @@ def table(results: dict) -> str:
         for impl in sorted(impls, key=ORDER.index):
             seconds, nbytes = impls[impl]
             bw = nbytes / seconds
-            speedup = f"{loop / seconds:.1f}x" if loop and impl != "numpy-copy" else ""
-            frac = f"{bw / copy_bw:.0%}" if copy_bw and impl != "numpy-copy" else ""
-            lines.append(
-                f"| {n_envs} envs x {n_steps} steps | {impl} | {_fmt(seconds)} "
-                f"| {bw / 1e9:.2f} | {speedup} | {frac} |"
-            )
+            out.add(shape=f"{n_envs} envs x {n_steps} steps", impl=impl, median=_fmt(seconds),
+                    gbs=bw / 1e9, vs_loop=loop / seconds if loop and impl != "numpy-copy" else None,
+                    vs_copy=bw / copy_bw if copy_bw and impl != "numpy-copy" else None)
+    notes = []
     numba = rows.get((4096, 128), {}).get("gae[numba]")
     if checks is not None and numba:
-        lines.append("")
-        lines.append(f"Always-on argument checks at 4096 envs x 128 steps: {_fmt(checks)}, "
+        notes.append(f"Always-on argument checks at 4096 envs x 128 steps: {_fmt(checks)}, "
                      f"{checks / numba[0]:.1%} of gae[numba].")
     machine = results.get("machine_info", {})
     cpu = machine.get("cpu", {}).get("brand_raw") or platform.processor()
-    lines.append("")
-    lines.append(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} logical CPUs, "
+    notes.append(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} logical CPUs, "
                  f"Python {machine.get('python_version', '?')}; float32 values, bool flags.")
-    return "\n".join(lines)
+    return out, notes
 
 
 def _fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark_json", type=Path, help="pytest-benchmark's --benchmark-json")
+    add_results_options(parser)
+    args = parser.parse_args(argv)
+    sitting = start_sitting(quiet=True)
+    out, notes = table(json.loads(args.benchmark_json.read_text()))
+    print("\n\n".join(["\n".join(out.markdown()), *notes]))
+    save_from_args(args, "gae", "cpu", out, sitting, notes)
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        print(table(json.load(f)))
+    main()

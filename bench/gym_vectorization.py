@@ -11,6 +11,9 @@ pool's rate on ``Spin-0`` gives its overhead per env step (``ASYNC_OVERHEAD_S``)
 
     python bench/gym_vectorization.py                       # the table in bench/README.md
     python bench/gym_vectorization.py --envs CartPole-v1 Spin-100 --repeats 5 --no-train
+
+The table is appended to ``bench/results/gym_vectorization.json`` (``--results``,
+``--no-save``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fastppo import gym_envs  # noqa: E402
 from fastppo.gym_envs import GymPool, make_env_fn  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
+
+RAW_COLUMNS = [Column("env", "env", align=""),
+               Column("step_us", "step in process: wall, CPU (us)"),
+               Column("raw_sync", "raw sync", ",.0f"), Column("raw_async", "raw async", ",.0f"),
+               Column("raw_ratio", "async/sync", ".2f", "x")]
+TRAIN_COLUMNS = [Column("train_sync", "train sync", ",.0f"),
+                 Column("train_async", "train async", ",.0f"),
+                 Column("train_ratio", "async/sync", ".2f", "x"),
+                 Column("picks", "rule picks (a half's pool)", align="")]
 
 
 class Spin(gymnasium.Env):
@@ -118,12 +134,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per raw pool measurement")
     parser.add_argument("--updates", type=int, default=8, help="per training measurement")
     parser.add_argument("--no-train", dest="train", action="store_false")
+    add_results_options(parser)
     args = parser.parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, {args.num_envs} envs, "
-          f"medians of {args.repeats}")
-    print(f"| env | step in process: wall, CPU (us) | raw sync | raw async | async/sync |"
-          + (" train sync | train async | async/sync | rule picks (a half's pool) |" if args.train else ""))
-    print("|---|---:|---:|---:|---:|" + ("---:|---:|---:|---|" if args.train else ""))
+    sitting = start_sitting()
+    notes = [f"{args.num_envs} envs, medians of {args.repeats}"]
+    print(notes[0])
+    table = Table(RAW_COLUMNS + (TRAIN_COLUMNS if args.train else []))
     if args.train:  # the first run in a process loads the hot paths' kernels: not timed
         train_rate("CartPole-v1", env_fn_of("CartPole-v1"), args.num_envs, "sync", 3)
     for name in args.envs:
@@ -141,16 +157,20 @@ def main(argv=None) -> None:
                     trained[mode].append(train_rate(name, env_fn, args.num_envs, mode,
                                                     args.updates))
         rs, ra = statistics.median(raw["sync"]), statistics.median(raw["async"])
-        row = f"| {name} | {wall:.0f}, {cpu:.0f} | {rs:,.0f} | {ra:,.0f} | {ra / rs:.2f}x |"
+        row = dict(env=name, step_us=f"{wall:.0f}, {cpu:.0f}", raw_sync=rs, raw_async=ra,
+                   raw_ratio=ra / rs)
         if args.train:
             ts, ta = statistics.median(trained["sync"]), statistics.median(trained["async"])
             picks = gym_envs.choose_vectorization(env_fn, args.num_envs // 2, name)  # a half
-            row += f" {ts:,.0f} | {ta:,.0f} | {ta / ts:.2f}x | {picks} |"
-        print(row, flush=True)
+            row.update(train_sync=ts, train_async=ta, train_ratio=ta / ts, picks=picks)
+        table.add(**row)
         if name == "Spin-0":
-            print(f"(async overhead per env step: {1e6 / ra:.0f} us; ASYNC_OVERHEAD_S = "
-                  f"{gym_envs.ASYNC_OVERHEAD_S * 1e6:.0f} us)", flush=True)
-    print(f"load average {os.getloadavg()[0]:.2f}")
+            notes.append(f"async overhead per env step: {1e6 / ra:.0f} us; ASYNC_OVERHEAD_S = "
+                         f"{gym_envs.ASYNC_OVERHEAD_S * 1e6:.0f} us")
+            print(f"({notes[-1]})", flush=True)
+    notes.append(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(notes[-1])
+    save_from_args(args, "gym_vectorization", "cpu", table, sitting, notes)
 
 
 if __name__ == "__main__":

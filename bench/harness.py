@@ -296,6 +296,9 @@ class Table:
         if echo:
             print("\n".join(markdown_header(self.columns)), flush=True)
 
+    def markdown(self) -> list[str]:
+        return markdown_header(self.columns) + markdown_rows(self.columns, self.rows)
+
     def add(self, **row) -> dict:
         unknown = set(row) - {c.key for c in self.columns}
         if unknown:

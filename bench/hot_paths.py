@@ -11,30 +11,32 @@
   ``MLPLossStep`` + ``ClipAdam``, at HalfCheetah's minibatch (64 rows) and CartPole's (256 rows).
 
 One torch thread and one Numba thread (what the classic and mujoco presets use). Each round
-times every contender in turn; the table shows the best round's mean per call in microseconds.
+times every contender in turn (``harness.in_turns``); the table shows the best round's mean per
+call in microseconds, and is appended to ``bench/results/hot_paths.json`` (``--results``,
+``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numba
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, in_turns, save_from_args, \
+    start_sitting  # noqa: E402
+
+COLUMNS = [Column("call", "call", align=""), Column("torch_us", "eager torch (us)", ".1f"),
+           Column("numba_us", "Numba kernels (us)", ".1f"),
+           Column("speedup", "speedup", ".1f", "x")]
 
 
 def _best_us(fns: dict, rounds: int, calls: int) -> dict:
-    best = {name: float("inf") for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e6)
-    return best
+    """Microseconds per call of each contender: the best round's mean, contenders in turns."""
+    return {name: t * 1e6 for name, t in in_turns(fns, calls=calls, rounds=rounds).items()}
 
 
 def _layers(net):
@@ -126,17 +128,18 @@ def step_rows(rounds: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    add_results_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     numba.set_num_threads(1)
-    print(f"torch {torch.__version__}, numba {numba.__version__}, numpy {np.__version__}; "
-          "1 torch thread, 1 numba thread")
-    print("| call | eager torch (us) | Numba kernels (us) | speedup |")
-    print("|---|---:|---:|---:|")
+    sitting = start_sitting()
+    print("1 torch thread, 1 numba thread")
+    table = Table(COLUMNS)
     for rows in (policy_rows(args.rounds), step_rows(args.rounds)):
         for label, t in rows:
-            print(f"| {label} | {t['torch']:.1f} | {t['numba']:.1f} | "
-                  f"{t['torch'] / t['numba']:.1f}x |", flush=True)
+            table.add(call=label, torch_us=t["torch"], numba_us=t["numba"],
+                      speedup=t["torch"] / t["numba"])
+    save_from_args(args, "hot_paths", "calls", table, sitting, ["1 torch thread, 1 numba thread"])
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ import warnings
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+from harness import cpu_model_and_flags  # noqa: E402
+
 DEFAULT_RESULTS = BENCH_DIR / "results" / "learning"
 RECENT_EPISODES = 10  # the score: mean return of the last 10 training episodes (CleanRL's)
 RETURN = "charts/episodic_return"
@@ -377,13 +380,7 @@ def evaluate_run(run: Run, episodes: int, deterministic: bool) -> dict | None:
 
 
 def machine_info() -> dict:
-    cpu = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    return {"cpu": cpu or platform.processor() or "unknown", "cpu_count": os.cpu_count(),
+    return {"cpu": cpu_model_and_flags()[0], "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform()}
 
 

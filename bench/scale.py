@@ -20,13 +20,13 @@ Reported: both rates, fastppo's share of the raw rate, and the seconds per stead
 learning (GAE and the epochs) and in the rollout (env stepping and inference). Variants (as in
 e2e.py: ``field=value``, e.g. ``policy_kernel=torch``, ``precision=bf16``) add fastppo rows.
 Check ``uptime`` first: timings on a loaded machine are worthless (a warning is printed when
-the 1-minute load average is above 0.5).
+the 1-minute load average is above 0.5). The table is appended to ``bench/results/scale.json``
+(``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import warnings
@@ -34,8 +34,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import parse_variant, print_sitting, raw_steps_per_second, run_fastppo, \
-    variant_name  # noqa: E402
+from e2e import parse_variant, raw_steps_per_second, run_fastppo, variant_name  # noqa: E402
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
+
+COLUMNS = [Column("env", "env", align=""), Column("envs", "envs", "d"),
+           Column("variant", "variant", align=""),
+           Column("raw_sps", "raw EnvPool steps/s", ",.0f"),
+           Column("steady_sps", "fastppo SPS", ",.0f"), Column("share", "share of raw", ".0%"),
+           Column("learn_s", "learn s / update", ".3f"),
+           Column("rollout_s", "rollout s / update", ".3f")]
 
 # name -> (env id, env counts, updates, warm-up updates)
 ROWS = {
@@ -62,14 +70,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="fastppo runs: 'default' or field=value (default: default)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*precision lowered by casting")
 
-    command, load1, machine = print_sitting()
+    sitting = start_sitting()
     print()
-    print("| env | envs | variant | raw EnvPool steps/s | fastppo SPS | share of raw | "
-          "learn s / update | rollout s / update |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|", flush=True)
+    table = Table(COLUMNS)
     results = []
     for row in args.rows:
         env_id, counts, updates, warmup = ROWS[row]
@@ -83,15 +90,17 @@ def main(argv: list[str] | None = None) -> None:
                 r.update(raw_sps=raw, share=r["steady_sps"] / raw, num_envs=n)
                 results.append(r)
                 name = variant_name({k: v for k, v in variant.items() if k != "num_envs"})
-                print(f"| {env_id} | {n} | {name} | {raw:,.0f} | {r['steady_sps']:,.0f} | "
-                      f"{r['share']:.0%} | {r['learn_s']:.3f} | {r['rollout_s']:.3f} |",
-                      flush=True)
+                table.add(env=env_id, envs=n, variant=name, raw_sps=raw,
+                          steady_sps=r["steady_sps"], share=r["share"], learn_s=r["learn_s"],
+                          rollout_s=r["rollout_s"])
     print()
     print("steady SPS: the updates after the warm-up ones; seconds are means per steady update.")
+    save_from_args(args, "scale", "-".join(args.rows), table, sitting)
     if args.json is not None:
         args.json.write_text(json.dumps({
-            "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "load_avg_1min_at_start": load1, "machine": machine, "results": results,
+            "command": sitting.command, "date": sitting.date,
+            "load_avg_1min_at_start": sitting.load_avg_1min, "machine": sitting.machine,
+            "results": results,
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
 
