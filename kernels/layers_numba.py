@@ -12,6 +12,10 @@ input and output activations. A kernel that computes no gradients (``policy_numb
 leaves the gradient and workspace columns 0; ``mlp_step_numba``'s minibatch step fills them.
 One table instead of one array argument per parameter keeps what a call unboxes the same
 whatever the depth, and one compiled specialization serves every network.
+
+The views are inlined into the kernels that use them, and Numba's on-disk cache of a kernel is
+keyed on its own source file only: after changing anything here, touch ``policy_numba.py`` and
+``mlp_step_numba.py`` (or clear the cache), as for ``math32_numba``.
 """
 
 from __future__ import annotations

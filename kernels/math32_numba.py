@@ -42,16 +42,16 @@ IR helpers (``@intrinsic``): ``float32_from_bits`` / ``bits_from_float32`` reint
 as a float32 and back (LLVM ``bitcast``: no conversion, no memory round trip).
 ``float32_pointer`` reads an int64 address (a torch tensor's storage, passed to a kernel in an
 address table) as a float32 pointer for ``numba.carray``; the caller keeps that memory alive.
-``sum_add`` is a
-float64 ``total + x`` emitted as ``fadd reassoc``: a running sum LLVM may split into one partial
-sum per SIMD lane (the one reassociation it allows; every other operation of the caller keeps
-IEEE order). It is float64 because it is the accumulator of float32 kernels.
+``sum_add`` is a float64 ``total + x`` emitted as ``fadd reassoc``: a running sum LLVM may
+split into one partial sum per SIMD lane (the one reassociation it allows; every other
+operation of the caller keeps IEEE order). It is float64 because it is the accumulator of
+float32 kernels.
 
 Numba's on-disk cache (``cache=True``) of a caller is keyed on the caller's source file only:
 code compiled from this module is inlined into each caller's cached object, and editing this
 file does not invalidate those objects. After changing anything here, touch every importer
-(``ppo_loss_numba.py``, ``mlp_step_numba.py``, ``policy_numba.py``, ``optim_numba.py``, the
-tests' kernels) or clear
+(``ppo_loss_numba.py``, ``mlp_step_numba.py``, ``policy_numba.py``, ``optim_numba.py``,
+``layers_numba.py``, the tests' kernels) or clear
 ``NUMBA_CACHE_DIR`` (and the ``__pycache__/*.nbi`` / ``*.nbc`` files next to the sources), or a
 stale kernel is loaded.
 """
