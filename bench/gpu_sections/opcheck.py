@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .common import Ctx, ENT, VF, dname
 from .oracle import gae_args, gae_case, loss_case
 
 
-def part_opcheck(ctx: Ctx) -> None:
-    from fastppo.kernels.ppo_loss import OPS
+class OpPair(NamedTuple):
+    """A loss's registered ops: ``fastppo::<name>`` and ``fastppo::<name>_backward``."""
 
-    cat, gauss = OPS["categorical"], OPS["gaussian"]
+    forward: object
+    backward: object
+
+
+def op_pair(name: str) -> OpPair:
+    import fastppo.kernels  # noqa: F401 - registers the fastppo:: ops
+
+    ops = torch.ops.fastppo
+    return OpPair(getattr(ops, name).default, getattr(ops, f"{name}_backward").default)
+
+
+def part_opcheck(ctx: Ctx) -> None:
+    cat, gauss = op_pair("ppo_loss_categorical"), op_pair("ppo_loss_gaussian")
 
     B, A, D = (64, 18, 6) if ctx.cuda else (7, 5, 3)
 
