@@ -18,15 +18,36 @@ and hot paths it got, and its SPS (compilation left out).
 Overhead (``--overhead``): for a few observation layouts, 8 envs of the raw pool stepped with
 random actions; the seconds per step spent in EnvPool's step and in ``ObsEncoder.encode`` (what
 the trainer adds per step for Dict, one-hot and image observations), medians of 5 runs.
+
+Each table is printed and appended to ``bench/results/catalogue.json`` (``--results``,
+``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
+
+FAMILY_COLUMNS = [Column("family", "family", align=""), Column("ids", "ids", "d"),
+                  Column("accepted", "accepted", "d"),
+                  Column("refused", "refused or failing (count)", align="")]
+RUN_COLUMNS = [Column("id", "id", align=""), Column("obs", "observation space", align=""),
+               Column("actions", "action space", align=""),
+               Column("network", "network (hot paths)", align=""), Column("sps", "SPS", ",.0f")]
+OVERHEAD_COLUMNS = [Column("id", "id", align=""), Column("obs", "observation space", align=""),
+                    Column("stored", "stored as", align=""),
+                    Column("env_us", "env step µs", ",.1f"),
+                    Column("encode_us", "encode µs", ",.1f"),
+                    Column("share", "encode/env", ".1%")]
 
 
 def _short(space) -> str:
@@ -68,8 +89,8 @@ def first_ids() -> list[str]:
     return [first[f] for f in sorted(first)]
 
 
-def run(env_id: str, steps: int, settings: dict) -> str:
-    """One short run: a row of the table."""
+def run(env_id: str, steps: int, settings: dict) -> dict:
+    """One short run: a row of the table (``RUN_COLUMNS``)."""
     from fastppo.config import make_config
     from fastppo.envs import check_spaces, env_spaces
     from fastppo.train import train
@@ -79,23 +100,24 @@ def run(env_id: str, steps: int, settings: dict) -> str:
         observation_space, action_space = env_spaces(config)
         check_spaces(config, observation_space, action_space)
     except ValueError as err:
-        return f"| {env_id} | refused: {err} | | | |"
+        return dict(id=env_id, obs=f"refused: {err}")
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         result = train(config, run_dir, progress=False)
         trainer = result["trainer"]
         seconds = time.perf_counter() - start - trainer.compile_seconds
     sps = result["global_step"] / seconds
-    return (f"| {env_id} | {_short(observation_space)} | {_short(action_space)} | "
-            f"{trainer.agent.network} ({trainer.hot_paths}) | {sps:,.0f} |")
+    return dict(id=env_id, obs=_short(observation_space), actions=_short(action_space),
+                network=f"{trainer.agent.network} ({trainer.hot_paths})", sps=sps)
 
 
 OVERHEAD_IDS = ("CartPole-v1", "CheetahRun-v1", "FetchReach-v4", "MiniGrid-Empty-5x5-v0",
                 "tabular/CliffWalking-v0", "CarRacing-v2")
 
 
-def overhead(env_id: str, num_envs: int = 8, steps: int = 300) -> str:
-    """A row: env step and encode time per step (medians of 5 runs of ``steps`` steps)."""
+def overhead(env_id: str, num_envs: int = 8, steps: int = 300) -> dict:
+    """A row (``OVERHEAD_COLUMNS``): env step and encode time per step (medians of 5 runs of
+    ``steps`` steps)."""
     import numpy as np
 
     from fastppo.config import make_config
@@ -125,8 +147,8 @@ def overhead(env_id: str, num_envs: int = 8, steps: int = 300) -> str:
         encode_runs.append(encode_s / steps)
     pool.close()
     env_us, encode_us = 1e6 * float(np.median(env_runs)), 1e6 * float(np.median(encode_runs))
-    return (f"| {env_id} | {_short(space)} | {encoder.shape} {encoder.dtype} | {env_us:,.1f} | "
-            f"{encode_us:,.1f} | {100 * encode_us / env_us:.1f}% |")
+    return dict(id=env_id, obs=_short(space), stored=f"{encoder.shape} {encoder.dtype}",
+                env_us=env_us, encode_us=encode_us, share=encode_us / env_us)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,34 +162,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2048)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="settings for the runs, e.g. compile=off")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    sitting = start_sitting()
     if args.overhead:
-        print("| id | observation space | stored as | env step µs | encode µs | encode/env |")
-        print("|---|---|---|---:|---:|---:|")
+        table = Table(OVERHEAD_COLUMNS)
         for env_id in OVERHEAD_IDS:
-            print(overhead(env_id), flush=True)
+            table.add(**overhead(env_id))
+        save_from_args(args, "catalogue", "overhead", table, sitting)
         return
     if not args.no_sweep:
         outcomes = sweep()
         total = sum(sum(c.values()) for c in outcomes.values())
         accepted = sum(c["ok"] for c in outcomes.values())
-        print(f"fastppo accepts {accepted} of EnvPool's {total} task ids\n")
-        print("| family | ids | accepted | refused or failing (count) |")
-        print("|---|---:|---:|---|")
+        note = f"fastppo accepts {accepted} of EnvPool's {total} task ids"
+        print(note + "\n")
+        table = Table(FAMILY_COLUMNS)
         for family, counts in sorted(outcomes.items()):
             others = "; ".join(f"{msg} ({n})" for msg, n in counts.most_common() if msg != "ok")
-            print(f"| {family} | {sum(counts.values())} | {counts['ok']} | {others} |")
+            table.add(family=family, ids=sum(counts.values()), accepted=counts["ok"],
+                      refused=others)
+        save_from_args(args, "catalogue", "families", table, sitting, [note])
         print()
     if not args.no_runs:
         settings = {}
         for item in args.set:
             name, _, value = item.partition("=")
             settings[name] = int(value) if value.isdigit() else value
-        print("| id | observation space | action space | network (hot paths) | SPS |")
-        print("|---|---|---|---|---:|")
+        table = Table(RUN_COLUMNS)
         for env_id in args.ids or first_ids():
-            print(run(env_id, args.steps, settings), flush=True)
+            table.add(**run(env_id, args.steps, settings))
+        save_from_args(args, "catalogue", "runs", table, sitting)
 
 
 if __name__ == "__main__":

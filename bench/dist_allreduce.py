@@ -4,16 +4,22 @@
 
 Builds the presets' networks (classic MLP on CartPole, mujoco MLP on HalfCheetah, Nature CNN on
 Atari), fills their gradients and times ``allreduce_gradients`` (flatten, one all-reduce of the
-gradients and the weight, unflatten) against the local flatten/unflatten alone. Rank 0 prints a
-table. On CPU this is gloo over loopback TCP; numbers on a shared machine are noisy.
+gradients and the weight, unflatten) against the local flatten/unflatten alone (one warm-up
+call, then the mean of the calls). Rank 0 prints a table and appends it to
+``bench/results/dist.json``. On CPU this is gloo over loopback TCP; numbers on a shared machine
+are noisy.
 """
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from fastppo.agent import Agent
 from fastppo.distributed import allreduce_gradients, init_distributed, shutdown
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, per_call_seconds, save_run, start_sitting  # noqa: E402
 
 NETWORKS = {  # name -> Agent arguments
     "classic MLP (CartPole)": ("mlp", (4,), 2, False),
@@ -23,11 +29,7 @@ NETWORKS = {  # name -> Agent arguments
 
 
 def time_per_call(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+    return per_call_seconds(fn, calls=repeats, rounds=1, warmup=1)
 
 
 def main() -> None:
@@ -46,10 +48,16 @@ def main() -> None:
             torch._utils._flatten_dense_tensors([p.grad for p in params]), params), repeats)
         rows.append((name, numel, reduce_s, flat_s))
     if ctx.is_main:
-        print(f"world size {ctx.world_size}, backend gloo, torch {torch.__version__}")
-        print(f"{'network':28s} {'params':>10s} {'all-reduce ms':>14s} {'flatten only ms':>16s}")
+        sitting = start_sitting()
+        note = f"world size {ctx.world_size}, backend gloo"
+        print(note)
+        table = Table([Column("network", "network", align=""), Column("params", "params", ",d"),
+                       Column("reduce_ms", "all-reduce ms", ".3f"),
+                       Column("flatten_ms", "flatten only ms", ".3f")])
         for name, numel, reduce_s, flat_s in rows:
-            print(f"{name:28s} {numel:10d} {reduce_s * 1e3:14.3f} {flat_s * 1e3:16.3f}")
+            table.add(network=name, params=numel, reduce_ms=reduce_s * 1e3,
+                      flatten_ms=flat_s * 1e3)
+        save_run("dist", f"allreduce-{ctx.world_size}-ranks", table, sitting, notes=[note])
     shutdown(ctx)
 
 

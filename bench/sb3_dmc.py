@@ -1,7 +1,7 @@
 """Stable-Baselines3 PPO on EnvPool's dm_control tasks: the reference beside fastppo's ``dmc`` runs.
 
     python bench/sb3_dmc.py --envs CheetahRun-v1 WalkerWalk-v1 CartpoleSwingup-v1 \\
-        --total-timesteps 500000 --seed 1 --out bench/results/sb3_dmc.json
+        --total-timesteps 500000 --seed 1 --out sb3_dmc.json
 
 No published PPO score exists for EnvPool's dm_control tasks, so the reference is SB3's PPO on
 the same task, the same budget and the same settings as the ``dmc`` preset (CleanRL's
@@ -13,19 +13,29 @@ for the critic, observations normalized and rewards scaled by running statistics
 its Dict observation flattened in key order (``fastppo.spaces.ObsEncoder``, as fastppo reads it);
 SB3 resets it itself after each episode. Score: the mean return of the last 10 training episodes
 (CleanRL's measure, as ``bench/learning.py`` reports fastppo's). Needs the bench extra
-(``pip install -e ".[bench]"``: stable-baselines3).
+(``pip install -e ".[bench]"``: stable-baselines3). The table is appended to
+``bench/results/dmc.json`` (``--results``, ``--no-save``); ``--out`` writes the rows as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, save_from_args, \
+    start_sitting  # noqa: E402
+
+COLUMNS = [Column("env", "task", align=""), Column("seed", "seed", "d"),
+           Column("steps", "steps", ",d"), Column("seconds", "seconds", ",.0f"),
+           Column("sps", "SB3 steps/s", ",.0f"), Column("score", "SB3 PPO", ".1f")]
 
 
 class EnvPoolTask(gym.Env):
@@ -81,13 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--total-timesteps", type=int, default=500_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    add_results_options(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    sitting = start_sitting()
+    table = Table(COLUMNS)
     results = []
     for env_id in args.envs:
         result = run(env_id, args.total_timesteps, args.seed)
-        print(json.dumps(result), flush=True)
+        table.add(**result)
         results.append(result)
+    save_from_args(args, "dmc", "sb3", table, sitting)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

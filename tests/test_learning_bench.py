@@ -3,8 +3,8 @@ the figure; finished runs are skipped, an interrupted run is continued with --re
 final checkpoint exists is only evaluated, and bad input is one line.
 
 The script's main() runs in this process (the training runs are its subprocesses, as always);
-the interrupted run is made here with ``train(..., stop_after_updates=1)``, which stops with a
-checkpoint as SIGINT would.
+the interrupted run is made here with ``helpers.train_interrupted``: a SIGINT during its first
+update, which stops the run after that update with a checkpoint.
 """
 
 import importlib.util
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import train_interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("learning_bench", ROOT / "bench" / "learning.py")
@@ -31,16 +32,15 @@ def _interrupted_run(run_dir: Path, seed: int) -> None:
     import torch
 
     from fastppo.config import make_config
-    from fastppo.train import train
 
     threads = torch.get_num_threads()
     try:
         config = make_config("CartPole-v1", "classic", seed=seed, total_timesteps=STEPS,
                              tensorboard=False)
-        summary = train(config, run_dir, stop_after_updates=1, progress=False)
+        summary = train_interrupted(config, run_dir, 1, progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert summary["global_step"] == 1024 and summary["stopped_by"] == "stop_after_updates"
+    assert summary["global_step"] == 1024 and summary["stopped_by"] == "SIGINT"
 
 
 def _attempts(out: Path, name: str) -> list[dict]:
