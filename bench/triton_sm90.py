@@ -31,7 +31,9 @@ than an sm_90 block can have (227 KiB) would fail at launch and counts as an err
 
 ``TRITON_INTERPRET`` must be off in this process (run as a script, it is removed from the
 environment before Triton is imported). The Triton cache is a fresh temporary directory unless
-``--cache-dir`` is given, so every variant is really compiled.
+``--cache-dir`` is given, so every variant is really compiled. ``--results PATH`` appends the
+folded table (one row per kernel, dtype and block sizes) to a result file (``bench/harness.py``),
+from which ``bench/tables.py`` renders bench/README.md's per-kernel summary.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ import sys
 import tempfile
 import time
 import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, markdown_table, save_run, start_sitting  # noqa: E402
 
 ARCH = 90
 SM90_MAX_SHARED = 232448  # bytes of shared memory one block can have on sm_90 (227 KiB)
@@ -525,30 +531,37 @@ def defined_kernels() -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 
-def _header(*names, left):
-    """A markdown table header; the first ``left`` columns left-aligned, the rest right."""
-    align = ["---"] * left + ["---:"] * (len(names) - left)
-    return f"| {' | '.join(names)} |\n|{'|'.join(align)}|"
+def _columns(*names, left) -> list[Column]:
+    """A table's columns, keyed by their names; the first ``left`` left-aligned."""
+    return [Column(n, n, align="" if i < left else "right") for i, n in enumerate(names)]
 
 
 def _table(rows: list[Row]) -> str:
-    out = [_header("kernel", "first variant", "constexprs", "pointers", "warps", "regs",
-                   "spill st/ld B", "stack B", "smem B", "launches", left=4)]
+    columns = _columns("kernel", "first variant", "constexprs", "pointers", "warps", "regs",
+                       "spill st/ld B", "stack B", "smem B", "launches", left=4)
+    out = []
     for r in rows:
-        consts = " ".join(f"{k}={v}" for k, v in r.constexprs.items())
         if r.error:
-            out.append(f"| {r.kernel} | {r.variant} | **compile error** | | | | | | | "
-                       f"{r.launches} |")
+            out.append({"kernel": r.kernel, "first variant": r.variant,
+                        "constexprs": "**compile error**", "launches": r.launches})
             continue
-        spill = "" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}"
-        out.append(f"| {r.kernel} | {r.variant} | {consts} | {r.signature} | {r.num_warps} | "
-                   f"{_s(r.registers)} | {spill} | {_s(r.stack)} | {_s(r.shared)} | "
-                   f"{r.launches} |")
-    return "\n".join(out)
+        out.append({"kernel": r.kernel, "first variant": r.variant,
+                    "constexprs": " ".join(f"{k}={v}" for k, v in r.constexprs.items()),
+                    "pointers": r.signature, "warps": r.num_warps, "regs": r.registers,
+                    "spill st/ld B": None if r.spill_stores is None
+                    else f"{r.spill_stores}/{r.spill_loads}",
+                    "stack B": r.stack, "smem B": r.shared, "launches": r.launches})
+    return markdown_table(columns, out)
 
 
-def _s(v):
-    return "" if v is None else str(v)
+# the folded table's columns: the keys of the rows in bench/results/triton_sm90.json, which
+# bench/tables.py's kernel_summary view folds further
+GROUPED_COLUMNS = [Column("kernel", "kernel", align=""), Column("loss", "loss", align=""),
+                   Column("first_variant", "first variant", align=""),
+                   Column("constexprs", "constexprs", align=""), Column("warps", "warps"),
+                   Column("variants", "variants"), Column("regs", "regs"),
+                   Column("spill", "spill st/ld B"), Column("stack", "stack B"),
+                   Column("smem", "smem B")]
 
 
 _FLAGS = {"weights", "clip_vloss", "normalize", "next_values", "valid", "log_std=expanded",
@@ -567,10 +580,11 @@ def _loss_variant(r: Row) -> str:
     return ("clip+kl" if clip else "kl") if kl else ("clip" if clip else "unclipped")
 
 
-def _grouped(rows: list[Row]) -> str:
-    """One line per kernel, dtype and block sizes: the variants that differ only in boolean
-    constexprs (HAS_W, CLIP_VLOSS, NORMALIZE, HAS_VALID, ...) or integer specializations
-    (strides, divisibility) folded together, with the range of their registers."""
+def _grouped(rows: list[Row]) -> list[dict]:
+    """One row (``GROUPED_COLUMNS``) per kernel, dtype and block sizes: the variants that differ
+    only in boolean constexprs (HAS_W, CLIP_VLOSS, NORMALIZE, HAS_VALID, ...) or integer
+    specializations (strides, divisibility) folded together, with the range of their
+    registers."""
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         if r.error:
@@ -579,8 +593,7 @@ def _grouped(rows: list[Row]) -> str:
                        if k.isupper() and v not in ("True", "False"))
         groups.setdefault((r.kernel, _loss_variant(r), consts, r.signature, r.num_warps),
                           []).append(r)
-    out = [_header("kernel", "loss", "first variant", "constexprs", "warps", "variants", "regs",
-                   "spill st/ld B", "stack B", "smem B", left=4)]
+    out = []
 
     def rng(vals):
         vals = [v for v in vals if v is not None]
@@ -593,17 +606,19 @@ def _grouped(rows: list[Row]) -> str:
         c = " ".join(f"{k}={v}" for k, v in consts)
         st = rng([r.spill_stores for r in rs])
         ld = rng([r.spill_loads for r in rs])
-        out.append(f"| {kernel} | {loss} | {label} | {c} | {warps} | {len(rs)} | "
-                   f"{rng([r.registers for r in rs])} | {st}/{ld} | {rng([r.stack for r in rs])} | "
-                   f"{rng([r.shared for r in rs])} |")
-    return "\n".join(out)
+        out.append({"kernel": kernel, "loss": loss, "first_variant": label, "constexprs": c,
+                    "warps": warps, "variants": len(rs), "regs": rng([r.registers for r in rs]),
+                    "spill": f"{st}/{ld}", "stack": rng([r.stack for r in rs]),
+                    "smem": rng([r.shared for r in rs])})
+    return out
 
 
 def _summary(rows: list[Row]) -> str:
     """One line per kernel and loss variant (``_loss_variant``; a compile error has no
     constexprs, so it counts on a line of its own, loss left empty)."""
-    out = [_header("kernel", "loss", "variants", "errors", "warps", "regs min-max",
-                   "max spill st/ld B", "max smem B", left=2)]
+    columns = _columns("kernel", "loss", "variants", "errors", "warps", "regs min-max",
+                       "max spill st/ld B", "max smem B", left=2)
+    out = []
     for name, loss in sorted({(r.kernel, _loss_variant(r)) for r in rows}):
         group = [r for r in rows if r.kernel == name and _loss_variant(r) == loss]
         rs = [r for r in group if not r.error]
@@ -614,9 +629,10 @@ def _summary(rows: list[Row]) -> str:
         ld = max((r.spill_loads or 0 for r in rs), default=0)
         sm = max((r.shared or 0 for r in rs), default=0)
         rr = f"{min(regs)}-{max(regs)}" if regs else ""
-        out.append(f"| {name} | {loss} | {len(group)} | {errs} | "
-                   f"{','.join(map(str, warps))} | {rr} | {st}/{ld} | {sm} |")
-    return "\n".join(out)
+        out.append({"kernel": name, "loss": loss, "variants": len(group), "errors": errs,
+                    "warps": ",".join(map(str, warps)), "regs min-max": rr,
+                    "max spill st/ld B": f"{st}/{ld}", "max smem B": sm})
+    return markdown_table(columns, out)
 
 
 def main(argv=None) -> int:
@@ -625,6 +641,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="a small variant set that still launches every kernel (for tests)")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    p.add_argument("--results", type=Path, default=None,
+                   help="append the folded table as a run to this result file (e.g. "
+                        "bench/results/triton_sm90.json)")
     p.add_argument("--only", choices=("gae", "categorical", "gaussian"), action="append",
                    help="only these host-call families (repeatable)")
     p.add_argument("--cache-dir", help="Triton cache directory (default: a fresh temporary one)")
@@ -634,6 +653,7 @@ def main(argv=None) -> int:
                    help="run ptxas -v on each PTX again instead of reading Triton's own log")
     args = p.parse_args(argv)
 
+    sitting = start_sitting(quiet=True)
     tmp = tempfile.TemporaryDirectory(prefix="triton_sm90-")
     os.environ["TRITON_CACHE_DIR"] = args.cache_dir or os.path.join(tmp.name, "cache")
     t_start = time.perf_counter()
@@ -681,7 +701,10 @@ def main(argv=None) -> int:
     print("Every compiled variant:\n")
     print(_table(rows))
     print("\nGrouped (variants that differ only in boolean flags or integer specialization):\n")
-    print(_grouped(rows))
+    grouped = Table(GROUPED_COLUMNS, echo=False)
+    for row in _grouped(rows):
+        grouped.add(**row)
+    print("\n".join(grouped.markdown()))
     print("\nPer kernel:\n")
     print(_summary(rows))
     never = [] if args.only else [n for n in defined_kernels() if n not in rec.launched]
@@ -697,6 +720,9 @@ def main(argv=None) -> int:
     for label, msg in host_errors:
         print(f"\nHOST ERROR ({label}):\n{msg}")
 
+    if args.results:
+        save_run("triton_sm90", f"sm{args.arch}", grouped, sitting, args.results,
+                 [f"triton {triton.__version__}, ptxas {ptxas.version}"])
     if args.json:
         data = [r.as_json() for r in rows]
         with open(args.json, "w") as f:
