@@ -10,18 +10,23 @@ gradient ``dh = (W^T g) * tanh'`` in the kernels' feature-major layout, timed in
 same arrays; the table shows each contender's best round in microseconds and which is faster
 (bold: BLAS), and whether ``fastppo.kernels.blas_numba.use_blas`` sends the layer's forward and
 input gradient to BLAS. This is what sets that crossover, and why the parameter gradient stays
-with the loops at every size.
+with the loops at every size. The table is appended to ``bench/results/dense_layers.json``
+(``--results``, ``--no-save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
-
 from numba import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Column, Table, add_results_options, per_call_seconds, save_from_args, \
+    start_sitting  # noqa: E402
 
 from fastppo.kernels import mlp_step_numba as m
 from fastppo.kernels.blas_numba import NO_TRANS, TRANS, sgemm, sgemm_address, use_blas
@@ -43,27 +48,27 @@ def _blas_param_grad(fn, g, x, dW, db):
 
 
 def _best_us(fn, rounds: int) -> float:
-    fn()
-    calls = 20
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls * 1e6)
-    return best
+    """The best of ``rounds`` rounds of 20 calls, microseconds per call, after a warm-up call."""
+    return 1e6 * per_call_seconds(fn, calls=20, rounds=rounds, warmup=1)
+
+
+COLUMNS = [Column("layer", "layer (out, in)", align=""), Column("rows", "rows", "d"),
+           Column("forward", "forward"), Column("param_grad", "param grad"),
+           Column("input_grad", "input grad"), Column("use_blas", "use_blas", align="")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    add_results_options(parser)
     args = parser.parse_args()
     fn = sgemm_address()
     rng = np.random.default_rng(0)
-    print(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
-          "times in us, loops / BLAS")
-    print("| layer (out, in) | rows | forward | param grad | input grad | use_blas |")
-    print("|---|---:|---:|---:|---:|---|")
+    sitting = start_sitting()
+    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    note = f"OPENBLAS_NUM_THREADS={blas_threads}; times in us, loops / BLAS"
+    print(note)
+    table = Table(COLUMNS)
     for out_dim, in_dim in SHAPES:
         for n in ROWS:
             W = rng.normal(size=(out_dim, in_dim)).astype(np.float32)
@@ -84,8 +89,11 @@ def main() -> None:
                 t_loops, t_blas = _best_us(loops, args.rounds), _best_us(blas, args.rounds)
                 mark = "**" if t_blas < t_loops else ""
                 cells.append(f"{t_loops:.1f} / {mark}{t_blas:.1f}{mark}")
-            print(f"| ({out_dim}, {in_dim}) | {n} | {' | '.join(cells)} | "
-                  f"{'BLAS' if use_blas(n, out_dim, in_dim) else 'loops'} |", flush=True)
+            table.add(layer=f"({out_dim}, {in_dim})", rows=n, forward=cells[0],
+                      param_grad=cells[1], input_grad=cells[2],
+                      use_blas="BLAS" if use_blas(n, out_dim, in_dim) else "loops")
+    save_from_args(args, "dense_layers", f"openblas-threads-{blas_threads}", table, sitting,
+                   [note])
 
 
 if __name__ == "__main__":
