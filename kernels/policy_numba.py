@@ -87,8 +87,7 @@ from .math32_numba import float32_pointer, tanh32
 __all__ = ["MLPPolicyKernel", "policy_noise"]
 
 TWO_PI = 2.0 * math.pi
-ACTIVATIONS = {"tanh": 0, "relu": 1}
-_TANH, _RELU = 0, 1
+ACTIVATIONS = ("tanh", "relu")
 _KINDS = {"uniform": 0, "normal": 1}
 TILE = 4  # rows that share one pass over the weights (``_dense_tile``)
 
@@ -98,7 +97,7 @@ class PolicyPlan(NamedTuple):
     """What ``_act`` reads beside the layer table (``layers_numba``, actor layers first)."""
 
     actor_layers: int  # the table's first rows; the critic's follow
-    activation: int  # ACTIVATIONS' value of the hidden activation
+    relu: bool  # the hidden activation: relu, else tanh
     gaussian: bool  # a Gaussian policy (else categorical)
     log_std: int  # address of the Gaussian's log-std (D,) float32, 0 for a categorical policy
 
@@ -323,15 +322,15 @@ def _dense_tile(w, b, x, y):
 
 
 @njit(cache=True, error_model="numpy")
-def _activate(y, n, activation):
-    """y[:n] <- tanh(y) or relu(y) (relu keeps NaN, as torch does)."""
-    if activation == _TANH:
-        for j in range(n):
-            y[j] = tanh32(y[j])
-    else:
+def _activate(y, n, relu):
+    """y[:n] <- relu(y) (NaN stays NaN, as torch's) or tanh(y)."""
+    if relu:
         for j in range(n):
             v = y[j]
             y[j] = np.float32(0.0) if v < 0 else v
+    else:
+        for j in range(n):
+            y[j] = tanh32(y[j])
 
 
 # the actor's first layer record: an int64, as n_actor is (a literal 0 would compile a second
@@ -340,7 +339,7 @@ _ACTOR = np.int64(0)
 
 
 @njit(cache=True, error_model="numpy")
-def _mlp_rows(table, first, n_layers, activation, x, h0, h1, rows):
+def _mlp_rows(table, first, n_layers, relu, x, h0, h1, rows):
     """Layers first .. first + n_layers - 1 of the table on the first ``rows`` rows of x
     (TILE, width); h0, h1 (TILE, width): ping-pong buffers as wide as the widest layer. A full
     tile goes through ``_dense_tile``, fewer rows one at a time through ``_dense`` (the same
@@ -357,7 +356,7 @@ def _mlp_rows(table, first, n_layers, activation, x, h0, h1, rows):
                 _dense(w, b, src[t], dst[t])
         if l < n_layers - 1:
             for t in range(rows):
-                _activate(dst[t], w.shape[0], activation)
+                _activate(dst[t], w.shape[0], relu)
         src = dst
     return src
 
@@ -433,7 +432,7 @@ def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value
     Rows go in tiles of TILE through ``_dense_tile``; the last N % TILE one at a time, in the
     same summation order (``_dense``), so a row's outputs do not depend on its tile.
     """
-    n_actor, activation, gaussian = plan.actor_layers, plan.activation, plan.gaussian
+    n_actor, relu, gaussian = plan.actor_layers, plan.relu, plan.gaussian
     n_critic = table.shape[0] - n_actor
     n_rows, obs_dim = obs.shape
     normalize = obs_mean.shape[0] > 0
@@ -472,12 +471,12 @@ def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value
             if write_obs:
                 for k in range(obs_dim):
                     obs_out[r, k] = xt[k]
-        y = _mlp_rows(table, _ACTOR, n_actor, activation, x, h0, h1, rows)
+        y = _mlp_rows(table, _ACTOR, n_actor, relu, x, h0, h1, rows)
         for t in range(rows):
             r = r0 + t
             logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
                             gaussian, deterministic, sigma, log_std, e, act_f, act_i)
-        v_out = _mlp_rows(table, n_actor, n_critic, activation, x, h0, h1, rows)
+        v_out = _mlp_rows(table, n_actor, n_critic, relu, x, h0, h1, rows)
         for t in range(rows):
             value[r0 + t] = v_out[t, 0]
 
@@ -616,8 +615,7 @@ class MLPPolicyKernel:
 
         self.obs_dim, self.action_dim, self.activation = obs_dim, head, activation
         self._plan = PolicyPlan(
-            actor_layers=len(actor_views), activation=ACTIVATIONS[activation],
-            gaussian=self.gaussian,
+            actor_layers=len(actor_views), relu=activation == "relu", gaussian=self.gaussian,
             log_std=0 if log_std_view is None else _address(log_std_view))
         # per parameter: (name, tensor, shape, where its address is in the table: (layer,
         # column), None for the plan's log_std); its view in self._views keeps its memory alive
