@@ -336,6 +336,17 @@ def _check_existing(step, net, data, idx, **kw):
     _assert_grads_match(net, ref)
 
 
+@pytest.mark.parametrize("continuous", [True, False], ids=["gaussian", "categorical"])
+def test_kernels_cached_once_a_call_compiled_them(continuous):
+    """After a call, the step's kernel is in Numba's on-disk cache (what decides train's
+    "compiling" line; a cold cache answering False: tests/test_numba_cache.py)."""
+    agent = _agent(4, 2, continuous)
+    data = _rollout(agent, 20, np.random.default_rng(11))
+    step = _step_for(agent)
+    _call(step, data, np.arange(8))
+    assert step.kernels_cached()
+
+
 def test_adam_step_moves_parameters_like_autograd():
     """After the call, Adam moves the parameters as after loss.backward() (float64 autograd
     reference; eps large enough that float32 rounding of near-zero grads cannot flip a sign
