@@ -5,7 +5,8 @@
 
 Also exported: ``BACKENDS`` (the ``backend=`` names), ``resolve_backend`` (the backend
 ``"auto"`` or a name picks for a device), ``STAT_NAMES`` (the keys of the stats the losses
-always return; ``kl`` joins them when the old policy is given) and ``HALF_LOG_2PI`` (log(2 pi) / 2, the Gaussian log-density's constant).
+always return; ``kl`` joins them when the old policy is given) and ``HALF_LOG_2PI``
+(log(2 pi) / 2, the Gaussian log-density's constant).
 
 Each op validates its arguments, picks a backend (``backend="auto"``: Triton for CUDA tensors,
 Numba for CPU tensors, torch otherwise) and is registered as a ``torch.library`` custom op so it

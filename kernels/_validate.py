@@ -35,6 +35,24 @@ def expect_integer(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
 
 
+def expect_floating_shape(name: str, x, shape: tuple[int, ...], what: str = "") -> None:
+    """A floating-point tensor of ``shape``."""
+    expect_tensor(name, x)
+    expect_floating(name, x)
+    expect_shape(name, x, shape, what)
+
+
+def expect_nonempty_matrix(name: str, x: torch.Tensor, layout: str) -> tuple[int, int]:
+    """A floating-point 2-d tensor with rows and columns; ``layout`` names its dimensions, as
+    ``"(B, A)"``. Returns its shape."""
+    expect_ndim(name, x, 2, layout)
+    expect_floating(name, x)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty {layout} tensor, got shape "
+                         f"{tuple(x.shape)}")
+    return tuple(x.shape)
+
+
 def expect_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
     for name, x in others.items():
         if x is not None and x.device != reference.device:

@@ -44,6 +44,14 @@ bench/README.md, "Design measurements"). The forward returns ``(loss, stats, row
 ``stats`` packs the statistics (unpacked here into detached 0-dim tensors, no host sync) and
 ``row_stats`` the per-row values the backward needs.
 
+Data is passed by name: a checked call is a ``Call`` (the policy's ``CategoricalTensors`` or
+``GaussianTensors``, the ``Rows``, the ``Coefs``, the backend), and a ``Policy``
+(``CATEGORICAL``, ``GAUSSIAN``) says which of its tensors carry gradient and which are data.
+The ops take the ``Call`` flattened, with schemas generated from those named tuples (``OPS``).
+The eager route keeps what its backward resumes from on its context: the backend's converted
+kernel arguments where the backend offers ``forward_<policy>_prepared`` (Numba), else the call,
+``stats`` and ``row_stats``, as the custom op saves them.
+
 Value checks that need the data (actions in [0, A), weights nonnegative and not all zero) run
 inside the forward op, never adding a host sync: the torch and Numba backends on the CPU raise
 ``IndexError``/``ValueError`` (the Numba kernel checks in its first pass); the torch backend on
@@ -54,35 +62,28 @@ engine's non-finite-loss check reports. Everything else is checked here from met
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from dataclasses import dataclass
+from typing import NamedTuple, get_type_hints
 
 import torch
 from torch import Tensor
 
 from ._backend import backend_module, resolve_backend
-from ._validate import expect_floating, expect_in_range, expect_integer, expect_ndim, \
-    expect_same_device, expect_shape, expect_tensor
-from .ppo_loss_contract import NUM_STATS, STAT_NAMES, Coefs, Rows, categorical_row_stats
+from ._validate import expect_floating, expect_floating_shape, expect_in_range, expect_integer, \
+    expect_nonempty_matrix, expect_same_device, expect_shape, expect_tensor
+from .ppo_loss_contract import NUM_STATS, STAT_NAMES, CategoricalTensors, Coefs, GaussianTensors, \
+    Rows, categorical_row_stats
 
 
-# Each policy's op arguments: its distribution tensors (``DIST``), the six ``Rows``, the six
-# ``Coefs``, the backend name. ``GRADS``: positions of the differentiable inputs; ``DATA``:
-# distribution tensors that are data, cast to the compute dtype like the rows.
-# categorical: logits, actions, old_logits; gaussian: mean, log_std, actions, old_mean, old_log_std
-DIST = {"categorical": 3, "gaussian": 5}
-GRADS = {"categorical": (0, 3 + Rows._fields.index("values")),
-         "gaussian": (0, 1, 5 + Rows._fields.index("values"))}
-DATA = {"categorical": (2,), "gaussian": (2, 3, 4)}
-_ROWS = len(Rows._fields)
 # the largest |vf_coef|, |ent_coef|, kl_coef: float32's largest finite value (module docstring)
 COEF_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _impl(backend: str):
-    return backend_module("ppo_loss", backend)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the loss is computed in for policy outputs ``x``: float64 or float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -90,104 +91,145 @@ def _cast(dtype, t):
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
-def _unpack(policy: str, args):
-    """(dist, rows, coefs, backend) from an op's flat arguments, the data in the compute dtype."""
-    n = DIST[policy]
-    dtype = _compute_dtype(args[0])
-    dist = [_cast(dtype, t) if i in DATA[policy] else t for i, t in enumerate(args[:n])]
-    rows = Rows(*(t if name == "values" else _cast(dtype, t)
-                  for name, t in zip(Rows._fields, args[n:n + _ROWS])))
-    return dist, rows, Coefs(*args[n + _ROWS:-1]), args[-1]
+def data_rows(rows: Rows, dtype: torch.dtype) -> Rows:
+    """``rows`` with every data tensor (all but ``values``, which carries gradient) in
+    ``dtype``."""
+    return Rows(*(t if name == "values" else _cast(dtype, t)
+                  for name, t in rows._asdict().items()))
 
 
-def _forward(policy: str, args):
-    """(loss, stats, row_stats) of one policy's flat op arguments."""
-    dist, rows, coefs, backend = _unpack(policy, args)
-    return getattr(_impl(backend), f"forward_{policy}")(*dist, rows, coefs)
+class Call(NamedTuple):
+    """One loss call as its backend receives it: the policy's tensors (``CategoricalTensors`` or
+    ``GaussianTensors``), the rows, the coefficients, the concrete backend's name."""
+
+    tensors: tuple
+    rows: Rows
+    coefs: Coefs
+    backend: str
 
 
-def _backward(policy: str, grad_loss, args, stats, row_stats):
+@dataclass(frozen=True)
+class Policy:
+    """One policy type: its tensors, which of them carry gradient, which are data (cast to the
+    compute dtype like the rows), and which one says that the old policy is given.
+
+    Its ops take a ``Call`` flattened (``flat``): the policy's tensors, the rows, the
+    coefficients, the backend, each by its field name in the op's schema."""
+
+    name: str
+    tensors: type
+    grads: tuple[str, ...]
+    data: tuple[str, ...]
+    old: str
+
+    @property
+    def arg_names(self) -> tuple[str, ...]:
+        return (*self.tensors._fields, *Rows._fields, *Coefs._fields, "backend")
+
+    @property
+    def num_tensors(self) -> int:
+        """The op's tensor arguments (policy tensors and rows), before its scalars."""
+        return len(self.tensors._fields) + len(Rows._fields)
+
+    def flat(self, call: Call) -> tuple:
+        return (*call.tensors, *call.rows, *call.coefs, call.backend)
+
+    def call(self, args) -> Call:
+        """The ``Call`` of an op's flat arguments, the data in the compute dtype."""
+        n, t = len(self.tensors._fields), self.num_tensors
+        dtype = compute_dtype(args[0])
+        tensors = self.tensors(*(_cast(dtype, x) if name in self.data else x
+                                 for name, x in zip(self.tensors._fields, args[:n])))
+        return Call(tensors, data_rows(Rows(*args[n:t]), dtype), Coefs(*args[t:-1]), args[-1])
+
+    def grad_inputs(self, args) -> tuple:
+        """The differentiable ones of an op's flat arguments (policy tensors, then values)."""
+        return tuple(args[self.arg_names.index(name)] for name in self.grads)
+
+    def input_grads(self, grads) -> tuple:
+        """Autograd's per-argument tuple: ``grads`` at the differentiable arguments, None
+        elsewhere."""
+        by_name = dict(zip(self.grads, grads))
+        return tuple(by_name.get(name) for name in self.arg_names)
+
+    def has_old(self, tensors) -> bool:
+        """Whether the old policy's parameters are among ``tensors``."""
+        return getattr(tensors, self.old) is not None
+
+
+CATEGORICAL = Policy("categorical", CategoricalTensors, grads=("logits", "values"),
+                     data=(), old="old_logits")
+GAUSSIAN = Policy("gaussian", GaussianTensors, grads=("mean", "log_std", "values"),
+                  data=("actions", "old_mean", "old_log_std"), old="old_log_std")
+
+
+def _impl(backend: str):
+    return backend_module("ppo_loss", backend)
+
+
+def _forward(policy: Policy, call: Call):
+    """(loss, stats, row_stats) of one call, by the backend's contract."""
+    return getattr(_impl(call.backend), f"forward_{policy.name}")(*call.tensors, call.rows,
+                                                                  call.coefs)
+
+
+def _backward(policy: Policy, grad_loss, call: Call, stats, row_stats):
     """Gradients of the differentiable inputs, contiguous whatever the layout of the policy
     outputs (as every backend's custom op promises, and the fakes describe them)."""
-    dist, rows, coefs, backend = _unpack(policy, args)
-    grads = getattr(_impl(backend), f"backward_{policy}")(grad_loss, *dist, rows, coefs, stats,
-                                                          row_stats)
+    grads = getattr(_impl(call.backend), f"backward_{policy.name}")(
+        grad_loss, *call.tensors, call.rows, call.coefs, stats, row_stats)
     return tuple(g.contiguous() for g in grads)
 
 
-def _input_grads(policy: str, num_args: int, grads):
-    """Autograd's per-input tuple: ``grads`` at the differentiable positions, None elsewhere."""
-    out = [None] * num_args
-    for i, g in zip(GRADS[policy], grads):
-        out[i] = g
-    return tuple(out)
-
-
 # ----------------------------------------------------------------------------- custom ops
-# One (forward, backward) pair per policy type; the schemas are spelled out once, here.
+# One (forward, backward) pair per policy type, what torch.compile sees. Their schemas come
+# from the named tuples' fields and types: the forward takes a flat ``Call`` and returns
+# (loss, stats, row_stats); the backward takes (grad_loss, stats, row_stats) and the same
+# arguments and returns the gradients of ``Policy.grads``.
 
-@torch.library.custom_op("fastppo::ppo_loss_categorical", mutates_args=())
-def _categorical_fwd(
-    logits: Tensor, actions: Tensor, old_logits: Tensor | None, old_logprobs: Tensor,
-    advantages: Tensor, values: Tensor, old_values: Tensor, returns: Tensor,
-    weights: Tensor | None, clip_coef: float | None, vf_coef: float, ent_coef: float,
-    kl_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _forward("categorical", (logits, actions, old_logits, old_logprobs, advantages,
-                                    values, old_values, returns, weights, clip_coef, vf_coef,
-                                    ent_coef, kl_coef, clip_vloss, normalize_advantages, backend))
-
-
-@torch.library.custom_op("fastppo::ppo_loss_categorical_backward", mutates_args=())
-def _categorical_bwd(
-    grad_loss: Tensor, stats: Tensor, row_stats: Tensor, logits: Tensor, actions: Tensor,
-    old_logits: Tensor | None, old_logprobs: Tensor, advantages: Tensor, values: Tensor,
-    old_values: Tensor, returns: Tensor, weights: Tensor | None, clip_coef: float | None,
-    vf_coef: float, ent_coef: float, kl_coef: float, clip_vloss: bool,
-    normalize_advantages: bool, backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _backward("categorical", grad_loss, (
-        logits, actions, old_logits, old_logprobs, advantages, values, old_values, returns,
-        weights, clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-        backend), stats, row_stats)
+def _schema(policy: Policy, backward: bool) -> str:
+    """The op's schema, inferred from a signature made of the named tuples' typed fields."""
+    arguments = {**get_type_hints(policy.tensors), **get_type_hints(Rows),
+                 **get_type_hints(Coefs), "backend": str}
+    if backward:
+        arguments = {"grad_loss": Tensor, "stats": Tensor, "row_stats": Tensor, **arguments}
+    outputs = len(policy.grads) if backward else 3
+    arg = inspect.Parameter
+    prototype = lambda *args: None  # noqa: E731
+    prototype.__signature__ = inspect.Signature(
+        [arg(name, arg.POSITIONAL_OR_KEYWORD, annotation=hint) for name, hint in arguments.items()],
+        return_annotation=tuple[(Tensor,) * outputs])
+    return torch.library.infer_schema(prototype, mutates_args=())
 
 
-@torch.library.custom_op("fastppo::ppo_loss_gaussian", mutates_args=())
-def _gaussian_fwd(
-    mean: Tensor, log_std: Tensor, actions: Tensor, old_mean: Tensor | None,
-    old_log_std: Tensor | None, old_logprobs: Tensor, advantages: Tensor, values: Tensor,
-    old_values: Tensor, returns: Tensor, weights: Tensor | None, clip_coef: float | None,
-    vf_coef: float, ent_coef: float, kl_coef: float, clip_vloss: bool,
-    normalize_advantages: bool, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _forward("gaussian", (mean, log_std, actions, old_mean, old_log_std, old_logprobs,
-                                 advantages, values, old_values, returns, weights, clip_coef,
-                                 vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                                 backend))
+class Ops(NamedTuple):
+    """A policy's custom ops: ``forward(*flat call)`` and ``backward(grad_loss, stats,
+    row_stats, *flat call)``."""
+
+    forward: object
+    backward: object
 
 
-@torch.library.custom_op("fastppo::ppo_loss_gaussian_backward", mutates_args=())
-def _gaussian_bwd(
-    grad_loss: Tensor, stats: Tensor, row_stats: Tensor, mean: Tensor, log_std: Tensor,
-    actions: Tensor, old_mean: Tensor | None, old_log_std: Tensor | None, old_logprobs: Tensor,
-    advantages: Tensor, values: Tensor, old_values: Tensor, returns: Tensor,
-    weights: Tensor | None, clip_coef: float | None, vf_coef: float, ent_coef: float,
-    kl_coef: float, clip_vloss: bool, normalize_advantages: bool, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _backward("gaussian", grad_loss, (
-        mean, log_std, actions, old_mean, old_log_std, old_logprobs, advantages, values,
-        old_values, returns, weights, clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss,
-        normalize_advantages, backend), stats, row_stats)
+def _define_ops(policy: Policy) -> Ops:
+    """The policy's op pair, with fakes and autograd."""
+    name = f"fastppo::ppo_loss_{policy.name}"
 
+    def forward(*args):
+        return _forward(policy, policy.call(args))
 
-def _register(policy: str, fwd, bwd) -> None:
-    """Fakes and autograd of one policy's op pair."""
+    def backward(grad_loss, stats, row_stats, *args):
+        return _backward(policy, grad_loss, policy.call(args), stats, row_stats)
+
+    fwd = torch.library.custom_op(name, forward, mutates_args=(),
+                                  schema=_schema(policy, backward=False))
+    bwd = torch.library.custom_op(f"{name}_backward", backward, mutates_args=(),
+                                  schema=_schema(policy, backward=True))
 
     @fwd.register_fake
     def _(*args):
-        policy_out, dtype = args[0], _compute_dtype(args[0])
+        policy_out, dtype = args[0], compute_dtype(args[0])
         batch = policy_out.shape[0]
-        if policy == "categorical":
+        if policy is CATEGORICAL:
             row_stats = (batch, categorical_row_stats(args[2] is not None))
         else:
             row_stats = (batch,)
@@ -197,65 +239,80 @@ def _register(policy: str, fwd, bwd) -> None:
 
     @bwd.register_fake
     def _(grad_loss, stats, row_stats, *args):
-        return tuple(torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device)
-                     for i in GRADS[policy])
+        return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                     for x in policy.grad_inputs(args))
 
     def setup_context(ctx, inputs, output):
-        n = DIST[policy] + _ROWS  # the tensors, then the scalars
+        n = policy.num_tensors  # the tensors, then the scalars
         ctx.save_for_backward(output[1], output[2], *inputs[:n])
         ctx.scalars = inputs[n:]
 
-    def backward(ctx, grad_loss, _grad_stats, _grad_row_stats):
+    def backward_rule(ctx, grad_loss, _grad_stats, _grad_row_stats):
         # stats and row_stats leave the public function detached: only the loss has gradient
-        args = (*ctx.saved_tensors, *ctx.scalars)
-        return _input_grads(policy, len(args) - 2, bwd(grad_loss, *args))
+        stats, row_stats, *tensors = ctx.saved_tensors
+        return policy.input_grads(bwd(grad_loss, stats, row_stats, *tensors, *ctx.scalars))
 
-    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+    torch.library.register_autograd(fwd, backward_rule, setup_context=setup_context)
+    return Ops(fwd, bwd)
 
 
-_register("categorical", _categorical_fwd, _categorical_bwd)
-_register("gaussian", _gaussian_fwd, _gaussian_bwd)
-_OPS = {"categorical": _categorical_fwd, "gaussian": _gaussian_fwd}
+OPS = {policy.name: _define_ops(policy) for policy in (CATEGORICAL, GAUSSIAN)}
 
 
 # ----------------------------------------------------------------------------- eager path
-# Outside torch.compile the public functions call this autograd.Function directly: same
-# implementations and saved tensors as the custom ops, without the dispatcher layers of
-# torch.library, whose per-call cost small minibatches would otherwise pay on every call.
+# Outside torch.compile the public functions call this autograd.Function directly: the same
+# backend implementations as the custom ops, without the dispatcher layers of torch.library,
+# whose per-call cost small minibatches would otherwise pay on every call.
 
-class _Loss(torch.autograd.Function):
+def _eager_forward(policy: Policy, call: Call):
+    """(loss, stats, resume): the forward, and what the backward resumes from.
+
+    A backend with ``forward_<policy>_prepared`` (Numba) hands back its converted kernel
+    arguments with the outputs, and ``backward_<policy>_prepared`` reuses them; any other
+    backend's backward gets the call, ``stats`` and ``row_stats`` as its custom op does."""
+    prepared = getattr(_impl(call.backend), f"forward_{policy.name}_prepared", None)
+    if prepared is not None:
+        (loss, stats, _), state = prepared(*call.tensors, call.rows, call.coefs)
+        dtypes = tuple(t.dtype for t in policy.grad_inputs(policy.flat(call)))
+        return loss, stats, functools.partial(
+            getattr(_impl(call.backend), f"backward_{policy.name}_prepared"),
+            prepared=state, grad_dtypes=dtypes)
+    loss, stats, row_stats = _forward(policy, call)
+    return loss, stats, functools.partial(_backward, policy, call=call, stats=stats,
+                                          row_stats=row_stats)
+
+
+class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, policy, *args):
-        ctx.policy, ctx.prepared, ctx.num_args = policy, None, len(args)
-        grad_inputs = [args[i] for i in GRADS[policy]]
-        if args[-1] == "numba":
-            # the Numba backend hands back its converted inputs: the backward reuses them
-            dist, rows, coefs, _ = _unpack(policy, args)
-            forward = getattr(_impl("numba"), f"forward_{policy}_prepared")
-            (loss, stats, _), ctx.prepared = forward(*dist, rows, coefs)
-            ctx.dtypes = tuple(t.dtype for t in grad_inputs)
-            ctx.save_for_backward(*grad_inputs)  # autograd's in-place modification check
-        else:
-            loss, stats, row_stats = _forward(policy, args)
-            ctx.save_for_backward(stats, row_stats, *args[:DIST[policy] + _ROWS])
-            ctx.scalars = args[DIST[policy] + _ROWS:]
+        ctx.policy = policy
+        loss, stats, ctx.resume = _eager_forward(policy, policy.call(args))
+        ctx.save_for_backward(*policy.grad_inputs(args))  # autograd's in-place modification check
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        saved = ctx.saved_tensors  # raises if an input was changed in place
-        if ctx.prepared is not None:
-            backward = getattr(_impl("numba"), f"backward_{ctx.policy}_prepared")
-            grads = backward(grad_loss, ctx.prepared, ctx.dtypes)
-        else:
-            grads = _backward(ctx.policy, grad_loss, (*saved[2:], *ctx.scalars), *saved[:2])
-        return (None, *_input_grads(ctx.policy, ctx.num_args, grads))
+        ctx.saved_tensors  # raises if an input was changed in place  # noqa: B018
+        return (None, *ctx.policy.input_grads(ctx.resume(grad_loss=grad_loss)))
+
+
+def _run(policy: Policy, call: Call):
+    """The loss and the public statistics of a checked call, by the custom op while
+    torch.compile traces, eagerly otherwise."""
+    args = policy.flat(call)
+    if torch.compiler.is_compiling():
+        loss, stats, _ = OPS[policy.name].forward(*args)
+    else:
+        loss, stats = _EagerLoss.apply(policy, *args)
+    names = STAT_NAMES + ("kl",) if policy.has_old(call.tensors) else STAT_NAMES
+    # zip stops after the public statistics; the rest of ``stats`` is for the backward
+    return loss, dict(zip(names, stats.detach().unbind()))
 
 
 # ----------------------------------------------------------------------------- public API
 
-def _check_rows(batch, rows: Rows):
+def check_rows(batch, rows: Rows):
     """The rows given (every one but ``weights`` is required), checked, by name."""
     named = {name: t for name, t in rows._asdict().items()
              if t is not None or name != "weights"}
@@ -283,21 +340,16 @@ def check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_adv
                  bool(clip_vloss), bool(normalize_advantages))
 
 
-def _run(policy: str, args):
-    if torch.compiler.is_compiling():
-        loss, stats, _ = _OPS[policy](*args)
-    else:
-        loss, stats = _Loss.apply(policy, *args)
-    has_old = args[DIST[policy] - 1] is not None
-    names = STAT_NAMES + ("kl",) if has_old else STAT_NAMES
-    # zip stops after the public statistics; the rest of ``stats`` is for the backward
-    return loss, dict(zip(names, stats.detach().unbind()))
-
-
-def _expect_like(name, x, shape, what):
-    expect_tensor(name, x)
-    expect_floating(name, x)
-    expect_shape(name, x, shape, what)
+def check_call(policy: Policy, tensors, rows: Rows, coefs: Coefs, backend: str) -> Call:
+    """The checks after the policy's own tensors': the rows, the coefficients (``coefs`` as
+    given, checked by ``check_coefs``), the backend for the device of the first of ``tensors``,
+    and every tensor on that device. Returns the checked ``Call``."""
+    named = check_rows(tensors[0].shape[0], rows)
+    coefs = check_coefs(*coefs, policy.has_old(tensors))
+    (reference, first), *others = tensors._asdict().items()
+    backend = resolve_backend(backend, first.device)
+    expect_same_device(reference, first, **dict(others), **named)
+    return Call(tensors, rows, coefs, backend)
 
 
 def _broadcast_log_std(name, log_std, batch, dim):
@@ -340,23 +392,15 @@ def ppo_loss(logits, actions, old_logprobs, advantages, values, old_values, retu
     """
     expect_tensor("logits", logits)
     expect_tensor("actions", actions)
-    expect_ndim("logits", logits, 2, "(B, A)")
-    expect_floating("logits", logits)
-    batch, num_actions = logits.shape
-    if batch == 0 or num_actions == 0:
-        raise ValueError(
-            f"logits: expected a non-empty (B, A) tensor, got shape {tuple(logits.shape)}")
+    batch, num_actions = expect_nonempty_matrix("logits", logits, "(B, A)")
     expect_shape("actions", actions, (batch,), "one action per row of logits")
     expect_integer("actions", actions)
     if old_logits is not None:
-        _expect_like("old_logits", old_logits, (batch, num_actions), "same as logits")
+        expect_floating_shape("old_logits", old_logits, (batch, num_actions), "same as logits")
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
-    named = _check_rows(batch, rows)
-    coefs = check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                        old_logits is not None)
-    backend = resolve_backend(backend, logits.device)
-    expect_same_device("logits", logits, actions=actions, old_logits=old_logits, **named)
-    return _run("categorical", (logits, actions, old_logits, *rows, *coefs, backend))
+    coefs = Coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages)
+    tensors = CategoricalTensors(logits, actions, old_logits)
+    return _run(CATEGORICAL, check_call(CATEGORICAL, tensors, rows, coefs, backend))
 
 
 def ppo_loss_gaussian(mean, log_std, actions, old_logprobs, advantages, values, old_values,
@@ -373,26 +417,17 @@ def ppo_loss_gaussian(mean, log_std, actions, old_logprobs, advantages, values, 
     :func:`ppo_loss`.
     """
     expect_tensor("mean", mean)
-    expect_ndim("mean", mean, 2, "(B, D)")
-    expect_floating("mean", mean)
-    batch, dim = mean.shape
-    if batch == 0 or dim == 0:
-        raise ValueError(f"mean: expected a non-empty (B, D) tensor, got shape {tuple(mean.shape)}")
+    batch, dim = expect_nonempty_matrix("mean", mean, "(B, D)")
     log_std = _broadcast_log_std("log_std", log_std, batch, dim)
-    _expect_like("actions", actions, (batch, dim), "same as mean")
+    expect_floating_shape("actions", actions, (batch, dim), "same as mean")
     if (old_mean is None) != (old_log_std is None):
         given, missing = ("old_mean", "old_log_std") if old_log_std is None else \
             ("old_log_std", "old_mean")
         raise ValueError(f"{missing}: expected a tensor together with {given}, got None")
     if old_mean is not None:
-        _expect_like("old_mean", old_mean, (batch, dim), "same as mean")
+        expect_floating_shape("old_mean", old_mean, (batch, dim), "same as mean")
         old_log_std = _broadcast_log_std("old_log_std", old_log_std, batch, dim)
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
-    named = _check_rows(batch, rows)
-    coefs = check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                        old_mean is not None)
-    backend = resolve_backend(backend, mean.device)
-    expect_same_device("mean", mean, log_std=log_std, actions=actions, old_mean=old_mean,
-                       old_log_std=old_log_std, **named)
-    return _run("gaussian", (mean, log_std, actions, old_mean, old_log_std, *rows, *coefs,
-                             backend))
+    coefs = Coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages)
+    tensors = GaussianTensors(mean, log_std, actions, old_mean, old_log_std)
+    return _run(GAUSSIAN, check_call(GAUSSIAN, tensors, rows, coefs, backend))

@@ -10,6 +10,15 @@ A backend (``ppo_loss_torch``, ``ppo_loss_numba``, ``ppo_loss_triton``) implemen
     backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
                       stats, row_stats) -> d_mean (B, D), d_log_std (B, D), d_values (B,)
 
+and may add, for the eager route (which keeps Python objects on the autograd context)::
+
+    forward_<policy>_prepared(<the forward's arguments>) -> ((loss, stats, row_stats), prepared)
+    backward_<policy>_prepared(grad_loss, prepared, grad_dtypes) -> the backward's gradients
+
+``prepared`` being whatever the backward reuses (the Numba backend: its converted kernel
+arguments), ``grad_dtypes`` the dtypes of the differentiable inputs.
+
+The policy's tensors come in the order of ``CategoricalTensors`` / ``GaussianTensors``;
 ``old_logits`` / ``old_mean``, ``old_log_std`` are the old policy's parameters, or ``None``
 when no KL is asked for. Inputs arrive validated by ``fastppo.kernels.ppo_loss``, with every
 data tensor (``rows`` but ``values``, the Gaussian actions, the old policy's parameters) in the
@@ -26,6 +35,27 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from torch import Tensor
+
+
+class CategoricalTensors(NamedTuple):
+    """A categorical policy's tensors, in the order the backends take them. ``logits`` carries
+    gradient; ``old_logits`` (the old policy's, data) may be None."""
+
+    logits: Tensor
+    actions: Tensor
+    old_logits: Tensor | None
+
+
+class GaussianTensors(NamedTuple):
+    """A diagonal Gaussian policy's tensors, in the order the backends take them. ``mean`` and
+    ``log_std`` carry gradient; the rest is data, the old policy's parameters None or both
+    given."""
+
+    mean: Tensor
+    log_std: Tensor
+    actions: Tensor
+    old_mean: Tensor | None
+    old_log_std: Tensor | None
 
 
 class Rows(NamedTuple):

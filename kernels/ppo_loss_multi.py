@@ -22,14 +22,14 @@ penalty, weights, advantage normalization and statistics (the equations in ``ppo
 A composition, not a fused kernel: the factor terms are plain torch ops (factors of equal size
 are one batched ``(B, m, n)`` log-softmax, so MultiBinary is one op whatever K is, on a view of
 ``logits``; factors of distinct sizes loop over the sizes), then the torch backend's head
-(``ppo_loss_torch._head_forward``), all differentiated by autograd. The head's autograd
-gradients equal its explicit backward's (``_head_backward``: ties of a max split as torch splits
+(``ppo_loss_torch.head_forward``), all differentiated by autograd. The head's autograd
+gradients equal its explicit backward's (``head_backward``: ties of a max split as torch splits
 them), which ``tests/test_ppo_loss_multi.py`` checks. So the op runs on any device and under
 ``torch.compile(fullgraph=True)`` (no custom op is needed: every step is a torch op), whatever
 ``backend`` says: ``backend`` is validated as ``ppo_loss`` validates it (a name in
 ``BACKENDS`` that can run on the device of ``logits``) and is otherwise unused.
 
-Checks: the argument checks of ``ppo_loss`` (``_validate``, ``_check_rows``, ``check_coefs``;
+Checks: the argument checks of ``ppo_loss`` (``_validate``, ``check_call``;
 TypeError/ValueError naming the argument) plus ``nvec`` against the width of ``logits`` and
 ``actions`` (B, K). Data checks, as the torch backend makes them: eager on the CPU an action
 outside its factor's range raises IndexError and bad weights raise ValueError; elsewhere (CUDA,
@@ -43,12 +43,11 @@ import operator
 
 import torch
 
-from ._backend import resolve_backend
-from ._validate import expect_floating, expect_integer, expect_ndim, expect_same_device, \
+from ._validate import expect_floating_shape, expect_integer, expect_nonempty_matrix, \
     expect_shape, expect_tensor
-from .ppo_loss import STAT_NAMES, _cast, _check_rows, _compute_dtype, _expect_like, check_coefs
-from .ppo_loss_contract import Rows
-from .ppo_loss_torch import _check_values, _head_forward
+from .ppo_loss import CATEGORICAL, STAT_NAMES, check_call, compute_dtype, data_rows
+from .ppo_loss_contract import CategoricalTensors, Coefs, Rows
+from .ppo_loss_torch import check_values, head_forward
 
 
 def _check_nvec(nvec, width: int) -> tuple[int, ...]:
@@ -101,10 +100,10 @@ def _check_actions(actions, ks, n):
 
 
 def _check_weights(weights):
-    """Nonnegative, not all zero: ``_check_values`` eagerly; device-side asserts while
+    """Nonnegative, not all zero: ``check_values`` eagerly; device-side asserts while
     ``torch.compile`` traces (a host-side branch on the data would break the graph)."""
     if not torch.compiler.is_compiling():
-        _check_values(None, 0, weights)
+        check_values(None, 0, weights)
     elif weights is not None:
         torch._assert_async((weights >= 0).all(), "weights: negative or NaN weight")
         torch._assert_async((weights > 0).any(), "weights: all weights are zero")
@@ -165,33 +164,27 @@ def ppo_loss_multi_categorical(logits, actions, old_logprobs, advantages, values
     """
     expect_tensor("logits", logits)
     expect_tensor("actions", actions)
-    expect_ndim("logits", logits, 2, "(B, sum(nvec))")
-    expect_floating("logits", logits)
-    batch, width = logits.shape
-    if batch == 0 or width == 0:
-        raise ValueError(f"logits: expected a non-empty (B, sum(nvec)) tensor, got shape "
-                         f"{tuple(logits.shape)}")
+    batch, width = expect_nonempty_matrix("logits", logits, "(B, sum(nvec))")
     nvec = _check_nvec(nvec, width)
     expect_shape("actions", actions, (batch, len(nvec)), "one action per row and factor")
     expect_integer("actions", actions)
     if old_logits is not None:
-        _expect_like("old_logits", old_logits, (batch, width), "same as logits")
+        expect_floating_shape("old_logits", old_logits, (batch, width), "same as logits")
     rows = Rows(old_logprobs, advantages, values, old_values, returns, weights)
-    named = _check_rows(batch, rows)
-    coefs = check_coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages,
-                        old_logits is not None)
-    resolve_backend(backend, logits.device)
-    expect_same_device("logits", logits, actions=actions, old_logits=old_logits, **named)
+    coefs = Coefs(clip_coef, vf_coef, ent_coef, kl_coef, clip_vloss, normalize_advantages)
+    # the backend is checked and otherwise unused (module docstring)
+    coefs = check_call(CATEGORICAL, CategoricalTensors(logits, actions, old_logits), rows, coefs,
+                       backend).coefs
 
     # the data carries no gradient and is cast to the compute dtype, as ppo_loss does
-    dtype = _compute_dtype(logits)
-    rows = Rows(*(t if name == "values" or t is None else _cast(dtype, t.detach())
-                  for name, t in rows._asdict().items()))
+    dtype = compute_dtype(logits)
+    rows = data_rows(Rows(*(t if name == "values" or t is None else t.detach()
+                            for name, t in rows._asdict().items())), dtype)
     _check_weights(rows.weights)
     if old_logits is not None:
         old_logits = old_logits.detach()
     logp, entropy, kl = _factor_terms(logits, actions, old_logits, nvec, dtype)
-    loss, stats = _head_forward(logp, entropy, kl, rows, coefs)
+    loss, stats = head_forward(logp, entropy, kl, rows, coefs)
     names = STAT_NAMES + ("kl",) if old_logits is not None else STAT_NAMES
     # zip stops after the public statistics (the rest of ``stats`` serves the fused backward)
     return loss, dict(zip(names, stats.detach().unbind()))

@@ -223,7 +223,7 @@ def _finish(sums, coefs, loss, stats):
 
 # The per-row head: the same two functions, by the same names, in ppo_loss_triton (``_head_row``,
 # ``_head_grad_row``, over a block of rows); ppo_loss_torch computes the same over whole (B,)
-# tensors in ``_head_forward`` (loss terms and the means) and ``_head_backward`` (gradients).
+# tensors in ``head_forward`` (loss terms and the means) and ``head_backward`` (gradients).
 # Here both are inlined and selects only (``clip_vloss`` is the same for every row): LLVM
 # vectorizes a loop of them across rows. ``clip = inf`` (clip_coef None) gives the unclipped
 # surrogate (see the module docstring).

@@ -36,7 +36,7 @@ from ._backend import HALF_LOG_2PI
 from .ppo_loss_contract import Stat
 
 
-def _check_values(actions, num_actions, weights):
+def check_values(actions, num_actions, weights):
     """Value checks (actions in range, weights nonnegative and not all zero): direct on the
     CPU; on other devices a device-side assert, so no host sync."""
     if actions is not None:
@@ -92,7 +92,7 @@ def _wmean(x, weights, wsum):
     return x.mean() if weights is None else (weights * x).sum() / wsum
 
 
-def _head_forward(logp, entropy, kl, rows, coefs):
+def head_forward(logp, entropy, kl, rows, coefs):
     """Everything after log-prob, entropy and KL (None without the old policy): return
     (loss, stats (NUM_STATS,))."""
     old_logprobs, advantages, values, old_values, returns, weights = rows
@@ -132,7 +132,7 @@ def _head_forward(logp, entropy, kl, rows, coefs):
     return loss, torch.stack([stats[s] for s in Stat])
 
 
-def _head_backward(grad_loss, logp, rows, coefs, stats):
+def head_backward(grad_loss, logp, rows, coefs, stats):
     """Return (d loss / d logp, d loss / d entropy, d loss / d KL, d loss / d values), (B,)."""
     old_logprobs, advantages, values, old_values, returns, weights = rows
     clip = coefs.clip_coef
@@ -176,7 +176,7 @@ def _plogq(p, log_q):
 
 
 def forward_categorical(logits, actions, old_logits, rows, coefs):
-    _check_values(actions, logits.shape[1], rows.weights)
+    check_values(actions, logits.shape[1], rows.weights)
     log_p, lse = _log_softmax(logits, rows.old_logprobs.dtype)
     p = torch.exp(log_p)
     entropy = -_plogq(p, log_p).sum(dim=1)
@@ -188,7 +188,7 @@ def forward_categorical(logits, actions, old_logits, rows, coefs):
         q = torch.exp(log_q)
         kl = (_plogq(q, log_q) - _plogq(q, log_p)).sum(dim=1)
         row_stats.append(old_lse)
-    loss, stats = _head_forward(logp, entropy, kl, rows, coefs)
+    loss, stats = head_forward(logp, entropy, kl, rows, coefs)
     return loss, stats, torch.stack(row_stats, dim=1)
 
 
@@ -199,7 +199,7 @@ def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, st
     p = torch.exp(log_p)
     idx = actions[:, None].long()
     logp = z.gather(1, idx)[:, 0] - lse
-    d_logp, d_entropy, d_kl, d_values = _head_backward(grad_loss, logp, rows, coefs, stats)
+    d_logp, d_entropy, d_kl, d_values = head_backward(grad_loss, logp, rows, coefs, stats)
     d_z = -d_logp[:, None] * p - d_entropy[:, None] * _plogq(p, log_p + entropy[:, None])
     if coefs.kl_coef != 0:
         q = torch.exp(old_logits.to(z.dtype) - row_stats[:, 2:3])
@@ -211,7 +211,7 @@ def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, st
 # ----------------------------------------------------------------------------- Gaussian
 
 def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs):
-    _check_values(None, 0, rows.weights)
+    check_values(None, 0, rows.weights)
     mu, ls = mean.to(actions.dtype), log_std.to(actions.dtype)
     logp = (-((actions - mu) ** 2) / (2 * torch.exp(2 * ls)) - ls - HALF_LOG_2PI).sum(dim=1)
     entropy = (0.5 + HALF_LOG_2PI + ls).sum(dim=1)
@@ -220,14 +220,14 @@ def forward_gaussian(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
         var_ratio = torch.exp(2 * (old_log_std - ls))  # sigma_old^2 / sigma^2
         kl = ((ls - old_log_std) + 0.5 * (var_ratio + (old_mean - mu) ** 2 * torch.exp(-2 * ls))
               - 0.5).sum(dim=1)
-    loss, stats = _head_forward(logp, entropy, kl, rows, coefs)
+    loss, stats = head_forward(logp, entropy, kl, rows, coefs)
     return loss, stats, logp
 
 
 def backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
                       stats, row_stats):
     logp = row_stats
-    d_logp, d_entropy, d_kl, d_values = _head_backward(grad_loss, logp, rows, coefs, stats)
+    d_logp, d_entropy, d_kl, d_values = head_backward(grad_loss, logp, rows, coefs, stats)
     mu, ls = mean.to(actions.dtype), log_std.to(actions.dtype)
     inv_sigma = torch.exp(-ls)
     z = (actions - mu) * inv_sigma  # standardized action

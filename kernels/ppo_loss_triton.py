@@ -26,7 +26,8 @@ is ``mean_w(KL_i)`` (0 without the old parameters).
   ``s = sum exp(z - m)``, ``osum = sum exp(oz - om)``) and
   ``t = sum exp(oz - om) ((oz - om) - (z - m))``, moved to each new pair of maxima like the
   entropy's sum, so ``KL_i = sum_j q_j (log q_j - log p_j) = t / osum + log s - log osum`` with
-  no second pass, no (B, A) intermediate and no cancellation of the rows' common logit offsets. A term with ``q_j = 0`` (old logit -inf, padding) counts 0;
+  no second pass, no (B, A) intermediate and no cancellation of the rows' common logit
+  offsets. A term with ``q_j = 0`` (old logit -inf, padding) counts 0;
   ``q_j > 0`` with ``z_j = -inf`` gives +inf; NaN propagates. ``row_stats`` gets the old
   logsumexp as its last column (``categorical_row_stats(True)`` columns: lse,
   entropy, old lse). The backward recomputes ``q_j = exp(oz_j - old_lse)`` in its one pass and

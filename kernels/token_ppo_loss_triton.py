@@ -20,7 +20,8 @@ each tile's logits with torch's GEMM, and one program per token row turns the ti
 dL/d(raw logits) in one pass over its columns, written over the tile itself::
 
     logp = z - lse
-    g    = scale (alpha + beta logp - kc_exact (z_ref - lse_ref)) e^logp  (+ scale c_lp at the token)
+    g    = scale (alpha + beta logp - kc_exact (z_ref - lse_ref)) e^logp
+           (+ scale c_lp at the token)
 
 with ``scale`` = grad_loss w / temperature per token (the same formula as ``_grad_chunk``), so
 the torch GEMMs that follow (dhidden, dweight, dbias, or the logits' gradient) read it as

@@ -18,7 +18,7 @@ import torch
 import fastppo.kernels
 from fastppo.kernels import ppo_loss, ppo_loss_multi_categorical
 from fastppo.kernels.ppo_loss_contract import Coefs, Rows
-from fastppo.kernels.ppo_loss_torch import _head_backward, _head_forward
+from fastppo.kernels.ppo_loss_torch import head_backward, head_forward
 
 from helpers import COEFS, STATS, categorical_inputs, multi_categorical_inputs, old_policy, \
     oracle_multi_categorical, oracle_tol
@@ -175,8 +175,8 @@ def test_gradcheck(nvec, clip_coef, options):
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("clip_coef", [0.25, None, math.inf])
 def test_head_autograd_equals_its_explicit_backward(clip_coef, options):
-    """The op differentiates the torch backend's ``_head_forward`` by autograd: its gradients
-    must be ``_head_backward``'s, ties included. Exact binary fractions put rows on the ratio's
+    """The op differentiates the torch backend's ``head_forward`` by autograd: its gradients
+    must be ``head_backward``'s, ties included. Exact binary fractions put rows on the ratio's
     clip bound's inside (ratio 1: the surrogate's two branches tie), on the value clamp's bound
     (v - old_v == clip) and on a tie of the two value losses."""
     clip_vloss, normalize, weighted = options
@@ -198,11 +198,11 @@ def test_head_autograd_equals_its_explicit_backward(clip_coef, options):
     rows = Rows(old_logprobs, 1.5 * r() + 0.3, values, old_values, returns, weights)
     coefs = Coefs(clip_coef, 0.5, 0.01, 0.3, clip_vloss, normalize)
     inputs = [t.clone().requires_grad_() for t in (logp, entropy, kl, values)]
-    loss, stats = _head_forward(inputs[0], inputs[1], inputs[2], rows._replace(values=inputs[3]),
+    loss, stats = head_forward(inputs[0], inputs[1], inputs[2], rows._replace(values=inputs[3]),
                                 coefs)
     grad_loss = torch.tensor(0.7, dtype=dtype)
     autograd = torch.autograd.grad(loss, inputs, grad_loss)
-    explicit = _head_backward(grad_loss, logp, rows, coefs, stats.detach())
+    explicit = head_backward(grad_loss, logp, rows, coefs, stats.detach())
     for name, got, want in zip(("logp", "entropy", "kl", "values"), autograd, explicit):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15, msg=name)
     assert explicit[3][4] != 0  # the value tie sends half the gradient to the unclipped branch

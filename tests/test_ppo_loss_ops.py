@@ -7,13 +7,14 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
-from fastppo.kernels.ppo_loss import _categorical_bwd, _categorical_fwd, _gaussian_bwd, \
-    _gaussian_fwd
+from fastppo.kernels.ppo_loss import OPS
 
 from helpers import categorical_inputs, gaussian_inputs
 
 SCALARS = (0.2, 0.5, 0.01, 0.0, True, True)  # clip, vf, ent, kl, clip_vloss, normalize
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+categorical_fwd, categorical_bwd = OPS["categorical"]
+gaussian_fwd, gaussian_bwd = OPS["gaussian"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
@@ -22,7 +23,7 @@ def test_opcheck_categorical(backend, weighted):
     logits, actions, *rest = categorical_inputs(7, 5, torch.float64, weighted)
     logits.requires_grad_()
     rest[2].requires_grad_()
-    torch.library.opcheck(_categorical_fwd, (logits, actions, None, *rest, *SCALARS, backend))
+    torch.library.opcheck(categorical_fwd, (logits, actions, None, *rest, *SCALARS, backend))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
@@ -31,7 +32,7 @@ def test_opcheck_gaussian(backend):
     mean.requires_grad_()
     log_std = log_std.expand(7, 3).detach().requires_grad_()
     rest[2].requires_grad_()
-    torch.library.opcheck(_gaussian_fwd, (mean, log_std, actions, None, None, *rest, *SCALARS,
+    torch.library.opcheck(gaussian_fwd, (mean, log_std, actions, None, None, *rest, *SCALARS,
                                           backend))
 
 
@@ -41,20 +42,20 @@ def test_backward_ops_return_row_major_gradients_for_column_major_inputs(backend
     for column-major policy outputs too (what torch.compile plans its strides with)."""
     logits, actions, *rest = categorical_inputs(7, 5, torch.float64, weighted=True)
     logits = logits.t().contiguous().t()  # column-major
-    loss, stats, row_stats = _categorical_fwd(logits, actions, None, *rest, *SCALARS, backend)
+    loss, stats, row_stats = categorical_fwd(logits, actions, None, *rest, *SCALARS, backend)
     args = (torch.ones(()), stats, row_stats, logits, actions, None, *rest, *SCALARS, backend)
-    d_logits, _ = _categorical_bwd(*args)
+    d_logits, _ = categorical_bwd(*args)
     assert d_logits.is_contiguous()
-    torch.library.opcheck(_categorical_bwd, args)
+    torch.library.opcheck(categorical_bwd, args)
     mean, log_std, actions, *rest = gaussian_inputs(7, 3, torch.float64, weighted=True)
     mean = mean.t().contiguous().t()
     log_std = log_std.expand(7, 3)
     head = (mean, log_std, actions, None, None)
-    loss, stats, row_stats = _gaussian_fwd(*head, *rest, *SCALARS, backend)
+    loss, stats, row_stats = gaussian_fwd(*head, *rest, *SCALARS, backend)
     args = (torch.ones(()), stats, row_stats, *head, *rest, *SCALARS, backend)
-    d_mean, d_log_std, _ = _gaussian_bwd(*args)
+    d_mean, d_log_std, _ = gaussian_bwd(*args)
     assert d_mean.is_contiguous() and d_log_std.is_contiguous()
-    torch.library.opcheck(_gaussian_bwd, args)
+    torch.library.opcheck(gaussian_bwd, args)
 
 
 def test_custom_op_and_eager_path_agree():
@@ -63,7 +64,7 @@ def test_custom_op_and_eager_path_agree():
     logits, actions, *rest = categorical_inputs(9, 4, torch.float64, weighted=True)
     logits.requires_grad_()
     rest[2].requires_grad_()
-    loss, stats, _ = _categorical_fwd(logits, actions, None, *rest, *SCALARS, "numba")
+    loss, stats, _ = categorical_fwd(logits, actions, None, *rest, *SCALARS, "numba")
     grads = torch.autograd.grad(loss, [logits, rest[2]])
     eager_loss, eager_stats = ppo_loss(logits, actions, *rest[:5], weights=rest[5],
                                        backend="numba", clip_coef=0.2, vf_coef=0.5,

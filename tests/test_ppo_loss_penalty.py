@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
-from fastppo.kernels.ppo_loss import _categorical_bwd, _categorical_fwd, _gaussian_bwd, \
-    _gaussian_fwd
+from fastppo.kernels.ppo_loss import OPS
 
 from helpers import STATS, categorical_inputs, gaussian_inputs, old_policy, oracle_categorical, \
     oracle_gaussian, oracle_tol
@@ -22,6 +21,8 @@ BACKENDS = ["torch", "numba", "triton"]
 # and the KL statistic alone (kl_coef 0)
 VARIANTS = [(None, 0.7, False), (None, 0.7, True), (0.2, 1.5, True), (0.2, 0.0, False)]
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+categorical_fwd, categorical_bwd = OPS["categorical"]
+gaussian_fwd, gaussian_bwd = OPS["gaussian"]
 
 
 def _coefs(clip_coef, kl_coef):
@@ -200,16 +201,16 @@ def test_opcheck_penalty(backend):
     logits.requires_grad_()
     rest[2].requires_grad_()
     args = (logits, actions, old, *rest, *SCALARS, backend)
-    torch.library.opcheck(_categorical_fwd, args)
-    torch.library.opcheck(_categorical_bwd, _backward_args(_categorical_fwd, args))
+    torch.library.opcheck(categorical_fwd, args)
+    torch.library.opcheck(categorical_bwd, _backward_args(categorical_fwd, args))
     mean, log_std, actions, *rest = gaussian_inputs(7, 3, torch.float64, weighted=True)
     mean.requires_grad_()
     log_std = log_std.expand(7, 3).detach().requires_grad_()
     rest[2].requires_grad_()
     args = (mean, log_std, actions, old_policy(mean), old_policy(log_std), *rest, *SCALARS,
             backend)
-    torch.library.opcheck(_gaussian_fwd, args)
-    torch.library.opcheck(_gaussian_bwd, _backward_args(_gaussian_fwd, args))
+    torch.library.opcheck(gaussian_fwd, args)
+    torch.library.opcheck(gaussian_bwd, _backward_args(gaussian_fwd, args))
 
 
 def test_penalty_under_torch_compile_fullgraph():
