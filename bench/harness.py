@@ -10,12 +10,13 @@ A result file is ``{"benchmark": name, "runs": [run, ...]}``; a run is
 ``"notes"`` where known). ``columns`` are :class:`Column` fields; each row maps a column key to
 a number (shown with the column's format), a string (shown as it is) or null (an empty cell).
 
-Timing (:func:`per_call_seconds`, :func:`in_turns`): warm-up calls first (compilation, first
-allocations), then rounds of ``calls`` back-to-back calls, the device synchronized before the
-clock stops (``time.perf_counter`` on the CPU, CUDA events on CUDA); the statistic over rounds
-is the minimum (the least disturbed round) unless a script asks for the median. Contenders
-that are compared run in turns, round by round, so drift hits them alike. Timings on a loaded
-machine are worthless: :func:`start_sitting` warns above a 1-minute load average of 0.5.
+Timing (:func:`per_call_seconds`, :func:`in_turns`, :func:`autorange_seconds`): warm-up calls
+first (compilation, first allocations), then rounds of ``calls`` back-to-back calls, the device
+synchronized before the clock stops; the statistic over rounds is the minimum (the least
+disturbed round) unless a script asks for the median. :func:`median_seconds` (the GPU check):
+the median of single calls, CUDA events around each on CUDA. Contenders that are compared run
+in turns, round by round, so drift hits them alike. Timings on a loaded machine are worthless:
+:func:`start_sitting` warns above a 1-minute load average of 0.5.
 
 Memory: :func:`peak_bytes` (the largest sum of live torch allocations during one call: the
 torch profiler on the CPU, ``torch.cuda.max_memory_allocated`` above what was live before on
@@ -185,22 +186,35 @@ def autorange_seconds(fn: Callable[[], object], *, repeat: int = 5, device: str 
     return min(timer.repeat(repeat=repeat, number=number)) / number
 
 
-def cuda_event_median_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median milliseconds of ``fn`` between two CUDA events on the current stream, after
-    ``warmup`` calls."""
+def median_seconds(fn: Callable[[], object], *, device: str = "cpu",
+                   budget_s: float = 0.5) -> float:
+    """Median seconds per call after 3 warm-up calls, as many calls (5 to 50) as fit in about
+    ``budget_s``: on CUDA an event pair around each call, the calls queued back to back and the
+    events read after one synchronize; on the CPU ``time.perf_counter`` around each call."""
     import torch
 
-    for _ in range(warmup):
+    cuda = str(device).startswith("cuda")
+    sync = synchronizer(device)
+    for _ in range(3):
         fn()
-    torch.cuda.synchronize()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    reps = int(min(50, max(5, budget_s / (time.perf_counter() - start))))
+    if cuda:
+        events = [[torch.cuda.Event(enable_timing=True) for _ in "be"] for _ in range(reps)]
+        for begin, end in events:
+            begin.record()
+            fn()
+            end.record()
+        sync()
+        return statistics.median(b.elapsed_time(e) for b, e in events) / 1e3
     times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    for _ in range(reps):
+        start = time.perf_counter()
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 

@@ -3,10 +3,10 @@ events (median)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
+from harness import median_seconds
 
 from .common import CLIP, Ctx, ENT, VF, plan
 from .compiled_step import compile_fn
@@ -14,30 +14,9 @@ from .oracle import cat_logp_ent, gae_args, gae_case, gauss_logp_ent, head, loss
 
 
 def median_time(ctx: Ctx, fn) -> float:
-    """Median seconds per call after 3 warm-up calls: CUDA events around each call on CUDA,
-    perf_counter otherwise; as many calls (5 to 50) as fit in 0.5 s (smoke: 0.05 s)."""
-    sync = torch.cuda.synchronize if ctx.cuda else (lambda: None)
-    for _ in range(3):
-        fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    reps = int(min(50, max(5, (0.05 if ctx.smoke else 0.5) / (time.perf_counter() - start))))
-    if ctx.cuda:
-        events = [[torch.cuda.Event(enable_timing=True) for _ in "be"] for _ in range(reps)]
-        for begin, end in events:
-            begin.record()
-            fn()
-            end.record()
-        sync()
-        return statistics.median(b.elapsed_time(e) for b, e in events) / 1e3
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds per call (``harness.median_seconds``: CUDA events on CUDA, perf_counter
+    otherwise), as many calls (5 to 50) as fit in 0.5 s (smoke: 0.05 s)."""
+    return median_seconds(fn, device=ctx.device, budget_s=0.05 if ctx.smoke else 0.5)
 
 
 def gae_composite(rewards, values, terminated, truncated, next_value, valid):

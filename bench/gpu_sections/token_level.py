@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import torch
+from harness import peak_bytes
 from liger_grpo import liger_grpo_loss
 
 from .common import Ctx, dname, err_ratio, first_line, verdict
@@ -159,12 +160,7 @@ def measure_memory(ctx: Ctx, fn) -> float | None:
     if not ctx.cuda:
         fn()
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
+    return peak_bytes(fn, ctx.device)
 
 
 def fmt_gib(b) -> str:
