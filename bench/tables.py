@@ -62,7 +62,8 @@ def kernel_summary(run: dict) -> str:
         spills = [[max(_ints(side)) for side in str(r["spill"]).split("/")] for r in group]
         rows.append({
             "kernel": kernel, "loss": loss, "variants": sum(r["variants"] for r in group),
-            "errors": 0, "warps": ",".join(map(str, sorted({w for r in group for w in _ints(r["warps"])}))),
+            "errors": 0,
+            "warps": ",".join(map(str, sorted({w for r in group for w in _ints(r["warps"])}))),
             "regs": _span([n for r in group for n in _ints(r["regs"])]),
             "spill": f"{max(s[0] for s in spills)}/{max(s[1] for s in spills)}",
             "smem": max(n for r in group for n in _ints(r["smem"]))})
