@@ -39,17 +39,6 @@ from . import __version__
 from .config import DEVICES, PRESET_SETTINGS, PRESETS, RESUME_OVERRIDES, PPOConfig, \
     check_settings, hint_parts, make_config, read_run_config
 
-# What resuming reads of a checkpoint (``Trainer.state_dict``).
-RESUME_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_step", "update",
-               "recent_returns", "env_actions")
-
-
-def resume_keys(config: PPOConfig) -> tuple[str, ...]:
-    """What resuming a run of ``config`` reads of its checkpoint: :data:`RESUME_KEYS`, and the
-    adapted KL coefficient of a --loss penalty run."""
-    return RESUME_KEYS + (("kl_coef",) if config.loss == "penalty" else ())
-
-
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
@@ -370,10 +359,11 @@ def _resolve_resume(args: argparse.Namespace, overrides: dict) -> _Plan:
         raise ValueError(f"--resume: {err}") from None
     if found is not None:
         from .evaluate import check_checkpoint
+        from .train import state_keys
 
         plan.checkpoint, plan.state = found
         try:
-            check_checkpoint(saved, plan.checkpoint, plan.state, resume_keys(saved))
+            check_checkpoint(saved, plan.checkpoint, plan.state, state_keys(saved))
         except ValueError as err:
             raise ValueError(f"--resume: {err}") from None
     _check_engine(config)

@@ -1,20 +1,40 @@
 """The PPO training loop: EnvPool rollout -> GAE -> shuffled minibatches -> fused PPO loss -> Adam.
 
-Reads top to bottom like CleanRL's ``ppo_atari_envpool.py``; ``train(config, run_dir)`` is the
-whole run. The two hot paths, the policy call and the minibatch step, are built once per run in
-``hotpath.py`` (Numba kernels, eager torch or torch.compile); the seams for data-parallel runs
-(gradient all-reduce, cross-rank advantage normalization) sit around them. Host-device sync
-points are marked ``# sync``: one per env step (actions to numpy), one per epoch (which
-minibatches carry weight; a single process skips those of reset steps only), one per update (the
-statistics), and one more per epoch only when ``target_kl`` is set. Nothing inside the minibatch
-loop reads a tensor on the host: losses, statistics and non-finite flags accumulate as tensors.
+:func:`train` is the whole run and reads top to bottom like CleanRL's ``ppo_atari_envpool.py``:
+per update, anneal the learning rate, collect a rollout, compute the advantages, update the
+policy, log, checkpoint. :class:`Trainer` holds the run's pieces and one method per phase.
+
+Data flow of one update. ``collect_rollout`` steps the envs ``num_steps`` times into the
+time-major ``RolloutBuffer`` (T, N, ...): the policy call (``act``) writes action, log-prob and
+value into a buffer slot, the actions go to EnvPool, and its answer (reward, terminated,
+truncated, next observation) is recorded one step later (EnvPool's next-step autoreset: the step
+after a done is a reset step, weight 0; buffer.py). ``compute_advantages`` runs GAE
+(``fastppo.kernels.gae``) backwards over the rollout, bootstrapping from V(next_obs).
+``update_policy`` flattens the rollout to R = T * N rows and takes ``update_epochs`` passes of
+``num_minibatches`` shuffled minibatches, each one call of the minibatch step (forward, fused
+loss, backward, gradient seam, clipping, Adam). The loss normalizes each minibatch's advantages
+(``norm_adv``): minus their weighted mean, over their weighted std (Bessel-corrected for the
+``n`` rows of positive weight) + 1e-8; data-parallel, the mean and std of every rank's rows of
+the global minibatch (:func:`fastppo.distributed.normalize_advantages`). With
+``--loss penalty`` the clipped surrogate gives way to the plain one plus beta * KL(pi_old || pi),
+and beta adapts after every update (:func:`adapt_kl_coef`). The two hot paths, the policy call
+and the minibatch step, are built once per run in ``hotpath.py`` (Numba kernels, eager torch or
+torch.compile).
+
+Host-device sync points are marked ``# sync``: one per env step (actions to numpy), one per
+epoch (which minibatches carry weight; a single process skips those of reset steps only), one
+per update (the statistics), and one more per epoch only when ``target_kl`` is set. Nothing
+inside the minibatch loop reads a tensor on the host: losses, statistics and non-finite flags
+are written into device tensors (:class:`MinibatchRecords`) and read once per update.
 
 Resume: a checkpoint holds the model, optimizer, normalization statistics, episode trackers,
 RNG states, counters, the carried observation/done flag, and the log of actions the environments
-received. EnvPool cannot serialize its environments, so resuming remakes them with the run's seed
-and replays that log (env steps only, no inference): a resumed run then continues exactly as the
-uninterrupted run would have (bit-identical on CPU). Replay costs env-only stepping of the steps
-already done. With ``--loss penalty`` the adapted KL coefficient is part of the checkpoint too.
+received (:func:`state_keys` names them). EnvPool cannot serialize its environments, so resuming
+remakes them with the run's seed and replays that log (env steps only, no inference): a resumed
+run then continues exactly as the uninterrupted run would have (bit-identical on CPU). Replay
+costs env-only stepping of the steps already done. With ``--loss penalty`` the adapted KL
+coefficient is part of the checkpoint too. SIGINT/SIGTERM stop the loop after the current
+update with a checkpoint.
 
 Data-parallel (``torchrun``, a distributed ``DistContext``): every rank steps its own
 ``num_envs`` environments (seeded with ``rank_seed``), ``global_step`` counts all ranks' steps,
@@ -23,21 +43,17 @@ advantages are normalized with cross-rank statistics, and the target_kl and stop
 taken together; rank 0 alone writes config, metrics and checkpoints. A distributed resume loads
 rank 0's checkpoint on every rank and restarts every rank's environments (fresh seeds derived
 from the update number): it continues correctly but is not bit-identical to an uninterrupted run.
-
-Test hook: with the environment variable ``FASTPPO_PARAM_HASHES=1`` every rank appends the
-SHA-256 of its parameters after each update to ``RUN_DIR/param_hashes.rank<r>.txt``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -58,8 +74,8 @@ from .config import KL_COEF_MAX, KL_COEF_MIN, PPOConfig
 from .distributed import DistContext, allreduce_gradients, allreduce_sum, any_rank, \
     broadcast_module, kl_early_stop, normalize_advantages, rank_seed, resolve_device
 from .envs import VecEnv, env_spaces
-from .hotpath import STAT_NAMES, MinibatchStep, limit_blas_threads, make_act, use_async_envs, \
-    use_bf16, use_compile, use_numba_policy
+from .hotpath import STAT_NAMES, limit_blas_threads, make_act, make_minibatch_step, \
+    use_async_envs, use_bf16, use_compile, use_numba_policy
 from .spaces import resolve_network
 
 # torch.compile meets the profiler's record_function in torch's Optimizer.step and logs that
@@ -111,8 +127,20 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
+STATE_KEYS = ("config", "agent", "optimizer", "env", "buffer", "rng", "global_step", "update",
+              "recent_returns", "env_actions")
+
+
+def state_keys(config: PPOConfig) -> tuple[str, ...]:
+    """What resuming a run of ``config`` reads of its checkpoint (:meth:`Trainer.state_dict`):
+    :data:`STATE_KEYS`, and ``kl_coef``, the adapted beta, with --loss penalty. (The checkpoint
+    also holds ``world_size``; one without it was written by a single process.)"""
+    return STATE_KEYS + (("kl_coef",) if config.loss == "penalty" else ())
+
+
 class Trainer:
-    """Owns the envs, agent, optimizer, rollout buffer and counters of one run."""
+    """Owns the envs, agent, optimizer, rollout buffer, hot paths and counters of one run; one
+    method per phase of an update (:func:`train` calls them in order)."""
 
     def __init__(self, config: PPOConfig, run_dir: Path, logger=None,
                  ctx: DistContext | None = None, env_seed: int | None = None,
@@ -125,70 +153,79 @@ class Trainer:
         seed_everything(config.seed)  # the same network init on every rank
         self.seed = rank_seed(config.seed, self.ctx.rank)  # this rank's experience
         network = resolve_network(config.network, env_spaces(config, env_fn)[0])
-        self.envs = VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
-                           ctx=self.ctx,
-                           parts=2 if use_async_envs(config, network, self.device) else 1,
-                           env_fn=env_fn)
-        self.agent = make_agent(config, self.envs.observation_space, self.envs.action_space,
-                                bf16=use_bf16(config, network, self.device)).to(self.device)
-        broadcast_module(self.agent, self.ctx)
+        self.envs = self._make_envs(network, env_seed, env_fn)
+        self.agent = self._make_agent(network)
         if self.ctx.rank > 0:
             seed_everything(self.seed)
         self.num_updates = config.updates_for(self.ctx.world_size)
-        # fused: one kernel for all parameters (CPU and CUDA); the learning rate is a tensor so
-        # that annealing it changes no compiled graph.
-        self.optimizer = torch.optim.Adam(
-            self.agent.parameters(), lr=torch.tensor(config.learning_rate, device=self.device),
-            eps=1e-5, fused=True)
-        spec, encoder = self.envs.action_spec, self.envs.encoder
-        self.env_action_dtype, self.env_action_shape = spec.env_dtype, spec.env_shape
-        # PPO-penalty: the buffer keeps the old policy's parameters for the KL term, and beta
-        # (checkpointed) adapts after every update.
+        self.optimizer = make_optimizer(self.agent, config.learning_rate, self.device)
         self.penalty = config.loss == "penalty"
-        self.kl_coef = config.kl_coef
-        old_policy = (spec.kind, spec.outputs) if self.penalty else None
-        self.buffer = RolloutBuffer(config.num_steps, config.num_envs, encoder.shape,
-                                    torch.uint8 if encoder.dtype == np.uint8 else torch.float32,
-                                    spec.shape, torch.float32 if spec.continuous else torch.int64,
-                                    self.device, noise_shape=spec.shape, parts=self.envs.slices,
-                                    old_policy=old_policy, state_size=self.agent.state_size)
-        # The hot paths (hotpath.py) and their seams for data-parallel runs: there the trainer
-        # normalizes advantages with cross-rank statistics and all-reduces the gradients.
-        numba, compiled = use_numba_policy(config, self.agent, self.device), \
-            use_compile(config, network, self.device)
-        self.act = make_act(self.agent, numba, compiled)
-        reduce_gradients = functools.partial(allreduce_gradients, ctx=self.ctx) \
-            if self.ctx.distributed else _no_reduction
-        self.step = MinibatchStep(self.agent, self.optimizer, config,
-                                  _make_loss_fn(config, spec,
-                                                not self.ctx.distributed and config.norm_adv),
-                                  reduce_gradients, numba, compiled)
-        if self.step.numba:  # its large products run on SciPy's BLAS, loaded by now
-            limit_blas_threads(self.ctx.local_world_size)
-        torch_paths = "torch.compile" if compiled else "torch"
-        self.hot_paths = ("numba" if self.step.numba else f"numba (policy) and {torch_paths}") \
-            if numba else torch_paths
-        if config.compile == "on" and numba and self.ctx.is_main:
-            served = "policy call and minibatch step" if self.step.numba else "policy call"
-            warnings.warn(f"--compile on: the Numba kernels serve this run's {served}, which "
-                          "torch.compile then leaves alone (--policy-kernel torch compiles "
-                          "every hot path)", stacklevel=2)
-        # Whether the first calls of the hot paths compile them: Numba kernels not in its cache
-        # yet, or torch.compile (every run). Those first calls' seconds, compiling or loading
-        # from the cache, are ``compile_seconds``, left out of charts/SPS and wall_time.
-        self.compiles = self.step.compiles or (compiled and not self.step.numba)
-        self.compile_seconds = 0.0
-        self.run_step = self.step
-        self._time_first_call("act")
-        self._time_first_call("run_step")
-        # None, or ``hook(step)`` called in place of each minibatch step, ``step()`` being the
-        # step itself; it returns what the step returns (train's ``minibatch_hook``).
-        self.minibatch_hook: Callable | None = None
+        self.kl_coef = config.kl_coef  # PPO-penalty's beta, adapted after every update
+        self.buffer = self._make_buffer()
+        self._make_hot_paths(network)
         self.watch = Stopwatch()
         self.global_step = 0
         self.update = 0  # updates completed
         self.env_actions: list[np.ndarray] = []  # one (T, N, ...) array per rollout
         self.recent_returns: collections.deque = collections.deque(maxlen=10)
+
+    def _make_envs(self, network: str, env_seed: int | None, env_fn: Callable | None) -> VecEnv:
+        """This rank's environments, seeded with ``env_seed`` (default: the rank's seed)."""
+        config = self.config
+        parts = 2 if use_async_envs(config, network, self.device) else 1
+        return VecEnv(config, config.num_envs, self.seed if env_seed is None else env_seed,
+                      ctx=self.ctx, parts=parts, env_fn=env_fn)
+
+    def _make_agent(self, network: str) -> nn.Module:
+        """The agent for the envs' spaces, on the device, the same on every rank."""
+        agent = make_agent(self.config, self.envs.observation_space, self.envs.action_space,
+                           bf16=use_bf16(self.config, network, self.device)).to(self.device)
+        broadcast_module(agent, self.ctx)
+        return agent
+
+    def _make_buffer(self) -> RolloutBuffer:
+        """The rollout storage; with --loss penalty it also keeps the old policy's parameters
+        for the KL term."""
+        config, spec, encoder = self.config, self.envs.action_spec, self.envs.encoder
+        return RolloutBuffer(config.num_steps, config.num_envs, encoder.shape,
+                             torch.uint8 if encoder.dtype == np.uint8 else torch.float32,
+                             spec.shape, torch.float32 if spec.continuous else torch.int64,
+                             self.device, noise_shape=spec.shape, parts=self.envs.slices,
+                             old_policy=(spec.kind, spec.outputs) if self.penalty else None,
+                             state_size=self.agent.state_size)
+
+    def _make_hot_paths(self, network: str) -> None:
+        """``act`` and ``step`` (hotpath.py), with this run's seams for data-parallel runs: there
+        the trainer normalizes advantages with cross-rank statistics and all-reduces gradients.
+        Sets ``hot_paths``, which compilers serve them, and ``compiles``, whether their first
+        calls compile them: Numba kernels not in its cache yet, or torch.compile (every run);
+        those first calls' seconds, compiling or loading from the cache, are
+        ``compile_seconds``, left out of charts/SPS and wall_time."""
+        config, ctx = self.config, self.ctx
+        numba = use_numba_policy(config, self.agent, self.device)
+        compiled = use_compile(config, network, self.device)
+        self.act = make_act(self.agent, numba, compiled)
+        reduce_gradients = functools.partial(allreduce_gradients, ctx=ctx) \
+            if ctx.distributed else _no_reduction
+        loss_fn = _make_loss_fn(config, self.envs.action_spec,
+                               not ctx.distributed and config.norm_adv)
+        self.step = make_minibatch_step(self.agent, self.optimizer, config, loss_fn,
+                                        reduce_gradients, numba, compiled)
+        if self.step.numba:  # its large products run on SciPy's BLAS, loaded by now
+            limit_blas_threads(ctx.local_world_size)
+        torch_paths = "torch.compile" if compiled else "torch"
+        self.hot_paths = ("numba" if self.step.numba else f"numba (policy) and {torch_paths}") \
+            if numba else torch_paths
+        if config.compile == "on" and numba and ctx.is_main:
+            served = "policy call and minibatch step" if self.step.numba else "policy call"
+            warnings.warn(f"--compile on: the Numba kernels serve this run's {served}, which "
+                          "torch.compile then leaves alone (--policy-kernel torch compiles "
+                          "every hot path)", stacklevel=3)
+        self.compiles = self.step.compiles or (compiled and not self.step.numba)
+        self.compile_seconds = 0.0
+        self.run_step = self.step  # the step's call, timed on its first call
+        self._time_first_call("act")
+        self._time_first_call("run_step")
 
     def _time_first_call(self, name: str) -> None:
         """Wrap the hot path ``self.<name>`` so that its first call is timed into
@@ -214,6 +251,7 @@ class Trainer:
         self.buffer.set_next_obs(self.envs.reset())
 
     def state_dict(self) -> dict:
+        """The checkpoint: the keys :func:`state_keys` names, and ``world_size``."""
         state = {
             "config": self.config.to_dict(),
             "agent": self.agent.state_dict(),
@@ -226,10 +264,9 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "recent_returns": list(self.recent_returns),
             "env_actions": [torch.from_numpy(a) for a in self.env_actions],
+            "kl_coef": self.kl_coef,  # the adapted beta the next update uses
         }
-        if self.penalty:
-            state["kl_coef"] = self.kl_coef  # the adapted beta the next update uses
-        return state
+        return {key: state[key] for key in (*state_keys(self.config), "world_size")}
 
     def load_state_dict(self, state: dict, fresh_envs: bool = False) -> None:
         """Continue from a checkpoint: replay the logged env actions so the envs are where the
@@ -259,6 +296,12 @@ class Trainer:
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.state_dict(), self.global_step)
 
+    def checkpoint_due(self) -> bool:
+        """Whether the update just completed ends a ``checkpoint_every`` period (the last
+        update's checkpoint is written when the loop ends)."""
+        every = self.config.checkpoint_every
+        return bool(every) and self.update % every == 0 and self.update < self.num_updates
+
     # ------------------------------------------------------------------ rollout
     def collect_rollout(self) -> None:
         """Step all envs ``num_steps`` times, filling the buffer (no Python loop over envs).
@@ -270,8 +313,8 @@ class Trainer:
         """
         buf, envs = self.buffer, self.envs
         T = self.config.num_steps
-        actions_log = np.empty((T, self.config.num_envs, *self.env_action_shape),
-                               self.env_action_dtype)
+        spec = envs.action_spec
+        actions_log = np.empty((T, self.config.num_envs, *spec.env_shape), spec.env_dtype)
         buf.noise.copy_(self.agent.noise((T, self.config.num_envs), self.device))
         buf.begin_rollout()
         for t in range(T + 1):
@@ -300,7 +343,13 @@ class Trainer:
             if self.logger is not None:
                 self.logger.episode(self.global_step, ep_return, ep_length)
 
+    def recent_mean_return(self) -> float | None:
+        """The mean return of the last (up to 10) episodes that ended; None before the first."""
+        return float(np.mean(self.recent_returns)) if self.recent_returns else None
+
     def compute_advantages(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE over the rollout (``fastppo.kernels.gae``): (advantages, returns), each (T, N),
+        bootstrapped from V(next_obs) (a recurrent policy's from its carried state)."""
         from fastppo.kernels import gae
 
         buf = self.buffer
@@ -313,6 +362,73 @@ class Trainer:
                    backend=self.config.kernels)
 
     # ------------------------------------------------------------------ update
+    def anneal_learning_rate(self, update: int) -> float:
+        """Set and return update ``update``'s learning rate (1-based): with ``anneal_lr``
+        linearly from ``learning_rate`` down to ``learning_rate / num_updates`` at the last."""
+        lr = self.config.learning_rate
+        if self.config.anneal_lr:
+            lr *= 1.0 - (update - 1.0) / self.num_updates
+        self.optimizer.param_groups[0]["lr"].fill_(lr)  # a tensor: no recompile
+        return lr
+
+    def update_policy(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        """``update_epochs`` passes of shuffled minibatches; returns the update's statistics
+        (means over the minibatches taken, weighted by their rows; data-parallel: by the rows of
+        all ranks) under CleanRL's metric names. Explained variance is that of this rank's batch.
+
+        With --loss penalty the old policy's parameters are recorded first (the policy is still
+        the one that collected the rollout), every minibatch adds beta times its KL, and after
+        the epochs beta adapts (:meth:`adapt_beta`).
+        """
+        if self.penalty:
+            self.buffer.record_old_policy(self.agent, self.config.minibatch_size)
+        weights = self.buffer.flat("valid").float()
+        self.step.set_batch(self.flat_batch(returns, weights),
+                            kl_coef=self.kl_coef if self.penalty else None)
+        records = self.run_epochs(advantages.reshape(-1), weights)
+        metrics = self.loss_metrics(records, returns)
+        if self.penalty:
+            metrics.update(self.adapt_beta())
+        return metrics
+
+    def flat_batch(self, returns: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rollout as the minibatch step reads it: (R, ...) rows, and with --loss penalty
+        the old policy's parameters, for a recurrent policy its sequences' ends and start
+        states."""
+        buf = self.buffer
+        return {"obs": buf.flat("obs"), "actions": buf.flat("actions"),
+                "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
+                "returns": returns.reshape(-1), "weights": weights,
+                **buf.old_policy_batch(), **buf.sequences()}
+
+    def run_epochs(self, advantages: torch.Tensor, weights: torch.Tensor) -> MinibatchRecords:
+        """The minibatch steps of one update over the (R,) ``advantages`` and ``weights``: each
+        epoch a new order of the rows (:meth:`minibatch_rows`) cut into ``num_minibatches``;
+        the epochs end early once ``target_kl`` is exceeded (:meth:`kl_target_exceeded`)."""
+        cfg = self.config
+        M, size = cfg.num_minibatches, cfg.minibatch_size
+        records = MinibatchRecords.empty(cfg.update_epochs * M, self.device)
+        for epoch in range(cfg.update_epochs):
+            rows = self.minibatch_rows()
+            minibatch_weights = weights[rows].view(M, size).sum(1)
+            for m in self.minibatches_to_take(minibatch_weights):
+                idx = rows[m * size:(m + 1) * size]
+                adv = self.minibatch_advantages(advantages, idx, weights)
+                loss, stats, grad_norm = self.run_step(idx, adv, minibatch_weights[m])
+                records.add(loss, grad_norm, stats, minibatch_weights[m], epoch, m)
+            if self.kl_target_exceeded(records):
+                break
+        return records
+
+    def minibatches_to_take(self, minibatch_weights: torch.Tensor) -> list[int] | range:
+        """The minibatches of an epoch that get a step. A minibatch made only of reset steps
+        (weight 0) teaches nothing: a single process skips it; a data-parallel rank still
+        joins the gradient all-reduce with weight 0, so it takes them all."""
+        if self.ctx.distributed:
+            return range(len(minibatch_weights))
+        empty = (minibatch_weights == 0).tolist()  # sync (once per epoch)
+        return [m for m, skip in enumerate(empty) if not skip]
+
     def minibatch_advantages(self, advantages: torch.Tensor, idx: torch.Tensor,
                              weights: torch.Tensor) -> torch.Tensor:
         """The (R,) advantages the minibatch ``idx`` reads: as they are (the loss normalizes
@@ -335,90 +451,110 @@ class Trainer:
         steps = torch.arange(T, device=self.device).view(1, T, 1)
         return (steps * N + envs).reshape(-1)
 
-    def update_policy(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        """``update_epochs`` passes of shuffled minibatches; returns the update's statistics
-        (means over the minibatches taken, weighted by their rows; data-parallel: by the rows of
-        all ranks) under CleanRL's metric names. Explained variance is that of this rank's batch.
+    def kl_target_exceeded(self, records: MinibatchRecords) -> bool:
+        """Whether the last minibatch's approx-KL exceeds ``target_kl`` (never when unset);
+        data-parallel, the weighted mean over the ranks' minibatches, the same decision on every
+        rank."""
+        target = self.config.target_kl
+        if target is None or not records.taken:
+            return False
+        kl, weight = records.last_approx_kl(), records.weight[records.taken - 1]
+        if self.ctx.distributed:
+            return kl_early_stop(kl, weight, target, self.ctx)  # sync (once per epoch)
+        return float(kl) > target  # sync (once per epoch)
 
-        With --loss penalty the old policy's parameters are recorded first (the policy is still
-        the one that collected the rollout), every minibatch adds beta times its KL, and after
-        the epochs beta adapts (:func:`adapt_kl_coef`) to ``losses/kl``, the mean
-        KL(pi_old || pi) over the batch's valid rows with the updated policy, as in the PPO
-        paper (one no-grad forward over the batch; over all ranks' rows, so every rank adapts
-        alike). ``losses/kl_coef`` is the beta this update used.
-
-        A minibatch made only of reset steps (weight 0) teaches nothing: a single process skips
-        it; a data-parallel rank still joins the gradient all-reduce with weight 0.
-        """
-        cfg, buf, ctx = self.config, self.buffer, self.ctx
-        if self.penalty:
-            buf.record_old_policy(self.agent, cfg.minibatch_size)
-        b_weights = buf.flat("valid").float()
-        b_adv = advantages.reshape(-1)
-        self.step.set_batch({"obs": buf.flat("obs"), "actions": buf.flat("actions"),
-                             "logprobs": buf.flat("logprobs"), "values": buf.flat("values"),
-                             "returns": returns.reshape(-1), "weights": b_weights,
-                             **buf.old_policy_batch(), **buf.sequences()},
-                            kl_coef=self.kl_coef if self.penalty else None)
-        M, mb_size = cfg.num_minibatches, cfg.minibatch_size
-        names = STAT_NAMES
-        S = len(names)
-        W, POS, APPROX_KL = 2 + S, 3 + S, 2 + names.index("approx_kl")  # columns of records
-        # one row per minibatch taken: loss, grad norm, the S statistics, weight, position
-        records = torch.zeros(cfg.update_epochs * M, S + 4, device=self.device)
-        taken = 0
-        for epoch in range(cfg.update_epochs):
-            perm = self.minibatch_rows()
-            mb_weights = b_weights[perm].view(M, mb_size).sum(1)
-            # sync (once per epoch): which minibatches carry weight
-            skip = [False] * M if ctx.distributed else (mb_weights == 0).tolist()
-            for m in range(M):
-                if skip[m]:
-                    continue
-                idx = perm[m * mb_size:(m + 1) * mb_size]
-                adv = self.minibatch_advantages(b_adv, idx, b_weights)
-                if self.minibatch_hook is None:
-                    loss, stats, grad_norm = self.run_step(idx, adv, mb_weights[m])
-                else:
-                    loss, stats, grad_norm = self.minibatch_hook(
-                        functools.partial(self.run_step, idx, adv, mb_weights[m]))
-                row = records[taken]
-                row[0], row[1], row[W], row[POS] = loss, grad_norm, mb_weights[m], epoch * M + m
-                row[2:W] = stats
-                taken += 1
-            if cfg.target_kl is not None and taken:
-                kl = records[taken - 1, APPROX_KL]
-                if ctx.distributed:
-                    if kl_early_stop(kl, records[taken - 1, W], cfg.target_kl, ctx):
-                        break  # sync (once per epoch), the same decision on every rank
-                elif float(kl) > cfg.target_kl:  # sync (once per epoch)
-                    break
-        records = records[:taken]
+    def loss_metrics(self, records: MinibatchRecords, returns: torch.Tensor) -> dict[str, float]:
+        """The update's loss statistics (means over the minibatches taken, weighted by their
+        rows, all ranks' together) and this rank's explained variance, read in one sync; raises
+        :class:`NonFiniteError` naming the first minibatch whose loss or gradient norm was not
+        finite (after the all-reduce, which every rank joins)."""
+        buf = self.buffer
         ev = explained_variance(buf.flat("values"), returns.reshape(-1), buf.flat("valid"))
-        weight = records[:, W]
-        totals = torch.cat([(records[:, 2:W] * weight[:, None]).sum(0), weight.sum()[None]])
-        totals = allreduce_sum(totals, ctx)
-        means = totals[:-1] / totals[-1]
-        finite = records[:, :2].isfinite()
-        bad = (~finite).any(1).nonzero()
+        means = records.weighted_means(self.ctx)
+        non_finite = records.first_non_finite()
         values = torch.cat([means, ev.reshape(1).to(means.dtype)]).tolist()  # sync
-        if bad.numel():
-            first = int(bad[0, 0])
-            quantity = "loss" if not bool(finite[first, 0]) else "gradient norm"
-            epoch, minibatch = divmod(int(records[first, POS]), M)
+        if non_finite is not None:
+            quantity, epoch, minibatch = non_finite
             beta = f", --loss penalty's beta {self.kl_coef:g}" if self.penalty else ""
             raise NonFiniteError(
                 f"non-finite {quantity} at global step {self.global_step} (update "
                 f"{self.update + 1}, epoch {epoch + 1}, minibatch {minibatch + 1}{beta}); "
                 "training stopped")
-        metrics = {METRIC_NAMES[k]: v for k, v in zip(names, values)}
+        metrics = {METRIC_NAMES[k]: v for k, v in zip(STAT_NAMES, values)}
         metrics["losses/explained_variance"] = values[-1]
-        if self.penalty:
-            kl_sum, weight_sum = allreduce_sum(buf.policy_kl(self.agent, mb_size), ctx).tolist()
-            metrics[KL_METRIC] = kl = kl_sum / weight_sum if weight_sum > 0 else math.nan
-            metrics[KL_COEF_METRIC] = self.kl_coef
-            self.kl_coef = adapt_kl_coef(self.kl_coef, kl, cfg.kl_target)
         return metrics
+
+    def adapt_beta(self) -> dict[str, float]:
+        """--loss penalty: ``losses/kl``, the mean KL(pi_old || pi) over the batch's valid rows
+        with the updated policy, as in the PPO paper (one no-grad forward over the batch; over
+        all ranks' rows, so every rank adapts alike), and ``losses/kl_coef``, the beta this
+        update used; beta then adapts to that KL (:func:`adapt_kl_coef`)."""
+        kl_sum, weight_sum = allreduce_sum(
+            self.buffer.policy_kl(self.agent, self.config.minibatch_size), self.ctx).tolist()
+        kl = kl_sum / weight_sum if weight_sum > 0 else math.nan
+        metrics = {KL_METRIC: kl, KL_COEF_METRIC: self.kl_coef}
+        self.kl_coef = adapt_kl_coef(self.kl_coef, kl, self.config.kl_target)
+        return metrics
+
+
+@dataclasses.dataclass
+class MinibatchRecords:
+    """What the minibatch steps of one update returned, row ``i`` for the ``i``-th minibatch
+    taken: device tensors written without a host sync, read once after the epochs."""
+
+    loss: torch.Tensor  # (capacity,)
+    grad_norm: torch.Tensor  # (capacity,)
+    stats: torch.Tensor  # (capacity, len(STAT_NAMES)), the loss statistics in that order
+    weight: torch.Tensor  # (capacity,), the minibatch's total row weight
+    positions: list[tuple[int, int]]  # (epoch, minibatch) of each minibatch taken
+
+    @classmethod
+    def empty(cls, capacity: int, device: torch.device) -> MinibatchRecords:
+        def zeros(*shape):
+            return torch.zeros(capacity, *shape, device=device)
+
+        return cls(zeros(), zeros(), zeros(len(STAT_NAMES)), zeros(), [])
+
+    @property
+    def taken(self) -> int:
+        return len(self.positions)
+
+    def add(self, loss, grad_norm, stats, weight, epoch: int, minibatch: int) -> None:
+        i = self.taken
+        self.loss[i], self.grad_norm[i], self.weight[i], self.stats[i] = \
+            loss, grad_norm, weight, stats
+        self.positions.append((epoch, minibatch))
+
+    def last_approx_kl(self) -> torch.Tensor:
+        return self.stats[self.taken - 1, STAT_NAMES.index("approx_kl")]
+
+    def weighted_means(self, ctx: DistContext) -> torch.Tensor:
+        """The statistics' means over the minibatches taken (of every rank), weighted by their
+        rows: NaN where none was taken."""
+        n = self.taken
+        weight = self.weight[:n]
+        totals = torch.cat([(self.stats[:n] * weight[:, None]).sum(0), weight.sum()[None]])
+        totals = allreduce_sum(totals, ctx)
+        return totals[:-1] / totals[-1]
+
+    def first_non_finite(self) -> tuple[str, int, int] | None:
+        """The first minibatch whose loss or gradient norm is NaN/inf: (which, epoch,
+        minibatch); None when all are finite."""
+        n = self.taken
+        finite_loss = self.loss[:n].isfinite()
+        bad = (~finite_loss | ~self.grad_norm[:n].isfinite()).nonzero()  # sync
+        if not bad.numel():
+            return None
+        first = int(bad[0, 0])
+        epoch, minibatch = self.positions[first]
+        return ("loss" if not bool(finite_loss[first]) else "gradient norm"), epoch, minibatch
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float, device: torch.device):
+    """Adam, fused (one kernel for all parameters, CPU and CUDA); the learning rate is a tensor
+    so that annealing it changes no compiled graph."""
+    return torch.optim.Adam(agent.parameters(), lr=torch.tensor(learning_rate, device=device),
+                            eps=1e-5, fused=True)
 
 
 def _no_reduction(params, weight) -> None:
@@ -525,6 +661,33 @@ class _StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def agreed(self, ctx: DistContext) -> str | None:
+        """Whether to stop now, the same answer on every rank (a signal reaches the ranks at
+        different moments): the signal's name, "SIGNAL (another rank)" where only another
+        rank saw one, or None."""
+        if not any_rank(self.requested is not None, ctx):
+            return None
+        return self.requested or "SIGNAL (another rank)"
+
+
+class _CompileNotes:
+    """What a run whose hot paths compile says (``announce``): before the first update what
+    compiles and why, after it how long that took."""
+
+    def __init__(self, trainer: Trainer, announce: bool):
+        self.trainer, self.pending = trainer, announce and trainer.compiles
+        if self.pending:
+            why = "not in Numba's cache yet; later runs load them" if trainer.step.compiles \
+                else "torch.compile compiles them in every run"
+            print(f"fastppo: compiling the {trainer.hot_paths} hot paths ({why})", flush=True)
+
+    def compiled(self) -> None:
+        """After an update: the compile time, once."""
+        if self.pending:
+            print(f"fastppo: compiled in {self.trainer.compile_seconds:.1f} s (left out of "
+                  "charts/SPS and wall_time)", flush=True)
+            self.pending = False
+
 
 def write_config(config: PPOConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -540,17 +703,50 @@ class _NoLogger:
     update = advance = close = leave_out = episode
 
 
-def _param_hash(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in module.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def open_run(config: PPOConfig, run_dir: Path, ctx: DistContext, *, resume: bool,
+             fresh_envs: bool, state: dict | None, env_fn: Callable | None) -> Trainer:
+    """The run's :class:`Trainer`, its envs reset, or with ``resume`` restored from ``state``
+    (None: the latest readable checkpoint in ``run_dir``; none there: a fresh start). Rank 0
+    writes ``config.json``. A distributed resume (or one with several ranks) restarts every
+    rank's envs with seeds derived from the update number: ranks > 0 cannot replay rank 0's
+    env-action log."""
+    config.validate()
+    if not resume:
+        state = None
+    elif state is None:
+        state = load_latest_checkpoint(run_dir)
+    env_seed = None
+    if state is not None and (ctx.distributed or int(state.get("world_size", 1)) > 1):
+        fresh_envs = True
+        env_seed = rank_seed(config.seed + int(state["update"]), ctx.rank)
+    if ctx.is_main:
+        write_config(config, run_dir)
+    trainer = Trainer(config, run_dir, ctx=ctx, env_seed=env_seed, env_fn=env_fn)
+    if state is None:
+        trainer.start()
+        return trainer
+    trainer.load_state_dict(state, fresh_envs=fresh_envs)
+    if ctx.rank > 0:  # rank 0's RNG state was restored; this rank needs its own streams
+        seed_everything(env_seed)
+    broadcast_module(trainer.agent, ctx)
+    return trainer
+
+
+def make_logger(trainer: Trainer, progress: bool | None):
+    """Rank 0's ``RunLogger`` (metrics, TensorBoard, the progress bar); nothing on the others."""
+    from .logger import RunLogger
+
+    ctx, config = trainer.ctx, trainer.config
+    if not ctx.is_main:
+        return _NoLogger()
+    return RunLogger(trainer.run_dir, trainer.num_updates * config.batch_size * ctx.world_size,
+                     start_step=trainer.global_step, tensorboard=config.tensorboard,
+                     progress=progress)
 
 
 def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
-          fresh_envs: bool = False, stop_after_updates: int | None = None,
-          progress: bool | None = None, ctx: DistContext | None = None,
-          state: dict | None = None, minibatch_hook: Callable | None = None,
+          fresh_envs: bool = False, progress: bool | None = None,
+          ctx: DistContext | None = None, state: dict | None = None,
           env_fn: Callable | None = None) -> dict:
     """Run (or, with ``resume``, continue) PPO training in ``run_dir``.
 
@@ -560,70 +756,29 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
 
     ``fresh_envs`` (with ``resume``) resets the environments instead of replaying the logged
     actions: a fast resume for long runs, not bit-identical to an uninterrupted run.
-    ``stop_after_updates`` stops (with a checkpoint) once that many updates are done in total,
-    as SIGINT would; used by tests to interrupt a run at a known point.
+    ``progress``: the progress bar (None: where stdout is a terminal) and the compile notes.
     ``ctx`` (from ``init_distributed``) makes this one rank of a data-parallel job; every rank
     calls ``train`` with the same config and run dir. Resuming a distributed run (or resuming
     with several ranks) always uses fresh environments, seeded from the update number.
-    ``minibatch_hook`` (tests): called as ``minibatch_hook(step)`` in place of each minibatch
-    step, ``step()`` running the step and returning its (loss, stats, grad_norm), which the
-    hook returns (possibly changed); used to count steps or to poison a loss.
     ``env_fn``: a zero-argument callable returning a Gymnasium Env, which then makes the
     environments (``config.env_backend`` auto or gymnasium; ``config.env_id`` names the run);
     a resumed run needs the same ``env_fn``.
-    Returns a summary: global_step, updates, recent_mean_return, stopped_by, and the trainer.
+    SIGINT or SIGTERM stops the run after the current update, with a checkpoint.
+    Returns a summary: global_step, updates, recent_mean_return, stopped_by (the signal's name,
+    or None), and the trainer.
     """
-    from .logger import RunLogger
-
     ctx = ctx or DistContext()
     run_dir = Path(run_dir)
-    config.validate()
-    if not resume:
-        state = None
-    elif state is None:
-        state = load_latest_checkpoint(run_dir)
-    env_seed = None
-    if state is not None and (ctx.distributed or int(state.get("world_size", 1)) > 1):
-        # Ranks > 0 cannot replay rank 0's env-action log: every rank restarts its envs.
-        fresh_envs = True
-        env_seed = rank_seed(config.seed + int(state["update"]), ctx.rank)
-    if ctx.is_main:
-        write_config(config, run_dir)
-    trainer = Trainer(config, run_dir, ctx=ctx, env_seed=env_seed, env_fn=env_fn)
-    trainer.minibatch_hook = minibatch_hook
-    if state is not None:
-        trainer.load_state_dict(state, fresh_envs=fresh_envs)
-        if ctx.rank > 0:  # rank 0's RNG state was restored; this rank needs its own streams
-            seed_everything(env_seed)
-        broadcast_module(trainer.agent, ctx)
-    else:
-        trainer.start()
-    num_updates = trainer.num_updates
-    if ctx.is_main:
-        logger = RunLogger(run_dir, num_updates * config.batch_size * ctx.world_size,
-                           start_step=trainer.global_step, tensorboard=config.tensorboard,
-                           progress=progress)
-    else:
-        logger = _NoLogger()
-    trainer.logger = logger
-    hash_log = run_dir / f"param_hashes.rank{ctx.rank}.txt" \
-        if os.environ.get("FASTPPO_PARAM_HASHES") == "1" else None
-    stopped_by = None
-    throughput = _Throughput()
-    announce = ctx.is_main and progress is not False
-    if trainer.compiles and announce:
-        why = "not in Numba's cache yet; later runs load them" if trainer.step.compiles else \
-            "torch.compile compiles them in every run"
-        print(f"fastppo: compiling the {trainer.hot_paths} hot paths ({why})", flush=True)
-    first_update = trainer.update + 1
+    trainer = open_run(config, run_dir, ctx, resume=resume, fresh_envs=fresh_envs, state=state,
+                       env_fn=env_fn)
+    logger = trainer.logger = make_logger(trainer, progress)
+    notes = _CompileNotes(trainer, announce=ctx.is_main and progress is not False)
+    throughput, stopped_by = _Throughput(), None
     try:
         with _StopSignals(announce=ctx.is_main) as signals:
-            while trainer.update < num_updates:
+            while trainer.update < trainer.num_updates:
                 update = trainer.update + 1
-                lr = config.learning_rate
-                if config.anneal_lr:
-                    lr *= 1.0 - (update - 1.0) / num_updates
-                trainer.optimizer.param_groups[0]["lr"].fill_(lr)  # a tensor: no recompile
+                lr = trainer.anneal_learning_rate(update)
                 watch = trainer.watch
                 watch.reset()
                 with watch("rollout"):
@@ -632,32 +787,19 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
                     advantages, returns = trainer.compute_advantages()
                     metrics = trainer.update_policy(advantages, returns)
                 trainer.update = update
-                if hash_log is not None:
-                    with hash_log.open("a") as f:
-                        f.write(f"{update} {_param_hash(trainer.agent)}\n")
-                seconds = watch.seconds
                 sps = throughput.add(config.batch_size * ctx.world_size,
                                      trainer.compile_seconds)
-                if trainer.compiles and announce and update == first_update:
-                    print(f"fastppo: compiled in {trainer.compile_seconds:.1f} s (left out of "
-                          "charts/SPS and wall_time)", flush=True)
+                notes.compiled()
                 metrics.update({"charts/learning_rate": lr, "charts/SPS": sps,
-                                "perf/rollout_s": seconds["rollout"],
-                                "perf/env_s": seconds.get("env", 0.0),
-                                "perf/learn_s": seconds["learn"]})
+                                "perf/rollout_s": watch.seconds["rollout"],
+                                "perf/env_s": watch.seconds.get("env", 0.0),
+                                "perf/learn_s": watch.seconds["learn"]})
                 logger.update(trainer.global_step, metrics)
-                recent = float(np.mean(trainer.recent_returns)) if trainer.recent_returns \
-                    else None
-                logger.advance(trainer.global_step, recent, sps)
-                # A signal reaches the ranks at different moments: stop together.
-                signalled = any_rank(signals.requested is not None, ctx)
-                if signalled or (stop_after_updates is not None
-                                 and update >= stop_after_updates):
-                    stopped_by = (signals.requested or "SIGNAL (another rank)") if signalled \
-                        else "stop_after_updates"
+                logger.advance(trainer.global_step, trainer.recent_mean_return(), sps)
+                stopped_by = signals.agreed(ctx)
+                if stopped_by is not None:
                     break
-                if ctx.is_main and config.checkpoint_every \
-                        and update % config.checkpoint_every == 0 and update < num_updates:
+                if ctx.is_main and trainer.checkpoint_due():
                     trainer.save()
         if ctx.is_main:
             trainer.save()
@@ -666,11 +808,6 @@ def train(config: PPOConfig, run_dir: str | Path, *, resume: bool = False,
     finally:
         logger.close()
         trainer.envs.close()
-    return {
-        "global_step": trainer.global_step,
-        "updates": trainer.update,
-        "recent_mean_return": float(np.mean(trainer.recent_returns))
-        if trainer.recent_returns else None,
-        "stopped_by": stopped_by,
-        "trainer": trainer,
-    }
+    return {"global_step": trainer.global_step, "updates": trainer.update,
+            "recent_mean_return": trainer.recent_mean_return(), "stopped_by": stopped_by,
+            "trainer": trainer}

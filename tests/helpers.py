@@ -1,10 +1,15 @@
-"""Shared helpers of the ppo_loss tests: the float64 oracle, input generators, tolerances.
+"""Shared test helpers: the ppo_loss tests' float64 oracle, input generators and tolerances,
+and the training loop's test seams (:func:`train_with` and the ``Trainer`` subclasses it runs).
 
 Not a test module (pytest collects only ``test_*.py``). Test modules import it as ``helpers``:
 tests/ has no ``__init__.py``, so pytest's default "prepend" import mode puts tests/ on
 ``sys.path`` (for conftest.py and for every test module in it), the same way a test module
 could see another one by name before.
 """
+
+import functools
+import signal
+from unittest import mock
 
 import torch
 from torch.distributions import Categorical, Normal, kl_divergence
@@ -18,8 +23,8 @@ COEFS = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
 def oracle_head(logp, entropy, old_logprobs, advantages, values, old_values, returns, weights,
                 clip_coef, vf_coef, ent_coef, clip_vloss=True, normalize_advantages=True,
                 kl=None, kl_coef=0.0):
-    """CleanRL's loss from composite ops; weighted means as in the README's loss equations. Advantages are
-    normalized with the n positive-weight rows as the sample size:
+    """CleanRL's loss from composite ops; weighted means as in the README's loss equations.
+    Advantages are normalized with the n positive-weight rows as the sample size:
     ``var = sum(w (adv - mean)^2) / sum(w) * n / (n - 1)`` for ``n >= 2``, no scaling below.
     ``clip_coef=None``: the unclipped surrogate ``-adv ratio``; ``kl`` (B,), the per-row
     KL(pi_old || pi), adds ``kl_coef mean(kl)`` and the ``kl`` statistic.
@@ -175,3 +180,49 @@ def old_policy(policy_out, scale=0.3, seed=1):
 def oracle_tol(dtype):
     """Tolerance of a backend's result against the float64 oracle."""
     return dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- the loop's seams
+
+def train_with(trainer_class, config, run_dir, **kwargs) -> dict:
+    """``fastppo.train.train(config, run_dir, **kwargs)`` with ``trainer_class`` (a ``Trainer``
+    subclass) making the run's trainer: how a test reaches into the loop, which takes no test
+    hooks itself."""
+    from fastppo.train import train
+
+    with mock.patch("fastppo.train.Trainer", trainer_class):
+        return train(config, run_dir, **kwargs)
+
+
+def train_interrupted(config, run_dir, updates: int, **kwargs) -> dict:
+    """``train`` stopped by a SIGINT during update ``updates`` (counted from the run's start):
+    the run stops after that update and checkpoints, as a user's Ctrl-C would have it."""
+    from fastppo.train import Trainer
+
+    class Interrupted(Trainer):
+        def update_policy(self, *args):
+            metrics = super().update_policy(*args)
+            if self.update + 1 == updates:
+                signal.raise_signal(signal.SIGINT)  # handled by the loop: stop after this update
+            return metrics
+
+    return train_with(Interrupted, config, run_dir, **kwargs)
+
+
+def train_with_minibatch_hook(config, run_dir, hook, **kwargs) -> dict:
+    """``train`` calling ``hook(step)`` in place of each minibatch step, ``step()`` taking it and
+    returning its ``(loss, stats, grad_norm)``, which the hook returns (possibly changed): to
+    count the steps or to poison a loss."""
+    from fastppo.train import Trainer
+
+    class Hooked(Trainer):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+
+            class HookedStep(type(self.step)):  # the run's step, each call through the hook
+                def __call__(self, *step_args):
+                    return hook(functools.partial(super().__call__, *step_args))
+
+            self.step.__class__ = HookedStep
+
+    return train_with(Hooked, config, run_dir, **kwargs)

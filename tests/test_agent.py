@@ -108,8 +108,8 @@ def test_bf16_network_beside_fp32(network, obs_shape, continuous):
     """--precision bf16: the layers compute under bf16 autocast, the outputs come back float32,
     the parameters and their gradients stay float32. Against the same network in fp32 the
     outputs and gradients differ by bf16 rounding (8 significant bits, 0.4% per rounding,
-    compounded over the layers forward and back; the CNN's conv gradients, sums over thousands
-    of bf16 products, measured up to 4.5% in norm): within 10% of each tensor's norm, where a
+    compounded over the layers forward and back, most in the CNN's conv gradients, sums over
+    thousands of bf16 products): within 10% of each tensor's norm, where a
     wrong cast or a dropped autocast region would differ by O(1) or not at all."""
     torch.manual_seed(0)
     fp32 = Agent(network, obs_shape, 6, continuous)

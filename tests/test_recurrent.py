@@ -11,6 +11,7 @@ from fastppo.cli import main
 from fastppo.config import make_config
 from fastppo.evaluate import evaluate
 from fastppo.train import train
+from helpers import train_interrupted
 from tests import space_envs
 
 
@@ -108,7 +109,7 @@ def test_resumed_recurrent_run_equals_uninterrupted(tmp_path, kind, async_envs, 
                          update_epochs=2, total_timesteps=512,
                          async_envs=async_envs, tensorboard=False, checkpoint_every=1)
     full = train(config, tmp_path / "full", progress=False)
-    train(config, tmp_path / "part", stop_after_updates=2, progress=False)
+    train_interrupted(config, tmp_path / "part", 2, progress=False)
     resumed = train(config, tmp_path / "part", resume=True, progress=False)
     for (name, p), q in zip(full["trainer"].agent.named_parameters(),
                             resumed["trainer"].agent.parameters()):

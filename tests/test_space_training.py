@@ -10,6 +10,7 @@ import torch
 from fastppo.cli import main
 from fastppo.config import make_config
 from fastppo.train import train
+from helpers import train_interrupted
 from tests import space_envs
 
 # torch.compile's import of torch.utils.mkldnn uses the deprecated torch.jit.script_method:
@@ -68,7 +69,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, env_id, extra):
     config = make_config(env_id, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2,
                          total_timesteps=512, tensorboard=False, checkpoint_every=1, **extra)
     full = train(config, tmp_path / "full", progress=False, env_fn=env_fn)
-    train(config, tmp_path / "part", stop_after_updates=2, progress=False, env_fn=env_fn)
+    train_interrupted(config, tmp_path / "part", 2, progress=False, env_fn=env_fn)
     resumed = train(config, tmp_path / "part", resume=True, progress=False, env_fn=env_fn)
     assert resumed["global_step"] == full["global_step"] == 512
     for (name, p), q in zip(full["trainer"].agent.named_parameters(),

@@ -12,13 +12,19 @@ from fastppo.checkpoint import load_latest_checkpoint
 from fastppo.logger import read_metrics
 
 
-def _torchrun_train(*args: str, timeout: float = 240, check: bool = True, **env_extra):
-    """``torchrun --standalone --nproc_per_node 2 -m fastppo train *args`` (a free port)."""
+HASHING = Path(__file__).parent / "dist_scripts" / "train_hashing.py"
+
+
+def _torchrun_train(*args: str, timeout: float = 240, check: bool = True, hashes: bool = False):
+    """``torchrun --standalone --nproc_per_node 2 -m fastppo train *args`` (a free port); with
+    ``hashes`` through dist_scripts/train_hashing.py, which also writes each rank's parameter
+    hashes after every update (:func:`_hashes` reads them)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", **env_extra)
+    env.update(OMP_NUM_THREADS="1")
+    program = [str(HASHING)] if hashes else ["-m", "fastppo"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastppo", "train", *args]
+           *program, "train", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -38,7 +44,7 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
                "--norm-obs", "--norm-reward", "--target-kl", "0.02", "--no-tensorboard"]
     steps_per_update = 2 * 4 * 32
     proc = _torchrun_train("CartPole-v1", "--run-dir", str(run_dir), "--total-timesteps",
-                           str(3 * steps_per_update), *options, FASTPPO_PARAM_HASHES="1")
+                           str(3 * steps_per_update), *options, hashes=True)
     assert "2 ranks x 4 envs = 8 environments" in proc.stderr
     assert "global batch 256" in proc.stderr
 
@@ -51,7 +57,7 @@ def test_two_ranks_keep_bitwise_equal_parameters_every_update_and_resume(tmp_pat
 
     # Resume the distributed run (every rank loads rank 0's checkpoint) for 2 more updates.
     _torchrun_train("--resume", str(run_dir), "--total-timesteps", str(5 * steps_per_update),
-                    FASTPPO_PARAM_HASHES="1")
+                    hashes=True)
     rank0, rank1 = _hashes(run_dir, 0), _hashes(run_dir, 1)
     assert [u for u, _ in rank0] == [1, 2, 3, 4, 5]
     assert rank0 == rank1  # bitwise equal parameters after every update
@@ -69,7 +75,7 @@ def test_two_ranks_keep_equal_recurrent_parameters(tmp_path):
     _torchrun_train("CartPole-v1", "--run-dir", str(run_dir), "--recurrent", "gru",
                     "--rnn-hidden-size", "16", "--num-envs", "4", "--num-steps", "32",
                     "--num-minibatches", "2", "--total-timesteps", str(3 * 2 * 4 * 32),
-                    "--no-tensorboard", FASTPPO_PARAM_HASHES="1")
+                    "--no-tensorboard", hashes=True)
     rank0, rank1 = _hashes(run_dir, 0), _hashes(run_dir, 1)
     assert [u for u, _ in rank0] == [1, 2, 3] and rank0 == rank1
     assert len({h for _, h in rank0}) == 3
@@ -83,7 +89,7 @@ def test_two_ranks_adapt_the_same_kl_coef(tmp_path):
     _torchrun_train("CartPole-v1", "--run-dir", str(run_dir), "--num-envs", "4",
                     "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2",
                     "--loss", "penalty", "--kl-target", "1e-4", "--no-tensorboard",
-                    "--total-timesteps", str(3 * steps_per_update), FASTPPO_PARAM_HASHES="1")
+                    "--total-timesteps", str(3 * steps_per_update), hashes=True)
     rank0, rank1 = _hashes(run_dir, 0), _hashes(run_dir, 1)
     assert [u for u, _ in rank0] == [1, 2, 3] and rank0 == rank1
     updates = [m for m in read_metrics(run_dir) if "charts/SPS" in m]
