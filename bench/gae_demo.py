@@ -12,13 +12,17 @@ bench/bench_gae.py.
 from __future__ import annotations
 
 import os
-import time
+import sys
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from fastppo.kernels import gae
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import best_within_seconds  # noqa: E402
 
 SHAPES = [(8, 128), (4096, 128), (1, 2048)]  # (N envs, T steps)
 
@@ -49,16 +53,8 @@ def run(inputs: dict, backend: str):
 
 def best_time(inputs: dict, backend: str, budget: float = 0.5) -> float:
     """Fastest of repeated calls within about ``budget`` seconds (after one warm-up call)."""
-    sync = torch.cuda.synchronize if inputs["values"].is_cuda else (lambda: None)
-    run(inputs, backend)
-    sync()
-    best, start = float("inf"), time.perf_counter()
-    while time.perf_counter() - start < budget:
-        t0 = time.perf_counter()
-        run(inputs, backend)
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_within_seconds(lambda: run(inputs, backend), budget_s=budget,
+                               device=inputs["values"].device.type)
 
 
 def backends() -> list[tuple[str, str, str]]:

@@ -14,7 +14,8 @@ Timing (:func:`per_call_seconds`, :func:`in_turns`, :func:`autorange_seconds`): 
 first (compilation, first allocations), then rounds of ``calls`` back-to-back calls, the device
 synchronized before the clock stops; the statistic over rounds is the minimum (the least
 disturbed round) unless a script asks for the median. :func:`median_seconds` (the GPU check):
-the median of single calls, CUDA events around each on CUDA. Contenders that are compared run
+the median of single calls, CUDA events around each on CUDA; :func:`best_within_seconds` (the
+GAE demo): the fastest single call within a time budget. Contenders that are compared run
 in turns, round by round, so drift hits them alike. Timings on a loaded machine are worthless:
 :func:`start_sitting` warns above a 1-minute load average of 0.5.
 
@@ -184,6 +185,22 @@ def autorange_seconds(fn: Callable[[], object], *, repeat: int = 5, device: str 
     timer = timeit.Timer(call)
     number, _ = timer.autorange()
     return min(timer.repeat(repeat=repeat, number=number)) / number
+
+
+def best_within_seconds(fn: Callable[[], object], *, budget_s: float = 0.5,
+                        device: str = "cpu") -> float:
+    """The fastest single call of ``fn`` among those that fit in about ``budget_s`` seconds,
+    after one warm-up call."""
+    sync = synchronizer(device)
+    fn()
+    sync()
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def median_seconds(fn: Callable[[], object], *, device: str = "cpu",
