@@ -99,7 +99,6 @@ MATMUL_FASTMATH = {"reassoc", "contract"}
 _BAD_INDEX, _BAD_SHAPE = 10, 11
 
 
-
 class RowBuffer(IntEnum):
     """The (n,) float32 row buffers in the workspace from ``StepPlan.rows``: the minibatch's
     gathered rollout rows, and d loss / d values."""
@@ -136,6 +135,7 @@ class StepPlan(NamedTuple):
     g1: int
     max_rows: int
     sgemm: int  # address of BLAS sgemm (blas_numba)
+
 
 _F = np.float32
 _F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)

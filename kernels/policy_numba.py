@@ -92,7 +92,6 @@ _KINDS = {"uniform": 0, "normal": 1}
 TILE = 4  # rows that share one pass over the weights (``_dense_tile``)
 
 
-
 class PolicyPlan(NamedTuple):
     """What ``_act`` reads beside the layer table (``layers_numba``, actor layers first)."""
 
@@ -100,6 +99,7 @@ class PolicyPlan(NamedTuple):
     relu: bool  # the hidden activation: relu, else tanh
     gaussian: bool  # a Gaussian policy (else categorical)
     log_std: int  # address of the Gaussian's log-std (D,) float32, 0 for a categorical policy
+
 
 # ----------------------------------------------------------------------------- noise
 
