@@ -4,7 +4,8 @@ The public function :func:`gae` validates its arguments (metadata only: shapes, 
 devices, so no kernel launch and no host-device sync) and calls the ``torch.library`` custom op
 ``fastppo::gae``. The op picks the backend, casts, runs the kernel and forms the returns; its
 fake implementation lets ``torch.compile(fullgraph=True)`` trace a function calling ``gae``
-without a graph break.
+without a graph break. The backends (``gae_torch``, ``gae_numba``, ``gae_triton``) share the
+contract of ``gae_contract``: the rollout as a ``Rollout``, then ``gamma`` and ``lam``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from ._backend import BACKENDS, backend_module, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_shape, expect_tensor
+from .gae_contract import Rollout
 
 __all__ = ["gae"]
 
@@ -142,29 +144,22 @@ def gae(
     >>> adv.squeeze(1).tolist()
     [2.0, 0.0, 0.0, 0.0, -8.0]
     """
-    _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
-                response_mask)
+    rollout = Rollout(rewards, values, terminated, truncated, next_value, next_values, valid,
+                      response_mask)
+    _check_args(*rollout)
     gamma = expect_in_range("gamma", gamma, 0.0, 1.0)
     lam = expect_in_range("lam", lam, 0.0, 1.0)
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    rollout = Rollout(*(None if x is None else x.detach() for x in rollout))
+    if torch.compiler.is_compiling():
+        r = rollout
+        return _gae_op(r.rewards, r.values, r.terminated, r.truncated, r.next_value,
+                       r.next_values, r.valid, gamma, lam, backend, bool(check_finite),
+                       r.response_mask)
     # Eager calls go straight to the op's implementation (no dispatcher round trip, a sizable
-    # share of a small rollout's scan); torch.compile sees the custom op.
-    op = _gae_op if torch.compiler.is_compiling() else _gae_impl
-    return op(
-        rewards.detach(),
-        values.detach(),
-        terminated.detach(),
-        truncated.detach(),
-        next_value.detach(),
-        None if next_values is None else next_values.detach(),
-        None if valid is None else valid.detach(),
-        gamma,
-        lam,
-        backend,
-        bool(check_finite),
-        None if response_mask is None else response_mask.detach(),
-    )
+    # share of a small rollout's scan).
+    return _gae_impl(rollout, gamma, lam, backend, bool(check_finite))
 
 
 def _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
@@ -223,42 +218,32 @@ def _check_finite(**tensors) -> None:
             raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or inf")
 
 
-def _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
-              lam, backend, check_finite, response_mask=None):
+# the floating-point fields of a rollout; the others are flags
+_FLOATS = ("rewards", "values", "next_value", "next_values")
+_COMPUTE_DTYPE = {torch.float32: torch.float32, torch.float64: torch.float64}
+
+
+def _gae_impl(rollout: Rollout, gamma: float, lam: float, backend: str, check_finite: bool):
     """The op's kernel (any device): casts, runs the backend, returns (advantages, returns)."""
-    name = resolve_backend(backend, values.device)
+    backend = resolve_backend(backend, rollout.values.device)
     if check_finite:
-        _check_finite(
-            rewards=rewards, values=values, next_value=next_value, next_values=next_values
-        )
-    out_dtype = values.dtype
+        _check_finite(**{name: getattr(rollout, name) for name in _FLOATS})
+    out_dtype = rollout.values.dtype
     # Triton loads any float dtype and accumulates in float32 (float64 in float64); the other
     # backends get float32 or float64 tensors.
-    cdt = None if name == "triton" else _COMPUTE_DTYPE.get(out_dtype, torch.float32)
-    # response_mask goes by keyword only when given: every backend takes it last, and their
-    # nine-argument calls stay as they were.
-    skip = {} if response_mask is None else dict(response_mask=_flags(response_mask))
-    advantages, returns = getattr(backend_module("gae", name), f"gae_{name}")(
-        _dense(rewards, cdt),
-        _dense(values, cdt),
-        _flags(terminated),
-        _flags(truncated),
-        _dense(next_value, cdt),
-        _dense(next_values, cdt),
-        _flags(valid),
-        gamma,
-        lam,
-        **skip,
-    )
+    cdt = None if backend == "triton" else _COMPUTE_DTYPE.get(out_dtype, torch.float32)
+    rollout = Rollout(*(_dense(x, cdt) if name in _FLOATS else _flags(x)
+                        for name, x in rollout._asdict().items()))
+    advantages, returns = getattr(backend_module("gae", backend), f"gae_{backend}")(
+        rollout, gamma, lam)
     if advantages.dtype != out_dtype:
         advantages, returns = advantages.to(out_dtype), returns.to(out_dtype)
     return advantages, returns
 
 
-_COMPUTE_DTYPE = {torch.float32: torch.float32, torch.float64: torch.float64}
-
-# The custom op fastppo::gae (what torch.compile sees; eager calls run its implementation
-# directly), with a fake giving the output metadata.
+# The custom op fastppo::gae, what torch.compile sees (eager calls run its implementation
+# directly): the rollout's fields but response_mask, the scalars, then the optional
+# response_mask; a fake gives the output metadata.
 @torch.library.custom_op("fastppo::gae", mutates_args=())
 def _gae_op(
     rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor,
@@ -266,8 +251,9 @@ def _gae_op(
     valid: torch.Tensor | None, gamma: float, lam: float, backend: str, check_finite: bool,
     response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _gae_impl(rewards, values, terminated, truncated, next_value, next_values, valid,
-                     gamma, lam, backend, check_finite, response_mask)
+    rollout = Rollout(rewards, values, terminated, truncated, next_value, next_values, valid,
+                      response_mask)
+    return _gae_impl(rollout, gamma, lam, backend, check_finite)
 
 
 @_gae_op.register_fake

@@ -38,6 +38,8 @@ import numba
 import numpy as np
 import torch
 
+from .gae_contract import Rollout
+
 # Fewest T * N elements that go to the thread pool; fewest envs in one thread's block.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 _MIN_BLOCK = 256
@@ -176,56 +178,41 @@ def _block_size(n_envs: int) -> int:
     return max(-(-n_envs // numba.get_num_threads()), _MIN_BLOCK)
 
 
-def gae_numba(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    next_value: torch.Tensor,
-    next_values: torch.Tensor | None,
-    valid: torch.Tensor | None,
-    gamma: float,
-    lam: float,
-    response_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_numba(rollout: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns (T, N) from contiguous CPU tensors: floats all float32 or all
     float64, flags bool. They are shared with Numba zero-copy through ``Tensor.numpy()``."""
+    values = rollout.values
     scalar = np.float32 if values.dtype == torch.float32 else np.float64
-    v = values.numpy()
-    flags = terminated.numpy()
-    args = (
-        rewards.numpy(),
-        v,
-        flags,
-        truncated.numpy(),
-        next_value.numpy(),
-        v if next_values is None else next_values.numpy(),  # a same-typed stand-in when absent
-        flags if valid is None else valid.numpy(),
-        next_values is not None,
-        valid is not None,
-        scalar(gamma),
-        scalar(lam),
-    )
+    v, terminated = values.numpy(), rollout.terminated.numpy()
+    rewards, truncated = rollout.rewards.numpy(), rollout.truncated.numpy()
+    next_value = rollout.next_value.numpy()
+    # an absent optional input is a same-typed stand-in, flagged off
+    has_next_values, has_valid = rollout.next_values is not None, rollout.valid is not None
+    next_values = rollout.next_values.numpy() if has_next_values else v
+    valid = rollout.valid.numpy() if has_valid else terminated
+    scalars = (has_next_values, has_valid, scalar(gamma), scalar(lam))
     n_envs = values.shape[1]
     advantages = torch.empty_like(values)
     returns = torch.empty_like(values)
-    if response_mask is not None:
-        skip_args = (*args[:4], *args[5:7], response_mask.numpy(), *args[7:])
-        outs = (np.zeros(n_envs, dtype=v.dtype), args[4].copy(), advantages.numpy(),
-                returns.numpy())
+    outs = (advantages.numpy(), returns.numpy())
+    if rollout.response_mask is not None:
+        args = (rewards, v, terminated, truncated, next_values, valid,
+                rollout.response_mask.numpy(), *scalars)
+        carries = (np.zeros(n_envs, dtype=v.dtype), next_value.copy())
         block = n_envs if values.numel() < PARALLEL_MIN_ELEMENTS else _block_size(n_envs)
         if block >= n_envs:
-            _scan_skipping(*skip_args, 0, n_envs, *outs)
+            _scan_skipping(*args, 0, n_envs, *carries, *outs)
         else:
-            _scan_skipping_parallel(*skip_args, block, *outs)
+            _scan_skipping_parallel(*args, block, *carries, *outs)
         return advantages, returns
+    args = (rewards, v, terminated, truncated, next_value, next_values, valid, *scalars)
     if n_envs < _MIN_VECTOR_ENVS:
-        _scan_envs(*args, advantages.numpy(), returns.numpy())
+        _scan_envs(*args, *outs)
         return advantages, returns
-    outs = (np.zeros(n_envs, dtype=v.dtype), advantages.numpy(), returns.numpy())
+    zeros = np.zeros(n_envs, dtype=v.dtype)
     block = n_envs if values.numel() < PARALLEL_MIN_ELEMENTS else _block_size(n_envs)
     if block >= n_envs:
-        _scan_block(*args, 0, n_envs, *outs)
+        _scan_block(*args, 0, n_envs, zeros, *outs)
     else:
-        _scan_parallel(*args, block, *outs)
+        _scan_parallel(*args, block, zeros, *outs)
     return advantages, returns

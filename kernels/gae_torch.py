@@ -1,9 +1,9 @@
 """GAE, torch reference backend: vectorized over envs, a Python loop backwards over time.
 
 Written to be read; it runs on any device and is the fallback when neither Numba nor Triton
-imports. Inputs arrive already validated and cast by ``fastppo.kernels.gae``: float tensors in
-the compute dtype (float32 or float64), flags as bool tensors, all of shape (T, N) except
-``next_value`` (N,). The equations are in the docstring of ``fastppo.kernels.gae``.
+imports. Interface: ``gae_contract`` (a ``Rollout`` of float tensors in the compute dtype,
+float32 or float64, and bool flags). The equations are in the docstring of
+``fastppo.kernels.gae``.
 
 Non-finite inputs: every flag acts through a select (``torch.where``), never through a
 multiplication by 0 or 1, so a NaN or inf is kept out exactly where the equations drop it:
@@ -21,26 +21,18 @@ from __future__ import annotations
 
 import torch
 
+from .gae_contract import Rollout
 
-def gae_torch(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    next_value: torch.Tensor,
-    next_values: torch.Tensor | None,
-    valid: torch.Tensor | None,
-    gamma: float,
-    lam: float,
-    response_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+
+def gae_torch(rollout: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(advantages, returns)``, (T, N), in the dtype of ``values``."""
-    if response_mask is not None:
-        return _gae_skipping(rewards, values, terminated, truncated, next_value, next_values,
-                             valid, gamma, lam, response_mask)
+    if rollout.response_mask is not None:
+        return _gae_skipping(rollout, gamma, lam)
+    rewards, values, next_values = rollout.rewards, rollout.values, rollout.next_values
+    terminated, truncated, valid = rollout.terminated, rollout.truncated, rollout.valid
     if next_values is None:
         # nv[t] = values[t+1] for t < T-1, next_value for the last step.
-        next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+        next_values = torch.cat([values[1:], rollout.next_value.unsqueeze(0)])
     zeros = torch.zeros_like(values)
     # Termination zeroes the bootstrap (a select, so a non-finite nv never leaks through it).
     delta = (rewards - values) + torch.where(terminated, zeros, gamma * next_values)
@@ -58,14 +50,15 @@ def gae_torch(
     return advantages, advantages + values
 
 
-def _gae_skipping(rewards, values, terminated, truncated, next_value, next_values, valid, gamma,
-                  lam, response_mask):
+def _gae_skipping(rollout: Rollout, gamma: float, lam: float):
     """The recursion over each env's unskipped steps (``response_mask`` true): ``nv`` and
     ``A[t+1]`` are carried over the skipped steps, whose advantage is 0."""
-    zero = torch.zeros_like(next_value)
+    rewards, values, next_values = rollout.rewards, rollout.values, rollout.next_values
+    terminated, truncated, valid = rollout.terminated, rollout.truncated, rollout.valid
+    zero = torch.zeros_like(rollout.next_value)
     decay = gamma * lam
     advantages = torch.empty_like(values)
-    carry, nv = zero, next_value  # A after the last unskipped step; the value after it
+    carry, nv = zero, rollout.next_value  # A after the last unskipped step; the value after it
     for t in range(values.shape[0] - 1, -1, -1):
         if next_values is not None:
             nv_t = next_values[t]
@@ -75,7 +68,7 @@ def _gae_skipping(rewards, values, terminated, truncated, next_value, next_value
         a = a + torch.where(terminated[t] | truncated[t], zero, decay * carry)
         if valid is not None:
             a = torch.where(valid[t], a, zero)
-        keep = response_mask[t]
+        keep = rollout.response_mask[t]
         advantages[t] = torch.where(keep, a, zero)
         carry = torch.where(keep, a, carry)
         nv = torch.where(keep, values[t], nv)

@@ -91,6 +91,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .gae_contract import Rollout
+
 # SMs assumed when the tensors are not on CUDA (the interpreter): an H100 / H200.
 ASSUMED_SM_COUNT = 132
 # The grid aims at this many programs per SM.
@@ -378,33 +380,24 @@ def _split(x: float) -> tuple[float, float]:
     return hi, x - hi
 
 
-def gae_triton(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    next_value: torch.Tensor,
-    next_values: torch.Tensor | None,
-    valid: torch.Tensor | None,
-    gamma: float,
-    lam: float,
-    response_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_triton(rollout: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns (T, N) in the dtype of ``values``, from contiguous tensors
     (floats of any dtype, flags bool) on one device."""
+    values, terminated = rollout.values, rollout.terminated
     n_steps, n_envs = values.shape
     device = values.device
     advantages = torch.empty_like(values)
     returns = torch.empty_like(values)
     acc = tl.float64 if values.dtype == torch.float64 else tl.float32
-    has_mask = response_mask is not None
-    common = dict(HAS_NEXT_VALUES=next_values is not None, HAS_VALID=valid is not None,
-                  HAS_MASK=has_mask, ACC=acc)
+    has_mask = rollout.response_mask is not None
+    common = dict(HAS_NEXT_VALUES=rollout.next_values is not None,
+                  HAS_VALID=rollout.valid is not None, HAS_MASK=has_mask, ACC=acc)
+    # in the kernels' order; an absent optional input is a same-typed stand-in, flagged off
     inputs = (
-        rewards, values, terminated, truncated, next_value,
-        values if next_values is None else next_values,
-        terminated if valid is None else valid,
-        response_mask if has_mask else terminated,
+        rollout.rewards, values, terminated, rollout.truncated, rollout.next_value,
+        values if rollout.next_values is None else rollout.next_values,
+        terminated if rollout.valid is None else rollout.valid,
+        rollout.response_mask if has_mask else terminated,
         advantages, returns,
     )
     gammas = (*_split(gamma), *_split(lam))

@@ -9,7 +9,7 @@ from torch.distributions import Categorical, Normal
 from fastppo.kernels import ppo_loss, ppo_loss_gaussian
 from fastppo.kernels.ppo_loss import OPS
 
-from helpers import categorical_inputs, gaussian_inputs
+from helpers import COEFS, categorical_inputs, gaussian_inputs, oracle_head
 
 SCALARS = (0.2, 0.5, 0.01, 0.0, True, True)  # clip, vf, ent, kl, clip_vloss, normalize
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
@@ -146,8 +146,8 @@ def test_compiled_training_step_matches_eager(continuous):
 # ----------------------------------------------------------------------------- drop-in
 
 def _cleanrl_loss(agent, obs, actions, old_logprobs, advantages, old_values, returns):
-    """The lines of CleanRL's ppo.py / ppo_continuous_action.py minibatch update."""
-    clip_coef, vf_coef, ent_coef = 0.2, 0.5, 0.01
+    """CleanRL's ppo.py / ppo_continuous_action.py minibatch loss, as the tests' oracle states
+    it (``helpers.oracle_head``), on the agent's outputs, differentiable to its parameters."""
     out, newvalue = agent(obs)
     if agent.log_std is None:
         dist = Categorical(logits=out)
@@ -155,17 +155,9 @@ def _cleanrl_loss(agent, obs, actions, old_logprobs, advantages, old_values, ret
     else:
         dist = Normal(out, agent.log_std.expand_as(out).exp())
         newlogprob, entropy = dist.log_prob(actions).sum(1), dist.entropy().sum(1)
-    logratio = newlogprob - old_logprobs
-    ratio = logratio.exp()
-    mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss1 = -mb_advantages * ratio
-    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-    v_loss_unclipped = (newvalue - returns) ** 2
-    v_clipped = old_values + torch.clamp(newvalue - old_values, -clip_coef, clip_coef)
-    v_loss_clipped = (v_clipped - returns) ** 2
-    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-    return pg_loss - ent_coef * entropy.mean() + v_loss * vf_coef
+    loss, _ = oracle_head(newlogprob, entropy, old_logprobs, advantages, newvalue, old_values,
+                          returns, None, **COEFS)
+    return loss
 
 
 @pytest.mark.parametrize("continuous", [False, True])
