@@ -385,6 +385,7 @@ def _gae_calls(quick: bool):
     the env-block kernel, fewer the scan over time, long horizons with few envs the chunked
     (two-phase) scan; the shapes span all three whatever the thresholds are today."""
     import torch
+    from fastppo.kernels.gae_contract import Rollout
     from fastppo.kernels.gae_triton import gae_triton
 
     if quick:
@@ -406,8 +407,11 @@ def _gae_calls(quick: bool):
             def flags():
                 return torch.zeros(t, n, dtype=torch.bool)
 
-            gae_triton(f(), f(), flags(), flags(), torch.empty(n, dtype=dtype),
-                       f() if nv else None, flags() if vd else None, 0.99, 0.95)
+            rollout = Rollout(rewards=f(), values=f(), terminated=flags(), truncated=flags(),
+                              next_value=torch.empty(n, dtype=dtype),
+                              next_values=f() if nv else None, valid=flags() if vd else None,
+                              response_mask=None)
+            gae_triton(rollout, 0.99, 0.95)
 
         yield f"gae {dt} T={t} N={n}{' next_values' if nv else ''}{' valid' if vd else ''}", call
 
