@@ -45,3 +45,17 @@ def test_bench_readme_tables_are_generated():
     text = tables.README.read_text()
     assert tables.MARKER.search(text)
     assert tables.stale_tables(text) == []
+
+
+def test_every_result_file_run_renders():
+    """Each run in bench/results/*.json has an id, a date, a command, a machine and columns
+    that name every key of its rows (gpu_check.json, which the GPU check may write there, is
+    its own report)."""
+    files = sorted(p for p in harness.RESULTS_DIR.glob("*.json") if p.name != "gpu_check.json")
+    assert files
+    for path in files:
+        for run in harness.load_results(path)["runs"]:
+            assert {"id", "date", "command", "machine", "columns", "rows"} <= set(run), path
+            keys = {c["key"] for c in run["columns"]}
+            assert all(set(row) <= keys for row in run["rows"]), (path, run["id"])
+            assert tables.render_run(run).count("\n") == len(run["rows"]) + 1
