@@ -26,6 +26,12 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("numba", "triton")}
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a fused op computes in for floating input ``x``: float64 for float64, float32
+    for every other floating dtype (half precision is upcast)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _importable(module: str) -> bool:
     return _INSTALLED[module]
 

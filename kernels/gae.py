@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import BACKENDS, backend_module, resolve_backend
+from ._backend import BACKENDS, backend_module, compute_dtype, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_shape, expect_tensor
 from .gae_contract import Rollout
 
@@ -220,7 +220,6 @@ def _check_finite(**tensors) -> None:
 
 # the floating-point fields of a rollout; the others are flags
 _FLOATS = ("rewards", "values", "next_value", "next_values")
-_COMPUTE_DTYPE = {torch.float32: torch.float32, torch.float64: torch.float64}
 
 
 def _gae_impl(rollout: Rollout, gamma: float, lam: float, backend: str, check_finite: bool):
@@ -231,7 +230,7 @@ def _gae_impl(rollout: Rollout, gamma: float, lam: float, backend: str, check_fi
     out_dtype = rollout.values.dtype
     # Triton loads any float dtype and accumulates in float32 (float64 in float64); the other
     # backends get float32 or float64 tensors.
-    cdt = None if backend == "triton" else _COMPUTE_DTYPE.get(out_dtype, torch.float32)
+    cdt = None if backend == "triton" else compute_dtype(rollout.values)
     rollout = Rollout(*(_dense(x, cdt) if name in _FLOATS else _flags(x)
                         for name, x in rollout._asdict().items()))
     advantages, returns = getattr(backend_module("gae", backend), f"gae_{backend}")(

@@ -71,7 +71,7 @@ from typing import NamedTuple, get_type_hints
 import torch
 from torch import Tensor
 
-from ._backend import backend_module, resolve_backend
+from ._backend import backend_module, compute_dtype, resolve_backend
 from ._validate import expect_floating, expect_floating_shape, expect_in_range, expect_integer, \
     expect_nonempty_matrix, expect_same_device, expect_shape, expect_tensor
 from .ppo_loss_contract import NUM_STATS, STAT_NAMES, CategoricalTensors, Coefs, GaussianTensors, \
@@ -80,11 +80,6 @@ from .ppo_loss_contract import NUM_STATS, STAT_NAMES, CategoricalTensors, Coefs,
 
 # the largest |vf_coef|, |ent_coef|, kl_coef: float32's largest finite value (module docstring)
 COEF_MAX = float(torch.finfo(torch.float32).max)
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the loss is computed in for policy outputs ``x``: float64 or float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _cast(dtype, t):

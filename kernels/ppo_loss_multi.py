@@ -43,9 +43,10 @@ import operator
 
 import torch
 
+from ._backend import compute_dtype
 from ._validate import expect_floating_shape, expect_integer, expect_nonempty_matrix, \
     expect_shape, expect_tensor
-from .ppo_loss import CATEGORICAL, STAT_NAMES, check_call, compute_dtype, data_rows
+from .ppo_loss import CATEGORICAL, STAT_NAMES, check_call, data_rows
 from .ppo_loss_contract import CategoricalTensors, Coefs, Rows
 from .ppo_loss_torch import check_values, head_forward
 

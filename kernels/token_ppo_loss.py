@@ -55,11 +55,11 @@ Checks: metadata only (TypeError/ValueError naming the argument, one line); toke
 Backends: the GEMMs are torch ops on every backend; ``backend="triton"`` (``auto`` on CUDA)
 runs both tile epilogues as the Triton kernels of ``token_ppo_loss_triton``, the forward's
 (the online log-sum-exp, entropy, exact KL and target gather) and the backward's
-(``grad_tile``: ``_grad_chunk``'s formula in one pass, written over the recomputed tile);
+(``grad_tile``: ``grad_chunk``'s formula in one pass, written over the recomputed tile);
 ``backend="numba"`` (``auto`` on the CPU) runs the same two epilogues as the Numba kernels of
 ``token_ppo_loss_numba`` (one pass per token row of a tile, the rows split over the Numba
 threads; ``auto`` picks it because it measured faster than the torch epilogues,
-bench/README.md); ``backend="torch"`` the torch ops of ``_TorchTiles`` and ``_grad_chunk``.
+bench/README.md); ``backend="torch"`` the torch ops of ``_TorchTiles`` and ``grad_chunk``.
 The op is also the custom op
 ``fastppo::token_ppo_loss`` (fakes, autograd; eager calls go through ``_TokenLoss`` directly),
 so ``torch.compile(fullgraph=True)`` traces through it.
@@ -73,7 +73,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._backend import backend_module, resolve_backend
+from ._backend import backend_module, compute_dtype, resolve_backend
 from ._validate import expect_floating, expect_in_range, expect_integer, expect_ndim, \
     expect_same_device, expect_shape, expect_tensor
 
@@ -84,10 +84,6 @@ COEF_MAX = float(torch.finfo(torch.float32).max)
 # logits per chunk when chunk_size is None or a single int (the vocab chunk): 2^22 fp32 = 16 MiB
 CHUNK_ELEMENTS = 1 << 22
 DEFAULT_VOCAB_CHUNK = 4096
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class _Head(NamedTuple):
@@ -326,7 +322,7 @@ def _token_terms(sw: _Sweep, old_logprobs, advantages, ref_logprobs, mask, opt: 
     return loss, torch.stack(stats), w, c_lp, alpha
 
 
-def _grad_chunk(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
+def grad_chunk(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
     """dL/d(raw logits) of one chunk (``z``, ``zr`` overwritten), ``scale`` = grad_loss w /
     temperature per token: scale (c_lp [v = token] + p_v (alpha + beta log p_v - kc_exact
     log p_ref,v))."""
@@ -352,9 +348,9 @@ def _backward(head: _Head, ref: _Head | None, tokens, lse, lse_ref, scale, c_lp,
     n, vocab = tokens.shape[0], head.vocab
     kc_exact = opt.kl_coef if ref is not None else 0.0
     beta = kc_exact + opt.ent_coef
-    # the tile's epilogue: torch's _grad_chunk, or the same formula as one Triton/Numba kernel
+    # the tile's epilogue: torch's grad_chunk, or the same formula as one Triton/Numba kernel
     grad_tile = backend_module("token_ppo_loss", opt.backend).grad_tile \
-        if opt.backend in ("numba", "triton") else _grad_chunk
+        if opt.backend in ("numba", "triton") else grad_chunk
     hidden_dtype = None if head.hidden is None else head.hidden.dtype
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
     if head.logits is not None:
@@ -410,7 +406,7 @@ def _forward(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias, ref
     n = tokens.numel()
     head, ref = _heads(hidden, weight, bias, logits, ref_hidden, ref_weight, ref_bias,
                        ref_logits, n)
-    dtype = _compute_dtype(logits if logits is not None else hidden)
+    dtype = compute_dtype(logits if logits is not None else hidden)
     cast = lambda x: None if x is None else x.reshape(n).to(dtype)  # noqa: E731
     with torch.no_grad():
         sw = _sweep(head, ref, tokens.reshape(n).long(), opt.chunks, dtype, opt.temperature,
@@ -508,7 +504,7 @@ def _split_op_args(args: dict):
 def _(*args):
     tensors = args[:13]
     policy = tensors[3] if tensors[3] is not None else tensors[0]
-    dtype, n = _compute_dtype(policy), tensors[8].numel()
+    dtype, n = compute_dtype(policy), tensors[8].numel()
     has_kl = tensors[11] is not None or tensors[4] is not None or tensors[7] is not None
     has_ref_head = tensors[4] is not None or tensors[7] is not None
     row = lambda k: policy.new_empty((k,), dtype=dtype)  # noqa: E731
@@ -761,6 +757,6 @@ def token_logprobs(*, hidden=None, weight=None, bias=None, logits=None, tokens,
     n = bt[0] * bt[1]
     flat = lambda x: None if x is None else x.reshape(n, *x.shape[2:])  # noqa: E731
     sw = _sweep(_Head(flat(hidden), weight, bias, flat(logits)), None,
-                tokens.reshape(n).long(), chunks, _compute_dtype(policy), temperature, backend)
+                tokens.reshape(n).long(), chunks, compute_dtype(policy), temperature, backend)
     lp = sw.lp.reshape(bt)
     return (lp, sw.entropy.reshape(bt)) if with_entropy else lp

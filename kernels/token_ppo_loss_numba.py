@@ -23,7 +23,7 @@ log s, entropy = log s - e / s and sum_v p_v (z_v - zr_v) = u / s, returned as f
 (``_sweep`` stores them in the compute dtype, after forming lp = z_tok - lse and the exact KL
 from them in float64).
 
-Backward (``grad_tile``, the formula and signature of ``_grad_chunk``): one loop over the row
+Backward (``grad_tile``, the formula and signature of ``grad_chunk``): one loop over the row
 writes, in place of z, ``scale (alpha + beta log p_v - kc_exact log p_ref,v) p_v`` with
 ``log p_v = z_v - lse`` (and ``log p_ref,v = zr_v - lse_ref``), then adds ``scale c_lp`` at
 the token's column; torch's GEMMs for dhidden, dweight and dbias follow on the tile.
@@ -243,7 +243,7 @@ class OnlineTiles:
 
 
 def grad_tile(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
-    """``_grad_chunk`` of ``token_ppo_loss.py`` as one pass per row: dL/d(raw logits) of the
+    """``grad_chunk`` of ``token_ppo_loss.py`` as one pass per row: dL/d(raw logits) of the
     tile, written over ``z`` (returned; a contiguous copy of it if ``z`` was not contiguous).
     ``zr`` is read, not written."""
     z = z.contiguous()

@@ -15,7 +15,7 @@ one level finer). The state starts at mx = -inf, sums 0: the shift mx_old - mx_n
 as 0 while s = 0, so -inf - -inf never enters. Rows are int64 offsets (tokens x vocabulary may pass
 2^31).
 
-The backward's epilogue (``grad_tile``, in place of ``_grad_chunk``): the backward recomputes
+The backward's epilogue (``grad_tile``, in place of ``grad_chunk``): the backward recomputes
 each tile's logits with torch's GEMM, and one program per token row turns the tile into
 dL/d(raw logits) in one pass over its columns, written over the tile itself::
 
@@ -23,7 +23,7 @@ dL/d(raw logits) in one pass over its columns, written over the tile itself::
     g    = scale (alpha + beta logp - kc_exact (z_ref - lse_ref)) e^logp
            (+ scale c_lp at the token)
 
-with ``scale`` = grad_loss w / temperature per token (the same formula as ``_grad_chunk``), so
+with ``scale`` = grad_loss w / temperature per token (the same formula as ``grad_chunk``), so
 the torch GEMMs that follow (dhidden, dweight, dbias, or the logits' gradient) read it as
 they read the torch epilogue's. Arithmetic in the tile's dtype (fp32, fp64 for fp64 inputs);
 the scalars beta and kc_exact travel as float32 pairs (hi + lo, Triton passes Python floats as
@@ -154,7 +154,7 @@ def _split(x: float) -> tuple[float, float]:
 
 
 def grad_tile(z, lse, zr, lse_ref, tok, cols, scale, c_lp, alpha, beta, kc_exact):
-    """``_grad_chunk`` of ``token_ppo_loss`` as one kernel: dL/d(raw logits) of the tile ``z``
+    """``grad_chunk`` of ``token_ppo_loss`` as one kernel: dL/d(raw logits) of the tile ``z``
     (tokens, vocabulary chunk ``cols``), written over ``z`` and returned; ``zr`` (the
     reference tile, read only) and ``lse_ref`` with the exact KL, else None. A tile whose
     columns are not unit-stride is copied first (the GEMM's fresh tiles are)."""

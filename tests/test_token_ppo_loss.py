@@ -505,13 +505,13 @@ def test_custom_op_opcheck_and_compile_fullgraph():
     kw = dict(tokens=x["tokens"], old_logprobs=x["old_logprobs"], advantages=x["advantages"],
               mask=x["mask"], kl_coef=0.3, kl_estimator="exact", ref_logits=full_logits(x, True),
               ent_coef=0.01, dual_clip=1.5, chunk_size=(5, 8))
-    from fastppo.kernels.token_ppo_loss import _op_fwd
     z = full_logits(x).requires_grad_()
+    op = torch.ops.fastppo.token_ppo_loss.default
     for backend in ["torch"] + ["numba"] * HAS_NUMBA:
-        torch.library.opcheck(_op_fwd, (None, None, None, z, None, None, None, kw["ref_logits"],
-                                        x["tokens"], x["old_logprobs"], x["advantages"], None,
-                                        x["mask"], 0.2, 0.2, 1.5, 0.3, "exact", 0.01, 1.0,
-                                        "token-mean", None, 5, 8, backend))
+        torch.library.opcheck(op, (None, None, None, z, None, None, None, kw["ref_logits"],
+                                   x["tokens"], x["old_logprobs"], x["advantages"], None,
+                                   x["mask"], 0.2, 0.2, 1.5, 0.3, "exact", 0.01, 1.0,
+                                   "token-mean", None, 5, 8, backend))
 
     def f(hidden, weight, bias):
         loss, stats = token_ppo_loss(hidden=hidden, weight=weight, bias=bias, **kw)
@@ -603,10 +603,10 @@ def _triton_module(monkeypatch, block=16):
                                            (True, torch.float32)],
                          ids=["ref-float64", "noref-float64", "ref-float32"])
 def test_triton_grad_tile_matches_torch_chunk(monkeypatch, has_ref, dtype):
-    """The backward's tile epilogue in Triton equals ``_grad_chunk`` on one tile: 7 tokens x
+    """The backward's tile epilogue in Triton equals ``grad_chunk`` on one tile: 7 tokens x
     37 columns from vocabulary entry 40 (tokens inside the tile, before and after it), columns
     in blocks of 16 + 16 + 5; a transposed (non unit-stride) tile too."""
-    from fastppo.kernels.token_ppo_loss import _grad_chunk
+    from fastppo.kernels.token_ppo_loss import grad_chunk  # the torch tile epilogue
 
     mod = _triton_module(monkeypatch)
     g = torch.Generator().manual_seed(20)
@@ -618,7 +618,7 @@ def test_triton_grad_tile_matches_torch_chunk(monkeypatch, has_ref, dtype):
     tok = torch.tensor([40, 76, 55, 3, 90, 41, 60])
     scale, c_lp, alpha = r(rows), r(rows), r(rows)
     beta, kc = (0.7 + 0.05, 0.7) if has_ref else (-0.1, 0.0)
-    want = _grad_chunk(z.clone(), lse, None if zr is None else zr.clone(), lse_ref, tok, cols,
+    want = grad_chunk(z.clone(), lse, None if zr is None else zr.clone(), lse_ref, tok, cols,
                        scale, c_lp, alpha, beta, kc)
     tol = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     tile = z.clone()
