@@ -27,7 +27,7 @@ with ``scale`` = grad_loss w / temperature per token (the same formula as ``grad
 the torch GEMMs that follow (dhidden, dweight, dbias, or the logits' gradient) read it as
 they read the torch epilogue's. Arithmetic in the tile's dtype (fp32, fp64 for fp64 inputs);
 the scalars beta and kc_exact travel as float32 pairs (hi + lo, Triton passes Python floats as
-float32) and are recombined in that dtype. The GEMMs stay torch's; measured on a GPU: not yet.
+float32) and are recombined in that dtype. The GEMMs stay torch's.
 """
 
 from __future__ import annotations

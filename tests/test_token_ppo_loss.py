@@ -1,5 +1,6 @@
 """fastppo.kernels.token_ppo_loss / token_logprobs against a float64 oracle written straight
-from the issue's equations with full (B, T, V) logits, differentiated by autograd.
+from the op's equations (its module docstring) with full (B, T, V) logits, differentiated by
+autograd.
 
 The grid: clip (asymmetric), dual clip, each KL estimator (k1, k2, k3, exact from logits and
 from a reference head), entropy bonus, temperature, each aggregation with and without a
