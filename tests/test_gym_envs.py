@@ -24,6 +24,8 @@ from fastppo.gym_envs import GymPool, async_pays, choose_vectorization, make_env
 from fastppo.logger import read_metrics
 from fastppo.train import train
 
+from helpers import train_interrupted
+
 TARGET, SLOW = "custom_envs:Target-v0", "custom_envs:SlowTarget-v0"
 TESTS = Path(__file__).resolve().parent
 TINY = dict(num_envs=4, num_steps=32, num_minibatches=4, update_epochs=2,
@@ -135,7 +137,7 @@ def test_async_pools_and_halves_train_as_one_sync_batch(tmp_path):
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, env_id):
     config = make_config(env_id, **TINY)
     full = train(config, tmp_path / "full", progress=False)
-    part = train(config, tmp_path / "part", stop_after_updates=2, progress=False)
+    part = train_interrupted(config, tmp_path / "part", 2, progress=False)
     assert part["updates"] == 2 and load_latest_checkpoint(tmp_path / "part")["update"] == 2
     resumed = train(config, tmp_path / "part", resume=True, progress=False)
     assert resumed["updates"] == full["updates"] == 4
