@@ -201,14 +201,9 @@ def _first_row(x, first_row):
 
 @triton.jit
 def _gae_scan_kernel(
-    rewards_ptr,  # (T, N) float, read
-    values_ptr,  # (T, N) float, read
-    terminated_ptr,  # (T, N) bool, read
-    truncated_ptr,  # (T, N) bool, read
-    next_value_ptr,  # (N,) float, read: value after the last step
-    next_values_ptr,  # (T, N) float, read if HAS_NEXT_VALUES (else a stand-in, never read)
-    valid_ptr,  # (T, N) bool, read if HAS_VALID (else a stand-in, never read)
-    keep_ptr,  # (T, N) bool response_mask, read if HAS_MASK (else a stand-in, never read)
+    # the rollout, as in _gae_envs_kernel
+    rewards_ptr, values_ptr, terminated_ptr, truncated_ptr, next_value_ptr, next_values_ptr,
+    valid_ptr, keep_ptr,
     advantages_ptr,  # (T, N) out dtype, written unless PHASE == 1
     returns_ptr,  # (T, N) out dtype, written unless PHASE == 1
     chunk_p_ptr,  # (C, N) ACC: P of each chunk's map; written if PHASE == 1, read if 2
