@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "custom env that importing module registers); optional with --resume")
     train.add_argument("--preset", choices=PRESETS, default=None,
                        help="settings bundle; default: atari for Atari ids, mujoco for MuJoCo "
-                            "ids, classic otherwise")
+                            "ids, dmc for dm_control ids, classic otherwise")
     train.add_argument("--run-dir", type=Path, default=None,
                        help="new or empty directory for this run's config, metrics and "
                             "checkpoints (default: runs/<env>__<preset>__<seed>__<time>)")

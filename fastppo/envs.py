@@ -72,8 +72,8 @@ def check_env_id(env_id: str, backend: str = "auto") -> None:
     if backend == "gymnasium" or is_gym_id(env_id):
         check_gym_id(env_id)
         return
-    close = difflib.get_close_matches(env_id, [*_envpool_ids(), *close_gym_ids(env_id)], n=5,
-                                      cutoff=0.5)
+    known = dict.fromkeys([*_envpool_ids(), *close_gym_ids(env_id)])  # both list some ids
+    close = difflib.get_close_matches(env_id, list(known), n=5, cutoff=0.5)
     hint = f"; closest known ids: {', '.join(close)}" if close else ""
     raise ValueError(f"env_id: neither EnvPool nor Gymnasium has an environment {env_id!r} (a "
                      f"custom env is named module:EnvId, the module registering it){hint}")
