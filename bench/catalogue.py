@@ -6,8 +6,8 @@
     python bench/catalogue.py --overhead          # what encoding observations costs per step
 
 Spaces sweep: for every id EnvPool lists, the run's spaces (``fastppo.envs.env_spaces``, EnvPool's
-spec: no env is made) are checked as ``fastppo train ID`` checks them (``check_spaces`` with the
-inferred preset); per family it reports how many ids fastppo accepts and why the others are
+spec: no env is made) are checked as ``fastppo train ID`` checks them (against the inferred
+preset); per family it reports how many ids fastppo accepts and why the others are
 refused or EnvPool cannot build (the one-line message, counted).
 
 Runs: ``fastppo train ID --total-timesteps STEPS`` (the preset inferred from the id, every
@@ -57,14 +57,14 @@ def _short(space) -> str:
 
 def sweep() -> dict[str, collections.Counter]:
     """Per family: Counter of outcomes ("ok", or the refusal's message)."""
-    from fastppo.config import _registry_modules, make_config
-    from fastppo.envs import check_spaces, env_spaces
+    from fastppo.config import envpool_families, make_config
+    from fastppo.envs import env_spaces
 
     outcomes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for env_id, family in sorted(_registry_modules().items(), key=lambda kv: (kv[1], kv[0])):
+    for env_id, family in sorted(envpool_families().items(), key=lambda kv: (kv[1], kv[0])):
         try:
             config = make_config(env_id)
-            check_spaces(config, *env_spaces(config))
+            env_spaces(config)  # checks them
             outcomes[family]["ok"] += 1
         except ValueError as err:  # fastppo's refusal, or EnvPool's failure, as one line
             outcomes[family][str(err).replace(env_id, "ID")[:110]] += 1
@@ -73,16 +73,16 @@ def sweep() -> dict[str, collections.Counter]:
 
 def first_ids() -> list[str]:
     """The first id (by name) of each family that fastppo accepts."""
-    from fastppo.config import _registry_modules, make_config
-    from fastppo.envs import check_spaces, env_spaces
+    from fastppo.config import envpool_families, make_config
+    from fastppo.envs import env_spaces
 
     first: dict[str, str] = {}
-    for env_id, family in sorted(_registry_modules().items()):
+    for env_id, family in sorted(envpool_families().items()):
         if family in first:
             continue
         try:
             config = make_config(env_id)
-            check_spaces(config, *env_spaces(config))
+            env_spaces(config)  # checks them
         except ValueError:
             continue
         first[family] = env_id
@@ -92,13 +92,12 @@ def first_ids() -> list[str]:
 def run(env_id: str, steps: int, settings: dict) -> dict:
     """One short run: a row of the table (``RUN_COLUMNS``)."""
     from fastppo.config import make_config
-    from fastppo.envs import check_spaces, env_spaces
+    from fastppo.envs import env_spaces
     from fastppo.train import train
 
     try:
         config = make_config(env_id, total_timesteps=steps, tensorboard=False, **settings)
         observation_space, action_space = env_spaces(config)
-        check_spaces(config, observation_space, action_space)
     except ValueError as err:
         return dict(id=env_id, obs=f"refused: {err}")
     with tempfile.TemporaryDirectory() as run_dir:
