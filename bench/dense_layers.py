@@ -5,8 +5,9 @@
 
 For each layer shape of the presets' MLPs (64-64 hidden layers; HalfCheetah's 17 inputs and 6
 outputs; CartPole's 4 inputs and 2 outputs; the value head's 1 output) and each minibatch row
-count, the forward ``y = W x + b``, the parameter gradient ``dW = g x^T, db`` and the input
-gradient ``dh = (W^T g) * tanh'`` in the kernels' feature-major layout, timed in turn on the
+count, the forward's product ``y += W x``, the parameter gradient ``dW = g x^T, db`` and the
+input gradient's product ``dh = W^T g`` in the kernels' feature-major layout (the bias fill and
+the activation's derivative are the same pass on either path), timed in turn on the
 same arrays; the table shows each contender's best round in microseconds and which is faster
 (bold: BLAS), and whether ``fastppo.kernels.blas_numba.use_blas`` sends the layer's forward and
 input gradient to BLAS. This is what sets that crossover, and why the parameter gradient stays
@@ -72,17 +73,16 @@ def main() -> None:
     for out_dim, in_dim in SHAPES:
         for n in ROWS:
             W = rng.normal(size=(out_dim, in_dim)).astype(np.float32)
-            b = rng.normal(size=out_dim).astype(np.float32)
             x = np.tanh(rng.normal(size=(in_dim, n))).astype(np.float32)
             g = rng.normal(size=(out_dim, n)).astype(np.float32)
-            y, dh = np.empty((out_dim, n), np.float32), np.empty((in_dim, n), np.float32)
+            y, dh = np.zeros((out_dim, n), np.float32), np.zeros((in_dim, n), np.float32)
             dW, db = np.empty((out_dim, in_dim), np.float32), np.empty(out_dim, np.float32)
             pairs = [
-                (lambda: m._linear_forward(W, b, x, y), lambda: m._blas_forward(fn, W, b, x, y)),
-                (lambda: m._linear_backward_params(g, x, dW, db),
+                (lambda: m.add_product(W, x, y), lambda: m.blas_add_product(fn, W, x, y)),
+                (lambda: m.linear_backward_params(g, x, dW, db),
                  lambda: _blas_param_grad(fn, g, x, dW, db)),
-                (lambda: m._linear_backward_input(W, g, x, dh, False),
-                 lambda: m._blas_backward_input(fn, W, g, x, dh, False)),
+                (lambda: m.add_product(W.T, g, dh),
+                 lambda: m.blas_transposed_product(fn, W, g, dh)),
             ]
             cells = []
             for loops, blas in pairs:

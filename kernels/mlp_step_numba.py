@@ -168,7 +168,7 @@ def _fill_rows(y, c):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _add_product(A, x, y):
+def add_product(A, x, y):
     """y += A x for A (m, k) (any layout: a layer's W, or W.T for the input gradient), x (k, n),
     y (m, n): for each output, y[o, :] += A[o, i] x[i, :] over 8 inputs at a time (then 4,
     then 1), each element of y loaded and stored once per 8 multiply-adds."""
@@ -210,7 +210,7 @@ def _activate(y, relu):
 
 
 @njit(cache=True, error_model="numpy", fastmath=MATMUL_FASTMATH)
-def _linear_backward_params(g, x, dW, db):
+def linear_backward_params(g, x, dW, db):
     """db[o] = sum_r g[o, r]; dW[o, i] = sum_r g[o, r] x[i, r]: dot products over the rows,
     8 at a time (2 outputs x 4 inputs, 6 rows of operands loaded per 8 multiply-adds)."""
     out_dim, in_dim = dW.shape
@@ -277,7 +277,7 @@ def _activation_backward(h, d, relu):
 # (bench/dense_layers.py).
 
 @njit(cache=True, error_model="numpy")
-def _blas_add_product(fn, W, x, y):
+def blas_add_product(fn, W, x, y):
     """y += W x (sgemm, beta 1)."""
     out_dim, in_dim = W.shape
     n = x.shape[1]
@@ -286,7 +286,7 @@ def _blas_add_product(fn, W, x, y):
 
 
 @njit(cache=True, error_model="numpy")
-def _blas_transposed_product(fn, W, g, dh):
+def blas_transposed_product(fn, W, g, dh):
     """dh = W.T g (sgemm, beta 0)."""
     out_dim, in_dim = W.shape
     n = g.shape[1]
@@ -310,9 +310,9 @@ def _mlp_forward(n, plan, net, ws):
         W, b = layer_params(net, k)
         _fill_rows(y, b)
         if use_blas(n, out_dim, in_dim):
-            _blas_add_product(plan.sgemm, W, x, y)
+            blas_add_product(plan.sgemm, W, x, y)
         else:
-            _add_product(W, x, y)
+            add_product(W, x, y)
         if k < count - 1:
             _activate(ws[net[k, Layer.Y]:net[k, Layer.Y] + out_dim * n], relu)
     return y
@@ -329,15 +329,15 @@ def _mlp_backward(n, plan, net, ws, g_out):
         in_dim, out_dim = net[k, Layer.IN], net[k, Layer.OUT]
         x = _ws(ws, net[k, Layer.X], in_dim, n)
         dW, db = layer_grads(net, k)
-        _linear_backward_params(g, x, dW, db)
+        linear_backward_params(g, x, dW, db)
         if k > 0:
             dh = _ws(ws, plan.g1 if ping else plan.g0, in_dim, n)
             W = layer_params(net, k)[0]
             if use_blas(n, out_dim, in_dim):
-                _blas_transposed_product(plan.sgemm, W, g, dh)
+                blas_transposed_product(plan.sgemm, W, g, dh)
             else:
                 dh[:, :] = _F(0.0)
-                _add_product(W.T, g, dh)
+                add_product(W.T, g, dh)
             for i in range(in_dim):
                 _activation_backward(x[i], dh[i], relu)
             g = dh
