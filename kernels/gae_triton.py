@@ -114,6 +114,18 @@ _TINY: tl.constexpr = tl.constexpr(1e-36)
 
 
 @triton.jit
+def _load_step(values_ptr, rewards_ptr, terminated_ptr, truncated_ptr, offs, mask,
+               ACC: tl.constexpr):
+    """The values and rewards (in ``ACC``) and the terminated and truncated flags at the
+    offsets ``offs`` (a step's envs, or a tile of steps), 0 / false where ``mask`` is off."""
+    v = tl.load(values_ptr + offs, mask=mask, other=0).to(ACC)
+    r = tl.load(rewards_ptr + offs, mask=mask, other=0).to(ACC)
+    term = tl.load(terminated_ptr + offs, mask=mask, other=0) != 0
+    trunc = tl.load(truncated_ptr + offs, mask=mask, other=0) != 0
+    return v, r, term, trunc
+
+
+@triton.jit
 def _gae_envs_kernel(
     rewards_ptr,  # (T, N) float, read
     values_ptr,  # (T, N) float, read
@@ -144,10 +156,8 @@ def _gae_envs_kernel(
     for i in range(n_steps):
         t = n_steps - 1 - i
         offs = t.to(tl.int64) * n_envs + envs
-        v = tl.load(values_ptr + offs, mask=mask, other=0).to(ACC)
-        r = tl.load(rewards_ptr + offs, mask=mask, other=0).to(ACC)
-        term = tl.load(terminated_ptr + offs, mask=mask, other=0) != 0
-        trunc = tl.load(truncated_ptr + offs, mask=mask, other=0) != 0
+        v, r, term, trunc = _load_step(values_ptr, rewards_ptr, terminated_ptr, truncated_ptr,
+                                       offs, mask, ACC)
         if HAS_NEXT_VALUES:
             nv = tl.load(next_values_ptr + offs, mask=mask, other=0).to(ACC)
         # Selects only: a non-finite bootstrap or carry never leaks past a flag.
@@ -258,10 +268,8 @@ def _gae_scan_kernel(
         in_range = (steps >= lo)[:, None]
         mask = in_range & env_mask[None, :]
         offs = steps.to(tl.int64)[:, None] * n_envs + envs[None, :]
-        v = tl.load(values_ptr + offs, mask=mask, other=0).to(ACC)
-        r = tl.load(rewards_ptr + offs, mask=mask, other=0).to(ACC)
-        term = tl.load(terminated_ptr + offs, mask=mask, other=0) != 0
-        trunc = tl.load(truncated_ptr + offs, mask=mask, other=0) != 0
+        v, r, term, trunc = _load_step(values_ptr, rewards_ptr, terminated_ptr, truncated_ptr,
+                                       offs, mask, ACC)
         if HAS_NEXT_VALUES:
             nv = tl.load(next_values_ptr + offs, mask=mask, other=0).to(ACC)
         else:
