@@ -117,14 +117,19 @@ class Policy:
     data: tuple[str, ...]
     old: str
 
-    @property
+    @functools.cached_property
     def arg_names(self) -> tuple[str, ...]:
         return (*self.tensors._fields, *Rows._fields, *Coefs._fields, "backend")
 
-    @property
+    @functools.cached_property
     def num_tensors(self) -> int:
         """The op's tensor arguments (policy tensors and rows), before its scalars."""
         return len(self.tensors._fields) + len(Rows._fields)
+
+    @functools.cached_property
+    def grad_positions(self) -> tuple[int, ...]:
+        """Where the differentiable arguments (``grads``) sit among the op's arguments."""
+        return tuple(self.arg_names.index(name) for name in self.grads)
 
     def flat(self, call: Call) -> tuple:
         return (*call.tensors, *call.rows, *call.coefs, call.backend)
@@ -139,13 +144,15 @@ class Policy:
 
     def grad_inputs(self, args) -> tuple:
         """The differentiable ones of an op's flat arguments (policy tensors, then values)."""
-        return tuple(args[self.arg_names.index(name)] for name in self.grads)
+        return tuple(args[i] for i in self.grad_positions)
 
     def input_grads(self, grads) -> tuple:
         """Autograd's per-argument tuple: ``grads`` at the differentiable arguments, None
         elsewhere."""
-        by_name = dict(zip(self.grads, grads))
-        return tuple(by_name.get(name) for name in self.arg_names)
+        out = [None] * len(self.arg_names)
+        for i, g in zip(self.grad_positions, grads):
+            out[i] = g
+        return tuple(out)
 
     def has_old(self, tensors) -> bool:
         """Whether the old policy's parameters are among ``tensors``."""
