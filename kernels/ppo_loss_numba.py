@@ -793,9 +793,18 @@ _GAUSSIAN = _Policy(_gaussian_forward_serial, _gaussian_forward_parallel,
                     _gaussian_backward_rows, _gaussian_backward_parallel, 2)
 
 
+class Prepared(NamedTuple):
+    """What a forward hands its backward: the kernel arguments (``_args``), and ``stats`` and
+    ``row_stats`` as numpy views."""
+
+    args: tuple
+    stats: np.ndarray
+    row_stats: np.ndarray
+
+
 def _forward(policy, args, num_actions, *row_stats_shape):
     """The forward on the kernel arguments ``args`` (``_args``): ((loss, stats, row_stats),
-    prepared), ``prepared`` = (args, stats, row_stats) as numpy views for ``_backward``."""
+    ``Prepared``) for ``_backward``."""
     x = args[0]
     result, outs = _outputs(_TORCH_DTYPE[x.dtype.type], *row_stats_shape)
     blocks = _blocks(x.size)
@@ -805,18 +814,19 @@ def _forward(policy, args, num_actions, *row_stats_shape):
         err = policy.forward_parallel(blocks, *args, *outs)
     if err:
         _raise(err, num_actions)
-    return result, (args, outs[1], outs[2])
+    return result, Prepared(args, outs[1], outs[2])
 
 
 def _backward(policy, grad_loss, prepared, grad_dtypes):
     """The gradients (``policy.dist_grads`` shaped like the first policy output, then d_values)
     in ``grad_dtypes``, from what ``_forward`` returned as ``prepared``."""
-    args, stats, row_stats = prepared
+    args = prepared.args
     x = args[0]
     dtype = _TORCH_DTYPE[x.dtype.type]  # torch allocations: the profiler sees the memory
     grads = [torch.empty(x.shape, dtype=dtype) for _ in range(policy.dist_grads)]
     grads.append(torch.empty(x.shape[0], dtype=dtype))
-    call = (float(grad_loss), *args, stats, row_stats, *[d.numpy() for d in grads])
+    call = (float(grad_loss), *args, prepared.stats, prepared.row_stats,
+            *[d.numpy() for d in grads])
     blocks = _blocks(x.size)
     if blocks == 1:
         policy.backward_rows(0, x.shape[0], *call)
@@ -853,7 +863,7 @@ def backward_categorical_prepared(grad_loss, prepared, grad_dtypes):
 
 def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats):
     args = _categorical_args(logits, actions, old_logits, rows, coefs)
-    return backward_categorical_prepared(grad_loss, (args, _np(stats), _np(row_stats)),
+    return backward_categorical_prepared(grad_loss, Prepared(args, _np(stats), _np(row_stats)),
                                          (logits.dtype, rows.values.dtype))
 
 
@@ -890,5 +900,5 @@ def backward_gaussian_prepared(grad_loss, prepared, grad_dtypes):
 def backward_gaussian(grad_loss, mean, log_std, actions, old_mean, old_log_std, rows, coefs,
                       stats, row_stats):
     args = _gaussian_args(mean, log_std, actions, old_mean, old_log_std, rows, coefs)
-    return backward_gaussian_prepared(grad_loss, (args, _np(stats), _np(row_stats)),
+    return backward_gaussian_prepared(grad_loss, Prepared(args, _np(stats), _np(row_stats)),
                                       (mean.dtype, log_std.dtype, rows.values.dtype))
