@@ -59,7 +59,7 @@ runs both tile epilogues as the Triton kernels of ``token_ppo_loss_triton``, the
 ``backend="numba"`` (``auto`` on the CPU) runs the same two epilogues as the Numba kernels of
 ``token_ppo_loss_numba`` (one pass per token row of a tile, the rows split over the Numba
 threads; ``auto`` picks it because it measured faster than the torch epilogues,
-bench/README.md); ``backend="torch"`` the torch ops of ``_TorchTiles`` and ``grad_chunk``.
+bench/README.md); ``backend="torch"`` the torch ops of ``TorchTiles`` and ``grad_chunk``.
 The op is also the custom op
 ``fastppo::token_ppo_loss`` (fakes, autograd; eager calls go through ``_TokenLoss`` directly),
 so ``torch.compile(fullgraph=True)`` traces through it.
@@ -167,7 +167,7 @@ class _OnlineSoftmax:
         return self.s.log() - self.e / self.s
 
 
-class _TorchTiles:
+class TorchTiles:
     """The torch epilogue of one token chunk: folds each (token chunk, vocabulary chunk) tile
     of policy logits ``z`` (and reference logits ``zr``) into the online state; the Triton
     backend's ``OnlineTiles`` has the same interface."""
@@ -214,13 +214,13 @@ def _sweep(head: _Head, ref: _Head | None, tokens: Tensor, chunks, dtype, temper
            backend: str = "torch") -> _Sweep:
     """One pass over the (token chunk, vocabulary chunk) grid: lse, entropy, the token's
     log-prob and, with ``ref``, lse_ref and the exact KL = u / s - lse + lse_ref. The tiles'
-    GEMMs are torch's; their epilogue is ``_TorchTiles`` or, with ``backend="triton"``, the
+    GEMMs are torch's; their epilogue is ``TorchTiles`` or, with ``backend="triton"``, the
     Triton kernel of ``token_ppo_loss_triton``."""
     token_chunk, vocab_chunk = chunks
     n, vocab = tokens.shape[0], head.vocab
     head, ref = head.cast(dtype), None if ref is None else ref.cast(dtype)
     tiles_type = backend_module("token_ppo_loss", backend).OnlineTiles \
-        if backend in ("numba", "triton") else _TorchTiles
+        if backend in ("numba", "triton") else TorchTiles
     out = {k: torch.empty(n, dtype=dtype, device=tokens.device)
            for k in ("lp", "lse", "entropy", "lse_ref", "exact")}
     for rows in _chunks(n, token_chunk):

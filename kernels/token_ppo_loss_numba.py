@@ -7,7 +7,7 @@ kernels replace the torch ops around it, which make many full passes over each t
 shift, exp, sums, rescale, gather). Per token row of a tile, with ``zr`` the reference's row
 (exact KL only):
 
-Forward (``OnlineTiles.update``, the same interface as ``_TorchTiles`` and the Triton
+Forward (``OnlineTiles.update``, the same interface as ``TorchTiles`` and the Triton
 ``OnlineTiles``): a max loop over the row, then one loop that sums, in the tile's dtype,
 ``s_t = sum e^(z - mx)``, ``e_t = sum e^(z - mx) (z - mx)`` and ``u_t = sum e^(z - mx) (z -
 zr)`` at ``mx = max(mx_old, max_v z)``; the reference's max loop and ``sum e^(zr - mr)`` the
@@ -194,7 +194,7 @@ def _blocks(elements: int) -> int:
 
 class OnlineTiles:
     """The per-token online state of one token chunk, updated in place by ``_fold_rows``; the
-    interface of ``_TorchTiles`` (``z_tok``, ``lse``, ``entropy``, ``s``, ``u``, ``lse_ref``),
+    interface of ``TorchTiles`` (``z_tok``, ``lse``, ``entropy``, ``s``, ``u``, ``lse_ref``),
     every property a float64 tensor."""
 
     def __init__(self, tokens: torch.Tensor, dtype, has_ref: bool):
