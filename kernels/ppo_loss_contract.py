@@ -25,7 +25,8 @@ data tensor (``rows`` but ``values``, the Gaussian actions, the old policy's par
 compute dtype: float64 for float64 policy outputs, float32 otherwise. ``stats`` is
 ``(NUM_STATS,)`` in the compute dtype, laid out as ``Stat``; ``row_stats``, what the backward
 needs per row, has one layout on every backend: categorical (B, ``categorical_row_stats``)
-(logsumexp, entropy, then the old logsumexp), Gaussian (B,) (the log-prob). No (B, A)
+(the ``RowStat`` columns: logsumexp, entropy, then the old logsumexp), Gaussian (B,) (the
+log-prob). No (B, A)
 intermediate is kept.
 """
 
@@ -108,7 +109,15 @@ STAT_NAMES = ("pg_loss", "v_loss", "entropy", "approx_kl", "old_approx_kl", "cli
 assert STAT_NAMES + ("kl",) == tuple(s.name.lower() for s in Stat)[:Stat.KL + 1]
 
 
+class RowStat(IntEnum):
+    """Columns of the categorical ``row_stats``, on every backend: the logits' logsumexp and
+    the entropy, then the old logits' logsumexp when ``old_logits`` is given."""
+
+    LSE = 0
+    ENTROPY = 1
+    OLD_LSE = 2
+
+
 def categorical_row_stats(has_old_logits: bool) -> int:
-    """Columns of the categorical ``row_stats``, on every backend: logsumexp and entropy, then
-    the old logits' logsumexp when ``old_logits`` is given."""
-    return 2 + int(has_old_logits)
+    """How many ``RowStat`` columns the categorical ``row_stats`` has."""
+    return RowStat.OLD_LSE + int(has_old_logits)

@@ -80,17 +80,15 @@ from numba import njit, prange
 
 from ._backend import HALF_LOG_2PI
 from .math32_numba import exp, log, sum_add
-from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_stats
+from .ppo_loss_contract import NUM_STATS, Coefs, Rows, RowStat, Stat, categorical_row_stats
 
 # Below this many B * (A or D) elements the kernels run on the calling thread only: the fork/join
 # of the thread pool costs more than the work, and on a shared machine a parallel split waits
 # for descheduled threads (see gae_numba).
 PARALLEL_MIN_ELEMENTS = 1 << 18
-# the categorical row_stats columns (ppo_loss_contract): logsumexp, entropy, then with old logits
-# their logsumexp as column _OLD_LSE
+# the categorical row_stats columns (ppo_loss_contract.RowStat) without and with old logits
 CATEGORICAL_ROW_STATS = categorical_row_stats(False)
-_OLD_LSE = CATEGORICAL_ROW_STATS
-assert categorical_row_stats(True) == _OLD_LSE + 1
+_CATEGORICAL_ROW_STATS_OLD = categorical_row_stats(True)
 _NUM_SUMS = int(Stat.KL) + 1  # the weighted sums of the row kernels: Stat slots 0 .. KL
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _SUM_CHUNK = 16  # columns summed in the dtype of z before adding into the float64 row sums
@@ -322,7 +320,7 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
     u_c = np.empty(_ROW_TILE, z.dtype)
     zero = cdt(0.0)
     wt = np.ones(_ROW_TILE)  # the tile's row weights
-    out = np.empty((_OLD_LSE + 1, _ROW_TILE))
+    out = np.empty((_CATEGORICAL_ROW_STATS_OLD, _ROW_TILE))
     # the weighted sums, locals: no false sharing between threads
     sum_pg = sum_vl = sum_ent = sum_kl = sum_okl = sum_cf = sum_pen = 0.0
     for r0 in range(lo, hi, _ROW_TILE):
@@ -397,8 +395,8 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             pg, vl, kl, okl, cf = _head_row(logratio, ratio, a, v_t[r], ov_t[r], ret_t[r], clip,
                                             clip_vloss)
             ent = log_s - t[r] / s[r]
-            out[0, r] = lse
-            out[1, r] = ent
+            out[RowStat.LSE, r] = lse
+            out[RowStat.ENTROPY, r] = ent
             wi = wt[r]
             sum_pg = sum_add(sum_pg, wi * pg)
             sum_vl = sum_add(sum_vl, wi * vl)
@@ -410,7 +408,7 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             for r in range(n):
                 log_s = log(cdt(s[r]))
                 log_so = log(cdt(so[r]))
-                out[_OLD_LSE, r] = mo[r] + log_so
+                out[RowStat.OLD_LSE, r] = mo[r] + log_so
                 sum_pen = sum_add(sum_pen, wt[r] * (u[r] / so[r] + (log_s - log_so)))
         for r in range(n):
             for k in range(n_cols):
@@ -444,13 +442,13 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
         if flags.has_weights:
             _copy(w[r0:r0 + n], wt)
         for r in range(n):  # the rows' log-probs, into a dense tile (so the head loop vectorizes)
-            logp[r] = zb[r, act_t[r]] - rs_t[r, 0]
+            logp[r] = zb[r, act_t[r]] - rs_t[r, RowStat.LSE]
         _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v)
         for r in range(n):
             i = r0 + r
             c = g * wt[r]
-            lse = rs_t[r, 0]
-            ent = rs_t[r, 1]
+            lse = rs_t[r, RowStat.LSE]
+            ent = rs_t[r, RowStat.ENTROPY]
             dl = d_logp[r]
             # d_z = p (-dl - d_ent (log p + ent)) + dl [j == act] (+ kl_coef c (p - q)), in the
             # dtype of z so that the loop over A vectorizes at full float32 width; the KL term
@@ -459,7 +457,7 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
             k_logp = cdt(-dl)
             if use_kl:
                 k_kl = cdt(kl_coef * c)
-                old_lse = rs_t[r, _OLD_LSE]
+                old_lse = rs_t[r, RowStat.OLD_LSE]
                 for j in range(a_dim):
                     log_p = z[i, j] - lse
                     p = exp(log_p)

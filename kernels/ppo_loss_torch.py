@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import HALF_LOG_2PI
-from .ppo_loss_contract import Stat
+from .ppo_loss_contract import RowStat, Stat
 
 
 def check_values(actions, num_actions, weights):
@@ -194,7 +194,7 @@ def forward_categorical(logits, actions, old_logits, rows, coefs):
 
 def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, stats, row_stats):
     z = logits.to(rows.old_logprobs.dtype)
-    lse, entropy = row_stats[:, 0], row_stats[:, 1]
+    lse, entropy = row_stats[:, RowStat.LSE], row_stats[:, RowStat.ENTROPY]
     log_p = z - lse[:, None]  # softmax recomputed from the logits and the saved logsumexp
     p = torch.exp(log_p)
     idx = actions[:, None].long()
@@ -202,7 +202,7 @@ def backward_categorical(grad_loss, logits, actions, old_logits, rows, coefs, st
     d_logp, d_entropy, d_kl, d_values = head_backward(grad_loss, logp, rows, coefs, stats)
     d_z = -d_logp[:, None] * p - d_entropy[:, None] * _plogq(p, log_p + entropy[:, None])
     if coefs.kl_coef != 0:
-        q = torch.exp(old_logits.to(z.dtype) - row_stats[:, 2:3])
+        q = torch.exp(old_logits.to(z.dtype) - row_stats[:, RowStat.OLD_LSE, None])
         d_z = d_z + d_kl[:, None] * (p - q)
     d_z.scatter_add_(1, idx, d_logp[:, None])
     return d_z.to(logits.dtype), d_values

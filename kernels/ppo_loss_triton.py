@@ -115,7 +115,7 @@ import triton
 import triton.language as tl
 
 from ._backend import HALF_LOG_2PI as _HALF_LOG_2PI
-from .ppo_loss_contract import NUM_STATS, Coefs, Rows, Stat, categorical_row_stats
+from .ppo_loss_contract import NUM_STATS, Coefs, Rows, RowStat, Stat, categorical_row_stats
 
 HALF_LOG_2PI = tl.constexpr(_HALF_LOG_2PI)  # Triton kernels read globals only as constexprs
 # The stats slots as constexprs for the kernels, one per ``Stat`` member by its name:
@@ -123,12 +123,11 @@ HALF_LOG_2PI = tl.constexpr(_HALF_LOG_2PI)  # Triton kernels read globals only a
 globals().update({f"S_{slot.name}": tl.constexpr(int(slot)) for slot in Stat})
 N_STATS = tl.constexpr(NUM_STATS)
 STATS_BLOCK = tl.constexpr(triton.next_power_of_2(NUM_STATS))
-# categorical row_stats columns: logsumexp, entropy, then (with old logits) the old logsumexp
+# The categorical row_stats widths and columns, one COL_<name> per ``RowStat`` member:
+# COL_LSE, COL_ENTROPY, COL_OLD_LSE.
 ROW_COLS = tl.constexpr(categorical_row_stats(False))
 ROW_COLS_OLD = tl.constexpr(categorical_row_stats(True))
-COL_LSE = tl.constexpr(0)
-COL_ENT = tl.constexpr(1)
-COL_OLD_LSE = tl.constexpr(categorical_row_stats(True) - 1)
+globals().update({f"COL_{column.name}": tl.constexpr(int(column)) for column in RowStat})
 # tile elements per thread (per live tile-shaped value), by compute dtype
 _ELEMS_PER_THREAD = {torch.float32: 16, torch.float64: 8}
 # rows of the per-row head (some 30 values each) one thread may hold, by compute dtype
@@ -438,12 +437,12 @@ def _categorical_forward_kernel(
         # - log osum: only differences within a row, none of the logits' common offsets
         pkl = t / osum + (log_s - log_os)
         tl.store(rows_ptr + r64 * ROW_COLS_OLD + COL_LSE, lse, mask=rmask)
-        tl.store(rows_ptr + r64 * ROW_COLS_OLD + COL_ENT, ent, mask=rmask)
+        tl.store(rows_ptr + r64 * ROW_COLS_OLD + COL_ENTROPY, ent, mask=rmask)
         tl.store(rows_ptr + r64 * ROW_COLS_OLD + COL_OLD_LSE, olse, mask=rmask)
     else:
         pkl = ent
         tl.store(rows_ptr + r64 * ROW_COLS + COL_LSE, lse, mask=rmask)
-        tl.store(rows_ptr + r64 * ROW_COLS + COL_ENT, ent, mask=rmask)
+        tl.store(rows_ptr + r64 * ROW_COLS + COL_ENTROPY, ent, mask=rmask)
 
     za, _, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
     logp = tl.where(ok, za - lse, float("nan"))
@@ -475,7 +474,7 @@ def _categorical_backward_kernel(
     r64 = rows.to(tl.int64)
     zrow = z_ptr + r64 * s_zb
     lse = tl.load(rows_ptr + r64 * s_rb + COL_LSE * s_rc, mask=rmask, other=0.0).to(COMPUTE)
-    ent = tl.load(rows_ptr + r64 * s_rb + COL_ENT * s_rc, mask=rmask, other=0.0).to(COMPUTE)
+    ent = tl.load(rows_ptr + r64 * s_rb + COL_ENTROPY * s_rc, mask=rmask, other=0.0).to(COMPUTE)
     za, act, ok = _gather_logit(zrow, act_ptr, s_act, r64, rmask, s_za, A, COMPUTE)
     logp = tl.where(ok, za - lse, float("nan"))
     c, d_logp, d_ent = _backward_head(g_ptr, logp, r64, rmask, old_ptr, s_old, adv_ptr, s_adv,
