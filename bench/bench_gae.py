@@ -118,8 +118,9 @@ def test_gae_checks(benchmark):
     inputs = make_rollout(4096, 128)
 
     def checks():
-        gae_module._check_args(inputs["rewards"], inputs["values"], inputs["terminated"],
-                               inputs["truncated"], inputs["next_value"], None, inputs["valid"])
+        gae_module.check_rollout(gae_module.Rollout(
+            inputs["rewards"], inputs["values"], inputs["terminated"], inputs["truncated"],
+            inputs["next_value"], None, inputs["valid"], None))
         gae_module.expect_in_range("gamma", GAMMA, 0.0, 1.0)
         gae_module.expect_in_range("lam", LAM, 0.0, 1.0)
 

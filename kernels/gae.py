@@ -146,7 +146,7 @@ def gae(
     """
     rollout = Rollout(rewards, values, terminated, truncated, next_value, next_values, valid,
                       response_mask)
-    _check_args(*rollout)
+    check_rollout(rollout)
     gamma = expect_in_range("gamma", gamma, 0.0, 1.0)
     lam = expect_in_range("lam", lam, 0.0, 1.0)
     if backend not in BACKENDS:
@@ -162,9 +162,10 @@ def gae(
     return _gae_impl(rollout, gamma, lam, backend, bool(check_finite))
 
 
-def _check_args(rewards, values, terminated, truncated, next_value, next_values, valid,
-                response_mask=None) -> None:
-    """Metadata-only checks; each error names the argument, the expectation and what came."""
+def check_rollout(rollout: Rollout) -> None:
+    """The rollout's metadata-only checks (no host sync); each error names the argument, the
+    expectation and what came."""
+    values = rollout.values
     expect_tensor("values", values)
     if values.dim() != 2 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(
@@ -174,15 +175,9 @@ def _check_args(rewards, values, terminated, truncated, next_value, next_values,
     expect_floating("values", values)
     shape, device = values.shape, values.device
     n_envs = shape[1]
-    for name, x in (
-        ("rewards", rewards),
-        ("terminated", terminated),
-        ("truncated", truncated),
-        ("next_value", next_value),
-        ("next_values", next_values),
-        ("valid", valid),
-        ("response_mask", response_mask),
-    ):
+    for name, x in rollout._asdict().items():
+        if name == "values":
+            continue
         if x is None and name in ("next_values", "valid", "response_mask"):
             continue
         expect_tensor(name, x)
