@@ -161,7 +161,7 @@ def run_variant(args):
 def run_tiles(args):
     """The tile epilogues alone (``--tiles``), torch beside numba, interleaved; prints a table."""
     from fastppo.kernels import token_ppo_loss_numba as nb
-    from fastppo.kernels.token_ppo_loss import _grad_chunk, _TorchTiles
+    from fastppo.kernels.token_ppo_loss import TorchTiles, grad_chunk
 
     rows, cols = 1024, 4096
     g = torch.Generator().manual_seed(0)
@@ -176,22 +176,22 @@ def run_tiles(args):
     cases = {
         "GEMM (torch)": {b: (lambda: hidden @ w_c.T) for b in ("torch", "numba")},
         "forward fold": {
-            "torch": lambda: _TorchTiles(tok, torch.float32, False).update(z.clone(), None, 0),
+            "torch": lambda: TorchTiles(tok, torch.float32, False).update(z.clone(), None, 0),
             "numba": lambda: nb.OnlineTiles(tok, torch.float32, False).update(z.clone(), None,
                                                                               0)},
         "forward fold, exact KL": {
-            "torch": lambda: _TorchTiles(tok, torch.float32, True).update(z.clone(),
-                                                                          zr.clone(), 0),
+            "torch": lambda: TorchTiles(tok, torch.float32, True).update(z.clone(),
+                                                                         zr.clone(), 0),
             "numba": lambda: nb.OnlineTiles(tok, torch.float32, True).update(z.clone(),
                                                                              zr.clone(), 0)},
         "backward dL/dz": {
-            "torch": lambda: _grad_chunk(z.clone(), lse, None, None, tok, slice(0, cols), vec,
-                                         vec, vec, 0.01, 0.0),
+            "torch": lambda: grad_chunk(z.clone(), lse, None, None, tok, slice(0, cols), vec,
+                                        vec, vec, 0.01, 0.0),
             "numba": lambda: nb.grad_tile(z.clone(), lse, None, None, tok, slice(0, cols), vec,
                                           vec, vec, 0.01, 0.0)},
         "backward dL/dz, exact KL": {
-            "torch": lambda: _grad_chunk(z.clone(), lse, zr.clone(), lse_r, tok,
-                                         slice(0, cols), vec, vec, vec, 0.06, 0.05),
+            "torch": lambda: grad_chunk(z.clone(), lse, zr.clone(), lse_r, tok,
+                                        slice(0, cols), vec, vec, vec, 0.06, 0.05),
             "numba": lambda: nb.grad_tile(z.clone(), lse, zr.clone(), lse_r, tok,
                                           slice(0, cols), vec, vec, vec, 0.06, 0.05)},
         "tile copy (z.clone())": {b: (lambda: z.clone()) for b in ("torch", "numba")},
