@@ -82,9 +82,9 @@ from .numba_cache import numba_cached
 from .ppo_loss import check_coefs
 from .ppo_loss_contract import NUM_STATS, Rows, Stat
 from .ppo_loss_numba import (
-    _BAD_ACTION, _NEGATIVE_WEIGHT, _NO_ACTIONS, _NUM_SUMS, _ZERO_WEIGHTS, CATEGORICAL_ROW_STATS,
-    KernelCoefs, KernelFlags, _advantage_stats, _categorical_backward_rows,
-    _categorical_forward_rows, _copy, _finish, _gaussian_backward_rows, _gaussian_forward_rows,
+    BAD_ACTION, CATEGORICAL_ROW_STATS, NEGATIVE_WEIGHT, NO_ACTIONS, NUM_SUMS, ZERO_WEIGHTS,
+    KernelCoefs, KernelFlags, advantage_stats, categorical_backward_rows, categorical_forward_rows,
+    copy_into, finish, gaussian_backward_rows, gaussian_forward_rows,
 )
 
 # what a call returns: the loss, then the public stats but kl (the step has no KL term)
@@ -94,8 +94,8 @@ STAT_NAMES = ("loss",) + ppo_loss_contract.STAT_NAMES
 # sums) and multiply-adds fused; nothing else in this file relaxes IEEE semantics but "contract".
 MATMUL_FASTMATH = {"reassoc", "contract"}
 
-# error codes of the drivers beyond ppo_loss_numba's (_BAD_ACTION 1, _NEGATIVE_WEIGHT 2,
-# _ZERO_WEIGHTS 3): the host turns them into exceptions, re-checking on the slow path
+# error codes of the drivers beyond ppo_loss_numba's (BAD_ACTION 1, NEGATIVE_WEIGHT 2,
+# ZERO_WEIGHTS 3): the host turns them into exceptions, re-checking on the slow path
 _BAD_INDEX, _BAD_SHAPE = 10, 11
 
 
@@ -350,7 +350,7 @@ def _nets_backward(n, plan, layers, ws, d_out, d_v):
     (n,), through the G0 buffer: writes every dW and db."""
     n_actor = plan.actor_layers
     g0 = _ws(ws, plan.g0, 1, n)
-    _copy(d_v, g0[0])
+    copy_into(d_v, g0[0])
     _mlp_backward(n, plan, layers[n_actor:], ws, g0)
     g0 = _ws(ws, plan.g0, d_out.shape[1], n)
     _to_features(d_out, g0)
@@ -444,7 +444,7 @@ def _fail(err, plan, layers, stats, result):
     """Error exit: zero grads; zero-weight minibatches also get all-zero results."""
     _zero_grads(plan, layers)
     result[:] = 0.0
-    if err == _ZERO_WEIGHTS:
+    if err == ZERO_WEIGHTS:
         stats[Stat.WEIGHT_SUM] = 0.0
     return err
 
@@ -474,22 +474,22 @@ def _gaussian_step(obs, idx, actions, old_logprobs, advantages, old_values, retu
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     rows, d_v = _critic_rows(n, plan, layers, ws)
-    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    err = advantage_stats(NO_ACTIONS, 0, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     mu = _ws(ws, plan.out_rows, n, d_dim)
     _to_rows(_mlp_forward(n, plan, layers[:plan.actor_layers], ws), mu)
     ls = _at(plan.log_std, 1, d_dim)
     logp = _ws(ws, plan.row_stats, 1, n)[0]  # the row_stats of the Gaussian loss
-    sums = np.zeros((1, _NUM_SUMS))
+    sums = np.zeros((1, NUM_SUMS))
     loss = np.empty(1, np.float32)
     # mu, ls also stand in for the (unread: flags.has_old False) old mean and log-std
-    _gaussian_forward_rows(0, n, mu, ls, x, mu, ls, rows, coefs, flags, stats, sums[0], logp)
-    _finish(sums, coefs, loss, stats)
+    gaussian_forward_rows(0, n, mu, ls, x, mu, ls, rows, coefs, flags, stats, sums[0], logp)
+    finish(sums, coefs, loss, stats)
     d_mu = _ws(ws, plan.d_out, n, d_dim)
     d_ls = _ws(ws, plan.d_log_std, n, d_dim)
-    _gaussian_backward_rows(0, n, 1.0, mu, ls, x, mu, ls, rows, coefs, flags, stats, logp, d_mu,
-                            d_ls, d_v)
+    gaussian_backward_rows(0, n, 1.0, mu, ls, x, mu, ls, rows, coefs, flags, stats, logp, d_mu,
+                           d_ls, d_v)
     g_ls = _at(plan.log_std_grad, 1, d_dim)[0]
     for d in range(d_dim):
         s = 0.0
@@ -521,20 +521,20 @@ def _categorical_step(obs, idx, actions, old_logprobs, advantages, old_values, r
     coefs = KernelCoefs(clip_coef, vf_coef, ent_coef, kl=0.0)  # the clip loss only
     flags = KernelFlags(has_weights, clip_vloss, normalize, has_old=False)
     rows, d_v = _critic_rows(n, plan, layers, ws)
-    err = _advantage_stats(act, a_dim, rows, flags, stats)
+    err = advantage_stats(act, a_dim, rows, flags, stats)
     if err:
         return _fail(err, plan, layers, stats, result)
     z = _ws(ws, plan.out_rows, n, a_dim)
     _to_rows(_mlp_forward(n, plan, layers[:plan.actor_layers], ws), z)
     row_stats = _ws(ws, plan.row_stats, n, CATEGORICAL_ROW_STATS)
-    sums = np.zeros((1, _NUM_SUMS))
+    sums = np.zeros((1, NUM_SUMS))
     loss = np.empty(1, np.float32)
     # z also stands in for the (unread: flags.has_old False) old logits
-    _categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
-    _finish(sums, coefs, loss, stats)
+    categorical_forward_rows(0, n, z, z, act, rows, coefs, flags, stats, sums[0], row_stats)
+    finish(sums, coefs, loss, stats)
     d_z = _ws(ws, plan.d_out, n, a_dim)
-    _categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
-                               d_v)
+    categorical_backward_rows(0, n, 1.0, z, z, act, rows, coefs, flags, stats, row_stats, d_z,
+                              d_v)
     _nets_backward(n, plan, layers, ws, d_z, d_v)
     _write_result(loss, stats, result)
     return 0
@@ -755,12 +755,12 @@ class MLPLossStep:
             num_rows = data[0].shape[0]
             bad = idx[(idx < 0) | (idx >= num_rows)]
             raise IndexError(f"idx: expected row indices in [0, {num_rows}), got {int(bad[0])}")
-        if err == _BAD_ACTION:
+        if err == BAD_ACTION:
             actions = data[1][idx]
             j = int(idx[(actions < 0) | (actions >= self.out_dim)][0])
             raise IndexError(f"actions: expected values in [0, {self.out_dim}), got "
                              f"actions[{j}] = {int(data[1][j])}")
-        if err == _NEGATIVE_WEIGHT:
+        if err == NEGATIVE_WEIGHT:
             j = int(idx[~(data[6][idx] >= 0)][0])
             raise ValueError(f"weights: expected nonnegative values, got weights[{j}] = "
                              f"{float(data[6][j])}")
@@ -814,6 +814,6 @@ class MLPLossStep:
                                     coefs.vf_coef, coefs.ent_coef, coefs.clip_vloss,
                                     coefs.normalize_advantages, self._plan, self._layers,
                                     self._ws, self._actions_ws, self._stats, result)
-        if err and err != _ZERO_WEIGHTS:
+        if err and err != ZERO_WEIGHTS:
             self._raise(err, data, idx)
         return result

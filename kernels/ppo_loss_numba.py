@@ -6,7 +6,7 @@ Gaussian share this file because they share the per-row "head" (``_head_row`` /
 ``_head_grad_row``, the names of its Triton twins: ratio, clipped surrogate, value loss and their
 gradients); only the log-prob/entropy/KL loops differ.
 
-Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``_advantage_stats``
+Forward, one kernel call (``*_forward_serial`` or ``*_forward_parallel``): ``advantage_stats``
 makes one pass over the (B,) rows for the weight sum, the advantage mean and the value checks
 (bad action, negative weight, all-zero weights: returned as an error code and raised here, so
 they cost no extra pass) and a second for the weighted variance (sample size: the
@@ -14,7 +14,7 @@ positive-weight rows); ``*_forward_rows``
 then makes one pass over the policy outputs, computing each row's logsumexp and entropy (a max
 loop and one loop of exp sums, run across a transposed tile of rows so they vectorize), the
 loss terms and weighted sums of the seven statistics (float64 accumulators; for the categorical
-policy also across the tile's rows, with a vectorizable float32 log and exp), and ``_finish``
+policy also across the tile's rows, with a vectorizable float32 log and exp), and ``finish``
 turns the sums into means and the loss. The per-row logsumexp and entropy (categorical) or
 log-prob (Gaussian) are saved; the backward (``*_backward_rows``) is one pass writing the
 gradients, recomputing the softmax from the logits and the row's ratio (bit for bit the
@@ -89,14 +89,14 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 # the categorical row_stats columns (ppo_loss_contract.RowStat) without and with old logits
 CATEGORICAL_ROW_STATS = categorical_row_stats(False)
 _CATEGORICAL_ROW_STATS_OLD = categorical_row_stats(True)
-_NUM_SUMS = int(Stat.KL) + 1  # the weighted sums of the row kernels: Stat slots 0 .. KL
+NUM_SUMS = int(Stat.KL) + 1  # the weighted sums of the row kernels: Stat slots 0 .. KL
 _ROW_TILE = 64  # rows per transposed tile in the categorical forward
 _SUM_CHUNK = 16  # columns summed in the dtype of z before adding into the float64 row sums
 _ONE = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}  # no weights
 _NO_OLD = {torch.float32: np.zeros((1, 1), np.float32),  # no old policy parameters
            torch.float64: np.zeros((1, 1), np.float64)}
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
-_NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
+NO_ACTIONS = np.zeros(1, np.int64)  # the Gaussian policy has no discrete actions to check
 
 
 # The kernels' arguments besides the policy outputs: ``rows`` is a ``Rows`` of (B,) numpy arrays
@@ -125,7 +125,7 @@ class KernelFlags(NamedTuple):
 # ----------------------------------------------------------------------------- shared pieces
 
 @njit(cache=True, error_model="numpy")
-def _copy(src, dst):
+def copy_into(src, dst):
     """dst[:len(src)] = src, as a loop: a slice assignment would compile Numba's shape-mismatch
     error path, whose message formatting is a large share of the cold compile of each kernel
     using it (bench/README.md, "Cold compile")."""
@@ -161,11 +161,11 @@ def _max_shares(x, y):
 
 
 # error codes the drivers return (raised as exceptions by the host functions)
-_BAD_ACTION, _NEGATIVE_WEIGHT, _ZERO_WEIGHTS = 1, 2, 3
+BAD_ACTION, NEGATIVE_WEIGHT, ZERO_WEIGHTS = 1, 2, 3
 
 
 @njit(cache=True, error_model="numpy")
-def _advantage_stats(actions, num_actions, rows, flags, stats):
+def advantage_stats(actions, num_actions, rows, flags, stats):
     """Write the ADV_MEAN, ADV_SCALE, WEIGHT_SUM slots of stats; return 0 or an error code.
 
     Two passes over the rows: weight sum, weighted mean, positive-weight count, value checks;
@@ -179,14 +179,14 @@ def _advantage_stats(actions, num_actions, rows, flags, stats):
     for i in range(adv.shape[0]):
         wi = w[i] if has_w else 1.0
         if not wi >= 0:  # negative or NaN
-            return _NEGATIVE_WEIGHT
+            return NEGATIVE_WEIGHT
         if num_actions > 0 and (actions[i] < 0 or actions[i] >= num_actions):
-            return _BAD_ACTION
+            return BAD_ACTION
         wsum += wi
         wadv += wi * adv[i]
         positive += wi > 0
     if positive == 0:
-        return _ZERO_WEIGHTS
+        return ZERO_WEIGHTS
     mean = wadv / wsum
     scale = 1.0
     if flags.normalize:
@@ -205,10 +205,10 @@ def _advantage_stats(actions, num_actions, rows, flags, stats):
 
 
 @njit(cache=True, error_model="numpy")
-def _finish(sums, coefs, loss, stats):
-    """loss and the stats slots 0 .. KL from the per-block weighted sums (blocks, _NUM_SUMS).
+def finish(sums, coefs, loss, stats):
+    """loss and the stats slots 0 .. KL from the per-block weighted sums (blocks, NUM_SUMS).
     The KL term enters the loss only for kl_coef != 0 (0 * an infinite KL would be NaN)."""
-    for k in range(_NUM_SUMS):
+    for k in range(NUM_SUMS):
         total = 0.0
         for b in range(sums.shape[0]):
             total += sums[b, k]
@@ -284,9 +284,9 @@ def _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v):
 # thread.
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats, sums,
-                              row_stats):
-    """Rows [lo, hi): write row_stats and the weighted sums of the loss terms (_NUM_SUMS,).
+def categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats, sums,
+                             row_stats):
+    """Rows [lo, hi): write row_stats and the weighted sums of the loss terms (NUM_SUMS,).
 
     Rows go ``_ROW_TILE`` at a time through a transposed tile ``zt`` (A, tile), so that the
     max, exp and sums over A run across rows: contiguous, one row per SIMD lane. Each row is
@@ -339,7 +339,7 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
             s[r] = 0.0
             t[r] = 0.0
         if flags.has_weights:
-            _copy(w[r0:r0 + n], wt)
+            copy_into(w[r0:r0 + n], wt)
         for j in range(1, a_dim):
             for r in range(n):
                 m[r] = zt[j, r] if zt[j, r] > m[r] else m[r]
@@ -419,8 +419,8 @@ def _categorical_forward_rows(lo, hi, z, oz, actions, rows, coefs, flags, stats,
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, stats, row_stats,
-                               d_z, d_v):
+def categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, stats, row_stats,
+                              d_z, d_v):
     """Rows [lo, hi): write d_logits and d_values for an incoming gradient g of the loss.
 
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
@@ -440,7 +440,7 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
         n = min(_ROW_TILE, hi - r0)
         zb, act_t, rs_t = z[r0:r0 + n], actions[r0:r0 + n], row_stats[r0:r0 + n]
         if flags.has_weights:
-            _copy(w[r0:r0 + n], wt)
+            copy_into(w[r0:r0 + n], wt)
         for r in range(n):  # the rows' log-probs, into a dense tile (so the head loop vectorizes)
             logp[r] = zb[r, act_t[r]] - rs_t[r, RowStat.LSE]
         _head_grad_tile(r0, n, logp, rows, coefs, flags, stats, g, wt, d_logp, d_v)
@@ -474,27 +474,27 @@ def _categorical_backward_rows(lo, hi, g, z, oz, actions, rows, coefs, flags, st
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _categorical_forward_serial(z, oz, actions, rows, coefs, flags, loss, stats, row_stats):
-    err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
+    err = advantage_stats(actions, z.shape[1], rows, flags, stats)
     if err == 0:
-        sums = np.zeros((1, _NUM_SUMS))
-        _categorical_forward_rows(0, z.shape[0], z, oz, actions, rows, coefs, flags, stats,
-                                  sums[0], row_stats)
-        _finish(sums, coefs, loss, stats)
+        sums = np.zeros((1, NUM_SUMS))
+        categorical_forward_rows(0, z.shape[0], z, oz, actions, rows, coefs, flags, stats,
+                                 sums[0], row_stats)
+        finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _categorical_forward_parallel(blocks, z, oz, actions, rows, coefs, flags, loss, stats,
                                   row_stats):
-    err = _advantage_stats(actions, z.shape[1], rows, flags, stats)
+    err = advantage_stats(actions, z.shape[1], rows, flags, stats)
     if err == 0:
         n = z.shape[0]
         size = -(-n // blocks)
-        sums = np.zeros((blocks, _NUM_SUMS))
+        sums = np.zeros((blocks, NUM_SUMS))
         for b in prange(blocks):
-            _categorical_forward_rows(b * size, min(n, (b + 1) * size), z, oz, actions, rows,
-                                      coefs, flags, stats, sums[b], row_stats)
-        _finish(sums, coefs, loss, stats)
+            categorical_forward_rows(b * size, min(n, (b + 1) * size), z, oz, actions, rows,
+                                     coefs, flags, stats, sums[b], row_stats)
+        finish(sums, coefs, loss, stats)
     return err
 
 
@@ -504,8 +504,8 @@ def _categorical_backward_parallel(blocks, g, z, oz, actions, rows, coefs, flags
     n = z.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
-        _categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, oz, actions, rows,
-                                   coefs, flags, stats, row_stats, d_z, d_v)
+        categorical_backward_rows(b * size, min(n, (b + 1) * size), g, z, oz, actions, rows,
+                                  coefs, flags, stats, row_stats, d_z, d_v)
 
 
 # ----------------------------------------------------------------------------- Gaussian
@@ -526,9 +526,9 @@ def _scaled_square_sum(a, mu, inv_std, n, out):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stats, sums,
-                           row_stats):
-    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (_NUM_SUMS,).
+def gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stats, sums,
+                          row_stats):
+    """Rows [lo, hi): write the log-prob and the weighted sums of the loss terms (NUM_SUMS,).
 
     As in the categorical forward, ``_ROW_TILE`` rows at a time with one row per SIMD lane:
     the loop over D adds each element into its row's float64 log-prob (in order d = 0 .. D-1;
@@ -566,7 +566,7 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
         old_t, adv_t, v_t = old[r0:r0 + n], adv[r0:r0 + n], v[r0:r0 + n]
         ov_t, ret_t, rs_t = ov[r0:r0 + n], ret[r0:r0 + n], row_stats[r0:r0 + n]
         if flags.has_weights:
-            _copy(w[r0:r0 + n], wt)
+            copy_into(w[r0:r0 + n], wt)
         if shared:  # log-prob = -sum_d zd^2 / 2 - sum_d log_std_d - D log(2 pi) / 2
             _scaled_square_sum(x_b, mu_b, inv_std_shared, n, logp)
             for r in range(n):
@@ -620,8 +620,8 @@ def _gaussian_forward_rows(lo, hi, mu, ls, x, omu, ols, rows, coefs, flags, stat
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, stats,
-                            row_stats, d_mu, d_ls, d_v):
+def gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, stats,
+                           row_stats, d_mu, d_ls, d_v):
     """Rows [lo, hi): write d_mean, d_log_std, d_values for an incoming gradient g.
 
     The per-row head gradients run across a tile's rows (as in the forward, the ratio from the
@@ -643,7 +643,7 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
         mu_b, x_b, ls_b = mu[r0:r0 + n], x[r0:r0 + n], ls[0:1] if shared else ls[r0:r0 + n]
         d_mu_b, d_ls_b = d_mu[r0:r0 + n], d_ls[r0:r0 + n]
         if flags.has_weights:
-            _copy(w[r0:r0 + n], wt)
+            copy_into(w[r0:r0 + n], wt)
         _head_grad_tile(r0, n, row_stats[r0:r0 + n], rows, coefs, flags, stats, g, wt, d_logp,
                         d_v)
         d_ent = -ent_coef * g
@@ -677,27 +677,27 @@ def _gaussian_backward_rows(lo, hi, g, mu, ls, x, omu, ols, rows, coefs, flags, 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _gaussian_forward_serial(mu, ls, x, omu, ols, rows, coefs, flags, loss, stats, row_stats):
-    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    err = advantage_stats(NO_ACTIONS, 0, rows, flags, stats)
     if err == 0:
-        sums = np.zeros((1, _NUM_SUMS))
-        _gaussian_forward_rows(0, mu.shape[0], mu, ls, x, omu, ols, rows, coefs, flags, stats,
-                               sums[0], row_stats)
-        _finish(sums, coefs, loss, stats)
+        sums = np.zeros((1, NUM_SUMS))
+        gaussian_forward_rows(0, mu.shape[0], mu, ls, x, omu, ols, rows, coefs, flags, stats,
+                              sums[0], row_stats)
+        finish(sums, coefs, loss, stats)
     return err
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _gaussian_forward_parallel(blocks, mu, ls, x, omu, ols, rows, coefs, flags, loss, stats,
                                row_stats):
-    err = _advantage_stats(_NO_ACTIONS, 0, rows, flags, stats)
+    err = advantage_stats(NO_ACTIONS, 0, rows, flags, stats)
     if err == 0:
         n = mu.shape[0]
         size = -(-n // blocks)
-        sums = np.zeros((blocks, _NUM_SUMS))
+        sums = np.zeros((blocks, NUM_SUMS))
         for b in prange(blocks):
-            _gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, omu, ols, rows,
-                                   coefs, flags, stats, sums[b], row_stats)
-        _finish(sums, coefs, loss, stats)
+            gaussian_forward_rows(b * size, min(n, (b + 1) * size), mu, ls, x, omu, ols, rows,
+                                  coefs, flags, stats, sums[b], row_stats)
+        finish(sums, coefs, loss, stats)
     return err
 
 
@@ -707,8 +707,8 @@ def _gaussian_backward_parallel(blocks, g, mu, ls, x, omu, ols, rows, coefs, fla
     n = mu.shape[0]
     size = -(-n // blocks)
     for b in prange(blocks):
-        _gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, omu, ols, rows,
-                                coefs, flags, stats, row_stats, d_mu, d_ls, d_v)
+        gaussian_backward_rows(b * size, min(n, (b + 1) * size), g, mu, ls, x, omu, ols, rows,
+                               coefs, flags, stats, row_stats, d_mu, d_ls, d_v)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -759,9 +759,9 @@ def _args(rows: Rows, coefs: Coefs, has_old: bool, *dist):
 
 
 def _raise(err, num_actions):
-    if err == _BAD_ACTION:
+    if err == BAD_ACTION:
         raise IndexError(f"actions: expected values in [0, {num_actions}), got one outside")
-    if err == _NEGATIVE_WEIGHT:
+    if err == NEGATIVE_WEIGHT:
         raise ValueError("weights: expected nonnegative values, got a negative or NaN weight")
     raise ValueError("weights: expected at least one positive weight, got all zeros")
 
@@ -786,9 +786,9 @@ class _Policy(NamedTuple):
 
 
 _CATEGORICAL = _Policy(_categorical_forward_serial, _categorical_forward_parallel,
-                       _categorical_backward_rows, _categorical_backward_parallel, 1)
+                       categorical_backward_rows, _categorical_backward_parallel, 1)
 _GAUSSIAN = _Policy(_gaussian_forward_serial, _gaussian_forward_parallel,
-                    _gaussian_backward_rows, _gaussian_backward_parallel, 2)
+                    gaussian_backward_rows, _gaussian_backward_parallel, 2)
 
 
 class Prepared(NamedTuple):
