@@ -269,6 +269,16 @@ def _activation_backward(h, d, relu):
             d[r] = d[r] * (_F(1.0) - h[r] * h[r])
 
 
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _input_gradient(W, g, h, dh, relu):
+    """dh = (W.T g) * act'(h) by the loops, h the layer's input (an activation output); the
+    derivative is taken here, where multiply-adds may fuse as in the product."""
+    dh[:, :] = _F(0.0)
+    add_product(W.T, g, dh)
+    for i in range(dh.shape[0]):
+        _activation_backward(h[i], dh[i], relu)
+
+
 # The forward and the input gradient by BLAS sgemm (blas_numba; ``use_blas`` decides which
 # serves a layer). Feature-major (features, n) C arrays are column-major (n, features) matrices
 # with leading dimension n, so each product is written transposed: y^T = x^T W^T, dh^T = g^T W.
@@ -335,11 +345,10 @@ def _mlp_backward(n, plan, net, ws, g_out):
             W = layer_params(net, k)[0]
             if use_blas(n, out_dim, in_dim):
                 blas_transposed_product(plan.sgemm, W, g, dh)
+                for i in range(in_dim):
+                    _activation_backward(x[i], dh[i], relu)
             else:
-                dh[:, :] = _F(0.0)
-                add_product(W.T, g, dh)
-            for i in range(in_dim):
-                _activation_backward(x[i], dh[i], relu)
+                _input_gradient(W, g, x, dh, relu)
             g = dh
             ping = not ping
 
