@@ -93,7 +93,8 @@ TILE = 4  # rows that share one pass over the weights (``_dense_tile``)
 
 
 class PolicyPlan(NamedTuple):
-    """What ``_act`` reads beside the layer table (``layers_numba``, actor layers first)."""
+    """What ``_act`` reads beside the layer table (``layers_numba``, actor layers first), passed
+    to it field by field (``*plan``): scalars cross Numba's dispatcher faster than a tuple."""
 
     actor_layers: int  # the table's first rows; the critic's follow
     relu: bool  # the hidden activation: relu, else tanh
@@ -418,12 +419,13 @@ def _head(y, r, rk, z, gaussian, deterministic, sigma, log_std, e, act_f, act_i)
 
 
 @njit(cache=True, error_model="numpy")
-def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value, noise,
-         deterministic, seed, counter, clip_obs, eps):
+def _act(obs, table, actor_layers, relu, gaussian, log_std_address, obs_mean, obs_var, obs_out,
+         act_f, act_i, logp, value, noise, deterministic, seed, counter, clip_obs, eps):
     """One ``act`` call over the rows of obs (N, obs_dim) float32.
 
-    table, plan: the int64 layer table and the PolicyPlan. obs_mean, obs_var: float64
-    (obs_dim,), or empty for no normalization. obs_out: float32 (N, obs_dim), or empty.
+    table: the int64 layer table; actor_layers .. log_std_address: the PolicyPlan's fields.
+    obs_mean, obs_var: float64 (obs_dim,), or empty for no normalization. obs_out: float32
+    (N, obs_dim), or empty.
     act_f: float32 (N, D) actions of a Gaussian policy (empty for a categorical one);
     act_i: int64 (N,) actions of a categorical policy (empty for a Gaussian one);
     logp, value: float32 (N,) outputs. noise: float32 (N, D or 1) given noise, or (0, 0) to
@@ -433,7 +435,7 @@ def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value
     Rows go in tiles of TILE through ``_dense_tile``; the last N % TILE one at a time, in the
     same summation order (``_dense``), so a row's outputs do not depend on its tile.
     """
-    n_actor, relu, gaussian = plan.actor_layers, plan.relu, plan.gaussian
+    n_actor = actor_layers
     n_critic = table.shape[0] - n_actor
     n_rows, obs_dim = obs.shape
     normalize = obs_mean.shape[0] > 0
@@ -446,7 +448,7 @@ def _act(obs, table, plan, obs_mean, obs_var, obs_out, act_f, act_i, logp, value
     x, h0, h1 = buf[0], buf[1], buf[2]
     e = np.empty(n_head, np.float64)
     sigma = np.empty(n_head if gaussian else 0, np.float64)
-    log_std = carray(float32_pointer(plan.log_std), (sigma.shape[0],))
+    log_std = carray(float32_pointer(log_std_address), (sigma.shape[0],))
     for d in range(sigma.shape[0]):
         sigma[d] = math.exp(np.float64(log_std[d]))
     scale = np.empty(obs_dim if normalize else 0, np.float64)
@@ -752,7 +754,7 @@ class MLPPolicyKernel:
             given = _check_out("noise", noise, shape, _F32).reshape(n, -1)
         if list(map(_data_ptr, self._tensors)) != self._addresses:
             self._rebind()
-        _act(obs, self._table, self._plan, mean, var, obs_out, act_f, act_i, logp, value, given,
+        _act(obs, self._table, *self._plan, mean, var, obs_out, act_f, act_i, logp, value, given,
              deterministic, self._seed64, self.counter, clip_obs, eps)
         if not (deterministic or noise is not None):
             self.counter += 1
