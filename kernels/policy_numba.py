@@ -341,23 +341,33 @@ _ACTOR = np.int64(0)
 
 
 @njit(cache=True, error_model="numpy")
-def _mlp_rows(table, first, n_layers, relu, x, h0, h1, rows):
-    """Layers first .. first + n_layers - 1 of the table on the first ``rows`` rows of x
-    (TILE, width); h0, h1 (TILE, width): ping-pong buffers as wide as the widest layer. A full
-    tile goes through ``_dense_tile``, fewer rows one at a time through ``_dense`` (the same
-    summation order). Returns the buffer whose first ``rows`` rows hold the outputs (h0 or h1,
-    by the parity of n_layers)."""
+def _mlp(table, first, n_layers, relu, x, h0, h1):
+    """Layers first .. first + n_layers - 1 of the table on the row x (h0, h1: ping-pong
+    buffers as wide as the widest layer); returns the buffer holding the output."""
     src = x
     for l in range(n_layers):
         w, b = layer_params(table, first + l)
         dst = h0 if l % 2 == 0 else h1
-        if rows == TILE:
-            _dense_tile(w, b, src, dst)
-        else:
-            for t in range(rows):
-                _dense(w, b, src[t], dst[t])
+        _dense(w, b, src, dst)
         if l < n_layers - 1:
-            for t in range(rows):
+            _activate(dst, w.shape[0], relu)
+        src = dst
+    return src
+
+
+@njit(cache=True, error_model="numpy")
+def _mlp_tile(table, first, n_layers, relu, x, h0, h1):
+    """``_mlp`` for the TILE rows of x (TILE, width); h0, h1 (TILE, width). Kept apart from
+    ``_mlp`` so that its loops over the tile's rows have the constant trip count TILE, which
+    the compiler unrolls (bench/hot_paths.py and bench/scale.py show the cost of a runtime
+    count)."""
+    src = x
+    for l in range(n_layers):
+        w, b = layer_params(table, first + l)
+        dst = h0 if l % 2 == 0 else h1
+        _dense_tile(w, b, src, dst)
+        if l < n_layers - 1:
+            for t in range(TILE):
                 _activate(dst[t], w.shape[0], relu)
         src = dst
     return src
@@ -474,14 +484,23 @@ def _act(obs, table, actor_layers, relu, gaussian, log_std_address, obs_mean, ob
             if write_obs:
                 for k in range(obs_dim):
                     obs_out[r, k] = xt[k]
-        y = _mlp_rows(table, _ACTOR, n_actor, relu, x, h0, h1, rows)
-        for t in range(rows):
-            r = r0 + t
-            logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
-                            gaussian, deterministic, sigma, log_std, e, act_f, act_i)
-        v_out = _mlp_rows(table, n_actor, n_critic, relu, x, h0, h1, rows)
-        for t in range(rows):
-            value[r0 + t] = v_out[t, 0]
+        if rows == TILE:
+            y = _mlp_tile(table, _ACTOR, n_actor, relu, x, h0, h1)
+            for t in range(TILE):
+                r = r0 + t
+                logp[r] = _head(y[t], r, _row_key(key, r), noise[r] if given else no_noise,
+                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
+            v_out = _mlp_tile(table, n_actor, n_critic, relu, x, h0, h1)
+            for t in range(TILE):
+                value[r0 + t] = v_out[t, 0]
+        else:
+            for t in range(rows):
+                r = r0 + t
+                y1 = _mlp(table, _ACTOR, n_actor, relu, x[t], h0[t], h1[t])
+                logp[r] = _head(y1, r, _row_key(key, r), noise[r] if given else no_noise,
+                                gaussian, deterministic, sigma, log_std, e, act_f, act_i)
+                v1 = _mlp(table, n_actor, n_critic, relu, x[t], h0[t], h1[t])
+                value[r] = v1[0]
 
 
 # ----------------------------------------------------------------------------- host side
